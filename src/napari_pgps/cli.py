@@ -1,0 +1,280 @@
+"""The ``napari-pgps`` command line: a thin face over the engine.
+
+Every problem with the user's input ends in one line on stderr that names
+the file or option and what to do, and exit status 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import signal
+import sys
+import time
+from pathlib import Path
+from typing import Optional, Sequence
+
+from . import __version__
+from .config import ARCHITECTURES, DEVICES, OPTIMIZERS, RunConfig, write_text_atomically
+from .curriculum import SCHEDULES
+from .errors import InputError
+
+EXIT_INPUT = 2
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    parser = _parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "command", None):
+        parser.print_help()
+        return EXIT_INPUT
+    try:
+        return args.run(args)
+    except InputError as exc:
+        print(f"napari-pgps {args.command}: error: {exc}", file=sys.stderr)
+        return EXIT_INPUT
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="napari-pgps",
+        description="Train 3D segmentation networks with patch-size curricula, and segment volumes.",
+    )
+    parser.add_argument("--version", action="version", version=f"napari-pgps {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+
+    p = sub.add_parser("train", help="train a network on a dataset folder", description=_TRAIN_HELP,
+                       formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--data", metavar="DIR", help="dataset folder (Decathlon or nnU-Net v2 raw layout)")
+    p.add_argument("--out", metavar="RUN_DIR", required=True, help="run folder for config.yaml, metrics.jsonl and checkpoints")
+    p.add_argument("--config", metavar="FILE.yaml", help="start from this configuration; flags override it")
+    p.add_argument("--schedule", choices=SCHEDULES, help="patch-size schedule (default: constant)")
+    p.add_argument("--epochs", type=int, metavar="N", help="epochs (default: from the device; CPU 25)")
+    p.add_argument("--iterations-per-epoch", type=int, metavar="N", help="steps per epoch (default: from the device; CPU 50)")
+    p.add_argument("--batch-size", type=int, metavar="N", help="crops per step at the final patch size (default 2)")
+    p.add_argument("--patch-size", type=int, nargs=3, metavar=("Z", "Y", "X"), help="final patch size (default: planned from the data)")
+    p.add_argument("--architecture", choices=ARCHITECTURES, help="network (default dynunet)")
+    p.add_argument("--optimizer", choices=OPTIMIZERS, help="optimiser (default: sgd on CUDA, adamw on CPU/MPS)")
+    p.add_argument("--learning-rate", type=float, metavar="LR", help="initial learning rate (default 1e-2 SGD, 1e-3 AdamW)")
+    p.add_argument("--max-cases", type=int, metavar="N", help="use only the first N cases (quick runs)")
+    p.add_argument("--seed", type=int, metavar="S", help="random seed for the split, sampling and weights (default 0)")
+    p.add_argument("--device", choices=DEVICES, help="compute device (default auto: CUDA, else MPS, else CPU)")
+    p.add_argument("--resume", action="store_true", help="continue the run in RUN_DIR from its last checkpoint")
+    p.add_argument("--quiet", action="store_true", help="print only validation results and the summary")
+    p.set_defaults(run=_train)
+
+    p = sub.add_parser("segment", help="segment a volume or a folder of volumes",
+                       description="Segment NIfTI or TIFF volumes with a trained model; prints each label's volume.")
+    p.add_argument("--model", required=True, metavar="RUN_DIR_OR_CHECKPOINT")
+    p.add_argument("--input", required=True, metavar="FILE_OR_DIR")
+    p.add_argument("--output", required=True, metavar="FILE_OR_DIR")
+    p.add_argument("--patch-size", type=int, nargs=3, metavar=("Z", "Y", "X"), help="sliding-window size (default: the training patch)")
+    p.add_argument("--tta", action="store_true", help="mirroring test-time augmentation (8 flips; slower)")
+    p.add_argument("--device", choices=DEVICES, default="auto")
+    p.set_defaults(run=_segment)
+
+    p = sub.add_parser("evaluate", help="Dice of a model on the labelled cases of a dataset",
+                       description="Segment every labelled case of a dataset folder and report Dice per label.")
+    p.add_argument("--model", required=True, metavar="RUN_DIR_OR_CHECKPOINT")
+    p.add_argument("--data", required=True, metavar="DIR")
+    p.add_argument("--json", metavar="FILE", help="write the results as JSON")
+    p.add_argument("--split", choices=("all", "validation", "training"), default="all",
+                   help="evaluate all cases, or only the model's held-out (validation) or training cases")
+    p.add_argument("--patch-size", type=int, nargs=3, metavar=("Z", "Y", "X"))
+    p.add_argument("--tta", action="store_true")
+    p.add_argument("--device", choices=DEVICES, default="auto")
+    p.set_defaults(run=_evaluate)
+
+    p = sub.add_parser("demo", help="train briefly on generated sample data and segment it",
+                       description="The quick demo: generates a phantom dataset, trains for a few minutes on the CPU "
+                       "and segments a held-out phantom.")
+    p.add_argument("--headless", action="store_true", help="run without a window (the only mode until the widgets land)")
+    p.add_argument("--out", metavar="DIR", default="demo-output", help="folder for the demo's data, run and results")
+    p.add_argument("--device", choices=DEVICES, default="auto")
+    p.set_defaults(run=_demo)
+    return parser
+
+
+_TRAIN_HELP = """Train a segmentation network on a dataset folder.
+
+The run folder receives config.yaml (the whole resolved configuration),
+metrics.jsonl (one JSON object per event) and checkpoint_last.pt /
+checkpoint_best.pt / checkpoint_final.pt. Ctrl-C stops after the current step
+and keeps the last checkpoint; --resume continues from it.
+"""
+
+
+# -- train --------------------------------------------------------------------
+def _train(args: argparse.Namespace) -> int:
+    from .engine import TrainingControl, train
+    from .engine.checkpoint import LAST
+
+    run_dir = Path(args.out)
+    overrides = [name for name in ("data", "config", "schedule", "epochs", "iterations_per_epoch", "batch_size",
+                                   "patch_size", "architecture", "optimizer", "learning_rate", "max_cases", "seed")
+                 if getattr(args, name) is not None]
+    if args.resume:
+        if not (run_dir / LAST).is_file():
+            raise InputError(f"{run_dir}: no {LAST} to resume from; start a new run without --resume.")
+        if overrides:
+            flags = ", ".join("--" + n.replace("_", "-") for n in overrides)
+            raise InputError(f"--resume continues with the run's stored configuration; drop {flags}.")
+        config = RunConfig()
+    else:
+        if run_dir.exists() and any((run_dir / n).exists() for n in ("config.yaml", LAST)):
+            raise InputError(f"{run_dir} already holds a run; add --resume to continue it or choose another --out.")
+        config = RunConfig.load(args.config) if args.config else RunConfig()
+        _apply_train_flags(config, args)
+        if not config.data.path:
+            raise InputError("no training data: give --data DIR (or data.path in --config).")
+    if args.device:
+        config.training.device = args.device
+
+    control = TrainingControl()
+    previous = signal.signal(signal.SIGINT, lambda *_: _request_stop(control, previous))
+    try:
+        return _print_events(train(config, run_dir, control=control, resume=args.resume), args.quiet)
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
+def _request_stop(control, previous) -> None:
+    if control.stop_requested:
+        raise KeyboardInterrupt
+    print("\nstopping after this step (Ctrl-C again to abort at once)...", file=sys.stderr, flush=True)
+    control.stop()
+
+
+def _apply_train_flags(config: RunConfig, args: argparse.Namespace) -> None:
+    if args.data is not None:
+        config.data.path = str(args.data)
+    if args.max_cases is not None:
+        config.data.max_cases = args.max_cases
+    if args.schedule is not None:
+        config.curriculum.schedule = args.schedule
+    if args.patch_size is not None:
+        config.model.patch_size = tuple(args.patch_size)
+    if args.architecture is not None:
+        config.model.architecture = args.architecture
+    for name in ("epochs", "iterations_per_epoch", "batch_size", "optimizer", "learning_rate", "seed"):
+        if getattr(args, name) is not None:
+            setattr(config.training, name, getattr(args, name))
+
+
+def _print_events(events, quiet: bool) -> int:
+    from .engine.events import CheckpointSaved, Finished, Paused, RunStarted, StageStarted, StepDone, Validated
+
+    started = time.perf_counter()
+    epoch_losses: list[float] = []
+    total_steps = 0
+    for event in events:
+        if isinstance(event, RunStarted):
+            total_steps = event.epochs * event.iterations_per_epoch
+            print(f"training on {event.device}: {event.training_cases} training / {event.validation_cases} validation cases, "
+                  f"{event.parameters:,} parameters, final patch {_size(event.final_patch)}, "
+                  f"{event.epochs} epochs x {event.iterations_per_epoch} steps"
+                  + (f" (resuming at epoch {event.start_epoch})" if event.start_epoch else ""), flush=True)
+        elif isinstance(event, StageStarted) and not quiet:
+            print(f"stage {event.stage + 1}: patch {_size(event.patch)}, batch {event.batch} (from epoch {event.epoch + 1})", flush=True)
+        elif isinstance(event, StepDone):
+            epoch_losses.append(event.loss)
+            last = event
+        elif isinstance(event, Validated):
+            dice = ", ".join(f"{name} {value:.4f}" for name, value in event.dice_per_label.items())
+            print(f"epoch {event.epoch}: validation Dice {dice} (mean {event.mean_dice:.4f})", flush=True)
+        elif isinstance(event, CheckpointSaved) and epoch_losses:
+            if not quiet:
+                elapsed = time.perf_counter() - started
+                remaining = elapsed / max(last.step, 1) * max(total_steps - last.step, 0)
+                print(f"epoch {event.epoch}: loss {sum(epoch_losses) / len(epoch_losses):.4f}, "
+                      f"{last.seconds:.2f} s/step, ETA {_duration(remaining)}", flush=True)
+            epoch_losses = []
+        elif isinstance(event, Paused):
+            print("paused", flush=True)
+        elif isinstance(event, Finished):
+            state = "stopped" if event.stopped else "finished"
+            dice = f", final mean Dice {event.final_mean_dice:.4f}" if event.final_mean_dice is not None else ""
+            print(f"{state} after {event.epochs_completed} epochs, {event.steps} steps, "
+                  f"{_duration(event.training_seconds)} training{dice}; checkpoint: {event.checkpoint}", flush=True)
+            if event.stopped:
+                print("resume with: napari-pgps train --out RUN_DIR --resume", flush=True)
+                return 130
+    return 0
+
+
+# -- segment ------------------------------------------------------------------
+def _segment(args: argparse.Namespace) -> int:
+    from .data.volume import is_volume_file, read_volume, write_volume
+    from .engine import load_model, segment_volume
+    from .models import check_inference_patch
+
+    model = load_model(args.model, args.device)
+    if args.patch_size:
+        check_inference_patch(model.config.model, args.patch_size)
+    source, target = Path(args.input), Path(args.output)
+    if source.is_dir():
+        inputs = sorted(p for p in source.iterdir() if is_volume_file(p))
+        if not inputs:
+            raise InputError(f"{source}: no NIfTI or TIFF volume in this folder.")
+        outputs = [target / _output_name(p) for p in inputs]
+    elif source.exists():
+        inputs = [source]
+        outputs = [target / _output_name(source) if target.is_dir() or args.output.endswith(("/", "\\")) else target]
+    else:
+        raise InputError(f"{source}: input not found.")
+    for path in inputs:  # check every input before writing anything
+        read_volume(path, kind="image")
+    for path, out in zip(inputs, outputs):
+        image = read_volume(path, kind="image")
+        result = segment_volume(model, image, patch_size=args.patch_size, mirror=args.tta)
+        write_volume(result.labels, out)
+        volumes = ", ".join(f"{name} {v['ml']:.3f} mL ({v['voxels']} voxels)" for name, v in result.volumes.items())
+        print(f"{out}: {volumes}", flush=True)
+    return 0
+
+
+def _output_name(path: Path) -> str:
+    """nnU-Net names inputs CASE_0000.nii.gz and outputs CASE.nii.gz; other names are kept."""
+    from .data.volume import case_name
+
+    name = case_name(path)
+    suffix = path.name[len(name):]
+    if name.endswith("_0000"):
+        name = name[:-5]
+    return name + suffix
+
+
+# -- evaluate -----------------------------------------------------------------
+def _evaluate(args: argparse.Namespace) -> int:
+    from .evaluation import evaluate_model
+    from .engine import load_model
+
+    model = load_model(args.model, args.device)
+    report = evaluate_model(model, args.data, split=args.split, patch_size=args.patch_size, mirror=args.tta,
+                            progress=lambda name, dice: print(f"{name}: " + ", ".join(f"{k} {v:.4f}" for k, v in dice.items()), flush=True))
+    per_label = ", ".join(f"{k} {v:.4f}" for k, v in report["dice_per_label"].items())
+    print(f"{len(report['cases'])} cases: mean Dice {report['mean_dice']:.4f} ({per_label})")
+    if args.json:
+        write_text_atomically(Path(args.json), json.dumps(report, indent=2) + "\n")
+    return 0
+
+
+# -- demo ---------------------------------------------------------------------
+def _demo(args: argparse.Namespace) -> int:
+    from .demo import run_headless_demo
+
+    run_headless_demo(Path(args.out), device=args.device)
+    return 0
+
+
+def _size(patch) -> str:
+    return "x".join(str(p) for p in patch)
+
+
+def _duration(seconds: float) -> str:
+    seconds = int(round(seconds))
+    return f"{seconds // 60}m{seconds % 60:02d}s" if seconds >= 60 else f"{seconds}s"
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,246 @@
+"""The configuration of a run: one dataclass tree with defaults.
+
+The command line flags, the YAML files of a run folder and (later) the widgets
+are all views of :class:`RunConfig`. Values left as ``None`` are *automatic*:
+:func:`napari_pgps.engine.planning.resolve_config` fills them from the data and
+the device before training starts, and the resolved tree is what a run folder
+and every checkpoint store, so a checkpoint alone is enough to rebuild the
+network and segment.
+
+Axis order everywhere is (Z, Y, X) = the array axes of a volume as loaded by
+:mod:`napari_pgps.data.volume`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import tempfile
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Optional
+
+import yaml
+
+from .errors import InputError
+
+ARCHITECTURES = ("dynunet", "unet", "unetr", "swinunetr")
+OPTIMIZERS = ("sgd", "adamw")
+DEVICES = ("auto", "cpu", "cuda", "mps")
+
+
+@dataclass
+class DataConfig:
+    """Where the training data is and how it is split and sampled."""
+
+    path: Optional[str] = None
+    """Dataset folder (Decathlon or nnU-Net v2 raw layout)."""
+    validation_fraction: float = 0.2
+    """Share of the cases held out for validation, drawn with ``TrainingConfig.seed``."""
+    foreground_oversampling: float = 0.33
+    """Probability that a crop is centred on a foreground voxel (nnU-Net: 0.33)."""
+    max_cases: Optional[int] = None
+    """Use only the first N cases (sorted by name); for quick runs and tests."""
+    mirror_augmentation: bool = True
+    """Flip training crops at random along each axis."""
+
+
+@dataclass
+class NormalizationConfig:
+    """How intensities are normalised; fitted on the training cases.
+
+    ``scheme`` is ``"zscore"`` (each case by its own mean and standard
+    deviation) or ``"ct"`` (clip to the dataset's 0.5/99.5 foreground
+    percentiles, then subtract the dataset's foreground mean and divide by its
+    standard deviation).
+    """
+
+    scheme: Optional[str] = None
+    """``None`` until fitted: then "ct" for CT datasets and "zscore" otherwise."""
+    clip_low: Optional[float] = None
+    clip_high: Optional[float] = None
+    mean: Optional[float] = None
+    std: Optional[float] = None
+
+
+@dataclass
+class ModelConfig:
+    """The network. Planned fields are filled by ``resolve_config``."""
+
+    architecture: str = "dynunet"
+    patch_size: Optional[tuple[int, int, int]] = None
+    """Final training patch (Z, Y, X); planned from the median case shape when ``None``."""
+    base_channels: Optional[int] = None
+    """Feature maps of the first level; chosen from the device when ``None``."""
+    max_channels: int = 320
+    deep_supervision: bool = True
+    # Planned (nnU-Net style) from the patch and the median spacing:
+    spacing: Optional[tuple[float, float, float]] = None
+    """Median voxel spacing of the training cases in mm (Z, Y, X)."""
+    kernel_sizes: Optional[list[tuple[int, int, int]]] = None
+    strides: Optional[list[tuple[int, int, int]]] = None
+    channels: Optional[list[int]] = None
+    in_channels: int = 1
+    out_channels: Optional[int] = None
+    """Number of labels, background included."""
+
+
+@dataclass
+class CurriculumConfig:
+    """How the patch size (and batch size) change over training."""
+
+    schedule: str = "constant"
+
+
+@dataclass
+class TrainingConfig:
+    """The optimisation. ``None`` values are chosen from the device."""
+
+    epochs: Optional[int] = None
+    iterations_per_epoch: Optional[int] = None
+    batch_size: int = 2
+    optimizer: Optional[str] = None
+    """"sgd" (Nesterov, as nnU-Net) or "adamw"; chosen from the device when ``None``."""
+    learning_rate: Optional[float] = None
+    """1e-2 for SGD, 1e-3 for AdamW when ``None``."""
+    weight_decay: float = 3e-5
+    momentum: float = 0.99
+    poly_exponent: float = 0.9
+    gradient_clip: float = 12.0
+    seed: int = 0
+    device: str = "auto"
+    mixed_precision: bool = True
+    """Automatic mixed precision; used on CUDA only."""
+    validate_every: Optional[int] = None
+    """Validate on the held-out cases every N epochs (and after the last); from the device when ``None``."""
+
+
+@dataclass
+class RunConfig:
+    """Everything that defines a training run."""
+
+    data: DataConfig = field(default_factory=DataConfig)
+    normalization: NormalizationConfig = field(default_factory=NormalizationConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    curriculum: CurriculumConfig = field(default_factory=CurriculumConfig)
+    training: TrainingConfig = field(default_factory=TrainingConfig)
+    labels: Optional[dict[int, str]] = None
+    """Label value -> name, background (0) included; read from ``dataset.json``."""
+    modality: Optional[str] = None
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain dict of lists, numbers and strings (safe for YAML and ``torch.load(weights_only=True)``)."""
+        return _plain(dataclasses.asdict(self))
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any], source: str = "configuration") -> "RunConfig":
+        """Build a config from a (possibly partial) nested dict; unknown keys are an error."""
+        return _build(cls, values, source)
+
+    def to_yaml(self) -> str:
+        return yaml.safe_dump(self.to_dict(), sort_keys=False)
+
+    def save(self, path: str | os.PathLike) -> None:
+        """Write the config as YAML atomically."""
+        write_text_atomically(Path(path), self.to_yaml())
+
+    @classmethod
+    def load(cls, path: str | os.PathLike) -> "RunConfig":
+        """Read a YAML config (``yaml.safe_load``: no code in the file is run)."""
+        path = Path(path)
+        try:
+            values = yaml.safe_load(path.read_text())
+        except FileNotFoundError:
+            raise InputError(f"{path}: configuration file not found.") from None
+        except (OSError, UnicodeDecodeError, yaml.YAMLError) as exc:
+            raise InputError(f"{path}: not a readable YAML configuration ({exc}).") from None
+        if values is None:
+            values = {}
+        if not isinstance(values, dict):
+            raise InputError(f"{path}: a configuration must be a YAML mapping of sections.")
+        return cls.from_dict(values, source=str(path))
+
+
+def write_text_atomically(path: Path, text: str) -> None:
+    """Write ``text`` to ``path`` through a temporary file and a rename."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w") as handle:
+            handle.write(text)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def _plain(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    return value
+
+
+def _build(cls: type, values: Any, where: str) -> Any:
+    if not isinstance(values, dict):
+        raise InputError(f"{where}: expected a mapping for '{cls.__name__}', got {values!r}.")
+    hints = typing.get_type_hints(cls)
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = set(values) - names
+    if unknown:
+        raise InputError(
+            f"{where}: unknown setting(s) {', '.join(sorted(map(str, unknown)))}; "
+            f"known: {', '.join(sorted(names))}."
+        )
+    kwargs = {key: _convert(hints[key], value, f"{where}: {key}") for key, value in values.items()}
+    return cls(**kwargs)
+
+
+def _convert(hint: Any, value: Any, where: str) -> Any:
+    origin = typing.get_origin(hint)
+    args = typing.get_args(hint)
+    if origin is typing.Union:
+        if value is None:
+            return None
+        hint = next(a for a in args if a is not type(None))
+        return _convert(hint, value, where)
+    if dataclasses.is_dataclass(hint):
+        return _build(hint, value, where)
+    try:
+        if origin is tuple:
+            if not isinstance(value, (list, tuple)) or len(value) != len(args):
+                raise InputError(f"{where}: expected {len(args)} values, got {value!r}.")
+            return tuple(_convert(a, v, where) for a, v in zip(args, value))
+        if origin is list:
+            if not isinstance(value, (list, tuple)):
+                raise InputError(f"{where}: expected a list, got {value!r}.")
+            return [_convert(args[0], v, where) for v in value]
+        if origin is dict:
+            if not isinstance(value, dict):
+                raise InputError(f"{where}: expected a mapping, got {value!r}.")
+            return {_convert(args[0], k, where): _convert(args[1], v, where) for k, v in value.items()}
+        if hint is bool:
+            if not isinstance(value, bool):
+                raise InputError(f"{where}: expected true or false, got {value!r}.")
+            return value
+        if hint is int:
+            if isinstance(value, bool) or not isinstance(value, (int, str)) or int(value) != float(value):
+                raise InputError(f"{where}: expected a whole number, got {value!r}.")
+            return int(value)
+        if hint is float:
+            if isinstance(value, bool):
+                raise InputError(f"{where}: expected a number, got {value!r}.")
+            return float(value)
+        if hint is str:
+            if not isinstance(value, str):
+                raise InputError(f"{where}: expected text, got {value!r}.")
+            return value
+    except (TypeError, ValueError) as exc:
+        if isinstance(exc, InputError):
+            raise
+        raise InputError(f"{where}: {value!r} is not valid ({exc}).") from None
+    return value

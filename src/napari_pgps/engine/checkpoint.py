@@ -1,0 +1,89 @@
+"""Checkpoints: written atomically, read safely.
+
+A checkpoint is a plain dict of tensors, numbers, strings, lists and dicts,
+saved with ``torch.save`` and loaded with ``torch.load(weights_only=True)``,
+so reading one never runs code found in the file.
+
+Keys: ``format``, ``version``, ``config`` (the resolved :class:`RunConfig` as a
+dict), ``model``, ``optimizer``, ``scheduler``, ``scaler`` (state dicts),
+``epoch`` (epochs completed), ``step``, ``rng`` (torch / numpy / CUDA states),
+``best_mean_dice``, ``training_seconds``.
+"""
+
+from __future__ import annotations
+
+import os
+import pickle
+import tempfile
+import zipfile
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from ..errors import CheckpointError, InputError
+
+FORMAT = "napari-pgps-checkpoint"
+VERSION = 1
+LAST = "checkpoint_last.pt"
+BEST = "checkpoint_best.pt"
+FINAL = "checkpoint_final.pt"
+
+
+def save_checkpoint(payload: dict[str, Any], path: str | os.PathLike) -> Path:
+    """Write ``payload`` (with format and version added) to ``path`` atomically.
+
+    The file is written beside the target, flushed to disk, then renamed over
+    it, so a crash leaves either the old checkpoint or the new one, never half.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            torch.save({"format": FORMAT, "version": VERSION, **payload}, handle)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def load_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
+    """Read a checkpoint safely (``weights_only=True``) onto the CPU.
+
+    Raises:
+        CheckpointError: missing, damaged, or not a napari-pgps checkpoint.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"{path}: checkpoint not found.")
+    try:
+        payload = torch.load(path, map_location="cpu", weights_only=True)
+    except (pickle.UnpicklingError, zipfile.BadZipFile, EOFError, RuntimeError, OSError, ValueError, KeyError) as exc:
+        raise CheckpointError(
+            f"{path}: damaged or not a napari-pgps checkpoint ({type(exc).__name__}: {str(exc).splitlines()[0][:200]})."
+        ) from None
+    if not isinstance(payload, dict) or payload.get("format") != FORMAT:
+        raise CheckpointError(f"{path}: not a napari-pgps checkpoint (no '{FORMAT}' marker).")
+    if int(payload.get("version", 0)) > VERSION:
+        raise CheckpointError(f"{path}: written by a newer napari-pgps (format {payload['version']}); upgrade napari-pgps.")
+    for key in ("config", "model"):
+        if key not in payload:
+            raise CheckpointError(f"{path}: damaged checkpoint ('{key}' missing).")
+    return payload
+
+
+def find_checkpoint(model: str | os.PathLike) -> Path:
+    """The checkpoint a model path means: a ``.pt`` file, or a run folder's final (else last) checkpoint."""
+    model = Path(model)
+    if model.is_dir():
+        for name in (FINAL, LAST):
+            if (model / name).is_file():
+                return model / name
+        raise InputError(f"{model}: no {FINAL} or {LAST} in this folder; is it a napari-pgps run folder?")
+    if not model.exists():
+        raise InputError(f"{model}: model not found; give a run folder or a checkpoint file.")
+    return model

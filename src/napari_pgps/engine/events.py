@@ -1,0 +1,102 @@
+"""The small typed events a training run yields.
+
+The command line prints and logs them, the widgets turn them into plots and
+overlays, tests iterate them directly. Each is a frozen dataclass with
+:meth:`to_dict` giving one JSON-ready line for the run's metrics log.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from typing import Any, Optional
+
+
+@dataclass(frozen=True)
+class _Event:
+    def to_dict(self) -> dict[str, Any]:
+        values = dataclasses.asdict(self)
+        return {"event": type(self).__name__, **values}
+
+
+@dataclass(frozen=True)
+class RunStarted(_Event):
+    """Training begins (or resumes at ``start_epoch``)."""
+
+    run_dir: Optional[str]
+    device: str
+    training_cases: int
+    validation_cases: int
+    parameters: int
+    start_epoch: int
+    epochs: int
+    iterations_per_epoch: int
+    final_patch: tuple[int, int, int]
+
+
+@dataclass(frozen=True)
+class StageStarted(_Event):
+    """A curriculum stage begins: from now on crops have this patch and batch size."""
+
+    stage: int
+    epoch: int
+    patch: tuple[int, int, int]
+    batch: int
+
+
+@dataclass(frozen=True)
+class StepDone(_Event):
+    """One optimisation step.
+
+    ``class_fractions`` is the voxel fraction of each label (background first)
+    in this step's crops; ``seconds`` the wall time of sampling plus the step.
+    """
+
+    epoch: int
+    step: int
+    loss: float
+    patch: tuple[int, int, int]
+    batch: int
+    class_fractions: tuple[float, ...]
+    seconds: float
+    learning_rate: float
+
+
+@dataclass(frozen=True)
+class Validated(_Event):
+    """Dice on the held-out cases by sliding window at the final patch size."""
+
+    epoch: int
+    dice_per_label: dict[str, float]
+    mean_dice: float
+    seconds: float
+
+
+@dataclass(frozen=True)
+class CheckpointSaved(_Event):
+    epoch: int
+    path: str
+
+
+@dataclass(frozen=True)
+class Paused(_Event):
+    epoch: int
+    step: int
+
+
+@dataclass(frozen=True)
+class Resumed(_Event):
+    epoch: int
+    step: int
+
+
+@dataclass(frozen=True)
+class Finished(_Event):
+    """The run ended: completed, or ``stopped`` early (the last checkpoint is kept)."""
+
+    stopped: bool
+    epochs_completed: int
+    steps: int
+    training_seconds: float
+    final_mean_dice: Optional[float]
+    checkpoint: Optional[str]

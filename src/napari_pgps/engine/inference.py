@@ -1,0 +1,203 @@
+"""Sliding-window segmentation with Gaussian weighting and optional mirroring.
+
+Follows nnU-Net's inference conventions through MONAI's
+``sliding_window_inference``: windows overlap by half a patch, each window's
+logits are weighted by a Gaussian (sigma = patch / 8) and the sums divided by
+the summed weights. Mirroring test-time augmentation averages the softmax of
+all 8 flips.
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+import os
+from dataclasses import dataclass
+from typing import Callable, Optional, Sequence
+
+import numpy as np
+import torch
+from torch import nn
+
+from ..config import RunConfig
+from ..data.normalization import normalize
+from ..data.volume import Volume
+from ..errors import CheckpointError, InputError
+from ..models import build_network, check_inference_patch
+from .checkpoint import find_checkpoint, load_checkpoint
+from .device import pick_device
+from .metrics import label_volumes
+
+OVERLAP = 0.5
+GAUSSIAN_SIGMA = 0.125
+
+Progress = Callable[[int, int], None]
+
+
+class Cancelled(Exception):
+    """Raised inside a segmentation when its ``cancel`` callback returns true."""
+
+
+@dataclass
+class SegmentationModel:
+    """A trained network ready to segment, with the configuration it was trained with."""
+
+    network: nn.Module
+    config: RunConfig
+    device: torch.device
+    checkpoint: Optional[str] = None
+
+    @property
+    def label_values(self) -> list[int]:
+        return sorted(self.config.labels)
+
+    @property
+    def patch_size(self) -> tuple[int, int, int]:
+        return tuple(self.config.model.patch_size)
+
+
+def load_model(model: str | os.PathLike, device: str | torch.device = "auto") -> SegmentationModel:
+    """Load a run folder or checkpoint for segmentation (safe loading, no pickled code)."""
+    path = find_checkpoint(model)
+    payload = load_checkpoint(path)
+    try:
+        config = RunConfig.from_dict(payload["config"], source=str(path))
+        network = build_network(config.model)
+        network.load_state_dict(payload["model"])
+    except (InputError, ValueError, RuntimeError, KeyError, TypeError) as exc:
+        raise CheckpointError(f"{path}: the checkpoint's network cannot be rebuilt ({exc}).") from None
+    device = device if isinstance(device, torch.device) else pick_device(device)
+    network.to(device).eval()
+    return SegmentationModel(network=network, config=config, device=device, checkpoint=str(path))
+
+
+def window_count(shape: Sequence[int], patch: Sequence[int], overlap: float = OVERLAP) -> int:
+    """Number of windows a sliding window of ``patch`` takes over ``shape`` (both Z, Y, X)."""
+    total = 1
+    for size, roi in zip(shape, patch):
+        step = max(int(roi * (1 - overlap)), 1)
+        total *= 1 if size <= roi else math.ceil((size - roi) / step) + 1
+    return total
+
+
+def predict_probabilities(
+    network: nn.Module,
+    image: np.ndarray,
+    patch_size: Sequence[int],
+    device: torch.device,
+    *,
+    mirror: bool = False,
+    batch_size: int = 2,
+    mixed_precision: bool = True,
+    progress: Optional[Progress] = None,
+    cancel: Optional[Callable[[], bool]] = None,
+) -> np.ndarray:
+    """Softmax probabilities of a normalised image.
+
+    Args:
+        image: normalised intensities (Z, Y, X).
+        patch_size: window (Z, Y, X); the image is padded where smaller.
+        mirror: average over all 8 axis flips.
+        progress: called as ``progress(windows_done, windows_total)``.
+        cancel: polled before each window batch; returning true raises :class:`Cancelled`.
+
+    Returns:
+        float32 array (K, Z, Y, X).
+    """
+    from monai.inferers import sliding_window_inference
+
+    flips = [f for r in range(4) for f in itertools.combinations((2, 3, 4), r)] if mirror else [()]
+    per_pass = math.ceil(window_count(image.shape, patch_size) / batch_size)
+    total = per_pass * len(flips)
+    done = 0
+    use_amp = mixed_precision and device.type == "cuda"
+
+    def predictor(windows: torch.Tensor) -> torch.Tensor:
+        nonlocal done
+        if cancel is not None and cancel():
+            raise Cancelled()
+        with torch.autocast(device_type="cuda", dtype=torch.float16, enabled=use_amp):
+            logits = network(windows)
+        done += 1
+        if progress is not None:
+            progress(min(done, total), total)
+        return logits.float()
+
+    tensor = torch.as_tensor(np.ascontiguousarray(image, dtype=np.float32), device=device)[None, None]
+    was_training = network.training
+    network.eval()
+    try:
+        with torch.inference_mode():
+            probabilities = None
+            for axes in flips:
+                flipped = torch.flip(tensor, axes) if axes else tensor
+                logits = sliding_window_inference(
+                    flipped,
+                    roi_size=tuple(int(p) for p in patch_size),
+                    sw_batch_size=batch_size,
+                    predictor=predictor,
+                    overlap=OVERLAP,
+                    mode="gaussian",
+                    sigma_scale=GAUSSIAN_SIGMA,
+                )
+                soft = torch.softmax(logits, dim=1)
+                soft = torch.flip(soft, axes) if axes else soft
+                probabilities = soft if probabilities is None else probabilities + soft
+            probabilities = probabilities / len(flips)
+    finally:
+        network.train(was_training)
+    return probabilities[0].cpu().numpy().astype(np.float32)
+
+
+@dataclass
+class Segmentation:
+    """The result of segmenting one volume.
+
+    Attributes:
+        labels: label values (Z, Y, X) with the input's geometry.
+        volumes: per label name, ``{"voxels": int, "ml": float}``.
+        probabilities: softmax (K, Z, Y, X) if asked for, else ``None``.
+    """
+
+    labels: Volume
+    volumes: dict[str, dict[str, float]]
+    probabilities: Optional[np.ndarray] = None
+
+
+def segment_volume(
+    model: SegmentationModel,
+    image: Volume,
+    *,
+    patch_size: Optional[Sequence[int]] = None,
+    mirror: bool = False,
+    keep_probabilities: bool = False,
+    progress: Optional[Progress] = None,
+    cancel: Optional[Callable[[], bool]] = None,
+) -> Segmentation:
+    """Segment one volume with a trained model.
+
+    Args:
+        image: the raw intensities (Z, Y, X), normalised here as in training.
+        patch_size: sliding-window size (Z, Y, X); the training patch when ``None``.
+        mirror: mirroring test-time augmentation.
+    """
+    patch = tuple(int(p) for p in (patch_size or model.patch_size))
+    check_inference_patch(model.config.model, patch)
+    normalised = normalize(image.array, model.config.normalization)
+    probabilities = predict_probabilities(
+        model.network,
+        normalised,
+        patch,
+        model.device,
+        mirror=mirror,
+        batch_size=model.config.training.batch_size,
+        mixed_precision=model.config.training.mixed_precision,
+        progress=progress,
+        cancel=cancel,
+    )
+    values = np.array(model.label_values)
+    label_map = values[np.argmax(probabilities, axis=0)]
+    dtype = np.uint8 if values.max() < 256 else np.int16
+    labels = image.with_array(label_map.astype(dtype))
+    volumes = label_volumes(labels.array, image.spacing, model.config.labels)
+    return Segmentation(labels=labels, volumes=volumes, probabilities=probabilities if keep_probabilities else None)

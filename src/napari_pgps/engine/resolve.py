@@ -1,0 +1,123 @@
+"""Filling a configuration's automatic (``None``) values from the data and the device.
+
+The defaults depend on the device so that ``napari-pgps train --data DIR``
+with no other flag is sensible everywhere: on a CPU a smaller network and
+fewer steps (the default run on the hippocampus task finishes within 15
+minutes on 2 cores), on a GPU an nnU-Net-sized network and longer training.
+"""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass
+from typing import Sequence
+
+import numpy as np
+import torch
+
+from ..config import ARCHITECTURES, OPTIMIZERS, RunConfig
+from ..curriculum import SCHEDULES
+from ..errors import InputError
+from ..models.factory import check_minimum_patch, level_channels, patch_divisor
+from ..models.planning import check_patch_size, plan_patch_size, plan_unet
+
+
+@dataclass(frozen=True)
+class DeviceProfile:
+    """Defaults for one kind of device."""
+
+    base_channels: int
+    epochs: int
+    iterations_per_epoch: int
+    max_patch_voxels: int
+    optimizer: str
+    validate_every: int
+
+
+# CPU: 1250 steps of a 16-channel DynUNet. At that budget AdamW (1e-3) reached a
+# mean Dice of 0.865 on the hippocampus validation cases where nnU-Net's SGD
+# reached 0.851 (docs/benchmarks.md), so short CPU runs default to AdamW.
+PROFILES = {
+    "cpu": DeviceProfile(16, epochs=25, iterations_per_epoch=50, max_patch_voxels=96**3, optimizer="adamw", validate_every=5),
+    "mps": DeviceProfile(32, epochs=50, iterations_per_epoch=100, max_patch_voxels=128**3, optimizer="adamw", validate_every=5),
+    "cuda": DeviceProfile(32, epochs=50, iterations_per_epoch=250, max_patch_voxels=128**3, optimizer="sgd", validate_every=5),
+}
+
+
+def median_spacing_and_shape(
+    spacings: Sequence[Sequence[float]], shapes: Sequence[Sequence[int]]
+) -> tuple[tuple[float, float, float], tuple[int, int, int]]:
+    """Median spacing (mm) and the median shape of the cases (Z, Y, X)."""
+    spacing = tuple(float(s) for s in np.median(np.asarray(spacings, dtype=float), axis=0))
+    shape = tuple(int(round(s)) for s in np.median(np.asarray(shapes, dtype=float), axis=0))
+    return spacing, shape
+
+
+def resolve_config(
+    config: RunConfig,
+    *,
+    labels: dict[int, str],
+    modality: str,
+    spacings: Sequence[Sequence[float]],
+    shapes: Sequence[Sequence[int]],
+    device: torch.device,
+) -> RunConfig:
+    """A copy of ``config`` with every automatic value filled and every choice checked.
+
+    Args:
+        labels: label value -> name, background included.
+        modality: from ``dataset.json``.
+        spacings, shapes: (Z, Y, X) of each training case.
+
+    Raises:
+        InputError: an unknown choice or a patch size the network cannot take.
+    """
+    resolved = copy.deepcopy(config)
+    model, training = resolved.model, resolved.training
+    if model.architecture not in ARCHITECTURES:
+        raise InputError(f"unknown architecture '{model.architecture}'; choose one of {', '.join(ARCHITECTURES)}.")
+    profile = PROFILES[device.type if device.type in PROFILES else "cpu"]
+    if training.optimizer is None:
+        training.optimizer = profile.optimizer
+    if training.validate_every is None:
+        training.validate_every = profile.validate_every
+    if training.optimizer not in OPTIMIZERS:
+        raise InputError(f"unknown optimizer '{training.optimizer}'; choose one of {', '.join(OPTIMIZERS)}.")
+    if resolved.curriculum.schedule not in SCHEDULES:
+        raise InputError(f"unknown schedule '{resolved.curriculum.schedule}'; choose one of {', '.join(SCHEDULES)}.")
+    if training.batch_size < 1:
+        raise InputError(f"batch size {training.batch_size} must be at least 1.")
+    if not 0.0 <= resolved.data.foreground_oversampling <= 1.0:
+        raise InputError("foreground oversampling must be a probability between 0 and 1.")
+    if training.validate_every < 1:
+        raise InputError("validate every N epochs needs N of at least 1.")
+
+    resolved.labels = dict(sorted(labels.items()))
+    resolved.modality = modality
+    spacing, median_shape = median_spacing_and_shape(spacings, shapes)
+    if model.spacing is None:
+        model.spacing = spacing
+    if model.patch_size is None:
+        model.patch_size, plan = plan_patch_size(median_shape, model.spacing, profile.max_patch_voxels)
+    else:
+        plan = plan_unet(model.patch_size, model.spacing)
+    model.patch_size = tuple(int(p) for p in model.patch_size)
+    if model.kernel_sizes is None or model.strides is None:
+        model.kernel_sizes, model.strides = plan.kernel_sizes, plan.strides
+    if model.base_channels is None:
+        model.base_channels = profile.base_channels
+    if model.channels is None:
+        model.channels = level_channels(len(model.strides), model.base_channels, model.max_channels)
+    model.out_channels = len(resolved.labels)
+    check_patch_size(model.patch_size, patch_divisor(model), what="final patch size")
+    check_minimum_patch(model, model.patch_size)
+
+    if training.epochs is None:
+        training.epochs = profile.epochs
+    if training.iterations_per_epoch is None:
+        training.iterations_per_epoch = profile.iterations_per_epoch
+    if training.learning_rate is None:
+        training.learning_rate = 1e-2 if training.optimizer == "sgd" else 1e-3
+    if training.epochs < 1 or training.iterations_per_epoch < 1:
+        raise InputError("epochs and iterations per epoch must be at least 1.")
+    return resolved

@@ -1,0 +1,340 @@
+"""The training loop, as a generator of typed events.
+
+    for event in train(config, run_dir):
+        ...
+
+Stop and pause requests (:class:`TrainingControl`) are honoured between steps.
+A checkpoint is written atomically after every epoch, so a stopped or failed
+run keeps its last good one; ``resume=True`` continues from it with the
+optimiser, scheduler and random-number states restored.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import Any, Iterator, Optional
+
+import numpy as np
+import torch
+
+from ..config import RunConfig
+from ..curriculum import build_stages, stage_at
+from ..data.dataset import TrainingSet, load_training_set, split_cases
+from ..data.normalization import fit_normalization, normalize
+from ..data.sampler import PatchSampler
+from ..errors import InputError
+from ..models import build_network, count_parameters, training_outputs
+from ..models.planning import UNetPlan
+from .checkpoint import BEST, FINAL, LAST, load_checkpoint, save_checkpoint
+from .control import TrainingControl
+from .device import describe, pick_device
+from .events import CheckpointSaved, Finished, Paused, Resumed, RunStarted, StageStarted, StepDone, Validated
+from .inference import predict_probabilities
+from .metrics import dice_per_label, mean_of, summarize_dice
+from .resolve import resolve_config
+
+CONFIG_FILE = "config.yaml"
+METRICS_FILE = "metrics.jsonl"
+
+
+class TrainingDiverged(RuntimeError):
+    """The loss became NaN or infinite; the last good checkpoint is kept."""
+
+
+def train(
+    config: RunConfig,
+    run_dir: Optional[str | Path] = None,
+    *,
+    dataset: Optional[TrainingSet] = None,
+    control: Optional[TrainingControl] = None,
+    resume: bool = False,
+) -> Iterator[Any]:
+    """Train a segmentation network, yielding events as it goes.
+
+    Args:
+        config: the run's configuration; automatic values are resolved here.
+            With ``resume``, the configuration stored in the run's last
+            checkpoint is used instead (only ``training.device`` is taken from
+            ``config``).
+        run_dir: folder for ``config.yaml``, ``metrics.jsonl`` and the
+            checkpoints; ``None`` trains without writing anything.
+        dataset: labelled cases in memory (e.g. napari layers); read from
+            ``config.data.path`` when ``None``.
+        control: stop / pause requests from another thread.
+        resume: continue the run in ``run_dir`` from its last checkpoint.
+
+    Yields:
+        RunStarted, StageStarted, StepDone, Paused, Resumed, Validated,
+        CheckpointSaved and finally Finished.
+    """
+    control = control or TrainingControl()
+    run_dir = Path(run_dir) if run_dir is not None else None
+    device = pick_device(config.training.device)
+    state: Optional[dict[str, Any]] = None
+    if resume:
+        if run_dir is None:
+            raise InputError("resuming needs the run folder of the run to continue.")
+        state = load_checkpoint(run_dir / LAST)
+        requested_device = config.training.device
+        config = RunConfig.from_dict(state["config"], source=str(run_dir / LAST))
+        config.training.device = requested_device
+    if dataset is None:
+        if not config.data.path:
+            raise InputError("no training data: give a dataset folder (--data DIR).")
+        dataset = load_training_set(config.data.path, max_cases=config.data.max_cases)
+
+    by_name = {case.name: case for case in dataset.cases}
+    train_names, val_names = split_cases(list(by_name), config.data.validation_fraction, config.training.seed)
+    train_cases = [by_name[n] for n in train_names]
+    val_cases = [by_name[n] for n in val_names]
+    config = resolve_config(
+        config,
+        labels=dataset.labels,
+        modality=dataset.modality,
+        spacings=[c.image.spacing for c in train_cases],
+        shapes=[c.image.shape for c in train_cases],
+        device=device,
+    )
+    if config.normalization.scheme is None:
+        config.normalization = fit_normalization(
+            dataset.modality, [c.image.array for c in train_cases], [c.labels.array for c in train_cases], config.training.seed
+        )
+    yield from _Run(config, run_dir, train_cases, val_cases, device, control, state).run()
+
+
+class _Run:
+    """One training run's state; :meth:`run` is the event generator."""
+
+    def __init__(self, config, run_dir, train_cases, val_cases, device, control, state):
+        self.config: RunConfig = config
+        self.run_dir: Optional[Path] = run_dir
+        self.device = device
+        self.control = control
+        t = config.training
+        self.label_names = [config.labels[v] for v in sorted(config.labels)][1:]
+        self.num_labels = len(config.labels)
+        lookup = np.zeros(max(config.labels) + 1, dtype=np.int64)
+        for index, value in enumerate(sorted(config.labels)):
+            lookup[value] = index
+        torch.manual_seed(t.seed)
+        self.rng = np.random.default_rng(t.seed)
+        self.sampler = PatchSampler(
+            [normalize(c.image.array, config.normalization) for c in train_cases],
+            [lookup[c.labels.array] for c in train_cases],
+            num_labels=self.num_labels,
+            rng=self.rng,
+            foreground_probability=config.data.foreground_oversampling,
+            mirror=config.data.mirror_augmentation,
+        )
+        self.validation = [(normalize(c.image.array, config.normalization), lookup[c.labels.array]) for c in val_cases]
+        self.network = build_network(config.model).to(device)
+        self.optimizer = _optimizer(self.network, t)
+        self.scheduler = torch.optim.lr_scheduler.PolynomialLR(self.optimizer, total_iters=t.epochs, power=t.poly_exponent)
+        self.amp = t.mixed_precision and device.type == "cuda"
+        self.scaler = torch.amp.GradScaler("cuda", enabled=self.amp)
+        self.loss = _loss(deep_supervision=config.model.architecture == "dynunet" and config.model.deep_supervision)
+        plan = UNetPlan(config.model.kernel_sizes, config.model.strides)
+        self.stages = build_stages(config.curriculum.schedule, config.model.patch_size, plan.poolings, t.epochs, t.batch_size)
+        self.epoch = 0
+        self.step = 0
+        self.training_seconds = 0.0
+        self.best_mean_dice = -1.0
+        self.last_mean_dice: Optional[float] = None
+        if state is not None:
+            self._restore(state)
+        self.train_count, self.val_count = len(train_cases), len(val_cases)
+
+    # -- the loop ---------------------------------------------------------
+    def run(self) -> Iterator[Any]:
+        t = self.config.training
+        if self.run_dir is not None:
+            self.run_dir.mkdir(parents=True, exist_ok=True)
+            self.config.save(self.run_dir / "config.yaml")
+        yield self._log(
+            RunStarted(
+                run_dir=str(self.run_dir) if self.run_dir else None,
+                device=describe(self.device),
+                training_cases=self.train_count,
+                validation_cases=self.val_count,
+                parameters=count_parameters(self.network),
+                start_epoch=self.epoch,
+                epochs=t.epochs,
+                iterations_per_epoch=t.iterations_per_epoch,
+                final_patch=tuple(self.config.model.patch_size),
+            )
+        )
+        stopped = False
+        current_stage = -1
+        self.network.train()
+        while self.epoch < t.epochs and not stopped:
+            index = stage_at(self.stages, self.epoch)
+            stage = self.stages[index]
+            if index != current_stage:
+                current_stage = index
+                yield self._log(StageStarted(stage=index, epoch=self.epoch, patch=stage.patch, batch=stage.batch))
+            for _ in range(t.iterations_per_epoch):
+                if self.control.paused and not self.control.stop_requested:
+                    yield self._log(Paused(epoch=self.epoch, step=self.step))
+                    while not self.control.wait_until_resumed(0.1):
+                        pass
+                    if not self.control.stop_requested:
+                        yield self._log(Resumed(epoch=self.epoch, step=self.step))
+                if self.control.stop_requested:
+                    stopped = True
+                    break
+                yield self._log(self._train_step(stage.patch, stage.batch))
+            if stopped:
+                break
+            self.scheduler.step()
+            self.epoch += 1
+            if self.epoch % t.validate_every == 0 or self.epoch == t.epochs:
+                yield self._log(self._validate())
+            for saved in self._save_checkpoints():
+                yield self._log(saved)
+        final = None
+        if not stopped and self.run_dir is not None:
+            final = str(save_checkpoint(self._payload(), self.run_dir / FINAL))
+            yield self._log(CheckpointSaved(epoch=self.epoch, path=final))
+        yield self._log(
+            Finished(
+                stopped=stopped,
+                epochs_completed=self.epoch,
+                steps=self.step,
+                training_seconds=self.training_seconds,
+                final_mean_dice=self.last_mean_dice,
+                checkpoint=final or (str(self.run_dir / LAST) if self.run_dir and (self.run_dir / LAST).exists() else None),
+            )
+        )
+
+    def _train_step(self, patch: tuple[int, int, int], batch_size: int) -> StepDone:
+        start = time.perf_counter()
+        batch = self.sampler.sample(patch, batch_size)
+        images = torch.from_numpy(batch.images).to(self.device, non_blocking=True)
+        labels = torch.from_numpy(batch.labels).to(self.device, non_blocking=True)
+        self.optimizer.zero_grad(set_to_none=True)
+        with torch.autocast(device_type="cuda", dtype=torch.float16, enabled=self.amp):
+            outputs = training_outputs(self.network, images)
+            loss = self.loss(outputs, labels)
+        self.scaler.scale(loss).backward()
+        self.scaler.unscale_(self.optimizer)
+        torch.nn.utils.clip_grad_norm_(self.network.parameters(), self.config.training.gradient_clip)
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        value = float(loss.detach())
+        if not np.isfinite(value):
+            raise TrainingDiverged(
+                f"training diverged at step {self.step + 1} (loss {value}); the last good checkpoint is kept. "
+                "Try a lower learning rate."
+            )
+        seconds = time.perf_counter() - start
+        self.step += 1
+        self.training_seconds += seconds
+        return StepDone(
+            epoch=self.epoch,
+            step=self.step,
+            loss=value,
+            patch=tuple(patch),
+            batch=batch_size,
+            class_fractions=batch.class_fractions,
+            seconds=seconds,
+            learning_rate=float(self.optimizer.param_groups[0]["lr"]),
+        )
+
+    def _validate(self) -> Validated:
+        start = time.perf_counter()
+        per_case = []
+        for image, truth in self.validation:
+            probabilities = predict_probabilities(
+                self.network,
+                image,
+                self.config.model.patch_size,
+                self.device,
+                batch_size=self.config.training.batch_size,
+                mixed_precision=self.config.training.mixed_precision,
+            )
+            per_case.append(dice_per_label(np.argmax(probabilities, axis=0), truth, self.num_labels))
+        self.network.train()
+        dice = summarize_dice(per_case, self.label_names)
+        self.last_mean_dice = mean_of(dice)
+        return Validated(epoch=self.epoch, dice_per_label=dice, mean_dice=self.last_mean_dice, seconds=time.perf_counter() - start)
+
+    # -- checkpoints --------------------------------------------------------
+    def _payload(self) -> dict[str, Any]:
+        return {
+            "config": self.config.to_dict(),
+            "model": self.network.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(),
+            "scaler": self.scaler.state_dict(),
+            "epoch": self.epoch,
+            "step": self.step,
+            "training_seconds": self.training_seconds,
+            "best_mean_dice": self.best_mean_dice,
+            "last_mean_dice": self.last_mean_dice,
+            "rng": {
+                "torch": torch.get_rng_state(),
+                "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+                "numpy": _plain_state(self.rng.bit_generator.state),
+            },
+        }
+
+    def _save_checkpoints(self) -> Iterator[CheckpointSaved]:
+        if self.run_dir is None:
+            return
+        improved = self.last_mean_dice is not None and self.last_mean_dice > self.best_mean_dice
+        if improved:
+            self.best_mean_dice = self.last_mean_dice
+        payload = self._payload()
+        yield CheckpointSaved(epoch=self.epoch, path=str(save_checkpoint(payload, self.run_dir / LAST)))
+        if improved:
+            yield CheckpointSaved(epoch=self.epoch, path=str(save_checkpoint(payload, self.run_dir / BEST)))
+
+    def _restore(self, state: dict[str, Any]) -> None:
+        self.network.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        if state.get("scaler"):
+            self.scaler.load_state_dict(state["scaler"])
+        self.epoch = int(state["epoch"])
+        self.step = int(state["step"])
+        self.training_seconds = float(state.get("training_seconds", 0.0))
+        self.best_mean_dice = float(state.get("best_mean_dice", -1.0))
+        self.last_mean_dice = state.get("last_mean_dice")
+        rng = state.get("rng", {})
+        if "torch" in rng:
+            torch.set_rng_state(rng["torch"])
+        if rng.get("cuda") and torch.cuda.is_available():
+            torch.cuda.set_rng_state_all(rng["cuda"])
+        if "numpy" in rng:
+            self.rng.bit_generator.state = rng["numpy"]
+
+    def _log(self, event: Any) -> Any:
+        if self.run_dir is not None:
+            with open(self.run_dir / METRICS_FILE, "a") as handle:
+                handle.write(json.dumps(event.to_dict()) + "\n")
+        return event
+
+
+def _plain_state(state: dict[str, Any]) -> dict[str, Any]:
+    return {k: _plain_state(v) if isinstance(v, dict) else (int(v) if isinstance(v, (np.integer,)) else v) for k, v in state.items()}
+
+
+def _optimizer(network: torch.nn.Module, t) -> torch.optim.Optimizer:
+    if t.optimizer == "adamw":
+        return torch.optim.AdamW(network.parameters(), lr=t.learning_rate, weight_decay=t.weight_decay)
+    return torch.optim.SGD(
+        network.parameters(), lr=t.learning_rate, momentum=t.momentum, nesterov=True, weight_decay=t.weight_decay
+    )
+
+
+def _loss(deep_supervision: bool):
+    """Dice + cross-entropy (nnU-Net's batch Dice without background), with deep supervision if used."""
+    from monai.losses import DeepSupervisionLoss, DiceCELoss
+
+    dice_ce = DiceCELoss(include_background=False, to_onehot_y=True, softmax=True, batch=True, smooth_nr=1e-5, smooth_dr=1e-5)
+    if deep_supervision:
+        supervised = DeepSupervisionLoss(dice_ce, weight_mode="exp")
+        return lambda outputs, target: supervised(outputs, target)
+    return lambda outputs, target: dice_ce(outputs[0], target)

@@ -1,0 +1,65 @@
+"""Evaluating a trained model on the labelled cases of a dataset folder."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Callable, Optional, Sequence
+
+import numpy as np
+
+from .data.dataset import load_cases, read_dataset_info, split_cases
+from .engine.inference import SegmentationModel, segment_volume
+from .engine.metrics import dice_per_label, mean_of, summarize_dice
+from .errors import InputError
+
+
+def evaluate_model(
+    model: SegmentationModel,
+    data: str | Path,
+    *,
+    split: str = "all",
+    patch_size: Optional[Sequence[int]] = None,
+    mirror: bool = False,
+    progress: Optional[Callable[[str, dict[str, float]], None]] = None,
+) -> dict:
+    """Segment every labelled case of ``data`` and compute Dice per label.
+
+    Args:
+        split: ``"all"`` cases, or the model's ``"validation"`` / ``"training"``
+            cases, recomputed from the split stored in its configuration.
+        progress: called with each case's name and Dice per label name.
+
+    Returns:
+        ``{"mean_dice": float, "dice_per_label": {name: float},
+        "cases": [{"case": str, "dice_per_label": {name: float}}]}``; a label
+        absent from both prediction and truth of a case is left out of that
+        case and of the mean.
+    """
+    info = read_dataset_info(data)
+    if info.labels != model.config.labels:
+        raise InputError(
+            f"{info.root}: its labels {info.labels} differ from the model's {model.config.labels}; "
+            "evaluate on a dataset with the same labels."
+        )
+    names = None
+    if split != "all":
+        cfg = model.config
+        trained_on = [f.name for f in info.files][: cfg.data.max_cases]
+        training, validation = split_cases(trained_on, cfg.data.validation_fraction, cfg.training.seed)
+        names = validation if split == "validation" else training
+    cases = load_cases(info, require_labels=False, names=names)
+    values = sorted(model.config.labels)
+    label_names = [model.config.labels[v] for v in values][1:]
+    lookup = np.zeros(max(max(values), 255) + 1, dtype=np.int64)
+    lookup[values] = np.arange(len(values))
+    per_case, rows = [], []
+    for case in cases:
+        result = segment_volume(model, case.image, patch_size=patch_size, mirror=mirror)
+        dice = dice_per_label(lookup[result.labels.array], lookup[case.labels.array], len(values))
+        per_case.append(dice)
+        case_dice = {n: float(d) for n, d in zip(label_names, dice) if np.isfinite(d)}
+        rows.append({"case": case.name, "dice_per_label": case_dice})
+        if progress is not None:
+            progress(case.name, case_dice)
+    summary = summarize_dice(per_case, label_names)
+    return {"mean_dice": mean_of(summary), "dice_per_label": summary, "cases": rows}

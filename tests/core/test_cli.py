@@ -1,0 +1,158 @@
+import json
+import shutil
+import subprocess
+import sys
+
+import nibabel as nib
+import numpy as np
+import pytest
+import torch
+
+from conftest import write_dataset
+from napari_pgps.cli import main
+
+
+def _train_args(data, out, *extra):
+    return ["train", "--data", str(data), "--out", str(out), "--epochs", "1", "--iterations-per-epoch", "2",
+            "--patch-size", "8", "32", "32", "--device", "cpu", "--quiet", *extra]
+
+
+@pytest.mark.parametrize("command", ["train", "segment", "evaluate", "demo"])
+def test_every_command_has_help(command):
+    out = subprocess.run([sys.executable, "-m", "napari_pgps", command, "--help"], capture_output=True, text=True)
+    assert out.returncode == 0
+    assert "usage: napari-pgps " + command in out.stdout
+
+
+def test_train_segment_evaluate(tmp_path, phantom_dataset, capsys):
+    assert main(_train_args(phantom_dataset, tmp_path / "run")) == 0
+    assert "finished after 1 epochs" in capsys.readouterr().out
+    for name in ("config.yaml", "metrics.jsonl", "checkpoint_final.pt", "checkpoint_last.pt"):
+        assert (tmp_path / "run" / name).is_file()
+
+    source = phantom_dataset / "imagesTr" / "case_000.nii.gz"
+    assert main(["segment", "--model", str(tmp_path / "run"), "--input", str(source), "--output", str(tmp_path / "seg.nii.gz")]) == 0
+    assert "lesion" in capsys.readouterr().out
+    written, original = nib.load(str(tmp_path / "seg.nii.gz")), nib.load(str(source))
+    assert written.shape == original.shape
+    np.testing.assert_allclose(written.affine, original.affine)
+
+    report_path = tmp_path / "eval.json"
+    assert main(["evaluate", "--model", str(tmp_path / "run"), "--data", str(phantom_dataset), "--json", str(report_path)]) == 0
+    report = json.loads(report_path.read_text())
+    assert set(report) == {"mean_dice", "dice_per_label", "cases"}
+    assert set(report["dice_per_label"]) == {"lesion", "vessel"}
+    assert len(report["cases"]) == 6 and report["cases"][0]["case"] == "case_000"
+    assert f"mean Dice {report['mean_dice']:.4f}" in capsys.readouterr().out
+
+    assert main(["evaluate", "--model", str(tmp_path / "run"), "--data", str(phantom_dataset), "--split", "validation",
+                 "--json", str(report_path)]) == 0
+    assert len(json.loads(report_path.read_text())["cases"]) == 1
+
+
+def test_segment_a_folder_with_nnunet_names(tmp_path, trained_phantom_run, phantom_dataset):
+    (tmp_path / "in").mkdir()
+    for i in range(2):
+        shutil.copy(phantom_dataset / "imagesTr" / f"case_00{i}.nii.gz", tmp_path / "in" / f"p{i}_0000.nii.gz")
+    assert main(["segment", "--model", str(trained_phantom_run), "--input", str(tmp_path / "in"), "--output", str(tmp_path / "out"), "--tta"]) == 0
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["p0.nii.gz", "p1.nii.gz"]
+
+
+def _break(dataset, kind):
+    image = dataset / "imagesTr" / "case_001.nii.gz"
+    label = dataset / "labelsTr" / "case_001.nii.gz"
+    loaded = nib.load(str(image))
+    data = np.asanyarray(loaded.dataobj).astype(np.float32)
+    if kind == "nan":
+        data[1, 1, 1] = np.nan
+        nib.save(nib.Nifti1Image(data, loaded.affine), str(image))
+    elif kind == "2d":
+        nib.save(nib.Nifti1Image(data[:, :, 0], loaded.affine), str(image))
+    elif kind == "4d":
+        nib.save(nib.Nifti1Image(np.stack([data, data], -1), loaded.affine), str(image))
+    elif kind == "unreadable":
+        image.write_bytes(b"\x1f\x8b garbage")
+    elif kind == "missing":
+        image.unlink()
+    elif kind == "empty":
+        shutil.rmtree(dataset / "imagesTr")
+        (dataset / "dataset.json").write_text(json.dumps({"labels": {"0": "background"}}))
+    elif kind == "undeclared":
+        data = np.asanyarray(nib.load(str(label)).dataobj).copy()
+        data[0, 0, 0] = 9
+        nib.save(nib.Nifti1Image(data, loaded.affine), str(label))
+    elif kind == "shape":
+        data = np.asanyarray(nib.load(str(label)).dataobj)[:-2]
+        nib.save(nib.Nifti1Image(data, loaded.affine), str(label))
+    elif kind == "affine":
+        data = np.asanyarray(nib.load(str(label)).dataobj)
+        nib.save(nib.Nifti1Image(data, loaded.affine * 2), str(label))
+    elif kind == "fractional":
+        data = np.asanyarray(nib.load(str(label)).dataobj).astype(np.float32) + 0.5
+        nib.save(nib.Nifti1Image(data, loaded.affine), str(label))
+
+
+@pytest.mark.parametrize(
+    "kind, message",
+    [
+        ("nan", "NaN or infinite"),
+        ("2d", "2D"),
+        ("4d", "4D"),
+        ("unreadable", "cannot read"),
+        ("missing", "file not found"),
+        ("empty", "no training case"),
+        ("undeclared", "not declared in dataset.json"),
+        ("shape", "label shape"),
+        ("affine", "affine differs"),
+        ("fractional", "non-integer"),
+    ],
+)
+def test_bad_datasets_exit_2_and_write_nothing(tmp_path, kind, message, capsys):
+    dataset = write_dataset(tmp_path / "data", cases=3)
+    _break(dataset, kind)
+    assert main(_train_args(dataset, tmp_path / "run")) == 2
+    err = capsys.readouterr().err
+    assert message in err and err.startswith("napari-pgps train: error:")
+    assert "Traceback" not in err
+    assert not (tmp_path / "run").exists()
+
+
+def test_bad_options_and_run_folders(tmp_path, phantom_dataset, trained_phantom_run, capsys):
+    assert main(_train_args(phantom_dataset, tmp_path / "run")[:-7] + ["--patch-size", "9", "32", "32", "--device", "cpu"]) == 2
+    assert "cannot be taken by the network" in capsys.readouterr().err
+    assert not (tmp_path / "run").exists()
+
+    assert main(_train_args(tmp_path / "nowhere", tmp_path / "run")) == 2
+    assert "dataset folder not found" in capsys.readouterr().err
+
+    assert main(_train_args(phantom_dataset, trained_phantom_run)) == 2
+    assert "already holds a run" in capsys.readouterr().err
+    assert main(["train", "--out", str(tmp_path / "fresh"), "--resume"]) == 2
+    assert "no checkpoint_last.pt to resume from" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("content, message", [(b"garbage", "damaged or not a napari-pgps checkpoint"), (None, "not a napari-pgps checkpoint")])
+def test_bad_checkpoints_exit_2(tmp_path, phantom_dataset, content, message, capsys):
+    checkpoint = tmp_path / "model.pt"
+    if content is None:
+        torch.save({"state_dict": {}}, checkpoint)
+    else:
+        checkpoint.write_bytes(content)
+    source = phantom_dataset / "imagesTr" / "case_000.nii.gz"
+    assert main(["segment", "--model", str(checkpoint), "--input", str(source), "--output", str(tmp_path / "o.nii.gz")]) == 2
+    assert message in capsys.readouterr().err
+    assert not (tmp_path / "o.nii.gz").exists()
+
+
+def test_segment_checks_every_input_before_writing(tmp_path, trained_phantom_run, phantom_dataset, capsys):
+    (tmp_path / "in").mkdir()
+    shutil.copy(phantom_dataset / "imagesTr" / "case_000.nii.gz", tmp_path / "in" / "a.nii.gz")
+    bad = np.zeros((8, 8, 8), np.float32)
+    bad[0, 0, 0] = np.inf
+    nib.save(nib.Nifti1Image(bad, np.eye(4)), str(tmp_path / "in" / "b.nii.gz"))
+    assert main(["segment", "--model", str(trained_phantom_run), "--input", str(tmp_path / "in"), "--output", str(tmp_path / "out")]) == 2
+    assert "b.nii.gz" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()
+    assert main(["segment", "--model", str(trained_phantom_run), "--input", str(tmp_path / "in" / "a.nii.gz"),
+                 "--output", str(tmp_path / "o.nii.gz"), "--patch-size", "5", "32", "32"]) == 2
+    assert "cannot be taken" in capsys.readouterr().err

@@ -1,0 +1,36 @@
+"""The package's faces: no Qt in the engine, a valid napari manifest, the sample data."""
+
+import subprocess
+import sys
+
+import numpy as np
+
+ENGINE_MODULES = ["napari_pgps", "napari_pgps.engine", "napari_pgps.cli", "napari_pgps.evaluation", "napari_pgps.demo",
+                  "napari_pgps.data", "napari_pgps.models", "napari_pgps.curriculum", "napari_pgps._sample_data"]
+
+
+def test_engine_imports_no_qt_and_no_napari():
+    code = (
+        f"import importlib, sys\nfor m in {ENGINE_MODULES!r}: importlib.import_module(m)\n"
+        "bad = sorted(m for m in sys.modules if m.split('.')[0] in ('PyQt5', 'PyQt6', 'PySide2', 'PySide6', 'qtpy', 'napari'))\n"
+        "print(bad); sys.exit(1 if bad else 0)"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert out.returncode == 0, out.stdout + out.stderr
+
+
+def test_manifest_is_valid_and_sample_data_resolves():
+    from npe2 import PluginManifest
+    from npe2.manifest.utils import import_python_name
+
+    manifest = PluginManifest.from_distribution("napari-pgps")
+    assert manifest.name == "napari-pgps"
+    sample = manifest.contributions.sample_data[0]
+    command = next(c for c in manifest.contributions.commands if c.id == sample.command)
+    layers = import_python_name(command.python_name)()
+    (image, image_meta, image_kind), (labels, labels_meta, labels_kind) = layers
+    assert (image_kind, labels_kind) == ("image", "labels")
+    assert image.shape == labels.shape == (32, 96, 96)
+    assert image_meta["scale"] == labels_meta["scale"] == (2.5, 0.8, 0.8)
+    fractions = np.bincount(labels.ravel(), minlength=3) / labels.size
+    assert 0 < fractions[1] < 0.02 and 0 < fractions[2] < 0.02

@@ -1,0 +1,83 @@
+"""End to end on real MRI: Medical Segmentation Decathlon Task04 (hippocampus), from ../shared/data.
+
+A short CPU training on 16 cases must make the loss fall and beat a trivial
+baseline; its segmentation must keep the NIfTI geometry; a stopped run must
+resume. The full-size figures (default run, 15 minutes) are in docs/benchmarks.md.
+"""
+
+import json
+
+import nibabel as nib
+import numpy as np
+import pytest
+
+from napari_pgps.cli import main
+from napari_pgps.config import RunConfig
+from napari_pgps.engine import Finished, StepDone, TrainingControl, train
+from napari_pgps.engine.metrics import dice_per_label
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture(scope="module")
+def hippocampus_run(tmp_path_factory, hippocampus):
+    config = RunConfig()
+    config.data.path = str(hippocampus)
+    config.data.max_cases = 16
+    config.training.device = "cpu"
+    config.training.epochs = 6
+    config.training.iterations_per_epoch = 25
+    config.training.validate_every = 6
+    run_dir = tmp_path_factory.mktemp("hippocampus") / "run"
+    events = list(train(config, run_dir))
+    return run_dir, events
+
+
+def test_loss_falls_and_dice_beats_a_trivial_baseline(hippocampus_run, hippocampus, tmp_path):
+    run_dir, events = hippocampus_run
+    losses = [e.loss for e in events if isinstance(e, StepDone)]
+    assert np.mean(losses[-10:]) < 0.6 * np.mean(losses[:10])
+    assert events[-1].stopped is False
+
+    report_path = tmp_path / "eval.json"
+    assert main(["evaluate", "--model", str(run_dir), "--data", str(hippocampus), "--split", "validation", "--json", str(report_path)]) == 0
+    report = json.loads(report_path.read_text())
+    assert len(report["cases"]) == 3  # 20% of 16 cases, held out from training
+    # Trivial baseline: label every voxel as the structure, Dice = 2|T| / (|T| + N), about 0.05 here.
+    labels = np.asanyarray(nib.load(str(hippocampus / "labelsTr" / f"{report['cases'][0]['case']}.nii.gz")).dataobj)
+    baseline = np.mean([dice_per_label(np.full_like(labels, k), labels, 3)[k - 1] for k in (1, 2)])
+    assert baseline < 0.15
+    assert report["mean_dice"] > max(0.5, baseline + 0.3)
+
+
+def test_segmentation_keeps_the_nifti_geometry(hippocampus_run, hippocampus, tmp_path):
+    run_dir, _ = hippocampus_run
+    source = hippocampus / "imagesTr" / "hippocampus_004.nii.gz"
+    out = tmp_path / "seg.nii.gz"
+    assert main(["segment", "--model", str(run_dir), "--input", str(source), "--output", str(out)]) == 0
+    written, original = nib.load(str(out)), nib.load(str(source))
+    assert written.shape == original.shape
+    np.testing.assert_allclose(written.affine, original.affine)
+    np.testing.assert_allclose(written.header.get_zooms(), original.header.get_zooms())
+    assert int(written.header["qform_code"]) == int(original.header["qform_code"])
+    assert int(written.header["sform_code"]) == int(original.header["sform_code"])
+    values = np.unique(np.asanyarray(written.dataobj))
+    assert set(values.tolist()) <= {0, 1, 2} and len(values) > 1
+
+
+def test_stop_and_resume_on_real_data(tmp_path, hippocampus):
+    config = RunConfig()
+    config.data.path = str(hippocampus)
+    config.data.max_cases = 6
+    config.model.base_channels = 8
+    config.training.device = "cpu"
+    config.training.epochs = 2
+    config.training.iterations_per_epoch = 2
+    control = TrainingControl()
+    for event in train(config, tmp_path / "run", control=control):
+        if isinstance(event, StepDone) and event.step == 3:
+            control.stop()
+    assert event.stopped and event.epochs_completed == 1
+    resumed = list(train(config, tmp_path / "run", resume=True))
+    assert [e.step for e in resumed if isinstance(e, StepDone)] == [3, 4]
+    assert isinstance(resumed[-1], Finished) and not resumed[-1].stopped
