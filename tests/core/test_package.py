@@ -34,3 +34,8 @@ def test_manifest_is_valid_and_sample_data_resolves():
     assert image_meta["scale"] == labels_meta["scale"] == (2.5, 0.8, 0.8)
     fractions = np.bincount(labels.ravel(), minlength=3) / labels.size
     assert 0 < fractions[1] < 0.02 and 0 < fractions[2] < 0.02
+
+
+def test_npe2_validate_passes():
+    out = subprocess.run([sys.executable, "-m", "npe2", "validate", "napari-pgps"], capture_output=True, text=True)
+    assert out.returncode == 0 and "valid" in out.stdout, out.stdout + out.stderr

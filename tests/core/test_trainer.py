@@ -126,3 +126,14 @@ def test_a_patch_the_network_cannot_take_is_refused_before_writing(tmp_path, pha
     with pytest.raises(InputError, match="cannot be taken.*Try 10 32 32"):
         next(iter(train(config, tmp_path / "run")))
     assert not (tmp_path / "run").exists()
+
+
+def test_monai_unet_is_selectable_end_to_end(tmp_path, phantom_dataset):
+    from napari_pgps.engine import load_model
+
+    config = quick_config(phantom_dataset, epochs=1, iterations=2)
+    config.model.architecture = "unet"
+    events = list(train(config, tmp_path / "run"))
+    assert events[-1].stopped is False
+    model = load_model(tmp_path / "run", "cpu")
+    assert type(model.network).__name__ == "UNet"
