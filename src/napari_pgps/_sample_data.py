@@ -39,16 +39,16 @@ def make_phantom(seed: int = 0, shape: tuple[int, int, int] = PHANTOM_SHAPE, spa
     lesion = (z - lesion_centre[0]) ** 2 + (y - lesion_centre[1]) ** 2 + (x - lesion_centre[2]) ** 2 <= lesion_radius**2
     labels[lesion & body] = 1
 
-    # a vessel: a tube of radius ~2 mm along a sine curve through the body in X
+    # a vessel: a tube of radius ~3 mm along a sine curve through the body in X
     phase, amplitude = rng.uniform(0, 2 * np.pi), rng.uniform(4, 10)
     path_y = centre[1] + amplitude * np.sin(x / extent[2] * 2 * np.pi + phase) + rng.uniform(-0.3, 0.3) * radii[1]
     path_z = centre[0] + rng.uniform(-0.4, 0.4) * radii[0]
-    vessel = ((y - path_y) ** 2 + (z - path_z) ** 2 <= rng.uniform(1.8, 2.6) ** 2) & body & ~lesion
+    vessel = ((y - path_y) ** 2 + (z - path_z) ** 2 <= rng.uniform(2.8, 3.6) ** 2) & body & ~lesion
     labels[vessel] = 2
 
     image = np.where(body, 100.0, 10.0).astype(np.float32)
     image[labels == 1] = 150.0
-    image[labels == 2] = 55.0
+    image[labels == 2] = 45.0
     bias = 1 + 0.15 * np.sin(x / extent[2] * np.pi + rng.uniform(0, np.pi)) * np.cos(y / extent[1] * np.pi)
     image = image * bias + rng.normal(0, 12.0, shape).astype(np.float32)
     return image.astype(np.float32), labels

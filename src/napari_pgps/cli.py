@@ -49,6 +49,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--out", metavar="RUN_DIR", required=True, help="run folder for config.yaml, metrics.jsonl and checkpoints")
     p.add_argument("--config", metavar="FILE.yaml", help="start from this configuration; flags override it")
     p.add_argument("--schedule", choices=SCHEDULES, help="patch-size schedule (default: constant)")
+    p.add_argument("--pdl", action="store_true", help="add the Progressive Deep Learning data curriculum (cases by similarity)")
     p.add_argument("--epochs", type=int, metavar="N", help="epochs (default: from the device; CPU 25)")
     p.add_argument("--iterations-per-epoch", type=int, metavar="N", help="steps per epoch (default: from the device; CPU 50)")
     p.add_argument("--batch-size", type=int, metavar="N", help="crops per step at the final patch size (default 2)")
@@ -85,6 +86,34 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--device", choices=DEVICES, default="auto")
     p.set_defaults(run=_evaluate)
 
+    p = sub.add_parser("schedule", help="print a patch-size schedule without training",
+                       description="Print the stages of a schedule: patch (Z Y X), batch and epochs per stage, and the "
+                       "voxels it processes relative to the constant schedule.")
+    p.add_argument("--final-patch", type=int, nargs=3, required=True, metavar=("Z", "Y", "X"))
+    p.add_argument("--poolings", type=int, nargs=3, required=True, metavar=("PZ", "PY", "PX"), help="2x poolings of the network per axis")
+    p.add_argument("--epochs", type=int, required=True, metavar="N")
+    p.add_argument("--batch-size", type=int, required=True, metavar="B", help="the final-stage batch size")
+    p.add_argument("--mode", required=True, choices=SCHEDULES, metavar="MODE", help="one of " + ", ".join(SCHEDULES))
+    p.add_argument("--growth", choices=("journal", "miccai"), default="journal", help="PGPS growth rule (default journal)")
+    p.add_argument("--max-batch", type=int, metavar="N", help="cap on the Performance mode's batch")
+    p.add_argument("--single-voxel-bottleneck", action="store_true",
+                   help="start from the reference's minimum patch (1-voxel bottleneck), as in the paper's worked example")
+    p.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    p.set_defaults(run=_schedule)
+
+    p = sub.add_parser("bench", help="train several schedules side by side and report Dice, time and memory",
+                       description="Train every schedule with the same seeds, split and epochs; write results.json, "
+                       "report.md and PNG figures to REPORT_DIR.")
+    p.add_argument("--data", required=True, metavar="DIR")
+    p.add_argument("--out", required=True, metavar="REPORT_DIR")
+    p.add_argument("--schedules", default="constant,pgps-efficiency,pgps-performance", help="comma-separated; must include constant")
+    p.add_argument("--seeds", type=int, default=3, metavar="N")
+    p.add_argument("--profile", choices=("quick", "full"), default="full", help="quick: a few minutes for CI; full: the documented figures")
+    p.add_argument("--epochs", type=int, metavar="N")
+    p.add_argument("--iterations-per-epoch", type=int, metavar="N")
+    p.add_argument("--device", choices=DEVICES, default="auto")
+    p.set_defaults(run=_bench)
+
     p = sub.add_parser("demo", help="train briefly on generated sample data and segment it",
                        description="The quick demo: generates a phantom dataset, trains for a few minutes on the CPU "
                        "and segments a held-out phantom.")
@@ -112,7 +141,7 @@ def _train(args: argparse.Namespace) -> int:
     run_dir = Path(args.out)
     overrides = [name for name in ("data", "config", "schedule", "epochs", "iterations_per_epoch", "batch_size",
                                    "patch_size", "architecture", "optimizer", "learning_rate", "max_cases", "seed")
-                 if getattr(args, name) is not None]
+                 if getattr(args, name) is not None] + (["pdl"] if args.pdl else [])
     if args.resume:
         if not (run_dir / LAST).is_file():
             raise InputError(f"{run_dir}: no {LAST} to resume from; start a new run without --resume.")
@@ -152,6 +181,8 @@ def _apply_train_flags(config: RunConfig, args: argparse.Namespace) -> None:
         config.data.max_cases = args.max_cases
     if args.schedule is not None:
         config.curriculum.schedule = args.schedule
+    if args.pdl:
+        config.curriculum.pdl.enabled = True
     if args.patch_size is not None:
         config.model.patch_size = tuple(args.patch_size)
     if args.architecture is not None:
@@ -256,6 +287,41 @@ def _evaluate(args: argparse.Namespace) -> int:
     print(f"{len(report['cases'])} cases: mean Dice {report['mean_dice']:.4f} ({per_label})")
     if args.json:
         write_text_atomically(Path(args.json), json.dumps(report, indent=2) + "\n")
+    return 0
+
+
+# -- schedule and bench --------------------------------------------------------
+def _schedule(args: argparse.Namespace) -> int:
+    from .curriculum import ScheduleOptions, build_schedule
+    from .models import check_patch_size
+
+    check_patch_size(args.final_patch, [2**p for p in args.poolings], what="final patch")
+    schedule = build_schedule(args.mode, args.final_patch, args.poolings, args.epochs, args.batch_size,
+                              ScheduleOptions(growth=args.growth, max_batch=args.max_batch,
+                                                              single_voxel_bottleneck=args.single_voxel_bottleneck))
+    if args.json:
+        print(json.dumps(schedule.to_dict()))
+        return 0
+    print(f"{'stage':>5}  {'patch (Z x Y x X)':>18}  {'batch':>5}  {'epochs':>6}  {'voxels/step vs final':>20}")
+    final = schedule.final_batch * schedule.final_patch[0] * schedule.final_patch[1] * schedule.final_patch[2]
+    for i, stage in enumerate(schedule.stages, 1):
+        print(f"{i:>5}  {_size(stage.patch):>18}  {stage.batch:>5}  {stage.epochs:>6}  {stage.voxels_per_step / final:>20.3f}")
+    if schedule.choices:
+        print("each step draws one of: " + ", ".join(f"{_size(c.patch)} (batch {c.batch})" for c in schedule.choices))
+    if schedule.axis_sizes:
+        print("each step draws per axis: " + "; ".join(f"{a}: {list(s)}" for a, s in zip("ZYX", schedule.axis_sizes)))
+    print(f"relative voxels vs constant: {schedule.relative_voxels():.3f}")
+    return 0
+
+
+def _bench(args: argparse.Namespace) -> int:
+    from .bench import BenchSettings, run_bench
+
+    settings = BenchSettings(data=str(args.data), schedules=[s.strip() for s in args.schedules.split(",") if s.strip()],
+                             seeds=args.seeds, profile=args.profile, epochs=args.epochs,
+                             iterations_per_epoch=args.iterations_per_epoch, device=args.device)
+    results = run_bench(settings, Path(args.out), progress=lambda line: print(line, flush=True))
+    print((Path(args.out) / "report.md").read_text())
     return 0
 
 

@@ -87,10 +87,41 @@ class ModelConfig:
 
 
 @dataclass
+class PDLConfig:
+    """Progressive Deep Learning: training cases ranked by similarity and added in groups."""
+
+    enabled: bool = False
+    metric: str = "ssim"
+    """Similarity to the reference case: "mse", "psnr" or "ssim"."""
+    groups: int = 4
+    """The ranked cases are split into this many groups."""
+    every_epochs: Optional[int] = None
+    """Add the next group every N epochs; by default the groups are spread evenly over the first half of training."""
+    reference: Optional[str] = None
+    """Reference case name; by default the case closest (MSE) to the mean of all training cases."""
+
+
+@dataclass
 class CurriculumConfig:
-    """How the patch size (and batch size) change over training."""
+    """How the patch size, the batch size and the training cases change over training."""
 
     schedule: str = "constant"
+    """constant, pgps-efficiency, pgps-performance, rpss or augment."""
+    growth: str = "journal"
+    """PGPS growth rule: "journal" (smallest next size first) or "miccai" (round-robin from axis Y)."""
+    start_fraction: float = 0.0
+    """Start growing from the first size holding at least this fraction of the final voxels."""
+    growth_fraction: float = 1.0
+    """Share of the epochs the growing stages take; the final size trains for the rest."""
+    max_batch: Optional[int] = None
+    """Cap on the Performance mode's batch size (memory budget)."""
+    single_voxel_bottleneck: bool = False
+    """Start from the reference's minimum patch with a 1-voxel bottleneck."""
+    augment_range: tuple[float, float] = (0.5, 1.5)
+    """augment: each axis drawn from the sizes the network takes in [low, high] x final."""
+    rpss_mode: str = "efficiency"
+    """rpss: batch rule of the stages drawn ("efficiency" or "performance")."""
+    pdl: PDLConfig = field(default_factory=PDLConfig)
 
 
 @dataclass

@@ -1,5 +1,25 @@
-"""Curriculum schedules: pure functions from the final patch and epochs to stages."""
+"""Curriculum schedules (pure functions from the final patch and epochs to stages) and the PDL data curriculum."""
 
-from .schedules import SCHEDULES, Stage, build_stages, stage_at
+from .schedules import (
+    SCHEDULES,
+    Schedule,
+    ScheduleOptions,
+    Stage,
+    build_schedule,
+    crops_per_case,
+    growth_sizes,
+    pgps_stages,
+    stage_at,
+)
 
-__all__ = ["SCHEDULES", "Stage", "build_stages", "stage_at"]
+__all__ = [
+    "SCHEDULES",
+    "Schedule",
+    "ScheduleOptions",
+    "Stage",
+    "build_schedule",
+    "crops_per_case",
+    "growth_sizes",
+    "pgps_stages",
+    "stage_at",
+]

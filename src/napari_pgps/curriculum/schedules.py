@@ -1,17 +1,36 @@
 """Patch-size schedules as pure functions.
 
 A schedule turns (final patch, poolings per axis, total epochs, final batch
-size) into a list of :class:`Stage`\\ s that the trainer follows in order.
+size, mode) into a :class:`Schedule`: stages the trainer follows in order, and
+for the random schedules a rule for drawing each step's patch. Sizes are
+(Z, Y, X); an axis with ``p`` 2x poolings takes multiples of ``2 ** p``.
+
+Schedules (``../shared/docs/methods.md`` sections 1 and 4):
+
+* ``constant``: the final patch and batch for the whole run (the baseline).
+* ``pgps-efficiency`` / ``pgps-performance``: Progressive Growing of Patch
+  Size. The patch grows one axis at a time (journal rule: the axis with the
+  smallest ``current + step``, ties to the lowest axis; or the MICCAI
+  round-robin from axis 1). Efficiency keeps the batch size; Performance keeps
+  the voxels per step, ``floor(B * prod(final) / prod(patch))``, optionally
+  capped.
+* ``rpss``: every step draws one of the PGPS stages at random.
+* ``augment``: every step draws each axis uniformly from the sizes the
+  network takes within a range.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Sequence
+import math
+from dataclasses import dataclass, field
+from typing import Optional, Sequence
+
+import numpy as np
 
 from ..errors import InputError
 
-SCHEDULES = ("constant",)
+SCHEDULES = ("constant", "pgps-efficiency", "pgps-performance", "rpss", "augment")
+GROWTH_RULES = ("journal", "miccai")
 
 
 @dataclass(frozen=True)
@@ -22,23 +41,222 @@ class Stage:
     batch: int
     epochs: int
 
+    @property
+    def voxels_per_step(self) -> int:
+        return self.batch * math.prod(self.patch)
 
-def constant(final_patch: Sequence[int], epochs: int, batch: int) -> list[Stage]:
-    """The baseline: the final patch and batch size for the whole run."""
-    return [Stage(tuple(int(p) for p in final_patch), int(batch), int(epochs))]
+
+@dataclass(frozen=True)
+class Schedule:
+    """What the trainer follows.
+
+    Attributes:
+        name: the schedule's name.
+        stages: followed in order, each for its epochs; they add up to the total.
+        choices: ``rpss``: each step draws one of these (their ``epochs`` is 0).
+        axis_sizes: ``augment``: each step draws each axis from these sizes.
+        final_patch, final_batch: validation and inference use these.
+    """
+
+    name: str
+    stages: tuple[Stage, ...]
+    final_patch: tuple[int, int, int]
+    final_batch: int
+    choices: tuple[Stage, ...] = ()
+    axis_sizes: tuple[tuple[int, ...], ...] = ()
+
+    @property
+    def epochs(self) -> int:
+        return sum(s.epochs for s in self.stages)
+
+    def draw(self, stage: Stage, rng: np.random.Generator) -> tuple[tuple[int, int, int], int]:
+        """The (patch, batch) of one step within ``stage``; random for ``rpss`` and ``augment``."""
+        if self.choices:
+            choice = self.choices[int(rng.integers(len(self.choices)))]
+            return choice.patch, choice.batch
+        if self.axis_sizes:
+            return tuple(int(sizes[int(rng.integers(len(sizes)))]) for sizes in self.axis_sizes), stage.batch
+        return stage.patch, stage.batch
+
+    def relative_voxels(self) -> float:
+        """Voxels processed over the whole run relative to the constant schedule (expected value when random)."""
+        constant = self.epochs * self.final_batch * math.prod(self.final_patch)
+        if self.choices:
+            return float(np.mean([c.voxels_per_step for c in self.choices])) * self.epochs / constant
+        if self.axis_sizes:
+            mean_patch = math.prod(float(np.mean(sizes)) for sizes in self.axis_sizes)
+            return self.final_batch * mean_patch * self.epochs / constant
+        return sum(s.epochs * s.voxels_per_step for s in self.stages) / constant
+
+    def to_dict(self) -> dict:
+        """``{"stages": [{"patch", "batch", "epochs"}], "relative_voxels"}`` (plus the draw rule when random)."""
+        out: dict = {
+            "stages": [{"patch": list(s.patch), "batch": s.batch, "epochs": s.epochs} for s in self.stages],
+            "relative_voxels": self.relative_voxels(),
+        }
+        if self.choices:
+            out["random_stages"] = [{"patch": list(s.patch), "batch": s.batch} for s in self.choices]
+        if self.axis_sizes:
+            out["random_axis_sizes"] = [list(sizes) for sizes in self.axis_sizes]
+        return out
 
 
-def build_stages(
-    schedule: str, final_patch: Sequence[int], poolings: Sequence[int], epochs: int, batch: int
-) -> list[Stage]:
-    """The stages of a named schedule.
+@dataclass(frozen=True)
+class ScheduleOptions:
+    """Tuning knobs shared by the schedules (all optional)."""
+
+    growth: str = "journal"
+    """``journal`` (smallest next size first) or ``miccai`` (round-robin from axis 1)."""
+    start_fraction: float = 0.0
+    """Start growing from the first stage holding at least this fraction of the final voxels (start later)."""
+    growth_fraction: float = 1.0
+    """Share of the epochs the growing stages take; the final size trains for the rest (stop earlier)."""
+    max_batch: Optional[int] = None
+    """Cap on the Performance mode's batch size (a memory budget)."""
+    single_voxel_bottleneck: bool = False
+    """Start from the reference's minimum patch (a 1-voxel bottleneck); by default growth starts one step later,
+    where the bottleneck holds 2 voxels, because instance normalisation cannot normalise a single voxel."""
+    augment_range: tuple[float, float] = (0.5, 1.5)
+    """``augment``: each axis is drawn from the sizes the network takes in [low, high] x its final size."""
+    rpss_mode: str = "efficiency"
+    """``rpss``: the batch rule of the stages it draws from."""
+
+
+def build_schedule(
+    name: str,
+    final_patch: Sequence[int],
+    poolings: Sequence[int],
+    epochs: int,
+    batch: int,
+    options: ScheduleOptions = ScheduleOptions(),
+    minimum_patch: Sequence[int] = (1, 1, 1),
+) -> Schedule:
+    """The schedule called ``name``.
+
+    Args:
+        final_patch: (Z, Y, X), a multiple of ``2 ** poolings`` per axis.
+        poolings: 2x poolings of the network per axis (Z, Y, X).
+        epochs: total epochs E.
+        batch: the final-stage batch size B.
+        minimum_patch: the smallest size per axis the network takes (SwinUNETR: 64).
 
     Raises:
-        InputError: unknown schedule name.
+        InputError: unknown name or option.
     """
-    if schedule == "constant":
-        return constant(final_patch, epochs, batch)
-    raise InputError(f"unknown schedule '{schedule}'; choose one of {', '.join(SCHEDULES)}.")
+    final = tuple(int(p) for p in final_patch)
+    if epochs < 1 or batch < 1:
+        raise InputError("a schedule needs at least 1 epoch and a batch of at least 1.")
+    if name == "constant":
+        return Schedule(name, (Stage(final, batch, epochs),), final, batch)
+    if name in ("pgps-efficiency", "pgps-performance"):
+        mode = name.split("-")[1]
+        return Schedule(name, tuple(pgps_stages(final, poolings, epochs, batch, mode, options, minimum_patch)), final, batch)
+    if name == "rpss":
+        count = len(growth_sizes(final, poolings, options, minimum_patch))
+        stages = pgps_stages(final, poolings, count, batch, options.rpss_mode, options, minimum_patch)
+        choices = tuple(Stage(s.patch, s.batch, 0) for s in stages)
+        return Schedule(name, (Stage(final, batch, epochs),), final, batch, choices=choices)
+    if name == "augment":
+        sizes = augment_sizes(final, poolings, options.augment_range)
+        sizes = tuple(tuple(v for v in axis if v >= m) or (f,) for axis, m, f in zip(sizes, minimum_patch, final))
+        return Schedule(name, (Stage(final, batch, epochs),), final, batch, axis_sizes=sizes)
+    raise InputError(f"unknown schedule '{name}'; choose one of {', '.join(SCHEDULES)}.")
+
+
+def growth_sizes(
+    final: Sequence[int], poolings: Sequence[int], options: ScheduleOptions = ScheduleOptions(), minimum_patch: Sequence[int] = (1, 1, 1)
+) -> list[tuple[int, int, int]]:
+    """The patch sizes PGPS grows through, smallest first, ending with ``final``.
+
+    Each size differs from the one before in one axis, by that axis's step
+    ``2 ** p`` (clamped at the final size).
+    """
+    if options.growth not in GROWTH_RULES:
+        raise InputError(f"unknown growth rule '{options.growth}'; choose one of {', '.join(GROWTH_RULES)}.")
+    step = [2**int(p) for p in poolings]
+    if any(f % s for f, s in zip(final, step)):
+        raise InputError(f"final patch {tuple(final)} is not a multiple of {tuple(step)} (the network's poolings).")
+    current = list(step)
+    if options.growth == "miccai":
+        current[0] = min(2 * step[0], final[0])  # the MICCAI version starts at a 2x1x1 bottleneck
+    sizes = [tuple(current)]
+    turn = 1
+    while tuple(current) != tuple(final):
+        open_axes = [a for a in range(3) if current[a] < final[a]]
+        if options.growth == "journal":
+            axis = min(open_axes, key=lambda a: (current[a] + step[a], a))
+        else:
+            while turn % 3 not in open_axes:
+                turn += 1
+            axis = turn % 3
+            turn += 1
+        current[axis] = min(current[axis] + step[axis], final[axis])
+        sizes.append(tuple(current))
+    if options.growth == "journal" and not options.single_voxel_bottleneck and len(sizes) > 1:
+        bottleneck = [c // s for c, s in zip(sizes[0], step)]
+        if math.prod(bottleneck) == 1:
+            sizes = sizes[1:]
+    sizes = [s for s in sizes if all(v >= m for v, m in zip(s, minimum_patch))] or [tuple(final)]
+    if options.start_fraction > 0:
+        target = options.start_fraction * math.prod(final)
+        first = next(i for i, s in enumerate(sizes) if math.prod(s) >= target)
+        sizes = sizes[first:]
+    return sizes
+
+
+def pgps_stages(
+    final: Sequence[int],
+    poolings: Sequence[int],
+    epochs: int,
+    batch: int,
+    mode: str,
+    options: ScheduleOptions = ScheduleOptions(),
+    minimum_patch: Sequence[int] = (1, 1, 1),
+) -> list[Stage]:
+    """PGPS stages with their epochs and batch sizes.
+
+    Epochs: with S stages, each of the first S-1 gets ``floor(g * E / (S-1))``
+    when ``growth_fraction`` g < 1, else ``floor(E / S)``; the last stage takes
+    the remainder. Stages that would get 0 epochs (E < S) are dropped, so the
+    patch then grows by more than one step at a time.
+    """
+    if mode not in ("efficiency", "performance"):
+        raise InputError(f"unknown PGPS mode '{mode}'; choose efficiency or performance.")
+    if not 0 < options.growth_fraction <= 1 or not 0 <= options.start_fraction <= 1:
+        raise InputError("growth fraction must be in (0, 1] and start fraction in [0, 1].")
+    sizes = growth_sizes(final, poolings, options, minimum_patch)
+    count = len(sizes)
+    if options.growth_fraction < 1 and count > 1:
+        each = int(options.growth_fraction * epochs) // (count - 1)
+    else:
+        each = epochs // count
+    final_voxels = math.prod(final)
+    stages = []
+    for index, size in enumerate(sizes):
+        span = each if index < count - 1 else epochs - each * (count - 1)
+        if span <= 0:
+            continue
+        stage_batch = batch
+        if mode == "performance":
+            stage_batch = max(batch, batch * final_voxels // math.prod(size))
+            if options.max_batch is not None:
+                stage_batch = max(batch, min(stage_batch, options.max_batch))
+        stages.append(Stage(tuple(size), stage_batch, span))
+    return stages
+
+
+def augment_sizes(final: Sequence[int], poolings: Sequence[int], size_range: tuple[float, float]) -> tuple[tuple[int, ...], ...]:
+    """Per axis, the sizes the network takes between ``low * final`` and ``high * final``."""
+    low, high = size_range
+    if not 0 < low <= 1 <= high:
+        raise InputError(f"augmentation range {size_range} must satisfy 0 < low <= 1 <= high.")
+    out = []
+    for f, p in zip(final, poolings):
+        step = 2**int(p)
+        sizes = tuple(range(step, int(high * f) + 1, step))
+        sizes = tuple(s for s in sizes if s >= low * f) or (f,)
+        out.append(sizes)
+    return tuple(out)
 
 
 def stage_at(stages: Sequence[Stage], epoch: int) -> int:
@@ -49,3 +267,8 @@ def stage_at(stages: Sequence[Stage], epoch: int) -> int:
         if epoch < end:
             return index
     return len(stages) - 1
+
+
+def crops_per_case(batch: int, final_batch: int) -> int:
+    """With a batch larger than the final one, ``ceil(batch / B)`` crops come from each case read (as in the reference)."""
+    return max(1, math.ceil(batch / final_batch))

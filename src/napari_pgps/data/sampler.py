@@ -70,6 +70,13 @@ class PatchSampler:
         self.foreground_probability = foreground_probability
         self.mirror = mirror
         self._foreground = [self._foreground_locations(lab) for lab in self.labels]
+        self.active = list(range(len(self.images)))
+
+    def set_active(self, indices: Sequence[int]) -> None:
+        """Draw crops only from these cases (the PDL data curriculum)."""
+        if not indices:
+            raise ValueError("at least one case must stay active")
+        self.active = [int(i) for i in indices]
 
     def _foreground_locations(self, labels: np.ndarray) -> dict[int, np.ndarray]:
         """Per foreground label index, up to 20k voxel coordinates (N, 3)."""
@@ -83,14 +90,19 @@ class PatchSampler:
                 found[index] = coords
         return found
 
-    def sample(self, patch: Sequence[int], batch_size: int) -> PatchBatch:
-        """Draw ``batch_size`` crops of shape ``patch`` (Z, Y, X)."""
+    def sample(self, patch: Sequence[int], batch_size: int, crops_per_case: int = 1) -> PatchBatch:
+        """Draw ``batch_size`` crops of shape ``patch`` (Z, Y, X).
+
+        ``crops_per_case`` crops come from each case drawn, so a large batch of
+        small patches reads only ``ceil(batch_size / crops_per_case)`` cases.
+        """
         patch = tuple(int(p) for p in patch)
         images = np.empty((batch_size, 1) + patch, dtype=np.float32)
         labels = np.empty((batch_size, 1) + patch, dtype=np.int64)
         cases = []
+        drawn = [self.active[int(self.rng.integers(len(self.active)))] for _ in range(-(-batch_size // crops_per_case))]
         for b in range(batch_size):
-            case = int(self.rng.integers(len(self.images)))
+            case = drawn[b // crops_per_case]
             start = self._crop_start(case, patch)
             image = _crop(self.images[case], start, patch, 0.0)
             label = _crop(self.labels[case], start, patch, 0)

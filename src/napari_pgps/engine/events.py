@@ -32,6 +32,11 @@ class RunStarted(_Event):
     epochs: int
     iterations_per_epoch: int
     final_patch: tuple[int, int, int]
+    schedule: str
+    label_names: tuple[str, ...]
+    """Background first; the order of every ``class_fractions``."""
+    volume_class_fractions: tuple[float, ...]
+    """Voxel fraction of each label in the whole training volumes."""
 
 
 @dataclass(frozen=True)
@@ -42,6 +47,28 @@ class StageStarted(_Event):
     epoch: int
     patch: tuple[int, int, int]
     batch: int
+
+
+@dataclass(frozen=True)
+class StageFinished(_Event):
+    """A curriculum stage ended; ``class_fractions`` is the mean label fraction of its sampled crops."""
+
+    stage: int
+    epoch: int
+    patch: tuple[int, int, int]
+    batch: int
+    steps: int
+    class_fractions: tuple[float, ...]
+
+
+@dataclass(frozen=True)
+class CasesAdded(_Event):
+    """The PDL data curriculum widened the training pool to the ``cases`` most similar cases."""
+
+    epoch: int
+    cases: int
+    total: int
+    names: tuple[str, ...]
 
 
 @dataclass(frozen=True)

@@ -20,17 +20,28 @@ import numpy as np
 import torch
 
 from ..config import RunConfig
-from ..curriculum import build_stages, stage_at
+from ..curriculum import ScheduleOptions, build_schedule, crops_per_case, stage_at
+from ..curriculum.pdl import active_cases, default_interval, rank_cases
 from ..data.dataset import TrainingSet, load_training_set, split_cases
 from ..data.normalization import fit_normalization, normalize
-from ..data.sampler import PatchSampler
+from ..data.sampler import PatchSampler, class_fractions
 from ..errors import InputError
-from ..models import build_network, count_parameters, training_outputs
-from ..models.planning import UNetPlan
+from ..models import build_network, count_parameters, patch_divisor, training_outputs
 from .checkpoint import BEST, FINAL, LAST, load_checkpoint, save_checkpoint
 from .control import TrainingControl
 from .device import describe, pick_device
-from .events import CheckpointSaved, Finished, Paused, Resumed, RunStarted, StageStarted, StepDone, Validated
+from .events import (
+    CasesAdded,
+    CheckpointSaved,
+    Finished,
+    Paused,
+    Resumed,
+    RunStarted,
+    StageFinished,
+    StageStarted,
+    StepDone,
+    Validated,
+)
 from .inference import predict_probabilities
 from .metrics import dice_per_label, mean_of, summarize_dice
 from .resolve import resolve_config
@@ -120,9 +131,13 @@ class _Run:
             lookup[value] = index
         torch.manual_seed(t.seed)
         self.rng = np.random.default_rng(t.seed)
+        images = [normalize(c.image.array, config.normalization) for c in train_cases]
+        label_maps = [lookup[c.labels.array] for c in train_cases]
+        self.train_names = [c.name for c in train_cases]
+        self.volume_fractions = class_fractions(np.concatenate([m.ravel() for m in label_maps]), self.num_labels)
         self.sampler = PatchSampler(
-            [normalize(c.image.array, config.normalization) for c in train_cases],
-            [lookup[c.labels.array] for c in train_cases],
+            images,
+            label_maps,
             num_labels=self.num_labels,
             rng=self.rng,
             foreground_probability=config.data.foreground_oversampling,
@@ -135,8 +150,9 @@ class _Run:
         self.amp = t.mixed_precision and device.type == "cuda"
         self.scaler = torch.amp.GradScaler("cuda", enabled=self.amp)
         self.loss = _loss(deep_supervision=config.model.architecture == "dynunet" and config.model.deep_supervision)
-        plan = UNetPlan(config.model.kernel_sizes, config.model.strides)
-        self.stages = build_stages(config.curriculum.schedule, config.model.patch_size, plan.poolings, t.epochs, t.batch_size)
+        self.schedule = _schedule(config)
+        self.stages = self.schedule.stages
+        self.pdl_order = self._rank_cases(images) if config.curriculum.pdl.enabled else None
         self.epoch = 0
         self.step = 0
         self.training_seconds = 0.0
@@ -163,17 +179,32 @@ class _Run:
                 epochs=t.epochs,
                 iterations_per_epoch=t.iterations_per_epoch,
                 final_patch=tuple(self.config.model.patch_size),
+                schedule=self.schedule.name,
+                label_names=tuple(self.config.labels[v] for v in sorted(self.config.labels)),
+                volume_class_fractions=self.volume_fractions,
             )
         )
         stopped = False
-        current_stage = -1
+        current_stage, active = -1, 0
+        stage_fractions: list[tuple[float, ...]] = []
         self.network.train()
         while self.epoch < t.epochs and not stopped:
             index = stage_at(self.stages, self.epoch)
             stage = self.stages[index]
             if index != current_stage:
-                current_stage = index
+                if stage_fractions:
+                    yield self._log(self._stage_finished(current_stage, stage_fractions))
+                current_stage, stage_fractions = index, []
                 yield self._log(StageStarted(stage=index, epoch=self.epoch, patch=stage.patch, batch=stage.batch))
+            if self.pdl_order is not None:
+                pdl = self.config.curriculum.pdl
+                every = pdl.every_epochs or default_interval(t.epochs, pdl.groups)
+                count = active_cases(self.epoch, len(self.pdl_order), pdl.groups, every)
+                if count != active:
+                    active = count
+                    self.sampler.set_active(self.pdl_order[:count])
+                    names = tuple(self.train_names[i] for i in self.pdl_order[:count])
+                    yield self._log(CasesAdded(epoch=self.epoch, cases=count, total=len(self.pdl_order), names=names))
             for _ in range(t.iterations_per_epoch):
                 if self.control.paused and not self.control.stop_requested:
                     yield self._log(Paused(epoch=self.epoch, step=self.step))
@@ -184,9 +215,15 @@ class _Run:
                 if self.control.stop_requested:
                     stopped = True
                     break
-                yield self._log(self._train_step(stage.patch, stage.batch))
+                patch, batch = self.schedule.draw(stage, self.rng)
+                step = self._train_step(patch, batch)
+                stage_fractions.append(step.class_fractions)
+                yield self._log(step)
             if stopped:
                 break
+            if self.epoch + 1 == t.epochs or stage_at(self.stages, self.epoch + 1) != current_stage:
+                yield self._log(self._stage_finished(current_stage, stage_fractions))
+                stage_fractions = []
             self.scheduler.step()
             self.epoch += 1
             if self.epoch % t.validate_every == 0 or self.epoch == t.epochs:
@@ -208,9 +245,30 @@ class _Run:
             )
         )
 
+    def _stage_finished(self, index: int, fractions: list[tuple[float, ...]]) -> StageFinished:
+        stage = self.stages[index]
+        return StageFinished(
+            stage=index,
+            epoch=self.epoch,
+            patch=stage.patch,
+            batch=stage.batch,
+            steps=len(fractions),
+            class_fractions=tuple(float(f) for f in np.mean(fractions, axis=0)),
+        )
+
+    def _rank_cases(self, images: list[np.ndarray]) -> list[int]:
+        pdl = self.config.curriculum.pdl
+        reference = None
+        if pdl.reference is not None:
+            if pdl.reference not in self.train_names:
+                raise InputError(f"PDL reference case '{pdl.reference}' is not among the training cases.")
+            reference = self.train_names.index(pdl.reference)
+        order, _ = rank_cases(images, pdl.metric, reference)
+        return order
+
     def _train_step(self, patch: tuple[int, int, int], batch_size: int) -> StepDone:
         start = time.perf_counter()
-        batch = self.sampler.sample(patch, batch_size)
+        batch = self.sampler.sample(patch, batch_size, crops_per_case(batch_size, self.schedule.final_batch))
         images = torch.from_numpy(batch.images).to(self.device, non_blocking=True)
         labels = torch.from_numpy(batch.labels).to(self.device, non_blocking=True)
         self.optimizer.zero_grad(set_to_none=True)
@@ -319,6 +377,26 @@ class _Run:
 
 def _plain_state(state: dict[str, Any]) -> dict[str, Any]:
     return {k: _plain_state(v) if isinstance(v, dict) else (int(v) if isinstance(v, (np.integer,)) else v) for k, v in state.items()}
+
+
+def _schedule(config: RunConfig):
+    """The run's patch schedule, from the curriculum settings and the network's poolings."""
+    model, curriculum, t = config.model, config.curriculum, config.training
+    if model.architecture == "unetr" and curriculum.schedule != "constant":
+        raise InputError("UNETR takes only its training patch size; use --schedule constant or another network.")
+    divisor = patch_divisor(model)
+    options = ScheduleOptions(
+        growth=curriculum.growth,
+        start_fraction=curriculum.start_fraction,
+        growth_fraction=curriculum.growth_fraction,
+        max_batch=curriculum.max_batch,
+        single_voxel_bottleneck=curriculum.single_voxel_bottleneck,
+        augment_range=tuple(curriculum.augment_range),
+        rpss_mode=curriculum.rpss_mode,
+    )
+    minimum = (64, 64, 64) if model.architecture == "swinunetr" else (1, 1, 1)
+    poolings = tuple(int(np.log2(d)) for d in divisor)
+    return build_schedule(curriculum.schedule, model.patch_size, poolings, t.epochs, t.batch_size, options, minimum)
 
 
 def _optimizer(network: torch.nn.Module, t) -> torch.optim.Optimizer:

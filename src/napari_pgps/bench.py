@@ -1,0 +1,188 @@
+"""``napari-pgps bench``: every schedule trained with the same seeds, split and epochs, side by side.
+
+Each (schedule, seed) run trains in a fresh process, so warm-up and memory
+peaks do not leak from one run into the next. Measured per run: Dice per
+label on the held-out split at the final patch size, training wall time
+(steps only; validation excluded), the training time at which the validation
+Dice first reached the constant schedule's final Dice, and peak memory (the
+process's peak resident set size on the CPU, ``torch.cuda.max_memory_allocated``
+on CUDA). Written to the report folder: ``results.json``, ``report.md`` and
+the PNG figures.
+"""
+
+from __future__ import annotations
+
+import json
+import multiprocessing
+import resource
+import statistics
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Optional, Sequence
+
+import numpy as np
+
+from .config import RunConfig, write_text_atomically
+from .errors import InputError
+
+PROFILES = {
+    # CI: a few minutes on 2 CPU cores.
+    "quick": {"max_cases": 12, "epochs": 14, "iterations_per_epoch": 2, "base_channels": 8, "validate_every": 7},
+    # The figures in docs/benchmarks.md: the CPU default network, 28 epochs so every PGPS stage gets 2.
+    "full": {"max_cases": None, "epochs": 28, "iterations_per_epoch": 40, "base_channels": None, "validate_every": 4},
+}
+
+
+@dataclass
+class BenchSettings:
+    data: str
+    schedules: list[str]
+    seeds: int = 3
+    profile: str = "full"
+    epochs: Optional[int] = None
+    iterations_per_epoch: Optional[int] = None
+    device: str = "auto"
+
+
+def bench_config(settings: BenchSettings, schedule: str, seed: int) -> RunConfig:
+    """The configuration of one bench run: the profile, then the explicit overrides."""
+    profile = PROFILES[settings.profile]
+    config = RunConfig()
+    config.data.path = settings.data
+    config.data.max_cases = profile["max_cases"]
+    config.model.base_channels = profile["base_channels"]
+    config.curriculum.schedule = schedule
+    config.training.seed = seed
+    config.training.device = settings.device
+    config.training.epochs = settings.epochs or profile["epochs"]
+    config.training.iterations_per_epoch = settings.iterations_per_epoch or profile["iterations_per_epoch"]
+    config.training.validate_every = profile["validate_every"]
+    return config
+
+
+def run_one(config_dict: dict[str, Any]) -> dict[str, Any]:
+    """Train one (schedule, seed) and return its measurements (runs in a child process)."""
+    import torch
+
+    from .engine import train
+    from .engine.events import RunStarted, StageFinished, StageStarted, StepDone, Validated
+
+    config = RunConfig.from_dict(config_dict)
+    curve, stages, per_epoch, balance = [], [], {}, []
+    elapsed, device, final = 0.0, "", None
+    volume_fractions, label_names = None, None
+    for event in train(config):
+        if isinstance(event, RunStarted):
+            device, volume_fractions, label_names = event.device, event.volume_class_fractions, event.label_names
+        elif isinstance(event, StepDone):
+            elapsed += event.seconds
+            entry = per_epoch.setdefault(event.epoch, {"voxels": 0, "steps": 0, "patch": event.patch, "batch": event.batch})
+            entry["steps"] += 1
+            entry["voxels"] += event.batch * int(np.prod(event.patch))
+        elif isinstance(event, StageStarted):
+            stages.append({"stage": event.stage, "epoch": event.epoch, "patch": list(event.patch), "batch": event.batch})
+        elif isinstance(event, StageFinished):
+            balance.append({"stage": event.stage, "patch": list(event.patch), "batch": event.batch, "class_fractions": list(event.class_fractions)})
+        elif isinstance(event, Validated):
+            final = event
+            curve.append({"epoch": event.epoch, "training_seconds": elapsed, "mean_dice": event.mean_dice})
+    if device.startswith("CUDA"):
+        peak = torch.cuda.max_memory_allocated() / 2**20
+        memory_kind = "GPU MiB allocated"
+    else:
+        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+        memory_kind = "process peak RSS MiB"
+    return {
+        "schedule": config.curriculum.schedule,
+        "seed": config.training.seed,
+        "device": device,
+        "training_seconds": elapsed,
+        "dice_per_label": final.dice_per_label,
+        "mean_dice": final.mean_dice,
+        "curve": curve,
+        "stages": stages,
+        "class_balance": balance,
+        "volume_class_fractions": list(volume_fractions),
+        "label_names": list(label_names),
+        "epochs": [{"epoch": e, **v, "patch": list(v["patch"])} for e, v in sorted(per_epoch.items())],
+        "peak_memory_mib": peak,
+        "memory_kind": memory_kind,
+    }
+
+
+def run_bench(settings: BenchSettings, out: Path, progress=print) -> dict[str, Any]:
+    """Train every schedule for every seed, then write results.json, report.md and the figures."""
+    from .curriculum import SCHEDULES
+    from .data.dataset import read_dataset_info
+
+    unknown = [s for s in settings.schedules if s not in SCHEDULES]
+    if unknown:
+        raise InputError(f"unknown schedule(s) {', '.join(unknown)}; choose from {', '.join(SCHEDULES)}.")
+    if "constant" not in settings.schedules:
+        raise InputError("the bench compares against the constant schedule: include 'constant' in --schedules.")
+    if settings.seeds < 1:
+        raise InputError("--seeds must be at least 1.")
+    read_dataset_info(settings.data)
+    out.mkdir(parents=True, exist_ok=True)
+    runs = []
+    context = multiprocessing.get_context("spawn")
+    for seed in range(settings.seeds):
+        for schedule in settings.schedules:
+            progress(f"seed {seed}, {schedule}: training...")
+            with context.Pool(1) as pool:
+                result = pool.apply(run_one, (bench_config(settings, schedule, seed).to_dict(),))
+            runs.append(result)
+            progress(f"seed {seed}, {schedule}: mean Dice {result['mean_dice']:.4f}, "
+                     f"{result['training_seconds']:.0f} s training, peak {result['peak_memory_mib']:.0f} MiB")
+    results = summarize(runs, settings)
+    write_text_atomically(out / "results.json", json.dumps(results, indent=1) + "\n")
+    from .bench_report import write_figures, write_report
+
+    write_figures(results, out)
+    write_report(results, out)
+    return results
+
+
+def _time_to_reach(curve: Sequence[dict], target: float) -> Optional[float]:
+    for point in curve:
+        if point["mean_dice"] >= target:
+            return point["training_seconds"]
+    return None
+
+
+def summarize(runs: list[dict], settings: BenchSettings) -> dict[str, Any]:
+    """Per schedule: Dice mean and spread over seeds, median time ratio to constant, time to constant's Dice, memory."""
+    constant = {r["seed"]: r for r in runs if r["schedule"] == "constant"}
+    for r in runs:
+        base = constant[r["seed"]]
+        r["time_ratio"] = r["training_seconds"] / base["training_seconds"]
+        reached = _time_to_reach(r["curve"], base["mean_dice"])
+        r["time_to_constant_dice"] = reached
+        r["time_to_constant_dice_ratio"] = reached / base["training_seconds"] if reached is not None else None
+    summary = {}
+    for name in settings.schedules:
+        mine = [r for r in runs if r["schedule"] == name]
+        dice = [r["mean_dice"] for r in mine]
+        reached = [r["time_to_constant_dice_ratio"] for r in mine if r["time_to_constant_dice_ratio"] is not None]
+        summary[name] = {
+            "mean_dice": float(np.mean(dice)),
+            "dice_std": float(np.std(dice)),
+            "dice_per_label": {k: float(np.mean([r["dice_per_label"][k] for r in mine])) for k in mine[0]["dice_per_label"]},
+            "time_ratio_median": float(statistics.median(r["time_ratio"] for r in mine)),
+            "training_seconds_median": float(statistics.median(r["training_seconds"] for r in mine)),
+            "time_to_constant_dice_ratio_median": float(statistics.median(reached)) if reached else None,
+            "reached_constant_dice": f"{len(reached)}/{len(mine)}",
+            "peak_memory_mib_median": float(statistics.median(r["peak_memory_mib"] for r in mine)),
+            "relative_dice_change": None,
+        }
+    base_dice = summary["constant"]["mean_dice"]
+    for name, entry in summary.items():
+        entry["relative_dice_change"] = (entry["mean_dice"] - base_dice) / base_dice
+        entry["dice_points_vs_constant"] = 100 * (entry["mean_dice"] - base_dice)
+    return {
+        "settings": {**settings.__dict__, "profile_values": PROFILES[settings.profile]},
+        "device": runs[0]["device"],
+        "memory_kind": runs[0]["memory_kind"],
+        "summary": summary,
+        "runs": runs,
+    }

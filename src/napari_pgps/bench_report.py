@@ -1,0 +1,128 @@
+"""The bench's report: ``report.md`` and PNG figures from its ``results.json`` content."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from .config import write_text_atomically
+
+# The papers' claims and the thresholds the project holds the bench to (docs/benchmarks.md).
+CLAIMS = {
+    "pgps-efficiency": ("same Dice in 44% of the training time", "mean Dice within 0.5 points of constant in at most 50% of its time",
+                        lambda s: s["dice_points_vs_constant"] >= -0.5 and s["time_ratio_median"] <= 0.50),
+    "pgps-performance": ("+1.28% relative Dice in 89% of the time", "mean Dice at least 1% (relative) above constant in at most 95% of its time",
+                         lambda s: s["relative_dice_change"] >= 0.01 and s["time_ratio_median"] <= 0.95),
+}
+
+
+def write_figures(results: dict[str, Any], out: Path) -> list[Path]:
+    """dice_vs_time.png, patch_and_batch.png, class_balance.png."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    runs = results["runs"]
+    names = list(results["summary"])
+    colours = {name: plt.cm.tab10(i) for i, name in enumerate(names)}
+    written = []
+
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    for name in names:
+        for i, run in enumerate(r for r in runs if r["schedule"] == name):
+            xs = [p["training_seconds"] / 60 for p in run["curve"]]
+            ys = [p["mean_dice"] for p in run["curve"]]
+            ax.plot(xs, ys, "o-", color=colours[name], alpha=0.8, label=name if i == 0 else None, markersize=3)
+    ax.set_xlabel("training time (min, validation excluded)")
+    ax.set_ylabel("held-out mean Dice")
+    ax.set_title(f"Dice against training time ({results['device']}, one line per seed)")
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    written.append(_save(fig, out / "dice_vs_time.png"))
+
+    fig, axes = plt.subplots(len(names), 1, figsize=(7, 2.2 * len(names)), sharex=True, squeeze=False)
+    for ax, name in zip(axes[:, 0], names):
+        run = next(r for r in runs if r["schedule"] == name)
+        per_epoch = run["epochs"] + run["epochs"][-1:]  # repeat the last so its step spans the final epoch
+        epochs = [e["epoch"] + 1 for e in run["epochs"]] + [run["epochs"][-1]["epoch"] + 2]
+        for axis, label in enumerate("ZYX"):
+            ax.step(epochs, [e["patch"][axis] for e in per_epoch], where="post", label=f"patch {label}")
+        twin = ax.twinx()
+        twin.step(epochs, [e["batch"] for e in per_epoch], where="post", color="black", linestyle="--", label="batch")
+        twin.set_ylabel("batch")
+        ax.set_ylabel("voxels")
+        ax.set_title(f"{name} (seed 0; random schedules show each epoch's last draw)", fontsize=9)
+        if ax is axes[0, 0]:
+            ax.legend(loc="lower right", fontsize=7)
+            twin.legend(loc="upper left", fontsize=7)
+    axes[-1, 0].set_xlabel("epoch")
+    fig.tight_layout()
+    written.append(_save(fig, out / "patch_and_batch.png"))
+
+    growing = [n for n in names if n.startswith("pgps")] or names
+    fig, axes = plt.subplots(1, len(growing), figsize=(6 * len(growing), 4), squeeze=False)
+    for ax, name in zip(axes[0], growing):
+        run = next(r for r in runs if r["schedule"] == name)
+        labels = run["label_names"]
+        stages = run["class_balance"]
+        xs = list(range(1, len(stages) + 1))
+        for k in range(1, len(labels)):
+            line = ax.plot(xs, [s["class_fractions"][k] for s in stages], "o-", label=f"{labels[k]} in patches")
+            ax.axhline(run["volume_class_fractions"][k], color=line[0].get_color(), linestyle=":", label=f"{labels[k]} in volumes")
+        ax.set_xticks(xs)
+        ax.set_xticklabels(["x".join(map(str, s["patch"])) for s in stages], rotation=60, fontsize=7)
+        ax.set_ylabel("voxel fraction")
+        ax.set_title(f"class balance per stage: {name} (seed 0)")
+        ax.legend(fontsize=7)
+    fig.tight_layout()
+    written.append(_save(fig, out / "class_balance.png"))
+    return written
+
+
+def _save(fig, path: Path) -> Path:
+    import matplotlib.pyplot as plt
+
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def write_report(results: dict[str, Any], out: Path) -> Path:
+    """report.md: settings, the table, the verdict on each claim."""
+    settings = results["settings"]
+    summary = results["summary"]
+    lines = [
+        "# napari-pgps bench",
+        "",
+        f"Data: `{settings['data']}`; profile `{settings['profile']}` ({settings['seeds']} seed(s), "
+        f"{results['runs'][0]['epochs'][-1]['epoch'] + 1} epochs); device: {results['device']}.",
+        "Dice: held-out (validation) cases, sliding window at the final patch size. Time: training steps only, "
+        "validation excluded; ratios are medians over seeds of each seed's ratio to its constant run.",
+        "",
+        f"| schedule | mean Dice (± sd over seeds) | vs constant | time ratio | reached constant's Dice | time to constant's Dice | peak memory ({results['memory_kind']}) |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for name, s in summary.items():
+        reach = f"{s['time_to_constant_dice_ratio_median']:.2f}" if s["time_to_constant_dice_ratio_median"] is not None else "never"
+        lines.append(
+            f"| {name} | {s['mean_dice']:.4f} ± {s['dice_std']:.4f} | {s['dice_points_vs_constant']:+.2f} points "
+            f"({100 * s['relative_dice_change']:+.2f}%) | {s['time_ratio_median']:.2f} | {s['reached_constant_dice']} | {reach} | "
+            f"{s['peak_memory_mib_median']:.0f} |"
+        )
+    lines += ["", "## What it shows", ""]
+    for name, (paper, rule, holds) in CLAIMS.items():
+        if name not in summary:
+            continue
+        s = summary[name]
+        verdict = "holds" if holds(s) else "does NOT hold"
+        lines.append(
+            f"- **{name}**: {s['mean_dice']:.4f} mean Dice ({s['dice_points_vs_constant']:+.2f} points, "
+            f"{100 * s['relative_dice_change']:+.2f}% relative) in {100 * s['time_ratio_median']:.0f}% of constant's training time. "
+            f"The paper: {paper}. Our bar, {rule}, {verdict} here."
+        )
+    lines += ["", "Figures: `dice_vs_time.png`, `patch_and_batch.png`, `class_balance.png`; raw numbers: `results.json`.", ""]
+    path = out / "report.md"
+    write_text_atomically(path, "\n".join(lines))
+    return path

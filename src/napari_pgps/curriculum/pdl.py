@@ -1,0 +1,74 @@
+"""Progressive Deep Learning (PDL): rank training cases by similarity to a reference and add them in groups.
+
+Cases of different shapes are compared on a common grid: each normalised image
+is resampled (trilinear) to ``GRID`` voxels, Z, Y, X. The similarity metrics are
+MONAI's (MSE, PSNR, SSIM).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Optional, Sequence
+
+import numpy as np
+import torch
+
+from ..errors import InputError
+
+METRICS = ("mse", "psnr", "ssim")
+GRID = (32, 32, 32)
+
+
+def _on_grid(images: Sequence[np.ndarray]) -> torch.Tensor:
+    """(N, 1, *GRID) float32 tensor of the images resampled to the common grid."""
+    out = [torch.nn.functional.interpolate(torch.as_tensor(i, dtype=torch.float32)[None, None], size=GRID,
+                                           mode="trilinear", align_corners=False) for i in images]
+    return torch.cat(out)
+
+
+def similarity(images: torch.Tensor, reference: torch.Tensor, metric: str) -> np.ndarray:
+    """Similarity of each image (N, 1, Z, Y, X) to ``reference`` (1, 1, Z, Y, X); larger is more similar."""
+    from monai.metrics import MSEMetric, PSNRMetric, SSIMMetric
+
+    target = reference.expand_as(images)
+    if metric == "mse":
+        return -MSEMetric(reduction="none")(images, target).reshape(-1).numpy()
+    data_range = float(reference.max() - reference.min()) or 1.0
+    if metric == "psnr":
+        return PSNRMetric(max_val=data_range, reduction="none")(images, target).reshape(-1).numpy()
+    if metric == "ssim":
+        return SSIMMetric(spatial_dims=3, data_range=data_range, win_size=7, reduction="none")(images, target).reshape(-1).numpy()
+    raise InputError(f"unknown PDL similarity '{metric}'; choose one of {', '.join(METRICS)}.")
+
+
+def rank_cases(images: Sequence[np.ndarray], metric: str = "ssim", reference: Optional[int] = None) -> tuple[list[int], int]:
+    """Order training cases from most to least similar to a reference.
+
+    Args:
+        images: normalised volumes (Z, Y, X), any shapes.
+        metric: "mse", "psnr" or "ssim".
+        reference: index of the reference case; by default the case with the
+            smallest MSE to the mean of all cases.
+
+    Returns:
+        (case indices, most similar first with the reference itself first; the reference index)
+    """
+    grid = _on_grid(images)
+    if reference is None:
+        mean = grid.mean(dim=0, keepdim=True)
+        reference = int(np.argmax(similarity(grid, mean, "mse")))
+    scores = similarity(grid, grid[reference : reference + 1], metric)
+    scores[reference] = np.inf
+    order = sorted(range(len(images)), key=lambda i: (-scores[i], i))
+    return order, reference
+
+
+def active_cases(epoch: int, total: int, groups: int, every_epochs: int) -> int:
+    """How many of the ranked cases train in epoch ``epoch`` (0-based): one more group every ``every_epochs``."""
+    group_size = math.ceil(total / max(1, min(groups, total)))
+    return min(total, group_size * (1 + epoch // max(1, every_epochs)))
+
+
+def default_interval(epochs: int, groups: int) -> int:
+    """Spread the groups over the first half of training: the last group joins at about half-way."""
+    return max(1, epochs // (2 * max(1, groups - 1))) if groups > 1 else epochs
