@@ -114,10 +114,11 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--device", choices=DEVICES, default="auto")
     p.set_defaults(run=_bench)
 
-    p = sub.add_parser("demo", help="train briefly on generated sample data and segment it",
-                       description="The quick demo: generates a phantom dataset, trains for a few minutes on the CPU "
-                       "and segments a held-out phantom.")
-    p.add_argument("--headless", action="store_true", help="run without a window (the only mode until the widgets land)")
+    p = sub.add_parser("demo", help="open napari with sample data, the widgets and a quick schedule",
+                       description="The demo: napari with a generated phantom, the Curriculum, Train and Segment widgets "
+                       "docked and a quick PGPS schedule ready (press Start in the Train widget). With --headless: the "
+                       "same training without a window, writing figures, and a segmentation of an unseen phantom.")
+    p.add_argument("--headless", action="store_true", help="run without a window and write the figures to --out")
     p.add_argument("--out", metavar="DIR", default="demo-output", help="folder for the demo's data, run and results")
     p.add_argument("--device", choices=DEVICES, default="auto")
     p.set_defaults(run=_demo)
@@ -320,16 +321,24 @@ def _bench(args: argparse.Namespace) -> int:
     settings = BenchSettings(data=str(args.data), schedules=[s.strip() for s in args.schedules.split(",") if s.strip()],
                              seeds=args.seeds, profile=args.profile, epochs=args.epochs,
                              iterations_per_epoch=args.iterations_per_epoch, device=args.device)
-    results = run_bench(settings, Path(args.out), progress=lambda line: print(line, flush=True))
+    run_bench(settings, Path(args.out), progress=lambda line: print(line, flush=True))
     print((Path(args.out) / "report.md").read_text())
     return 0
 
 
 # -- demo ---------------------------------------------------------------------
 def _demo(args: argparse.Namespace) -> int:
-    from .demo import run_headless_demo
+    if args.headless:
+        from .demo import run_headless_demo
 
-    run_headless_demo(Path(args.out), device=args.device)
+        run_headless_demo(Path(args.out), device=args.device)
+        return 0
+    import napari
+
+    from .demo import open_demo_viewer
+
+    open_demo_viewer(device=args.device)
+    napari.run()
     return 0
 
 

@@ -1,4 +1,4 @@
-"""The quick demo: train briefly on generated phantoms and segment one the model never saw."""
+"""The quick demo: a PGPS schedule on generated phantoms, in napari or headless."""
 
 from __future__ import annotations
 
@@ -7,51 +7,134 @@ from pathlib import Path
 
 import numpy as np
 
-from ._sample_data import make_phantom, PHANTOM_SPACING, write_phantom_dataset
+from ._sample_data import PHANTOM_SPACING, make_phantom, write_phantom_dataset
 from .config import RunConfig
 
 
-def demo_config(data: Path, device: str = "auto") -> RunConfig:
-    """A schedule that gives a usable phantom segmentation in a few minutes on a laptop CPU."""
+def demo_config(data: Path | None = None, device: str = "auto") -> RunConfig:
+    """A PGPS Performance schedule that shows the patch growing and gives a usable phantom segmentation
+    in about two minutes on a laptop CPU."""
     config = RunConfig()
-    config.data.path = str(data)
+    config.data.path = str(data) if data else None
     config.model.patch_size = (16, 64, 64)
-    config.training.epochs = 8
+    config.model.spacing = PHANTOM_SPACING
+    config.curriculum.schedule = "pgps-performance"
+    config.training.epochs = 12
     config.training.iterations_per_epoch = 20
-    config.training.validate_every = 2
+    config.training.validate_every = 3
     config.training.device = device
     return config
 
 
+def open_demo_viewer(device: str = "auto"):
+    """napari with the phantom, the Curriculum, Train and Segment widgets docked (tabbed) and the demo schedule set.
+
+    Returns:
+        (viewer, (curriculum widget, train widget, segment widget), their dock widgets)
+    """
+    import napari
+
+    from ._sample_data import phantom_layers
+    from ._widgets.curriculum_widget import CurriculumWidget
+    from ._widgets.segment_widget import SegmentWidget
+    from ._widgets.state import state_for
+    from ._widgets.train_widget import TrainWidget
+
+    viewer = napari.Viewer(title="napari-pgps demo")
+    for data, meta, kind in phantom_layers():
+        getattr(viewer, f"add_{kind}")(data, **meta)
+    state_for(viewer).set_config(demo_config(device=device))
+    curriculum, trainer, segmenter = CurriculumWidget(viewer), TrainWidget(viewer), SegmentWidget(viewer)
+    trainer.device.setCurrentText(device)
+    docks = (
+        viewer.window.add_dock_widget(curriculum, name="Curriculum", area="right"),
+        viewer.window.add_dock_widget(trainer, name="Train", area="right", tabify=True),
+        viewer.window.add_dock_widget(segmenter, name="Segment", area="right", tabify=True),
+    )
+    docks[0].raise_()
+    return viewer, (curriculum, trainer, segmenter), docks
+
+
 def run_headless_demo(out: Path, device: str = "auto") -> dict:
-    """Generate data, train, segment a held-out phantom; print and return the results."""
+    """Generate phantoms, train with the demo schedule, write figures, segment an unseen phantom."""
     from .data.volume import Volume, affine_from_spacing, write_volume
     from .engine import load_model, segment_volume, train
-    from .engine.events import Finished, RunStarted, Validated
+    from .engine.events import Finished, RunStarted, StageStarted, Validated
     from .engine.metrics import dice_per_label
 
     out.mkdir(parents=True, exist_ok=True)
     data = write_phantom_dataset(out / "data", cases=12)
     print(f"wrote 12 phantom cases to {data}", flush=True)
     run_dir = out / f"run-{time.strftime('%Y%m%d-%H%M%S')}"
+    events = []
     for event in train(demo_config(data, device), run_dir):
+        events.append(event)
         if isinstance(event, RunStarted):
-            print(f"training on {event.device}, patch {event.final_patch}, {event.epochs} epochs", flush=True)
+            print(f"training on {event.device}: {event.schedule}, final patch {event.final_patch}, {event.epochs} epochs", flush=True)
+        elif isinstance(event, StageStarted):
+            print(f"  stage {event.stage + 1}: patch {'x'.join(map(str, event.patch))}, batch {event.batch}", flush=True)
         elif isinstance(event, Validated):
-            print(f"epoch {event.epoch}: validation mean Dice {event.mean_dice:.3f}", flush=True)
+            print(f"  epoch {event.epoch}: validation mean Dice {event.mean_dice:.3f}", flush=True)
         elif isinstance(event, Finished):
             print(f"trained in {event.training_seconds:.0f} s", flush=True)
+    figures = write_demo_figures(events, out)
     image, truth = make_phantom(seed=1000)
     affine = affine_from_spacing(PHANTOM_SPACING)
     write_volume(Volume(image, affine), out / "unseen_phantom.nii.gz")
     model = load_model(run_dir, device)
     result = segment_volume(model, Volume(image, affine))
-    write_volume(result.labels, out / "unseen_phantom_segmentation.nii.gz")
+    write_volume(result.labels.with_array(result.labels.array), out / "unseen_phantom_segmentation.nii.gz")
     dice = dice_per_label(result.labels.array, truth, 3)
     summary = {"lesion": float(dice[0]), "vessel": float(dice[1])}
     print(f"segmented an unseen phantom: Dice lesion {summary['lesion']:.3f}, vessel {summary['vessel']:.3f}")
     for name, volume in result.volumes.items():
         true_ml = float(np.sum(truth == (1 if name == "lesion" else 2)) * np.prod(PHANTOM_SPACING) / 1000)
         print(f"  {name}: {volume['ml']:.2f} mL segmented, {true_ml:.2f} mL true")
-    print(f"results in {out} (segmentation: unseen_phantom_segmentation.nii.gz, run: {run_dir.name})")
+    print(f"results in {out}: {', '.join(p.name for p in figures)}, unseen_phantom_segmentation.nii.gz, run {run_dir.name}")
     return summary
+
+
+def write_demo_figures(events: list, out: Path) -> list[Path]:
+    """demo_training.png (loss, patch and batch over the steps) and demo_class_balance.png (per stage)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from .engine.events import RunStarted, StageFinished, StepDone
+
+    steps = [e for e in events if isinstance(e, StepDone)]
+    stages = [e for e in events if isinstance(e, StageFinished)]
+    run = next(e for e in events if isinstance(e, RunStarted))
+    fig, (loss_ax, size_ax) = plt.subplots(2, 1, figsize=(7, 5), sharex=True)
+    loss_ax.plot([s.step for s in steps], [s.loss for s in steps], lw=0.8)
+    loss_ax.set_ylabel("loss")
+    loss_ax.set_title(f"{run.schedule}: the patch grows, the batch shrinks")
+    for axis, name in enumerate("ZYX"):
+        size_ax.step([s.step for s in steps], [s.patch[axis] for s in steps], where="post", label=f"patch {name}")
+    twin = size_ax.twinx()
+    twin.step([s.step for s in steps], [s.batch for s in steps], where="post", color="black", ls="--")
+    twin.set_ylabel("batch (dashed)")
+    size_ax.set_ylabel("patch (voxels)")
+    size_ax.set_xlabel("step")
+    size_ax.legend(fontsize=7)
+    fig.tight_layout()
+    paths = [out / "demo_training.png"]
+    fig.savefig(paths[0], dpi=110)
+    plt.close(fig)
+
+    fig, ax = plt.subplots(figsize=(7, 3.5))
+    xs = range(1, len(stages) + 1)
+    for k, name in enumerate(run.label_names[1:], start=1):
+        line = ax.plot(xs, [s.class_fractions[k] for s in stages], "o-", label=f"{name} in patches")
+        ax.axhline(run.volume_class_fractions[k], color=line[0].get_color(), ls=":", label=f"{name} in volumes")
+    ax.set_xticks(list(xs))
+    ax.set_xticklabels(["x".join(map(str, s.patch)) for s in stages], rotation=45, fontsize=7)
+    ax.set_ylabel("voxel fraction")
+    ax.set_title("class balance per stage")
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    paths.append(out / "demo_class_balance.png")
+    fig.savefig(paths[1], dpi=110)
+    plt.close(fig)
+    return paths

@@ -22,7 +22,7 @@ Schedules (``../shared/docs/methods.md`` sections 1 and 4):
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Optional, Sequence
 
 import numpy as np
@@ -217,7 +217,8 @@ def pgps_stages(
 
     Epochs: with S stages, each of the first S-1 gets ``floor(g * E / (S-1))``
     when ``growth_fraction`` g < 1, else ``floor(E / S)``; the last stage takes
-    the remainder. Stages that would get 0 epochs (E < S) are dropped, so the
+    the remainder. With fewer epochs than sizes (E < S), E evenly spaced sizes
+    (the smallest and the final one included) train one epoch each, so the
     patch then grows by more than one step at a time.
     """
     if mode not in ("efficiency", "performance"):
@@ -225,6 +226,9 @@ def pgps_stages(
     if not 0 < options.growth_fraction <= 1 or not 0 <= options.start_fraction <= 1:
         raise InputError("growth fraction must be in (0, 1] and start fraction in [0, 1].")
     sizes = growth_sizes(final, poolings, options, minimum_patch)
+    if epochs < len(sizes):
+        keep = sorted({int(round(i)) for i in np.linspace(0, len(sizes) - 1, epochs)})
+        sizes = [sizes[i] for i in keep]
     count = len(sizes)
     if options.growth_fraction < 1 and count > 1:
         each = int(options.growth_fraction * epochs) // (count - 1)

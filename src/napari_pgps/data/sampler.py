@@ -19,12 +19,14 @@ class PatchBatch:
         labels: int64 array (B, 1, Z, Y, X) of label *indices* 0..K-1.
         class_fractions: voxel fraction of each label index in this batch (length K, sums to 1).
         case_indices: which case each crop came from.
+        origins: each crop's first voxel (Z, Y, X) in its case (negative or past the end where padded).
     """
 
     images: np.ndarray
     labels: np.ndarray
     class_fractions: tuple[float, ...]
     case_indices: tuple[int, ...]
+    origins: tuple[tuple[int, int, int], ...] = ()
 
 
 def class_fractions(labels: np.ndarray, num_labels: int) -> tuple[float, ...]:
@@ -99,7 +101,7 @@ class PatchSampler:
         patch = tuple(int(p) for p in patch)
         images = np.empty((batch_size, 1) + patch, dtype=np.float32)
         labels = np.empty((batch_size, 1) + patch, dtype=np.int64)
-        cases = []
+        cases, origins = [], []
         drawn = [self.active[int(self.rng.integers(len(self.active)))] for _ in range(-(-batch_size // crops_per_case))]
         for b in range(batch_size):
             case = drawn[b // crops_per_case]
@@ -114,7 +116,8 @@ class PatchSampler:
             images[b, 0] = image
             labels[b, 0] = label
             cases.append(case)
-        return PatchBatch(images, labels, class_fractions(labels, self.num_labels), tuple(cases))
+            origins.append(tuple(int(v) for v in start))
+        return PatchBatch(images, labels, class_fractions(labels, self.num_labels), tuple(cases), tuple(origins))
 
     def _crop_start(self, case: int, patch: tuple[int, ...]) -> np.ndarray:
         shape = np.array(self.images[case].shape)

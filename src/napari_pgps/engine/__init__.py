@@ -3,11 +3,23 @@
 from .checkpoint import find_checkpoint, load_checkpoint, save_checkpoint
 from .control import TrainingControl
 from .device import pick_device
-from .events import CheckpointSaved, Finished, Paused, Resumed, RunStarted, StageStarted, StepDone, Validated
+from .events import (
+    CasesAdded,
+    CheckpointSaved,
+    Finished,
+    Paused,
+    Resumed,
+    RunStarted,
+    StageFinished,
+    StageStarted,
+    StepDone,
+    Validated,
+)
 from .inference import Cancelled, Segmentation, SegmentationModel, load_model, predict_probabilities, segment_volume
 from .trainer import TrainingDiverged, train
 
 __all__ = [
+    "CasesAdded",
     "Cancelled",
     "CheckpointSaved",
     "Finished",
@@ -16,6 +28,7 @@ __all__ = [
     "RunStarted",
     "Segmentation",
     "SegmentationModel",
+    "StageFinished",
     "StageStarted",
     "StepDone",
     "TrainingControl",

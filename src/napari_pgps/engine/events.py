@@ -87,6 +87,10 @@ class StepDone(_Event):
     class_fractions: tuple[float, ...]
     seconds: float
     learning_rate: float
+    crop_cases: tuple[str, ...] = ()
+    """Name of the case each crop was cut from (the overlay draws them over the matching layer)."""
+    crop_origins: tuple[tuple[int, int, int], ...] = ()
+    """First voxel (Z, Y, X) of each crop in its case."""
 
 
 @dataclass(frozen=True)
@@ -97,6 +101,8 @@ class Validated(_Event):
     dice_per_label: dict[str, float]
     mean_dice: float
     seconds: float
+    on_training_cases: bool = False
+    """True when there was no case to hold out (e.g. one pair of layers): then Dice is on the training cases."""
 
 
 @dataclass(frozen=True)

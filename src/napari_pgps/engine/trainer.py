@@ -24,7 +24,7 @@ from ..curriculum import ScheduleOptions, build_schedule, crops_per_case, stage_
 from ..curriculum.pdl import active_cases, default_interval, rank_cases
 from ..data.dataset import TrainingSet, load_training_set, split_cases
 from ..data.normalization import fit_normalization, normalize
-from ..data.sampler import PatchSampler, class_fractions
+from ..data.sampler import PatchSampler
 from ..errors import InputError
 from ..models import build_network, count_parameters, patch_divisor, training_outputs
 from .checkpoint import BEST, FINAL, LAST, load_checkpoint, save_checkpoint
@@ -134,7 +134,8 @@ class _Run:
         images = [normalize(c.image.array, config.normalization) for c in train_cases]
         label_maps = [lookup[c.labels.array] for c in train_cases]
         self.train_names = [c.name for c in train_cases]
-        self.volume_fractions = class_fractions(np.concatenate([m.ravel() for m in label_maps]), self.num_labels)
+        counts = sum(np.bincount(m.ravel(), minlength=self.num_labels)[: self.num_labels] for m in label_maps)
+        self.volume_fractions = tuple(float(c) / max(int(counts.sum()), 1) for c in counts)
         self.sampler = PatchSampler(
             images,
             label_maps,
@@ -143,7 +144,9 @@ class _Run:
             foreground_probability=config.data.foreground_oversampling,
             mirror=config.data.mirror_augmentation,
         )
-        self.validation = [(normalize(c.image.array, config.normalization), lookup[c.labels.array]) for c in val_cases]
+        self.validating_on_training = not val_cases
+        held_out = val_cases or train_cases
+        self.validation = [(normalize(c.image.array, config.normalization), lookup[c.labels.array]) for c in held_out]
         self.network = build_network(config.model).to(device)
         self.optimizer = _optimizer(self.network, t)
         self.scheduler = torch.optim.lr_scheduler.PolynomialLR(self.optimizer, total_iters=t.epochs, power=t.poly_exponent)
@@ -192,8 +195,6 @@ class _Run:
             index = stage_at(self.stages, self.epoch)
             stage = self.stages[index]
             if index != current_stage:
-                if stage_fractions:
-                    yield self._log(self._stage_finished(current_stage, stage_fractions))
                 current_stage, stage_fractions = index, []
                 yield self._log(StageStarted(stage=index, epoch=self.epoch, patch=stage.patch, batch=stage.batch))
             if self.pdl_order is not None:
@@ -298,6 +299,8 @@ class _Run:
             class_fractions=batch.class_fractions,
             seconds=seconds,
             learning_rate=float(self.optimizer.param_groups[0]["lr"]),
+            crop_cases=tuple(self.train_names[i] for i in batch.case_indices),
+            crop_origins=batch.origins,
         )
 
     def _validate(self) -> Validated:
@@ -316,7 +319,8 @@ class _Run:
         self.network.train()
         dice = summarize_dice(per_case, self.label_names)
         self.last_mean_dice = mean_of(dice)
-        return Validated(epoch=self.epoch, dice_per_label=dice, mean_dice=self.last_mean_dice, seconds=time.perf_counter() - start)
+        return Validated(epoch=self.epoch, dice_per_label=dice, mean_dice=self.last_mean_dice,
+                         seconds=time.perf_counter() - start, on_training_cases=self.validating_on_training)
 
     # -- checkpoints --------------------------------------------------------
     def _payload(self) -> dict[str, Any]:

@@ -1,0 +1,1 @@
+"""napari dock widgets: thin Qt faces over the engine (one module per widget)."""

@@ -1,0 +1,218 @@
+"""The Curriculum widget: design a patch-size schedule and see it before training."""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+from typing import Optional
+
+from qtpy.QtWidgets import (
+    QCheckBox,
+    QComboBox,
+    QFileDialog,
+    QFormLayout,
+    QHBoxLayout,
+    QLabel,
+    QPushButton,
+    QSpinBox,
+    QVBoxLayout,
+    QWidget,
+)
+
+from ..config import RunConfig
+from ..curriculum import SCHEDULES, Schedule, ScheduleOptions, build_schedule
+from ..errors import InputError
+from ..models.planning import check_patch_size, plan_patch_size, plan_unet
+from .plots import PlotCanvas
+from .state import state_for
+
+MODE_NAMES = {
+    "constant": "Constant (baseline)",
+    "pgps-efficiency": "PGPS Efficiency",
+    "pgps-performance": "PGPS Performance",
+    "rpss": "RPSS (random stage per step)",
+    "augment": "Patch-size augmentation",
+}
+
+
+class CurriculumWidget(QWidget):
+    """Mode, final patch, epochs, steps and batch; a live preview of patch and batch over the epochs."""
+
+    def __init__(self, napari_viewer, parent: Optional[QWidget] = None) -> None:
+        super().__init__(parent)
+        self.viewer = napari_viewer
+        self.state = state_for(napari_viewer)
+        self.spacing = (1.0, 1.0, 1.0)
+        self.schedule: Optional[Schedule] = None
+
+        self.mode = QComboBox()
+        for key in SCHEDULES:
+            self.mode.addItem(MODE_NAMES[key], key)
+        self.pdl = QCheckBox("add cases by similarity (PDL)")
+        self.patch = [self._spin(8, 512, 8) for _ in range(3)]
+        patch_row = QHBoxLayout()
+        for label, spin in zip("ZYX", self.patch):
+            patch_row.addWidget(QLabel(label))
+            patch_row.addWidget(spin)
+        self.propose = QPushButton("Propose from image layer")
+        self.epochs = self._spin(1, 10000, 25)
+        self.iterations = self._spin(1, 10000, 50)
+        self.batch = self._spin(1, 256, 2)
+        self.summary = QLabel()
+        self.summary.setWordWrap(True)
+        self.preview = PlotCanvas(self._draw_preview, height=2.6)
+        save, load = QPushButton("Save YAML..."), QPushButton("Load YAML...")
+
+        form = QFormLayout()
+        form.addRow("Mode", self.mode)
+        form.addRow("", self.pdl)
+        form.addRow("Final patch", patch_row)
+        form.addRow("", self.propose)
+        form.addRow("Epochs", self.epochs)
+        form.addRow("Steps per epoch", self.iterations)
+        form.addRow("Batch size", self.batch)
+        buttons = QHBoxLayout()
+        buttons.addWidget(save)
+        buttons.addWidget(load)
+        layout = QVBoxLayout(self)
+        layout.addLayout(form)
+        layout.addWidget(self.preview)
+        layout.addWidget(self.summary)
+        layout.addLayout(buttons)
+        layout.addStretch()
+
+        self.set_config(self.state.config)
+        for widget in [self.mode, *self.patch, self.epochs, self.iterations, self.batch]:
+            (widget.currentIndexChanged if isinstance(widget, QComboBox) else widget.valueChanged).connect(self._changed)
+        self.pdl.toggled.connect(self._changed)
+        self.propose.clicked.connect(self.propose_from_layer)
+        save.clicked.connect(self._ask_save)
+        load.clicked.connect(self._ask_load)
+        self._changed()
+
+    @staticmethod
+    def _spin(low: int, high: int, value: int) -> QSpinBox:
+        spin = QSpinBox()
+        spin.setRange(low, high)
+        spin.setValue(value)
+        return spin
+
+    # -- config <-> form ------------------------------------------------------
+    def set_config(self, config: RunConfig) -> None:
+        """Show ``config``'s curriculum settings in the form."""
+        self.mode.setCurrentIndex(max(0, self.mode.findData(config.curriculum.schedule)))
+        self.pdl.setChecked(config.curriculum.pdl.enabled)
+        if config.model.patch_size:
+            for spin, value in zip(self.patch, config.model.patch_size):
+                spin.setValue(int(value))
+        if config.model.spacing:
+            self.spacing = tuple(config.model.spacing)
+        self.epochs.setValue(config.training.epochs or 25)
+        self.iterations.setValue(config.training.iterations_per_epoch or 50)
+        self.batch.setValue(config.training.batch_size)
+
+    def config(self) -> RunConfig:
+        """The shared config with this form's values."""
+        config = copy.deepcopy(self.state.config)
+        config.curriculum.schedule = self.mode.currentData()
+        config.curriculum.pdl.enabled = self.pdl.isChecked()
+        config.model.patch_size = tuple(s.value() for s in self.patch)
+        # the network is planned again from the patch when training starts
+        config.model.kernel_sizes = config.model.strides = config.model.channels = None
+        config.training.epochs = self.epochs.value()
+        config.training.iterations_per_epoch = self.iterations.value()
+        config.training.batch_size = self.batch.value()
+        return config
+
+    def _changed(self, *_) -> None:
+        config = self.config()
+        self.state.config = config  # no signal: the Train widget reads it when training starts
+        final = config.model.patch_size
+        try:
+            plan = plan_unet(final, self.spacing)
+            check_patch_size(final, plan.divisor)
+            c = config.curriculum
+            options = ScheduleOptions(growth=c.growth, start_fraction=c.start_fraction, growth_fraction=c.growth_fraction,
+                                      max_batch=c.max_batch, single_voxel_bottleneck=c.single_voxel_bottleneck,
+                                      augment_range=tuple(c.augment_range), rpss_mode=c.rpss_mode)
+            self.schedule = build_schedule(c.schedule, final, plan.poolings, config.training.epochs, config.training.batch_size, options)
+        except InputError as exc:
+            self.schedule = None
+            self.summary.setText(f"<span style='color:#e06c75'>{exc}</span>")
+        else:
+            steps = config.training.epochs * config.training.iterations_per_epoch
+            self.summary.setText(
+                f"{len(self.schedule.stages)} stage(s), {steps} steps; compute relative to constant: "
+                f"<b>{self.schedule.relative_voxels():.2f}</b> (poolings {plan.poolings[0]}, {plan.poolings[1]}, {plan.poolings[2]})"
+            )
+        self.preview.mark_stale()
+
+    def _draw_preview(self, figure) -> None:
+        ax = figure.add_subplot(111)
+        if self.schedule is None:
+            ax.text(0.5, 0.5, "no schedule", ha="center", va="center")
+            return
+        edges = [0]
+        for stage in self.schedule.stages:
+            edges.append(edges[-1] + stage.epochs)
+        sources = self.schedule.stages
+        if self.schedule.choices or self.schedule.axis_sizes:
+            ax.set_title("each step draws a random patch; nominal size shown", fontsize=8)
+        for axis, name in enumerate("ZYX"):
+            ys = [s.patch[axis] for s in sources] + [sources[-1].patch[axis]]
+            ax.step(edges, ys, where="post", label=name)
+        ax.set_xlabel("epoch")
+        ax.set_ylabel("patch (voxels)")
+        ax.legend(loc="lower right", fontsize=7)
+        twin = ax.twinx()
+        twin.step(edges, [s.batch for s in sources] + [sources[-1].batch], where="post", color="black", linestyle="--")
+        twin.set_ylabel("batch (dashed)")
+
+    # -- actions ----------------------------------------------------------------
+    def propose_from_layer(self) -> None:
+        """Plan the final patch (nnU-Net style) from the selected image layer's shape and scale."""
+        layer = self._image_layer()
+        if layer is None:
+            from napari.utils.notifications import show_warning
+
+            show_warning("Select an image layer to propose a patch size from.")
+            return
+        shape = layer.data.shape[-3:]
+        self.spacing = tuple(float(s) for s in layer.scale[-3:])
+        patch, _ = plan_patch_size(shape, self.spacing, max_voxels=96**3)
+        for spin, value in zip(self.patch, patch):
+            spin.setValue(int(value))
+        self.state.config.model.spacing = None
+        self._changed()
+
+    def _image_layer(self):
+        from napari.layers import Image
+
+        active = self.viewer.layers.selection.active
+        if isinstance(active, Image):
+            return active
+        return next((layer for layer in self.viewer.layers if isinstance(layer, Image)), None)
+
+    def save(self, path: str | Path) -> None:
+        self.config().save(path)
+
+    def load(self, path: str | Path) -> None:
+        config = RunConfig.load(path)
+        self.state.set_config(config)
+        self.set_config(config)
+        self._changed()
+
+    def _ask_save(self) -> None:
+        path, _ = QFileDialog.getSaveFileName(self, "Save curriculum", "curriculum.yaml", "YAML (*.yaml *.yml)")
+        if path:
+            self.save(path)
+
+    def _ask_load(self) -> None:
+        path, _ = QFileDialog.getOpenFileName(self, "Load curriculum", "", "YAML (*.yaml *.yml)")
+        if path:
+            try:
+                self.load(path)
+            except InputError as exc:
+                from napari.utils.notifications import show_error
+
+                show_error(str(exc))

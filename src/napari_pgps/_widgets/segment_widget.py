@@ -1,0 +1,225 @@
+"""The Segment widget: segment an open volume in the background, then inspect and measure the result."""
+
+from __future__ import annotations
+
+from typing import Optional
+
+import numpy as np
+from qtpy.QtCore import QObject, Signal
+from qtpy.QtWidgets import (
+    QCheckBox,
+    QComboBox,
+    QFileDialog,
+    QFormLayout,
+    QHBoxLayout,
+    QLabel,
+    QProgressBar,
+    QPushButton,
+    QSpinBox,
+    QTableWidget,
+    QTableWidgetItem,
+    QVBoxLayout,
+    QWidget,
+)
+
+from .layers import find_layer, volume_from_layer
+from .state import state_for
+
+
+class _Progress(QObject):
+    """Carries progress from the worker thread to the GUI thread (queued signal)."""
+
+    advanced = Signal(int, int)
+
+
+def _segment(model_path: str, image, patch, mirror: bool, uncertainty: bool, device: str, report, cancel):
+    from ..engine import load_model, segment_volume
+
+    model = load_model(model_path, device)
+    result = segment_volume(model, image, patch_size=patch, mirror=mirror, keep_probabilities=uncertainty,
+                            progress=report, cancel=cancel)
+    return model, result
+
+
+class SegmentWidget(QWidget):
+    """Model, image layer, patch size, test-time augmentation; a Labels layer and a table of volumes."""
+
+    def __init__(self, napari_viewer, parent: Optional[QWidget] = None) -> None:
+        super().__init__(parent)
+        self.viewer = napari_viewer
+        self.state = state_for(napari_viewer)
+        self.worker = None
+        self._cancel = False
+        self._progress = _Progress()
+        self.result_layer = None
+
+        self.model = QComboBox()
+        self.model.setEditable(True)
+        self.model.setToolTip("a run folder or a checkpoint (.pt); the model trained last is offered first")
+        browse_dir, browse_file = QPushButton("Run folder..."), QPushButton("Checkpoint...")
+        self.image = QComboBox()
+        self.training_patch = QCheckBox("training patch size")
+        self.training_patch.setChecked(True)
+        self.patch = [QSpinBox() for _ in range(3)]
+        for spin in self.patch:
+            spin.setRange(8, 1024)
+            spin.setSingleStep(8)
+            spin.setValue(64)
+            spin.setEnabled(False)
+        self.tta = QCheckBox("test-time augmentation (8 mirrored passes)")
+        self.uncertainty = QCheckBox("uncertainty (entropy) layer")
+        self.device = QComboBox()
+        self.device.addItems(["auto", "cpu", "cuda", "mps"])
+        self.run, self.cancel = QPushButton("Segment"), QPushButton("Cancel")
+        self.progress = QProgressBar()
+        self.status = QLabel("")
+        self.status.setWordWrap(True)
+        self.table = QTableWidget(0, 3)
+        self.table.setHorizontalHeaderLabels(["label", "voxels", "volume (mL)"])
+
+        model_row = QHBoxLayout()
+        model_row.addWidget(browse_dir)
+        model_row.addWidget(browse_file)
+        patch_row = QHBoxLayout()
+        patch_row.addWidget(self.training_patch)
+        for label, spin in zip("ZYX", self.patch):
+            patch_row.addWidget(QLabel(label))
+            patch_row.addWidget(spin)
+        form = QFormLayout()
+        form.addRow("Model", self.model)
+        form.addRow("", model_row)
+        form.addRow("Image layer", self.image)
+        form.addRow("Patch", patch_row)
+        form.addRow("", self.tta)
+        form.addRow("", self.uncertainty)
+        form.addRow("Device", self.device)
+        buttons = QHBoxLayout()
+        buttons.addWidget(self.run)
+        buttons.addWidget(self.cancel)
+        layout = QVBoxLayout(self)
+        layout.addLayout(form)
+        layout.addLayout(buttons)
+        layout.addWidget(self.progress)
+        layout.addWidget(self.status)
+        layout.addWidget(self.table)
+
+        browse_dir.clicked.connect(self._browse_dir)
+        browse_file.clicked.connect(self._browse_file)
+        self.training_patch.toggled.connect(lambda on: [s.setEnabled(not on) for s in self.patch])
+        self.run.clicked.connect(self.segment)
+        self.cancel.clicked.connect(self.cancel_segmentation)
+        self._progress.advanced.connect(self._advance)
+        self.state.model_trained.connect(self.offer_model)
+        self.viewer.layers.events.inserted.connect(self._refresh_images)
+        self.viewer.layers.events.removed.connect(self._refresh_images)
+        self._refresh_images()
+        if self.state.last_model is not None:
+            self.offer_model(self.state.last_model)
+        self.cancel.setEnabled(False)
+
+    def offer_model(self, path) -> None:
+        """Put ``path`` first in the model list and select it."""
+        text = str(path)
+        index = self.model.findText(text)
+        if index >= 0:
+            self.model.removeItem(index)
+        self.model.insertItem(0, text)
+        self.model.setCurrentIndex(0)
+
+    def _browse_dir(self) -> None:
+        folder = QFileDialog.getExistingDirectory(self, "Run folder")
+        if folder:
+            self.offer_model(folder)
+
+    def _browse_file(self) -> None:
+        path, _ = QFileDialog.getOpenFileName(self, "Checkpoint", "", "Checkpoints (*.pt)")
+        if path:
+            self.offer_model(path)
+
+    def _refresh_images(self, *_) -> None:
+        from napari.layers import Image
+
+        current = self.image.currentText()
+        self.image.clear()
+        self.image.addItems([layer.name for layer in self.viewer.layers if isinstance(layer, Image) and layer.ndim == 3])
+        if current:
+            self.image.setCurrentText(current)
+
+    def segment(self) -> None:
+        """Segment the chosen image layer in a background thread."""
+        from napari.qt.threading import thread_worker
+        from napari.utils.notifications import show_error
+
+        from ..errors import InputError
+
+        layer = find_layer(self.viewer, self.image.currentText())
+        try:
+            if not self.model.currentText().strip():
+                raise InputError("choose a model: a run folder or a checkpoint.")
+            if layer is None:
+                raise InputError("open a 3D image layer to segment.")
+            image = volume_from_layer(layer, "image")
+        except InputError as exc:
+            show_error(str(exc))
+            return
+        patch = None if self.training_patch.isChecked() else tuple(s.value() for s in self.patch)
+        self._cancel = False
+        self.progress.setRange(0, 0)
+        self.status.setText(f"segmenting '{layer.name}'...")
+        handlers = {"returned": lambda out: self._show(layer, image, *out), "errored": self._on_error,
+                    "finished": self._on_finished}
+        self.worker = thread_worker(_segment, connect=handlers, start_thread=False)(
+            self.model.currentText().strip(), image, patch, self.tta.isChecked(), self.uncertainty.isChecked(),
+            self.device.currentText(), self._progress.advanced.emit, lambda: self._cancel,
+        )
+        self.run.setEnabled(False)
+        self.cancel.setEnabled(True)
+        self.worker.start()
+
+    def cancel_segmentation(self) -> None:
+        self._cancel = True
+
+    def _advance(self, done: int, total: int) -> None:
+        self.progress.setRange(0, total)
+        self.progress.setValue(done)
+
+    def _on_error(self, exc: Exception) -> None:
+        from napari.utils.notifications import show_error
+
+        from ..engine import Cancelled
+
+        if isinstance(exc, Cancelled):
+            self.status.setText("cancelled; nothing was added")
+        else:
+            show_error(f"Segmentation failed: {exc}")
+            self.status.setText(f"failed: {exc}")
+
+    def _on_finished(self) -> None:
+        self.run.setEnabled(True)
+        self.cancel.setEnabled(False)
+        self.progress.setRange(0, 1)
+        self.worker = None
+
+    def _show(self, layer, image, model, result) -> None:
+        """Add the Labels layer (same scale and translate as the image) and fill the volumes table."""
+        import pandas as pd
+
+        labels = model.config.labels
+        values = sorted(labels)
+        features = pd.DataFrame({"index": values, "name": [labels[v] for v in values]})
+        metadata = {"affine": image.affine, "label_names": labels, "source": layer.name, "model": model.checkpoint}
+        self.result_layer = self.viewer.add_labels(
+            result.labels.array, name=f"{layer.name} segmentation", scale=layer.scale, translate=layer.translate,
+            features=features, metadata=metadata,
+        )
+        if result.probabilities is not None:
+            p = np.clip(result.probabilities, 1e-8, 1.0)
+            entropy = -(p * np.log(p)).sum(axis=0) / np.log(len(values))
+            self.viewer.add_image(entropy.astype(np.float32), name=f"{layer.name} uncertainty", scale=layer.scale,
+                                  translate=layer.translate, colormap="magma", opacity=0.6, contrast_limits=(0, 1),
+                                  blending="additive")
+        self.table.setRowCount(len(result.volumes))
+        for row, (name, volume) in enumerate(result.volumes.items()):
+            for column, text in enumerate((name, f"{volume['voxels']}", f"{volume['ml']:.3f}")):
+                self.table.setItem(row, column, QTableWidgetItem(text))
+        self.status.setText(f"'{self.result_layer.name}' added")

@@ -1,0 +1,322 @@
+"""The Train widget: train in the background and watch the patch grow and the class balance change."""
+
+from __future__ import annotations
+
+import copy
+import time
+from pathlib import Path
+from typing import Optional
+
+import numpy as np
+from qtpy.QtWidgets import (
+    QComboBox,
+    QFileDialog,
+    QFormLayout,
+    QHBoxLayout,
+    QLabel,
+    QLineEdit,
+    QListWidget,
+    QProgressBar,
+    QPushButton,
+    QRadioButton,
+    QVBoxLayout,
+    QWidget,
+)
+
+from ..config import DEVICES, RunConfig
+from ..engine import TrainingControl
+from ..engine.events import (
+    CasesAdded,
+    Finished,
+    Paused,
+    Resumed,
+    RunStarted,
+    StageStarted,
+    StepDone,
+    Validated,
+)
+from .layers import box_outlines, find_layer, training_set_from_layers
+from .plots import PlotCanvas
+from .state import state_for
+
+OVERLAY_NAME = "training patches"
+OVERLAY_INTERVAL_S = 0.5
+
+
+def _train_events(config: RunConfig, run_dir: Path, dataset, control: TrainingControl):
+    """The engine's generator, run by napari's thread worker off the GUI thread."""
+    from ..engine import train
+
+    yield from train(config, run_dir, dataset=dataset, control=control)
+
+
+class TrainWidget(QWidget):
+    """Data from the open layers or a dataset folder; start, pause, stop; live plots and a patch overlay."""
+
+    def __init__(self, napari_viewer, parent: Optional[QWidget] = None) -> None:
+        super().__init__(parent)
+        self.viewer = napari_viewer
+        self.state = state_for(napari_viewer)
+        self.worker = None
+        self.control: Optional[TrainingControl] = None
+        self.run_dir: Optional[Path] = None
+        self._reset_history()
+
+        self.from_layers = QRadioButton("open layers")
+        self.from_folder = QRadioButton("dataset folder")
+        self.from_layers.setChecked(True)
+        self.image_choice, self.labels_choice = QComboBox(), QComboBox()
+        self.add_pair, self.remove_pair = QPushButton("Add pair"), QPushButton("Remove")
+        self.pairs = QListWidget()
+        self.pairs.setMaximumHeight(70)
+        self.folder = QLineEdit()
+        self.folder.setPlaceholderText("Decathlon or nnU-Net v2 dataset folder")
+        browse = QPushButton("...")
+        self.run_root = QLineEdit(str(Path.home() / "napari-pgps-runs"))
+        self.device = QComboBox()
+        self.device.addItems(list(DEVICES))
+        self.device_label = QLabel("device: not started")
+        self.start, self.pause, self.stop = QPushButton("Start"), QPushButton("Pause"), QPushButton("Stop")
+        self.progress = QProgressBar()
+        self.status = QLabel("idle")
+        self.status.setWordWrap(True)
+        self.curves = PlotCanvas(self._draw_curves, height=3.2)
+        self.balance = PlotCanvas(self._draw_balance, height=2.0)
+
+        source = QHBoxLayout()
+        source.addWidget(self.from_layers)
+        source.addWidget(self.from_folder)
+        pair_row = QHBoxLayout()
+        for w in (self.image_choice, self.labels_choice, self.add_pair, self.remove_pair):
+            pair_row.addWidget(w)
+        folder_row = QHBoxLayout()
+        folder_row.addWidget(self.folder)
+        folder_row.addWidget(browse)
+        form = QFormLayout()
+        form.addRow("Training data", source)
+        form.addRow("Image / labels", pair_row)
+        form.addRow("", self.pairs)
+        form.addRow("Folder", folder_row)
+        form.addRow("Runs folder", self.run_root)
+        form.addRow("Device", self.device)
+        buttons = QHBoxLayout()
+        for b in (self.start, self.pause, self.stop):
+            buttons.addWidget(b)
+        layout = QVBoxLayout(self)
+        layout.addLayout(form)
+        layout.addLayout(buttons)
+        layout.addWidget(self.progress)
+        layout.addWidget(self.device_label)
+        layout.addWidget(self.status)
+        layout.addWidget(self.curves)
+        layout.addWidget(self.balance)
+
+        self.add_pair.clicked.connect(self._add_pair)
+        self.remove_pair.clicked.connect(lambda: self.pairs.takeItem(self.pairs.currentRow()))
+        browse.clicked.connect(self._browse)
+        self.start.clicked.connect(self.start_training)
+        self.pause.clicked.connect(self.toggle_pause)
+        self.stop.clicked.connect(self.stop_training)
+        self.viewer.layers.events.inserted.connect(self._refresh_layer_choices)
+        self.viewer.layers.events.removed.connect(self._refresh_layer_choices)
+        self._refresh_layer_choices()
+        self._set_running(False)
+
+    # -- data -----------------------------------------------------------------
+    def _refresh_layer_choices(self, *_) -> None:
+        from napari.layers import Image, Labels
+
+        for combo, kind in ((self.image_choice, Image), (self.labels_choice, Labels)):
+            current = combo.currentText()
+            combo.clear()
+            combo.addItems([layer.name for layer in self.viewer.layers if isinstance(layer, kind) and layer.name != OVERLAY_NAME])
+            if current:
+                combo.setCurrentText(current)
+
+    def _add_pair(self) -> None:
+        if self.image_choice.currentText() and self.labels_choice.currentText():
+            self.pairs.addItem(f"{self.image_choice.currentText()} | {self.labels_choice.currentText()}")
+
+    def _browse(self) -> None:
+        folder = QFileDialog.getExistingDirectory(self, "Dataset folder")
+        if folder:
+            self.folder.setText(folder)
+            self.from_folder.setChecked(True)
+
+    def layer_pairs(self) -> list[tuple[object, object]]:
+        """The (image, labels) layer pairs to train on: the list, else the two layers chosen above."""
+        names = [self.pairs.item(i).text().split(" | ") for i in range(self.pairs.count())]
+        if not names and self.image_choice.currentText() and self.labels_choice.currentText():
+            names = [[self.image_choice.currentText(), self.labels_choice.currentText()]]
+        return [(find_layer(self.viewer, a), find_layer(self.viewer, b)) for a, b in names if find_layer(self.viewer, a) and find_layer(self.viewer, b)]
+
+    # -- control ----------------------------------------------------------------
+    def start_training(self) -> None:
+        """Start a run in a background thread with the Curriculum widget's settings."""
+        from napari.qt.threading import thread_worker
+        from napari.utils.notifications import show_error
+
+        from ..errors import InputError
+
+        config = copy.deepcopy(self.state.config)
+        config.training.device = self.device.currentText()
+        dataset = None
+        try:
+            if self.from_folder.isChecked():
+                if not self.folder.text().strip():
+                    raise InputError("choose a dataset folder, or train from the open layers.")
+                config.data.path = self.folder.text().strip()
+            else:
+                dataset = training_set_from_layers(self.layer_pairs())
+        except InputError as exc:
+            show_error(str(exc))
+            return
+        self.run_dir = Path(self.run_root.text()).expanduser() / time.strftime("run-%Y%m%d-%H%M%S")
+        self.control = TrainingControl()
+        self._reset_history()
+        # handlers given at creation: an "errored" handler connected later would not stop the default re-raise
+        handlers = {"yielded": self._on_event, "errored": self._on_error, "finished": self._on_finished}
+        self.worker = thread_worker(_train_events, connect=handlers, start_thread=False)(
+            config, self.run_dir, dataset, self.control
+        )
+        self._set_running(True)
+        self.status.setText("reading data and planning the network...")
+        self.worker.start()
+
+    def toggle_pause(self) -> None:
+        if self.control is None:
+            return
+        if self.control.paused:
+            self.control.resume()
+        else:
+            self.control.pause()
+
+    def stop_training(self) -> None:
+        """Ask the run to stop after the current step; its last checkpoint is kept."""
+        if self.control is not None:
+            self.control.stop()
+            self.status.setText("stopping after this step...")
+
+    def _set_running(self, running: bool) -> None:
+        self.start.setEnabled(not running)
+        self.pause.setEnabled(running)
+        self.stop.setEnabled(running)
+        self.pause.setText("Pause")
+
+    # -- events -------------------------------------------------------------------
+    def _reset_history(self) -> None:
+        self.steps: list[StepDone] = []
+        self.validations: list[tuple[int, float]] = []
+        self.volume_fractions: tuple[float, ...] = ()
+        self.label_names: tuple[str, ...] = ()
+        self.total_steps = 0
+        self.first_step = 0
+        self.started_at = time.perf_counter()
+        self._last_overlay = 0.0
+
+    def _on_event(self, event) -> None:
+        if isinstance(event, RunStarted):
+            self.total_steps = (event.epochs - event.start_epoch) * event.iterations_per_epoch
+            self.first_step = event.start_epoch * event.iterations_per_epoch
+            self.volume_fractions, self.label_names = event.volume_class_fractions, event.label_names
+            self.device_label.setText(f"device: {event.device}")
+            self.progress.setRange(0, max(self.total_steps, 1))
+            self.started_at = time.perf_counter()
+            self.status.setText(f"{event.training_cases} training / {event.validation_cases} validation case(s), "
+                                f"{event.parameters:,} parameters, final patch {'x'.join(map(str, event.final_patch))}")
+        elif isinstance(event, StepDone):
+            self.steps.append(event)
+            done = event.step - self.first_step
+            self.progress.setValue(done)
+            elapsed = time.perf_counter() - self.started_at
+            eta = elapsed / max(done, 1) * (self.total_steps - done)
+            self.progress.setFormat(f"%v / %m steps, ETA {int(eta // 60)}m{int(eta % 60):02d}s")
+            self.curves.mark_stale()
+            self.balance.mark_stale()
+            if time.perf_counter() - self._last_overlay >= OVERLAY_INTERVAL_S:
+                self._show_patches(event)
+        elif isinstance(event, StageStarted):
+            self.status.setText(f"stage {event.stage + 1}: patch {'x'.join(map(str, event.patch))}, batch {event.batch}")
+        elif isinstance(event, Validated):
+            self.validations.append((self.steps[-1].step if self.steps else 0, event.mean_dice))
+            self.curves.mark_stale()
+            if event.on_training_cases:
+                self.status.setText(f"Dice {event.mean_dice:.3f} on the training case(s): no case left to hold out")
+        elif isinstance(event, CasesAdded):
+            self.status.setText(f"PDL: training on the {event.cases} most similar of {event.total} cases")
+        elif isinstance(event, Paused):
+            self.pause.setText("Resume")
+            self.status.setText("paused")
+        elif isinstance(event, Resumed):
+            self.pause.setText("Pause")
+        elif isinstance(event, Finished):
+            state = "stopped" if event.stopped else "finished"
+            dice = f", mean Dice {event.final_mean_dice:.3f}" if event.final_mean_dice is not None else ""
+            self.status.setText(f"{state} after {event.steps} steps{dice}; checkpoint {event.checkpoint}")
+            if event.checkpoint:
+                self.state.set_last_model(self.run_dir)
+
+    def _on_error(self, exc: Exception) -> None:
+        from napari.utils.notifications import show_error
+
+        show_error(f"Training failed: {exc}")
+        self.status.setText(f"failed: {exc}")
+
+    def _on_finished(self) -> None:
+        self._set_running(False)
+        self.worker = None
+        self.curves.redraw_now()
+        self.balance.redraw_now()
+
+    # -- overlay and plots ------------------------------------------------------------
+    def _show_patches(self, step: StepDone) -> None:
+        """Outline this step's crops over the image layer they were cut from (training from layers only)."""
+        self._last_overlay = time.perf_counter()
+        image = find_layer(self.viewer, step.crop_cases[0]) if step.crop_cases else None
+        if image is None:
+            return
+        boxes = [(origin, step.patch) for case, origin in zip(step.crop_cases, step.crop_origins) if case == image.name][:8]
+        data = box_outlines(image.data.shape[-3:], boxes)
+        overlay = find_layer(self.viewer, OVERLAY_NAME)
+        if overlay is None or overlay.data.shape != data.shape:
+            if overlay is not None:
+                self.viewer.layers.remove(overlay)
+            self.viewer.add_labels(data, name=OVERLAY_NAME, scale=image.scale, translate=image.translate, opacity=0.9)
+        else:
+            overlay.data = data
+
+    def _draw_curves(self, figure) -> None:
+        loss_ax, size_ax = figure.subplots(2, 1, sharex=True)
+        if self.steps:
+            steps = [s.step for s in self.steps]
+            loss_ax.plot(steps, [s.loss for s in self.steps], lw=0.8, label="loss")
+            for axis, name in enumerate("ZYX"):
+                size_ax.step(steps, [s.patch[axis] for s in self.steps], where="post", label=f"patch {name}")
+            twin = size_ax.twinx()
+            twin.step(steps, [s.batch for s in self.steps], where="post", color="black", ls="--", lw=0.8)
+            twin.set_ylabel("batch")
+        if self.validations:
+            dice_ax = loss_ax.twinx()
+            dice_ax.plot(*zip(*self.validations), "o-", color="tab:green", label="val Dice")
+            dice_ax.set_ylim(0, 1)
+            dice_ax.set_ylabel("Dice", color="tab:green")
+        loss_ax.set_ylabel("loss")
+        size_ax.set_ylabel("patch")
+        size_ax.set_xlabel("step")
+        if self.steps:
+            size_ax.legend(fontsize=6, loc="lower right")
+
+    def _draw_balance(self, figure) -> None:
+        ax = figure.add_subplot(111)
+        if not self.steps or not self.volume_fractions:
+            ax.set_title("class balance: waiting for steps", fontsize=8)
+            return
+        recent = np.mean([s.class_fractions for s in self.steps[-10:]], axis=0)
+        names = self.label_names[1:]
+        x = np.arange(len(names))
+        ax.bar(x - 0.2, recent[1:], 0.4, label="in patches (last 10 steps)")
+        ax.bar(x + 0.2, self.volume_fractions[1:], 0.4, label="in whole volumes")
+        ax.set_xticks(x)
+        ax.set_xticklabels(names, fontsize=7)
+        ax.set_ylabel("voxel fraction")
+        ax.legend(fontsize=6)

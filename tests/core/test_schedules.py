@@ -1,0 +1,122 @@
+"""The schedules against the rules of methods.md section 1 and 4."""
+
+import json
+import math
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from napari_pgps.curriculum import ScheduleOptions, build_schedule, crops_per_case, growth_sizes
+from napari_pgps.errors import InputError
+
+CASES = [((40, 56, 40), (3, 3, 3), 28, 2), ((128, 128, 128), (5, 5, 5), 1000, 2), ((20, 192, 224), (2, 5, 5), 250, 4), ((16, 64, 64), (1, 3, 3), 40, 2)]
+
+
+def _differs_in_one_axis_by_its_step(a, b, poolings, final):
+    changed = [i for i in range(3) if a[i] != b[i]]
+    return len(changed) == 1 and b[changed[0]] - a[changed[0]] == min(2 ** poolings[changed[0]], final[changed[0]] - a[changed[0]])
+
+
+@pytest.mark.parametrize("final, poolings, epochs, batch", CASES)
+@pytest.mark.parametrize("mode", ["efficiency", "performance"])
+def test_pgps_rules(final, poolings, epochs, batch, mode):
+    schedule = build_schedule(f"pgps-{mode}", final, poolings, epochs, batch)
+    stages = schedule.stages
+    assert stages[-1].patch == final and stages[-1].batch == batch
+    assert sum(s.epochs for s in stages) == epochs
+    for stage in stages:
+        assert all(p % 2**q == 0 and 0 < p <= f for p, q, f in zip(stage.patch, poolings, final)), stage
+        bottleneck = [p // 2**q for p, q in zip(stage.patch, poolings)]
+        assert math.prod(bottleneck) >= 2  # instance norm needs more than one voxel
+        expected = batch if mode == "efficiency" else max(batch, batch * math.prod(final) // math.prod(stage.patch))
+        assert stage.batch == expected
+    for a, b in zip(stages, stages[1:]):
+        assert _differs_in_one_axis_by_its_step(a.patch, b.patch, poolings, final)
+    count = len(stages)
+    assert all(s.epochs == epochs // count for s in stages[:-1])
+
+
+def test_journal_growth_picks_the_smallest_next_size_with_ties_to_the_lowest_axis():
+    sizes = growth_sizes((128, 128, 128), (5, 5, 5), ScheduleOptions(single_voxel_bottleneck=True))
+    assert sizes[:4] == [(32, 32, 32), (64, 32, 32), (64, 64, 32), (64, 64, 64)]
+    assert len(sizes) == 3 * math.ceil(96 / 32) + 1
+    anisotropic = growth_sizes((16, 64, 64), (1, 3, 3), ScheduleOptions(single_voxel_bottleneck=True))
+    assert anisotropic[:3] == [(2, 8, 8), (4, 8, 8), (6, 8, 8)]  # Z's step of 2 keeps the next size smallest
+
+
+def test_paper_worked_example():
+    options = ScheduleOptions(single_voxel_bottleneck=True)
+    performance = build_schedule("pgps-performance", (128,) * 3, (5,) * 3, 1000, 2, options)
+    assert [s.batch for s in performance.stages] == [128, 64, 32, 16, 10, 7, 4, 3, 2, 2]
+    assert [s.epochs for s in performance.stages] == [100] * 10
+    assert performance.relative_voxels() == pytest.approx(0.94, abs=0.01)
+    efficiency = build_schedule("pgps-efficiency", (128,) * 3, (5,) * 3, 1000, 2, options)
+    assert efficiency.relative_voxels() == pytest.approx(0.34, abs=0.01)
+
+
+def test_miccai_round_robin_starts_at_2x1x1_and_grows_axis_1_first():
+    sizes = growth_sizes((64, 64, 64), (4, 4, 4), ScheduleOptions(growth="miccai"))
+    assert sizes[:5] == [(32, 16, 16), (32, 32, 16), (32, 32, 32), (48, 32, 32), (48, 48, 32)]
+    assert sizes[-1] == (64, 64, 64)
+
+
+def test_start_later_stop_earlier_and_batch_cap():
+    later = build_schedule("pgps-efficiency", (128,) * 3, (5,) * 3, 100, 2, ScheduleOptions(start_fraction=0.25))
+    assert math.prod(later.stages[0].patch) >= 0.25 * 128**3
+    earlier = build_schedule("pgps-efficiency", (128,) * 3, (5,) * 3, 100, 2, ScheduleOptions(growth_fraction=0.5))
+    assert sum(s.epochs for s in earlier.stages[:-1]) <= 50 and earlier.stages[-1].epochs >= 50
+    assert earlier.epochs == 100
+    capped = build_schedule("pgps-performance", (128,) * 3, (5,) * 3, 100, 2, ScheduleOptions(max_batch=8))
+    assert max(s.batch for s in capped.stages) == 8
+
+
+def test_constant_rpss_and_augment():
+    constant = build_schedule("constant", (40, 56, 40), (3, 3, 3), 10, 2)
+    assert [(s.patch, s.batch, s.epochs) for s in constant.stages] == [((40, 56, 40), 2, 10)]
+    assert constant.relative_voxels() == 1.0
+    rng = np.random.default_rng(0)
+    rpss = build_schedule("rpss", (40, 56, 40), (3, 3, 3), 10, 2)
+    draws = {rpss.draw(rpss.stages[0], rng)[0] for _ in range(300)}
+    assert draws == {c.patch for c in rpss.choices} and len(draws) == 14
+    augment = build_schedule("augment", (40, 56, 40), (3, 3, 3), 10, 2, ScheduleOptions(augment_range=(0.5, 1.5)))
+    draws = [augment.draw(augment.stages[0], rng)[0] for _ in range(500)]
+    for axis, (final, sizes) in enumerate(zip((40, 56, 40), augment.axis_sizes)):
+        seen = {d[axis] for d in draws}
+        assert seen == set(sizes) and all(s % 8 == 0 and 0.5 * final <= s <= 1.5 * final for s in seen)
+
+
+def test_fewer_epochs_than_sizes_spread_the_growth():
+    schedule = build_schedule("pgps-efficiency", (40, 56, 40), (3, 3, 3), 5, 2)
+    assert [s.epochs for s in schedule.stages] == [1] * 5
+    assert schedule.stages[0].patch == (16, 8, 8) and schedule.stages[-1].patch == (40, 56, 40)
+    voxels = [math.prod(s.patch) for s in schedule.stages]
+    assert voxels == sorted(voxels)
+
+
+def test_bad_schedule_inputs():
+    with pytest.raises(InputError, match="unknown schedule"):
+        build_schedule("grow", (40, 56, 40), (3, 3, 3), 10, 2)
+    with pytest.raises(InputError, match="not a multiple"):
+        build_schedule("pgps-efficiency", (36, 56, 40), (3, 3, 3), 10, 2)
+    with pytest.raises(InputError, match="growth rule"):
+        build_schedule("pgps-efficiency", (40, 56, 40), (3, 3, 3), 10, 2, ScheduleOptions(growth="spiral"))
+
+
+def test_crops_per_case():
+    assert crops_per_case(2, 2) == 1 and crops_per_case(175, 2) == 88 and crops_per_case(3, 2) == 2
+
+
+def test_schedule_command_json():
+    out = subprocess.run([sys.executable, "-m", "napari_pgps", "schedule", "--final-patch", "128", "128", "128", "--poolings", "5", "5", "5",
+                          "--epochs", "1000", "--batch-size", "2", "--mode", "pgps-performance", "--single-voxel-bottleneck", "--json"],
+                         capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+    result = json.loads(out.stdout)
+    assert set(result) == {"stages", "relative_voxels"}
+    assert result["stages"][0] == {"patch": [32, 32, 32], "batch": 128, "epochs": 100}
+    assert result["relative_voxels"] == pytest.approx(0.936, abs=1e-3)
+    bad = subprocess.run([sys.executable, "-m", "napari_pgps", "schedule", "--final-patch", "30", "32", "32", "--poolings", "3", "3", "3",
+                          "--epochs", "10", "--batch-size", "2", "--mode", "constant"], capture_output=True, text=True)
+    assert bad.returncode == 2 and "Try 32 32 32" in bad.stderr

@@ -1,0 +1,147 @@
+"""The whole flow in a real napari viewer: sample, schedule, train, watch, stop, segment, inspect."""
+
+import time
+
+import numpy as np
+import pytest
+
+from napari_pgps._sample_data import phantom_layers
+from napari_pgps._widgets.curriculum_widget import CurriculumWidget
+from napari_pgps._widgets.segment_widget import SegmentWidget
+from napari_pgps._widgets.state import state_for
+from napari_pgps._widgets.train_widget import OVERLAY_NAME, TrainWidget
+
+pytestmark = pytest.mark.gui
+
+
+@pytest.fixture
+def viewer_with_phantom(make_napari_viewer):
+    viewer = make_napari_viewer()
+    for data, meta, kind in phantom_layers():
+        getattr(viewer, f"add_{kind}")(data, **meta)
+    return viewer
+
+
+def test_curriculum_widget_previews_and_round_trips_yaml(viewer_with_phantom, qtbot, tmp_path):
+    widget = CurriculumWidget(viewer_with_phantom)
+    viewer_with_phantom.window.add_dock_widget(widget)
+    widget.mode.setCurrentIndex(widget.mode.findData("pgps-performance"))
+    widget.propose_from_layer()
+    assert tuple(s.value() for s in widget.patch) == (32, 96, 96)
+    for spin, value in zip(widget.patch, (16, 64, 64)):
+        spin.setValue(value)
+    widget.epochs.setValue(30)
+    assert widget.schedule is not None and len(widget.schedule.stages) > 3
+    assert widget.schedule.stages[0].batch > widget.schedule.stages[-1].batch == 2
+    assert "compute relative to constant" in widget.summary.text()
+    qtbot.waitUntil(lambda: widget.preview.redraws >= 1, timeout=3000)
+    widget.save(tmp_path / "c.yaml")
+    widget.mode.setCurrentIndex(widget.mode.findData("constant"))
+    widget.load(tmp_path / "c.yaml")
+    assert widget.mode.currentData() == "pgps-performance" and widget.epochs.value() == 30
+    assert state_for(viewer_with_phantom).config.curriculum.schedule == "pgps-performance"
+    widget.patch[0].setValue(18)
+    assert widget.schedule is None and "cannot be taken" in widget.summary.text()
+
+
+def test_train_watch_stop_then_segment(viewer_with_phantom, qtbot, tmp_path):
+    viewer = viewer_with_phantom
+    image = viewer.layers["phantom"]
+    before = image.data.copy()
+    curriculum, trainer, segmenter = CurriculumWidget(viewer), TrainWidget(viewer), SegmentWidget(viewer)
+    for widget in (curriculum, trainer, segmenter):
+        viewer.window.add_dock_widget(widget)
+    curriculum.mode.setCurrentIndex(curriculum.mode.findData("pgps-efficiency"))
+    for spin, value in zip(curriculum.patch, (16, 64, 64)):
+        spin.setValue(value)
+    curriculum.epochs.setValue(20)
+    curriculum.iterations.setValue(3)
+    state_for(viewer).config.model.base_channels = 8
+    trainer.run_root.setText(str(tmp_path))
+    trainer.device.setCurrentText("cpu")
+    assert [(a.name, b.name) for a, b in trainer.layer_pairs()] == [("phantom", "phantom labels")]
+
+    trainer.start_training()
+    assert not trainer.start.isEnabled() and trainer.stop.isEnabled()
+    qtbot.waitUntil(lambda: len(trainer.steps) >= 7, timeout=120_000)
+    assert "CPU" in trainer.device_label.text()
+    assert trainer.progress.value() >= 6 and "ETA" in trainer.progress.format()
+    overlay = viewer.layers[OVERLAY_NAME]
+    assert overlay.data.shape == image.data.shape and overlay.data.any()
+    np.testing.assert_allclose(overlay.scale, image.scale)
+    qtbot.waitUntil(lambda: trainer.curves.redraws >= 2 and trainer.balance.redraws >= 2, timeout=5000)
+    assert len({s.patch for s in trainer.steps}) >= 2  # the patch grew
+
+    stop_asked = time.perf_counter()
+    trainer.stop_training()
+    qtbot.waitUntil(lambda: trainer.worker is None, timeout=20_000)
+    assert time.perf_counter() - stop_asked < 10
+    assert trainer.status.text().startswith("stopped") and trainer.start.isEnabled()
+    assert (trainer.run_dir / "checkpoint_last.pt").is_file()
+    assert not (trainer.run_dir / "checkpoint_final.pt").exists()
+
+    assert segmenter.model.currentText() == str(trainer.run_dir)
+    segmenter.image.setCurrentText("phantom")
+    segmenter.uncertainty.setChecked(True)
+    segmenter.device.setCurrentText("cpu")
+    segmenter.segment()
+    qtbot.waitUntil(lambda: segmenter.result_layer is not None and segmenter.worker is None, timeout=60_000)
+    result = segmenter.result_layer
+    assert result.data.shape == image.data.shape
+    np.testing.assert_allclose(result.scale, image.scale)
+    np.testing.assert_allclose(result.translate, image.translate)
+    assert list(result.features["name"]) == ["background", "lesion", "vessel"]
+    assert segmenter.table.rowCount() == 2
+    assert [segmenter.table.item(r, 0).text() for r in range(2)] == ["lesion", "vessel"]
+    voxels = int(segmenter.table.item(0, 1).text())
+    assert voxels == int((result.data == 1).sum())
+    assert float(segmenter.table.item(0, 2).text()) == pytest.approx(voxels * 2.5 * 0.8 * 0.8 / 1000, abs=1e-3)
+    assert "phantom uncertainty" in [layer.name for layer in viewer.layers]
+    np.testing.assert_array_equal(image.data, before)
+
+
+def test_segmentation_can_be_cancelled(viewer_with_phantom, qtbot, tmp_path, trained_phantom_run):
+    segmenter = SegmentWidget(viewer_with_phantom)
+    segmenter.offer_model(trained_phantom_run)
+    segmenter.image.setCurrentText("phantom")
+    segmenter.training_patch.setChecked(False)
+    for spin, value in zip(segmenter.patch, (8, 32, 32)):
+        spin.setValue(value)
+    segmenter.tta.setChecked(True)
+    segmenter.segment()
+    segmenter.cancel_segmentation()
+    qtbot.waitUntil(lambda: segmenter.worker is None, timeout=60_000)
+    assert segmenter.result_layer is None and "cancelled" in segmenter.status.text()
+    assert segmenter.run.isEnabled()
+
+
+def test_training_errors_return_the_widget_to_idle(viewer_with_phantom, qtbot, tmp_path):
+    trainer = TrainWidget(viewer_with_phantom)
+    trainer.from_folder.setChecked(True)
+    trainer.folder.setText(str(tmp_path / "no-such-dataset"))
+    trainer.run_root.setText(str(tmp_path / "runs"))
+    trainer.start_training()
+    qtbot.waitUntil(lambda: trainer.worker is None, timeout=30_000)
+    assert trainer.status.text().startswith("failed") and "dataset folder not found" in trainer.status.text()
+    assert trainer.start.isEnabled() and not trainer.stop.isEnabled()
+
+
+def test_reader_and_writer_round_trip_keep_the_affine(make_napari_viewer, tmp_path, hippocampus):
+    import nibabel as nib
+
+    viewer = make_napari_viewer()
+    source = hippocampus / "imagesTr" / "hippocampus_004.nii.gz"
+    labels_file = hippocampus / "labelsTr" / "hippocampus_004.nii.gz"
+    [image] = viewer.open(str(source), plugin="napari-pgps")
+    [labels] = viewer.open(str(labels_file), plugin="napari-pgps")
+    assert type(labels).__name__ == "Labels" and type(image).__name__ == "Image"
+    original = nib.load(str(source))
+    np.testing.assert_allclose(image.metadata["affine"], original.affine)
+    np.testing.assert_allclose(image.scale, original.header.get_zooms()[::-1])
+    out = tmp_path / "saved.nii.gz"
+    import napari
+
+    assert napari.save_layers(str(out), [labels], plugin="napari-pgps") == [str(out)]
+    saved = nib.load(str(out))
+    np.testing.assert_allclose(saved.affine, original.affine)
+    np.testing.assert_array_equal(np.asanyarray(saved.dataobj), np.asanyarray(nib.load(str(labels_file)).dataobj))
