@@ -3,8 +3,9 @@
     xvfb-run -a -s "-screen 0 1600x1000x24" .venv/bin/python scripts/screenshots.py [OUT_DIR]
 
 Opens the demo viewer, shows the Curriculum widget, trains the demo schedule on
-the CPU for about a minute, stops, segments the phantom, and saves a picture
-of each widget and of the whole window at each point.
+the CPU (pictures after 45 steps), lets it finish (about two minutes on 2
+cores), segments the phantom, and saves a picture of each widget and of the
+whole window at each point.
 """
 
 from __future__ import annotations
@@ -35,7 +36,9 @@ def main(out: Path) -> None:
     viewer.window._qt_window.resize(1600, 1000)
     viewer.window.show()
     viewer.dims.ndisplay = 2
-    viewer.dims.set_point(0, 8 * 2.5)
+    labels = viewer.layers["phantom labels"]
+    busiest = int((labels.data > 0).sum(axis=(1, 2)).argmax())
+    viewer.dims.set_point(0, busiest * labels.scale[0])
     wait_until(lambda: curriculum.preview.redraws > 0, 10)
     time.sleep(0.5)
     QApplication.processEvents()
@@ -53,8 +56,7 @@ def main(out: Path) -> None:
     QApplication.processEvents()
     trainer.grab().save(str(out / "train_widget.png"))
     viewer.screenshot(str(out / "window_training.png"), canvas_only=False)
-    trainer.stop_training()
-    wait_until(lambda: trainer.worker is None, 60)
+    wait_until(lambda: trainer.worker is None, 900)
 
     docks[2].raise_()
     segmenter.image.setCurrentText("phantom")
@@ -63,6 +65,7 @@ def main(out: Path) -> None:
     wait_until(lambda: segmenter.result_layer is not None and segmenter.worker is None, 300)
     viewer.layers["training patches"].visible = False
     viewer.layers["phantom labels"].visible = False
+    viewer.reset_view()
     QApplication.processEvents()
     time.sleep(0.3)
     QApplication.processEvents()

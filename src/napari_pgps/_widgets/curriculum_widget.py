@@ -148,6 +148,7 @@ class CurriculumWidget(QWidget):
         self.preview.mark_stale()
 
     def _draw_preview(self, figure) -> None:
+        figure.clear()  # redrawn only when the form changes, not while training
         ax = figure.add_subplot(111)
         if self.schedule is None:
             ax.text(0.5, 0.5, "no schedule", ha="center", va="center")

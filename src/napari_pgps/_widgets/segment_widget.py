@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Optional
 
 import numpy as np
@@ -125,6 +126,19 @@ class SegmentWidget(QWidget):
             self.model.removeItem(index)
         self.model.insertItem(0, text)
         self.model.setCurrentIndex(0)
+        self._show_training_patch(Path(text))
+
+    def _show_training_patch(self, model: Path) -> None:
+        """Show a run folder's training patch in the (disabled) patch boxes."""
+        from ..config import RunConfig
+        from ..errors import InputError
+
+        try:
+            patch = RunConfig.load(model / "config.yaml").model.patch_size if model.is_dir() else None
+        except InputError:
+            patch = None
+        for spin, value in zip(self.patch, patch or ()):
+            spin.setValue(int(value))
 
     def _browse_dir(self) -> None:
         folder = QFileDialog.getExistingDirectory(self, "Run folder")

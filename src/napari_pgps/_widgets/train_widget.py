@@ -286,37 +286,53 @@ class TrainWidget(QWidget):
             overlay.data = data
 
     def _draw_curves(self, figure) -> None:
-        loss_ax, size_ax = figure.subplots(2, 1, sharex=True)
-        if self.steps:
-            steps = [s.step for s in self.steps]
-            loss_ax.plot(steps, [s.loss for s in self.steps], lw=0.8, label="loss")
+        """Update (create on first call) loss, Dice, patch and batch lines; no figure rebuild while training."""
+        if not hasattr(self, "_curve_lines"):
+            loss_ax, size_ax = figure.subplots(2, 1, sharex=True)
+            dice_ax, batch_ax = loss_ax.twinx(), size_ax.twinx()
+            lines = {"loss": loss_ax.plot([], [], lw=0.8)[0], "dice": dice_ax.plot([], [], "o-", color="tab:green")[0]}
             for axis, name in enumerate("ZYX"):
-                size_ax.step(steps, [s.patch[axis] for s in self.steps], where="post", label=f"patch {name}")
-            twin = size_ax.twinx()
-            twin.step(steps, [s.batch for s in self.steps], where="post", color="black", ls="--", lw=0.8)
-            twin.set_ylabel("batch")
-        if self.validations:
-            dice_ax = loss_ax.twinx()
-            dice_ax.plot(*zip(*self.validations), "o-", color="tab:green", label="val Dice")
+                lines[name] = size_ax.plot([], [], drawstyle="steps-post", label=f"patch {name}")[0]
+            lines["batch"] = batch_ax.plot([], [], drawstyle="steps-post", color="black", ls="--", lw=0.8)[0]
             dice_ax.set_ylim(0, 1)
-            dice_ax.set_ylabel("Dice", color="tab:green")
-        loss_ax.set_ylabel("loss")
-        size_ax.set_ylabel("patch")
-        size_ax.set_xlabel("step")
-        if self.steps:
+            dice_ax.set_ylabel("val Dice", color="tab:green")
+            loss_ax.set_ylabel("loss")
+            size_ax.set_ylabel("patch")
+            batch_ax.set_ylabel("batch (dashed)")
+            size_ax.set_xlabel("step")
             size_ax.legend(fontsize=6, loc="lower right")
+            self._curve_axes = (loss_ax, size_ax, batch_ax)
+            self._curve_lines = lines
+        lines = self._curve_lines
+        steps = [s.step for s in self.steps]
+        lines["loss"].set_data(steps, [s.loss for s in self.steps])
+        lines["dice"].set_data([v[0] for v in self.validations], [v[1] for v in self.validations])
+        for axis, name in enumerate("ZYX"):
+            lines[name].set_data(steps, [s.patch[axis] for s in self.steps])
+        lines["batch"].set_data(steps, [s.batch for s in self.steps])
+        for ax in self._curve_axes:
+            ax.relim()
+            ax.autoscale_view()
 
     def _draw_balance(self, figure) -> None:
-        ax = figure.add_subplot(111)
-        if not self.steps or not self.volume_fractions:
-            ax.set_title("class balance: waiting for steps", fontsize=8)
-            return
-        recent = np.mean([s.class_fractions for s in self.steps[-10:]], axis=0)
+        """Bars of each label's share in the last 10 steps' crops beside its share in the whole volumes."""
         names = self.label_names[1:]
-        x = np.arange(len(names))
-        ax.bar(x - 0.2, recent[1:], 0.4, label="in patches (last 10 steps)")
-        ax.bar(x + 0.2, self.volume_fractions[1:], 0.4, label="in whole volumes")
-        ax.set_xticks(x)
-        ax.set_xticklabels(names, fontsize=7)
-        ax.set_ylabel("voxel fraction")
-        ax.legend(fontsize=6)
+        if getattr(self, "_balance_names", None) != names:
+            figure.clear()
+            ax = figure.add_subplot(111)
+            x = np.arange(len(names))
+            self._balance_bars = ax.bar(x - 0.2, np.zeros(len(names)), 0.4, label="in patches (last 10 steps)")
+            self._volume_bars = ax.bar(x + 0.2, np.zeros(len(names)), 0.4, label="in whole volumes")
+            ax.set_xticks(x)
+            ax.set_xticklabels(names, fontsize=7)
+            ax.set_ylabel("voxel fraction")
+            ax.legend(fontsize=6)
+            self._balance_ax, self._balance_names = ax, names
+        if not self.steps or not names:
+            return
+        recent = np.mean([s.class_fractions for s in self.steps[-10:]], axis=0)[1:]
+        for bar, value in zip(self._balance_bars, recent):
+            bar.set_height(value)
+        for bar, value in zip(self._volume_bars, self.volume_fractions[1:]):
+            bar.set_height(value)
+        self._balance_ax.set_ylim(0, 1.15 * max(max(recent), max(self.volume_fractions[1:]), 1e-3))
