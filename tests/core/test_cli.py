@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import write_dataset
+from helpers import write_dataset
 from napari_pgps.cli import main
 
 

@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from conftest import quick_config
+from helpers import quick_config
 from napari_pgps.config import RunConfig
 from napari_pgps.engine import CasesAdded, RunStarted, StageFinished, StageStarted, StepDone, train
 from napari_pgps.errors import InputError

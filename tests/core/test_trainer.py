@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import quick_config
+from helpers import quick_config
 from napari_pgps.engine import (
     CheckpointSaved,
     Finished,

@@ -131,11 +131,8 @@ class CurriculumWidget(QWidget):
         try:
             plan = plan_unet(final, self.spacing)
             check_patch_size(final, plan.divisor)
-            c = config.curriculum
-            options = ScheduleOptions(growth=c.growth, start_fraction=c.start_fraction, growth_fraction=c.growth_fraction,
-                                      max_batch=c.max_batch, single_voxel_bottleneck=c.single_voxel_bottleneck,
-                                      augment_range=tuple(c.augment_range), rpss_mode=c.rpss_mode)
-            self.schedule = build_schedule(c.schedule, final, plan.poolings, config.training.epochs, config.training.batch_size, options)
+            self.schedule = build_schedule(config.curriculum.schedule, final, plan.poolings, config.training.epochs,
+                                           config.training.batch_size, ScheduleOptions.from_config(config.curriculum))
         except InputError as exc:
             self.schedule = None
             self.summary.setText(f"<span style='color:#e06c75'>{exc}</span>")

@@ -121,6 +121,19 @@ class ScheduleOptions:
     rpss_mode: str = "efficiency"
     """``rpss``: the batch rule of the stages it draws from."""
 
+    @classmethod
+    def from_config(cls, curriculum) -> "ScheduleOptions":
+        """The options of a :class:`napari_pgps.config.CurriculumConfig`."""
+        return cls(
+            growth=curriculum.growth,
+            start_fraction=curriculum.start_fraction,
+            growth_fraction=curriculum.growth_fraction,
+            max_batch=curriculum.max_batch,
+            single_voxel_bottleneck=curriculum.single_voxel_bottleneck,
+            augment_range=tuple(curriculum.augment_range),
+            rpss_mode=curriculum.rpss_mode,
+        )
+
 
 def build_schedule(
     name: str,

@@ -389,15 +389,7 @@ def _schedule(config: RunConfig):
     if model.architecture == "unetr" and curriculum.schedule != "constant":
         raise InputError("UNETR takes only its training patch size; use --schedule constant or another network.")
     divisor = patch_divisor(model)
-    options = ScheduleOptions(
-        growth=curriculum.growth,
-        start_fraction=curriculum.start_fraction,
-        growth_fraction=curriculum.growth_fraction,
-        max_batch=curriculum.max_batch,
-        single_voxel_bottleneck=curriculum.single_voxel_bottleneck,
-        augment_range=tuple(curriculum.augment_range),
-        rpss_mode=curriculum.rpss_mode,
-    )
+    options = ScheduleOptions.from_config(curriculum)
     minimum = (64, 64, 64) if model.architecture == "swinunetr" else (1, 1, 1)
     poolings = tuple(int(np.log2(d)) for d in divisor)
     return build_schedule(curriculum.schedule, model.patch_size, poolings, t.epochs, t.batch_size, options, minimum)
