@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import signal
 import sys
 import time
@@ -328,6 +329,9 @@ def _bench(args: argparse.Namespace) -> int:
 
 # -- demo ---------------------------------------------------------------------
 def _demo(args: argparse.Namespace) -> int:
+    if not args.headless and not has_display():
+        print(f"no display found: running the headless demo instead (results in {args.out}/)", flush=True)
+        args.headless = True
     if args.headless:
         from .demo import run_headless_demo
 
@@ -340,6 +344,13 @@ def _demo(args: argparse.Namespace) -> int:
     open_demo_viewer(device=args.device)
     napari.run()
     return 0
+
+
+def has_display() -> bool:
+    """False on Linux without an X or Wayland display (a server, CI); napari cannot open a window there."""
+    if sys.platform.startswith("linux"):
+        return bool(os.environ.get("DISPLAY") or os.environ.get("WAYLAND_DISPLAY"))
+    return True
 
 
 def _size(patch) -> str:

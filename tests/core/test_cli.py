@@ -156,3 +156,16 @@ def test_segment_checks_every_input_before_writing(tmp_path, trained_phantom_run
     assert main(["segment", "--model", str(trained_phantom_run), "--input", str(tmp_path / "in" / "a.nii.gz"),
                  "--output", str(tmp_path / "o.nii.gz"), "--patch-size", "5", "32", "32"]) == 2
     assert "cannot be taken" in capsys.readouterr().err
+
+
+def test_demo_without_a_display_runs_headless(tmp_path, monkeypatch, capsys):
+    import napari_pgps.demo as demo
+
+    ran = []
+    monkeypatch.delenv("DISPLAY", raising=False)
+    monkeypatch.delenv("WAYLAND_DISPLAY", raising=False)
+    monkeypatch.setattr(sys, "platform", "linux")
+    monkeypatch.setattr(demo, "run_headless_demo", lambda out, device: ran.append((out, device)))
+    assert main(["demo", "--out", str(tmp_path / "d"), "--device", "cpu"]) == 0
+    assert ran == [(tmp_path / "d", "cpu")]
+    assert "no display found" in capsys.readouterr().out
