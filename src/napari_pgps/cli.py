@@ -83,6 +83,9 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--split", choices=("all", "validation", "training"), default="all",
                    help="evaluate all cases, or only the model's held-out (validation) or training cases")
     p.add_argument("--patch-size", type=int, nargs=3, metavar=("Z", "Y", "X"))
+    p.add_argument("--patch-sizes", nargs="+", metavar="SIZE",
+                   help="evaluate at each inference patch size: N (isotropic), ZxYxX, or START:STOP:STEP (isotropic, "
+                        "inclusive); e.g. --patch-sizes 16:64:8 or 32 40x56x40")
     p.add_argument("--tta", action="store_true")
     p.add_argument("--device", choices=DEVICES, default="auto")
     p.set_defaults(run=_evaluate)
@@ -278,11 +281,38 @@ def _output_name(path: Path) -> str:
 
 
 # -- evaluate -----------------------------------------------------------------
+def parse_patch_sizes(tokens: Sequence[str]) -> list[tuple[int, int, int]]:
+    """``["16:64:8", "32", "40x56x40"]`` -> patch sizes (Z, Y, X); ranges are isotropic and include STOP."""
+    sizes = []
+    for token in tokens:
+        try:
+            if ":" in token:
+                start, stop, step = (int(v) for v in token.split(":"))
+                if step <= 0 or stop < start:
+                    raise ValueError
+                sizes += [(v, v, v) for v in range(start, stop + 1, step)]
+            elif "x" in token.lower():
+                z, y, x = (int(v) for v in token.lower().split("x"))
+                sizes.append((z, y, x))
+            else:
+                sizes.append((int(token),) * 3)
+        except ValueError:
+            raise InputError(f"--patch-sizes: '{token}' is not N, ZxYxX or START:STOP:STEP.") from None
+    return sizes
+
+
 def _evaluate(args: argparse.Namespace) -> int:
-    from .evaluation import evaluate_model
+    from .evaluation import evaluate_model, evaluate_patch_sizes
     from .engine import load_model
 
     model = load_model(args.model, args.device)
+    if args.patch_sizes:
+        sizes = parse_patch_sizes(args.patch_sizes)
+        report = evaluate_patch_sizes(model, args.data, sizes, split=args.split, mirror=args.tta,
+                                      progress=lambda size, row: print(f"patch {_size(size)}: mean Dice {row['mean_dice']:.4f}", flush=True))
+        if args.json:
+            write_text_atomically(Path(args.json), json.dumps(report, indent=2) + "\n")
+        return 0
     report = evaluate_model(model, args.data, split=args.split, patch_size=args.patch_size, mirror=args.tta,
                             progress=lambda name, dice: print(f"{name}: " + ", ".join(f"{k} {v:.4f}" for k, v in dice.items()), flush=True))
     per_label = ", ".join(f"{k} {v:.4f}" for k, v in report["dice_per_label"].items())

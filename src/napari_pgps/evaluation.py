@@ -35,6 +35,42 @@ def evaluate_model(
         absent from both prediction and truth of a case is left out of that
         case and of the mean.
     """
+    return _score(model, labelled_cases(model, data, split), patch_size, mirror, progress)
+
+
+def evaluate_patch_sizes(
+    model: SegmentationModel,
+    data: str | Path,
+    patch_sizes: Sequence[Sequence[int]],
+    *,
+    split: str = "all",
+    mirror: bool = False,
+    progress: Optional[Callable[[tuple[int, int, int], dict], None]] = None,
+) -> dict:
+    """Evaluate the model at each inference patch size (Z, Y, X) on the same cases.
+
+    Returns:
+        ``{"patch_sizes": [{"patch": [z, y, x], "mean_dice": float, "dice_per_label": {...}}],
+        "training_patch": [z, y, x]}``.
+    """
+    from .models import check_inference_patch
+
+    sizes = [tuple(int(v) for v in size) for size in patch_sizes]
+    for size in sizes:
+        check_inference_patch(model.config.model, size)
+    cases = labelled_cases(model, data, split)
+    rows = []
+    for size in sizes:
+        report = _score(model, cases, size, mirror, None)
+        row = {"patch": list(size), "mean_dice": report["mean_dice"], "dice_per_label": report["dice_per_label"]}
+        rows.append(row)
+        if progress is not None:
+            progress(size, row)
+    return {"patch_sizes": rows, "training_patch": list(model.patch_size)}
+
+
+def labelled_cases(model: SegmentationModel, data: str | Path, split: str = "all") -> list:
+    """The labelled cases of ``data`` (all, or the model's validation / training split), checked against its labels."""
     info = read_dataset_info(data)
     if info.labels != model.config.labels:
         raise InputError(
@@ -47,7 +83,10 @@ def evaluate_model(
         trained_on = [f.name for f in info.files][: cfg.data.max_cases]
         training, validation = split_cases(trained_on, cfg.data.validation_fraction, cfg.training.seed)
         names = validation if split == "validation" else training
-    cases = load_cases(info, require_labels=False, names=names)
+    return load_cases(info, require_labels=False, names=names)
+
+
+def _score(model: SegmentationModel, cases: list, patch_size, mirror: bool, progress) -> dict:
     values = sorted(model.config.labels)
     label_names = [model.config.labels[v] for v in values][1:]
     lookup = np.zeros(max(max(values), 255) + 1, dtype=np.int64)

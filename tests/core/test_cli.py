@@ -169,3 +169,26 @@ def test_demo_without_a_display_runs_headless(tmp_path, monkeypatch, capsys):
     assert main(["demo", "--out", str(tmp_path / "d"), "--device", "cpu"]) == 0
     assert ran == [(tmp_path / "d", "cpu")]
     assert "no display found" in capsys.readouterr().out
+
+
+def test_patch_size_lists_ranges_and_per_axis_sizes():
+    from napari_pgps.cli import parse_patch_sizes
+    from napari_pgps.errors import InputError
+
+    assert parse_patch_sizes(["16:32:8", "40x56x40", "24"]) == [(16, 16, 16), (24, 24, 24), (32, 32, 32), (40, 56, 40), (24, 24, 24)]
+    for bad in ("16:8:8", "4x4", "big"):
+        with pytest.raises(InputError, match="--patch-sizes"):
+            parse_patch_sizes([bad])
+
+
+def test_evaluate_sweeps_inference_patch_sizes(tmp_path, trained_phantom_run, phantom_dataset, capsys):
+    out = tmp_path / "sweep.json"
+    assert main(["evaluate", "--model", str(trained_phantom_run), "--data", str(phantom_dataset), "--split", "validation",
+                 "--patch-sizes", "8x16x16", "8x32x32", "16x32x32", "--json", str(out)]) == 0
+    report = json.loads(out.read_text())
+    assert [row["patch"] for row in report["patch_sizes"]] == [[8, 16, 16], [8, 32, 32], [16, 32, 32]]
+    assert report["training_patch"] == [8, 32, 32]
+    assert all(0 <= row["mean_dice"] <= 1 and set(row["dice_per_label"]) == {"lesion", "vessel"} for row in report["patch_sizes"])
+    assert capsys.readouterr().out.count("mean Dice") == 3
+    assert main(["evaluate", "--model", str(trained_phantom_run), "--data", str(phantom_dataset), "--patch-sizes", "9x32x32"]) == 2
+    assert "cannot be taken" in capsys.readouterr().err
