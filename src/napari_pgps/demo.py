@@ -83,7 +83,7 @@ def run_headless_demo(out: Path, device: str = "auto") -> dict:
     write_volume(Volume(image, affine), out / "unseen_phantom.nii.gz")
     model = load_model(run_dir, device)
     result = segment_volume(model, Volume(image, affine))
-    write_volume(result.labels.with_array(result.labels.array), out / "unseen_phantom_segmentation.nii.gz")
+    write_volume(result.labels, out / "unseen_phantom_segmentation.nii.gz")
     dice = dice_per_label(result.labels.array, truth, 3)
     summary = {"lesion": float(dice[0]), "vessel": float(dice[1])}
     print(f"segmented an unseen phantom: Dice lesion {summary['lesion']:.3f}, vessel {summary['vessel']:.3f}")

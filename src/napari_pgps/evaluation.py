@@ -7,7 +7,7 @@ from typing import Callable, Optional, Sequence
 
 import numpy as np
 
-from .data.dataset import load_cases, read_dataset_info, split_cases
+from .data.dataset import label_index_lookup, load_cases, read_dataset_info, split_cases
 from .engine.inference import SegmentationModel, segment_volume
 from .engine.metrics import dice_per_label, mean_of, summarize_dice
 from .errors import InputError
@@ -89,8 +89,7 @@ def labelled_cases(model: SegmentationModel, data: str | Path, split: str = "all
 def _score(model: SegmentationModel, cases: list, patch_size, mirror: bool, progress) -> dict:
     values = sorted(model.config.labels)
     label_names = [model.config.labels[v] for v in values][1:]
-    lookup = np.zeros(max(max(values), 255) + 1, dtype=np.int64)
-    lookup[values] = np.arange(len(values))
+    lookup = label_index_lookup(model.config.labels)
     per_case, rows = [], []
     for case in cases:
         result = segment_volume(model, case.image, patch_size=patch_size, mirror=mirror)

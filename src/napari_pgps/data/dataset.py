@@ -231,6 +231,14 @@ def load_training_set(
     return TrainingSet(cases=cases, labels=info.labels, modality=info.modality)
 
 
+def label_index_lookup(labels: dict[int, str]) -> np.ndarray:
+    """An array mapping each declared label value to its index 0..K-1 (sorted by value): ``lookup[label_map]``."""
+    values = sorted(labels)
+    lookup = np.zeros(max(values) + 1, dtype=np.int64)
+    lookup[values] = np.arange(len(values))
+    return lookup
+
+
 def split_cases(names: Sequence[str], validation_fraction: float, seed: int) -> tuple[list[str], list[str]]:
     """A reproducible train/validation split of case names.
 

@@ -22,7 +22,7 @@ import torch
 from ..config import RunConfig
 from ..curriculum import ScheduleOptions, build_schedule, crops_per_case, stage_at
 from ..curriculum.pdl import active_cases, default_interval, rank_cases
-from ..data.dataset import TrainingSet, load_training_set, split_cases
+from ..data.dataset import TrainingSet, label_index_lookup, load_training_set, split_cases
 from ..data.normalization import fit_normalization, normalize
 from ..data.sampler import PatchSampler
 from ..errors import InputError
@@ -126,9 +126,7 @@ class _Run:
         t = config.training
         self.label_names = [config.labels[v] for v in sorted(config.labels)][1:]
         self.num_labels = len(config.labels)
-        lookup = np.zeros(max(config.labels) + 1, dtype=np.int64)
-        for index, value in enumerate(sorted(config.labels)):
-            lookup[value] = index
+        lookup = label_index_lookup(config.labels)
         torch.manual_seed(t.seed)
         self.rng = np.random.default_rng(t.seed)
         images = [normalize(c.image.array, config.normalization) for c in train_cases]
