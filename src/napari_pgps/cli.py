@@ -1,19 +1,21 @@
 """The ``napari-pgps`` command line: a thin face over the engine.
 
 Every problem with the user's input ends in one line on stderr that names
-the file or option and what to do, and exit status 2.
+the file or option and what to do, and exit status 2. Under torchrun only
+rank 0 prints.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import signal
 import sys
 import time
 from pathlib import Path
-from typing import Optional, Sequence
+from typing import Iterator, Optional, Sequence
 
 from . import __version__
 from .config import ARCHITECTURES, DEVICES, OPTIMIZERS, RunConfig, write_text_atomically
@@ -24,16 +26,30 @@ EXIT_INPUT = 2
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
-    parser = _parser()
-    args = parser.parse_args(argv)
-    if not getattr(args, "command", None):
-        parser.print_help()
-        return EXIT_INPUT
-    try:
-        return args.run(args)
-    except InputError as exc:
-        print(f"napari-pgps {args.command}: error: {exc}", file=sys.stderr)
-        return EXIT_INPUT
+    with _only_rank_zero_prints():
+        parser = _parser()
+        args = parser.parse_args(argv)
+        if not getattr(args, "command", None):
+            parser.print_help()
+            return EXIT_INPUT
+        try:
+            return args.run(args)
+        except InputError as exc:
+            print(f"napari-pgps {args.command}: error: {exc}", file=sys.stderr)
+            return EXIT_INPUT
+
+
+@contextlib.contextmanager
+def _only_rank_zero_prints() -> Iterator[None]:
+    """Under torchrun the ranks other than 0 print nothing: rank 0 reports progress and the (shared) input errors.
+
+    A crash still shows its traceback: the interpreter prints it after ``main`` has returned.
+    """
+    if os.environ.get("RANK", "0") == "0":
+        yield
+        return
+    with open(os.devnull, "w") as null, contextlib.redirect_stdout(null), contextlib.redirect_stderr(null):
+        yield
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -49,13 +65,16 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--data", metavar="DIR", help="dataset folder (Decathlon or nnU-Net v2 raw layout)")
     p.add_argument("--out", metavar="RUN_DIR", required=True, help="run folder for config.yaml, metrics.jsonl and checkpoints")
     p.add_argument("--config", metavar="FILE.yaml", help="start from this configuration; flags override it")
-    p.add_argument("--schedule", choices=SCHEDULES, help="patch-size schedule (default: constant)")
+    p.add_argument("--schedule", choices=SCHEDULES, help="patch-size schedule (default: constant, model kind FP; augment: AP; pgps-*: PGPS)")
     p.add_argument("--pdl", action="store_true", help="add the Progressive Deep Learning data curriculum (cases by similarity)")
     p.add_argument("--epochs", type=int, metavar="N", help="epochs (default: from the device; CPU 25)")
     p.add_argument("--iterations-per-epoch", type=int, metavar="N", help="steps per epoch (default: from the device; CPU 50)")
     p.add_argument("--batch-size", type=int, metavar="N", help="crops per step at the final patch size (default 2)")
     p.add_argument("--patch-size", type=int, nargs=3, metavar=("Z", "Y", "X"), help="final patch size (default: planned from the data)")
-    p.add_argument("--architecture", choices=ARCHITECTURES, help="network (default dynunet)")
+    p.add_argument("--architecture", choices=ARCHITECTURES, help="network (default dynunet; hypernet: the patch-size hypernetwork, model kind HN)")
+    p.add_argument("--prm-variant", choices=("S", "B", "L"), help="PSP-Seg network size with --architecture prm (default S)")
+    p.add_argument("--progressive-pruning", action="store_true",
+                   help="PSP-Seg: prune PRM branches during training (implies --architecture prm)")
     p.add_argument("--optimizer", choices=OPTIMIZERS, help="optimiser (default: sgd on CUDA, adamw on CPU/MPS)")
     p.add_argument("--learning-rate", type=float, metavar="LR", help="initial learning rate (default 1e-2 SGD, 1e-3 AdamW)")
     p.add_argument("--max-cases", type=int, metavar="N", help="use only the first N cases (quick runs)")
@@ -135,6 +154,17 @@ The run folder receives config.yaml (the whole resolved configuration),
 metrics.jsonl (one JSON object per event) and checkpoint_last.pt /
 checkpoint_best.pt / checkpoint_final.pt. Ctrl-C stops after the current step
 and keeps the last checkpoint; --resume continues from it.
+
+Model kinds (recorded in the checkpoint as "kind"):
+  FP    fixed patch: --schedule constant (the default)
+  AP    patch-size augmentation: --schedule augment (each axis drawn from the
+        sizes the network takes in 0.25..1.5 x the final patch, every step)
+  HN    patch-size hypernetwork: --architecture hypernet (an MLP generates the
+        DynUNet's weights from the patch size; trains with --schedule augment)
+  PGPS  progressive growing of patch size: --schedule pgps-efficiency or
+        pgps-performance
+AP and HN models segment well at patch sizes other than the training one
+(napari-pgps evaluate --patch-sizes 16:64:8 measures it).
 """
 
 
@@ -192,13 +222,20 @@ def _apply_train_flags(config: RunConfig, args: argparse.Namespace) -> None:
         config.model.patch_size = tuple(args.patch_size)
     if args.architecture is not None:
         config.model.architecture = args.architecture
+    if args.progressive_pruning:
+        config.pruning.enabled = True
+        config.model.architecture = "prm"
+    if args.prm_variant is not None:
+        config.model.prm_variant = args.prm_variant
+    if config.model.architecture == "hypernet" and args.schedule is None and config.curriculum.schedule == "constant":
+        config.curriculum.schedule = "augment"  # a hypernetwork learns from varying patch sizes
     for name in ("epochs", "iterations_per_epoch", "batch_size", "optimizer", "learning_rate", "seed"):
         if getattr(args, name) is not None:
             setattr(config.training, name, getattr(args, name))
 
 
 def _print_events(events, quiet: bool) -> int:
-    from .engine.events import CheckpointSaved, Finished, Paused, RunStarted, StageStarted, StepDone, Validated
+    from .engine.events import CheckpointSaved, Finished, Paused, PruningStep, RunStarted, StageStarted, StepDone, Validated
 
     started = time.perf_counter()
     epoch_losses: list[float] = []
@@ -206,7 +243,7 @@ def _print_events(events, quiet: bool) -> int:
     for event in events:
         if isinstance(event, RunStarted):
             total_steps = event.epochs * event.iterations_per_epoch
-            print(f"training on {event.device}: {event.training_cases} training / {event.validation_cases} validation cases, "
+            print(f"training {event.kind} model on {event.device}: {event.training_cases} training / {event.validation_cases} validation cases, "
                   f"{event.parameters:,} parameters, final patch {_size(event.final_patch)}, "
                   f"{event.epochs} epochs x {event.iterations_per_epoch} steps"
                   + (f" (resuming at epoch {event.start_epoch})" if event.start_epoch else ""), flush=True)
@@ -225,6 +262,9 @@ def _print_events(events, quiet: bool) -> int:
                 print(f"epoch {event.epoch}: loss {sum(epoch_losses) / len(epoch_losses):.4f}, "
                       f"{last.seconds:.2f} s/step, ETA {_duration(remaining)}", flush=True)
             epoch_losses = []
+        elif isinstance(event, PruningStep):
+            print(f"epoch {event.epoch}: pruning {event.action} {', '.join(event.branches)}; "
+                  f"{event.parameters:,} parameters", flush=True)
         elif isinstance(event, Paused):
             print("paused", flush=True)
         elif isinstance(event, Finished):

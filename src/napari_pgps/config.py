@@ -25,7 +25,7 @@ import yaml
 
 from .errors import InputError
 
-ARCHITECTURES = ("dynunet", "unet", "unetr", "swinunetr")
+ARCHITECTURES = ("dynunet", "unet", "unetr", "swinunetr", "prm", "hypernet")
 OPTIMIZERS = ("sgd", "adamw")
 DEVICES = ("auto", "cpu", "cuda", "mps")
 
@@ -84,6 +84,14 @@ class ModelConfig:
     in_channels: int = 1
     out_channels: Optional[int] = None
     """Number of labels, background included."""
+    hypernet_hidden: int = 50
+    """"hypernet": width of the MLP (3 -> H -> H -> H) that generates the DynUNet's weights from the patch size."""
+    prm_variant: str = "S"
+    """PSP-Seg network size when ``architecture`` is "prm": "S", "B" or "L"."""
+    prm_branches: Optional[list[list[tuple[int, int, int]]]] = None
+    """Kernels of the branches left in each PRM (encoder levels 1.., then decoder); all of the variant's when ``None``."""
+    channels_pruned: bool = False
+    """The convolutions were channel-pruned: their sizes are read from the checkpoint's weights."""
 
 
 @dataclass
@@ -117,8 +125,8 @@ class CurriculumConfig:
     """Cap on the Performance mode's batch size (memory budget)."""
     single_voxel_bottleneck: bool = False
     """Start from the reference's minimum patch with a 1-voxel bottleneck."""
-    augment_range: tuple[float, float] = (0.5, 1.5)
-    """augment: each axis drawn from the sizes the network takes in [low, high] x final."""
+    augment_range: tuple[float, float] = (0.25, 1.5)
+    """augment: each axis drawn from the sizes the network takes in [low, high] x final (the paper: 32..192 for 128)."""
     rpss_mode: str = "efficiency"
     """rpss: batch rule of the stages drawn ("efficiency" or "performance")."""
     pdl: PDLConfig = field(default_factory=PDLConfig)
@@ -148,6 +156,27 @@ class TrainingConfig:
 
 
 @dataclass
+class PruningConfig:
+    """PSP-Seg progressive pruning of a "prm" network's branches during training."""
+
+    enabled: bool = False
+    prune_step: int = 2
+    """Branches masked at a time; halved when a prune is rolled back."""
+    patience: Optional[int] = None
+    """Prune after this many epochs without a new loss minimum; ``None``: 10 per 1000 epochs (0 = at every epoch start)."""
+    stop_fraction: float = 0.4
+    """No pruning after this share of the epochs."""
+    tolerance: float = 0.001
+    """A prune is rolled back when the loss minimum since it is >= the earlier minimum + this."""
+    calibration_batches: int = 8
+    """Batches whose PRM inputs are cached to score the branches (the paper: ~100 on a GPU)."""
+    min_branches: int = 1
+    """Branches every PRM keeps."""
+    decoupling_weight: float = 0.1
+    """Weight of the functional decoupling loss (cosine + foreground BCE); 0 turns it off."""
+
+
+@dataclass
 class RunConfig:
     """Everything that defines a training run."""
 
@@ -156,6 +185,7 @@ class RunConfig:
     model: ModelConfig = field(default_factory=ModelConfig)
     curriculum: CurriculumConfig = field(default_factory=CurriculumConfig)
     training: TrainingConfig = field(default_factory=TrainingConfig)
+    pruning: PruningConfig = field(default_factory=PruningConfig)
     labels: Optional[dict[int, str]] = None
     """Label value -> name, background (0) included; read from ``dataset.json``."""
     modality: Optional[str] = None
@@ -191,6 +221,23 @@ class RunConfig:
         if not isinstance(values, dict):
             raise InputError(f"{path}: a configuration must be a YAML mapping of sections.")
         return cls.from_dict(values, source=str(path))
+
+
+MODEL_KINDS = {
+    "FP": "fixed patch (constant schedule)",
+    "AP": "patch-size augmentation (augment schedule)",
+    "HN": "patch-size hypernetwork (hypernet architecture)",
+    "PGPS": "progressive growing of patch size (pgps-efficiency / pgps-performance)",
+    "RPSS": "random patch-size stages (rpss schedule)",
+}
+
+
+def model_kind(config: RunConfig) -> str:
+    """The kind of model a run trains, one of :data:`MODEL_KINDS`: HN for the hypernetwork, else by schedule."""
+    if config.model.architecture == "hypernet":
+        return "HN"
+    schedule = config.curriculum.schedule
+    return {"constant": "FP", "augment": "AP", "rpss": "RPSS"}.get(schedule, "PGPS" if schedule.startswith("pgps") else schedule)
 
 
 def write_text_atomically(path: Path, text: str) -> None:

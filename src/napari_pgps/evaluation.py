@@ -7,6 +7,7 @@ from typing import Callable, Optional, Sequence
 
 import numpy as np
 
+from .config import model_kind
 from .data.dataset import label_index_lookup, load_cases, read_dataset_info, split_cases
 from .engine.inference import SegmentationModel, segment_volume
 from .engine.metrics import dice_per_label, mean_of, summarize_dice
@@ -51,7 +52,8 @@ def evaluate_patch_sizes(
 
     Returns:
         ``{"patch_sizes": [{"patch": [z, y, x], "mean_dice": float, "dice_per_label": {...}}],
-        "training_patch": [z, y, x]}``.
+        "training_patch": [z, y, x], "kind": "FP" | "AP" | "HN" | ..., "model": checkpoint path}``.
+        A hypernetwork is baked once per size.
     """
     from .models import check_inference_patch
 
@@ -66,7 +68,8 @@ def evaluate_patch_sizes(
         rows.append(row)
         if progress is not None:
             progress(size, row)
-    return {"patch_sizes": rows, "training_patch": list(model.patch_size)}
+    return {"patch_sizes": rows, "training_patch": list(model.patch_size), "kind": model_kind(model.config),
+            "model": model.checkpoint}
 
 
 def labelled_cases(model: SegmentationModel, data: str | Path, split: str = "all") -> list:

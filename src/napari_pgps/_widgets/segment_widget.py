@@ -42,6 +42,24 @@ def _segment(model_path: str, image, patch, mirror: bool, uncertainty: bool, dev
     return model, result
 
 
+def _estimate(model_path: str, device: str):
+    """Yield the memory estimate of each candidate patch size of a model (run folder or checkpoint), smallest first."""
+    from ..config import RunConfig
+    from ..engine import find_checkpoint, load_checkpoint, pick_device
+    from ..engine.memory import candidate_patches, estimate_memory
+
+    path = Path(model_path)
+    if (path / "config.yaml").is_file():
+        config = RunConfig.load(path / "config.yaml")
+    else:
+        checkpoint = find_checkpoint(path)
+        config = RunConfig.from_dict(load_checkpoint(checkpoint)["config"], source=str(checkpoint))
+    chosen = pick_device(device)
+    for patch in candidate_patches(config.model):
+        yield estimate_memory(config.model, patch, chosen, batch=config.training.batch_size,
+                              mixed_precision=config.training.mixed_precision)
+
+
 class SegmentWidget(QWidget):
     """Model, image layer, patch size, test-time augmentation; a Labels layer and a table of volumes."""
 
@@ -50,6 +68,7 @@ class SegmentWidget(QWidget):
         self.viewer = napari_viewer
         self.state = state_for(napari_viewer)
         self.worker = None
+        self.estimate_worker = None
         self._cancel = False
         self._progress = _Progress()
         self.result_layer = None
@@ -63,10 +82,19 @@ class SegmentWidget(QWidget):
         self.training_patch.setChecked(True)
         self.patch = [QSpinBox() for _ in range(3)]
         for spin in self.patch:
-            spin.setRange(8, 1024)
+            spin.setRange(1, 1024)
             spin.setSingleStep(8)
             spin.setValue(64)
             spin.setEnabled(False)
+        self.sizes = QComboBox()
+        self.sizes.setToolTip(
+            "patch sizes with the memory one sliding-window batch takes on the chosen device: measured by a forward "
+            "pass on a CUDA GPU (torch.cuda.max_memory_allocated), computed on the CPU from the tensors a forward pass "
+            "keeps alive (weights + activations, without allocator overhead). AP and HN models segment well at other "
+            "sizes than the training one; a hypernetwork (HN) is baked for the chosen size."
+        )
+        self.estimate = QPushButton("Estimate memory")
+        self._estimates: dict[tuple[str, str], list] = {}
         self.tta = QCheckBox("test-time augmentation (8 mirrored passes)")
         self.uncertainty = QCheckBox("uncertainty (entropy) layer")
         self.device = QComboBox()
@@ -91,6 +119,10 @@ class SegmentWidget(QWidget):
         form.addRow("", model_row)
         form.addRow("Image layer", self.image)
         form.addRow("Patch", patch_row)
+        sizes_row = QHBoxLayout()
+        sizes_row.addWidget(self.sizes, 1)
+        sizes_row.addWidget(self.estimate)
+        form.addRow("Memory", sizes_row)
         form.addRow("", self.tta)
         form.addRow("", self.uncertainty)
         form.addRow("Device", self.device)
@@ -108,6 +140,8 @@ class SegmentWidget(QWidget):
         browse_file.clicked.connect(self._browse_file)
         self.training_patch.toggled.connect(lambda on: [s.setEnabled(not on) for s in self.patch])
         self.run.clicked.connect(self.segment)
+        self.estimate.clicked.connect(self.estimate_memory)
+        self.sizes.activated.connect(self._choose_size)
         self.cancel.clicked.connect(self.cancel_segmentation)
         self._progress.advanced.connect(self._advance)
         self.state.model_trained.connect(self.offer_model)
@@ -138,6 +172,56 @@ class SegmentWidget(QWidget):
         except InputError:
             patch = None
         for spin, value in zip(self.patch, patch or ()):
+            spin.setValue(int(value))
+
+    def estimate_memory(self) -> None:
+        """Fill the patch-size chooser with each candidate size's memory (cached per model and device; background thread)."""
+        from napari.qt.threading import thread_worker
+        from napari.utils.notifications import show_error
+
+        key = (self.model.currentText().strip(), self.device.currentText())
+        if not key[0]:
+            show_error("choose a model: a run folder or a checkpoint.")
+            return
+        self.sizes.clear()
+        if key in self._estimates:
+            for estimate in self._estimates[key]:
+                self._add_size(estimate)
+            return
+        found: list = []
+        self.estimate.setEnabled(False)
+        self.status.setText("estimating memory per patch size...")
+
+        def done() -> None:
+            self.estimate.setEnabled(True)
+            self.estimate_worker = None
+
+        def finished() -> None:
+            self._estimates[key] = found
+            self.status.setText(f"{len(found)} patch sizes estimated ({found[0].method})" if found else "")
+
+        def errored(exc: Exception) -> None:
+            show_error(f"Memory estimate failed: {exc}")
+            self.status.setText(f"failed: {exc}")
+
+        def add(estimate) -> None:
+            found.append(estimate)
+            self._add_size(estimate)
+
+        self.estimate_worker = thread_worker(_estimate, connect={"yielded": add, "returned": lambda _: finished(),
+                                                                 "errored": errored, "finished": done},
+                                             start_thread=False)(*key)
+        self.estimate_worker.start()
+
+    def _add_size(self, estimate) -> None:
+        size = " x ".join(map(str, estimate.patch))
+        self.sizes.addItem(f"{size}: {estimate.megabytes:,.0f} MB ({estimate.method})", estimate.patch)
+
+    def _choose_size(self, index: int) -> None:
+        """Segment with the chosen size: its values go to the patch boxes."""
+        patch = self.sizes.itemData(index)
+        self.training_patch.setChecked(False)
+        for spin, value in zip(self.patch, patch):
             spin.setValue(int(value))
 
     def _browse_dir(self) -> None:
@@ -180,7 +264,7 @@ class SegmentWidget(QWidget):
         self._cancel = False
         self.progress.setRange(0, 0)
         self.status.setText(f"segmenting '{layer.name}'...")
-        handlers = {"returned": lambda out: self._show(layer, image, *out), "errored": self._on_error,
+        handlers = {"returned": lambda out: self._show(layer, image, patch, *out), "errored": self._on_error,
                     "finished": self._on_finished}
         self.worker = thread_worker(_segment, connect=handlers, start_thread=False)(
             self.model.currentText().strip(), image, patch, self.tta.isChecked(), self.uncertainty.isChecked(),
@@ -214,7 +298,7 @@ class SegmentWidget(QWidget):
         self.progress.setRange(0, 1)
         self.worker = None
 
-    def _show(self, layer, image, model, result) -> None:
+    def _show(self, layer, image, patch, model, result) -> None:
         """Add the Labels layer (same scale and translate as the image) and fill the volumes table."""
         import pandas as pd
 
@@ -236,4 +320,6 @@ class SegmentWidget(QWidget):
         for row, (name, volume) in enumerate(result.volumes.items()):
             for column, text in enumerate((name, f"{volume['voxels']}", f"{volume['ml']:.3f}")):
                 self.table.setItem(row, column, QTableWidgetItem(text))
-        self.status.setText(f"'{self.result_layer.name}' added")
+        size = " x ".join(str(s) for s in (patch or model.patch_size))
+        baked = ", hypernetwork baked for it" if model.config.model.architecture == "hypernet" else ""
+        self.status.setText(f"'{self.result_layer.name}' added (patch {size}{baked})")

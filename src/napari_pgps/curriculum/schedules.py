@@ -116,7 +116,7 @@ class ScheduleOptions:
     single_voxel_bottleneck: bool = False
     """Start from the reference's minimum patch (a 1-voxel bottleneck); by default growth starts one step later,
     where the bottleneck holds 2 voxels, because instance normalisation cannot normalise a single voxel."""
-    augment_range: tuple[float, float] = (0.5, 1.5)
+    augment_range: tuple[float, float] = (0.25, 1.5)
     """``augment``: each axis is drawn from the sizes the network takes in [low, high] x its final size."""
     rpss_mode: str = "efficiency"
     """``rpss``: the batch rule of the stages it draws from."""
@@ -263,14 +263,18 @@ def pgps_stages(
 
 
 def augment_sizes(final: Sequence[int], poolings: Sequence[int], size_range: tuple[float, float]) -> tuple[tuple[int, ...], ...]:
-    """Per axis, the sizes the network takes between ``low * final`` and ``high * final``."""
+    """Per axis, the sizes the network takes between ``low * final`` and ``high * final``.
+
+    An axis never drops to a single bottleneck voxel (one pooling step) unless
+    its final size is one step: instance normalisation needs more than one voxel.
+    """
     low, high = size_range
     if not 0 < low <= 1 <= high:
         raise InputError(f"augmentation range {size_range} must satisfy 0 < low <= 1 <= high.")
     out = []
     for f, p in zip(final, poolings):
         step = 2**int(p)
-        sizes = tuple(range(step, int(high * f) + 1, step))
+        sizes = tuple(range(step if f <= step else 2 * step, int(high * f) + 1, step))
         sizes = tuple(s for s in sizes if s >= low * f) or (f,)
         out.append(sizes)
     return tuple(out)

@@ -6,8 +6,10 @@ so reading one never runs code found in the file.
 
 Keys: ``format``, ``version``, ``config`` (the resolved :class:`RunConfig` as a
 dict), ``model``, ``optimizer``, ``scheduler``, ``scaler`` (state dicts),
-``epoch`` (epochs completed), ``step``, ``rng`` (torch / numpy / CUDA states),
-``best_mean_dice``, ``training_seconds``.
+``epoch`` (epochs completed), ``step``, ``rng`` (torch / numpy / CUDA states;
+under torchrun also ``numpy_ranks``, every rank's sampler state in rank order,
+and ``schedule``, the shared patch-draw state), ``best_mean_dice``,
+``training_seconds``.
 """
 
 from __future__ import annotations

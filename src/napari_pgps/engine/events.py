@@ -37,6 +37,8 @@ class RunStarted(_Event):
     """Background first; the order of every ``class_fractions``."""
     volume_class_fractions: tuple[float, ...]
     """Voxel fraction of each label in the whole training volumes."""
+    kind: str = "FP"
+    """The model kind (FP, AP, HN, PGPS, RPSS; see :data:`napari_pgps.config.MODEL_KINDS`)."""
 
 
 @dataclass(frozen=True)
@@ -69,6 +71,21 @@ class CasesAdded(_Event):
     cases: int
     total: int
     names: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class PruningStep(_Event):
+    """Progressive pruning masked, restored (rolled back) or removed PRM branches at the start of ``epoch``."""
+
+    epoch: int
+    action: str
+    """"masked", "restored" or "removed"."""
+    branches: tuple[str, ...]
+    """E.g. ``("bottleneck 1x3x1", "decoder 2 1x1x1")``."""
+    parameters: int
+    """Parameters of the network after this step (masked branches count until removed)."""
+    prune_step: int
+    """Branches the next mask takes."""
 
 
 @dataclass(frozen=True)

@@ -12,7 +12,7 @@ from __future__ import annotations
 import itertools
 import math
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Callable, Optional, Sequence
 
 import numpy as np
@@ -24,6 +24,7 @@ from ..data.normalization import normalize
 from ..data.volume import Volume
 from ..errors import CheckpointError, InputError
 from ..models import build_network, check_inference_patch
+from ..models.hypernetwork import PatchSizeHypernetwork
 from .checkpoint import find_checkpoint, load_checkpoint
 from .device import pick_device
 from .metrics import label_volumes
@@ -43,9 +44,11 @@ class SegmentationModel:
     """A trained network ready to segment, with the configuration it was trained with."""
 
     network: nn.Module
+    """The trained network; for a hypernetwork (HN) the :class:`PatchSizeHypernetwork`, see :meth:`network_for`."""
     config: RunConfig
     device: torch.device
     checkpoint: Optional[str] = None
+    _baked: Optional[tuple[tuple[int, int, int], nn.Module]] = field(default=None, init=False, repr=False)
 
     @property
     def label_values(self) -> list[int]:
@@ -55,6 +58,19 @@ class SegmentationModel:
     def patch_size(self) -> tuple[int, int, int]:
         return tuple(self.config.model.patch_size)
 
+    def network_for(self, patch_size: Sequence[int]) -> nn.Module:
+        """The network that segments with windows of ``patch_size`` (Z, Y, X).
+
+        For a hypernetwork, the plain DynUNet baked for that size: baked once
+        and kept until another size is asked for. Any other model is returned as is.
+        """
+        if not isinstance(self.network, PatchSizeHypernetwork):
+            return self.network
+        patch = tuple(int(p) for p in patch_size)
+        if self._baked is None or self._baked[0] != patch:
+            self._baked = (patch, self.network.bake(patch))
+        return self._baked[1]
+
 
 def load_model(model: str | os.PathLike, device: str | torch.device = "auto") -> SegmentationModel:
     """Load a run folder or checkpoint for segmentation (safe loading, no pickled code)."""
@@ -62,8 +78,7 @@ def load_model(model: str | os.PathLike, device: str | torch.device = "auto") ->
     payload = load_checkpoint(path)
     try:
         config = RunConfig.from_dict(payload["config"], source=str(path))
-        network = build_network(config.model)
-        network.load_state_dict(payload["model"])
+        network = build_network(config.model, payload["model"])
     except (InputError, ValueError, RuntimeError, KeyError, TypeError) as exc:
         raise CheckpointError(f"{path}: the checkpoint's network cannot be rebuilt ({exc}).") from None
     device = device if isinstance(device, torch.device) else pick_device(device)
@@ -185,7 +200,7 @@ def segment_volume(
     check_inference_patch(model.config.model, patch)
     normalised = normalize(image.array, model.config.normalization)
     probabilities = predict_probabilities(
-        model.network,
+        model.network_for(patch),
         normalised,
         patch,
         model.device,

@@ -85,12 +85,21 @@ def resolve_config(
         raise InputError(f"unknown optimizer '{training.optimizer}'; choose one of {', '.join(OPTIMIZERS)}.")
     if resolved.curriculum.schedule not in SCHEDULES:
         raise InputError(f"unknown schedule '{resolved.curriculum.schedule}'; choose one of {', '.join(SCHEDULES)}.")
+    if model.architecture == "hypernet" and resolved.curriculum.schedule == "constant":
+        raise InputError("the hypernetwork learns from varying patch sizes; train it with --schedule augment "
+                         "(or curriculum.schedule: augment).")
+    if model.architecture == "hypernet" and model.hypernet_hidden < 1:
+        raise InputError(f"hypernet_hidden {model.hypernet_hidden} must be at least 1.")
     if training.batch_size < 1:
         raise InputError(f"batch size {training.batch_size} must be at least 1.")
     if not 0.0 <= resolved.data.foreground_oversampling <= 1.0:
         raise InputError("foreground oversampling must be a probability between 0 and 1.")
     if training.validate_every < 1:
         raise InputError("validate every N epochs needs N of at least 1.")
+    if resolved.pruning.enabled and model.architecture != "prm":
+        raise InputError("progressive pruning removes PRM branches: use --architecture prm (or channel pruning of a trained model: napari-pgps prune).")
+    if not 0.0 <= resolved.pruning.stop_fraction <= 1.0 or resolved.pruning.min_branches < 0 or resolved.pruning.prune_step < 1:
+        raise InputError("pruning needs a stop fraction in [0, 1], a prune step of at least 1 and min branches of at least 0.")
 
     resolved.labels = dict(sorted(labels.items()))
     resolved.modality = modality
@@ -106,6 +115,8 @@ def resolve_config(
         model.kernel_sizes, model.strides = plan.kernel_sizes, plan.strides
     if model.base_channels is None:
         model.base_channels = profile.base_channels
+    if model.architecture == "prm":
+        _resolve_prm(model)
     if model.channels is None:
         model.channels = level_channels(len(model.strides), model.base_channels, model.max_channels)
     model.out_channels = len(resolved.labels)
@@ -121,3 +132,19 @@ def resolve_config(
     if training.epochs < 1 or training.iterations_per_epoch < 1:
         raise InputError("epochs and iterations per epoch must be at least 1.")
     return resolved
+
+
+def _resolve_prm(model) -> None:
+    """Channels and starting branches of a PSP-Seg network from its variant."""
+    from ..models.prm import VARIANTS, initial_branches, variant_channels
+
+    if model.prm_variant not in VARIANTS:
+        raise InputError(f"unknown PRM variant '{model.prm_variant}'; choose one of {', '.join(VARIANTS)}.")
+    levels = len(model.strides)
+    if levels < 2:
+        raise InputError(f"the PRM network needs a patch the plan pools at least once; {tuple(model.patch_size)} is too small.")
+    if model.channels is None:
+        model.channels = variant_channels(model.prm_variant, levels)
+        model.base_channels = model.channels[0]
+    if model.prm_branches is None:
+        model.prm_branches = initial_branches(model.prm_variant, levels)

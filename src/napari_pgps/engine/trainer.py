@@ -7,10 +7,16 @@ Stop and pause requests (:class:`TrainingControl`) are honoured between steps.
 A checkpoint is written atomically after every epoch, so a stopped or failed
 run keeps its last good one; ``resume=True`` continues from it with the
 optimiser, scheduler and random-number states restored.
+
+Started by ``torchrun`` the loop trains with DDP (:mod:`.distributed`): each
+step's global batch is split over the ranks, only rank 0 writes files, and
+every rank yields the same events except that a ``StepDone``'s crops and class
+fractions are its own (its ``batch`` and ``loss`` are the global ones).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import time
 from pathlib import Path
@@ -19,7 +25,7 @@ from typing import Any, Iterator, Optional
 import numpy as np
 import torch
 
-from ..config import RunConfig
+from ..config import RunConfig, model_kind
 from ..curriculum import ScheduleOptions, build_schedule, crops_per_case, stage_at
 from ..curriculum.pdl import active_cases, default_interval, rank_cases
 from ..data.dataset import TrainingSet, label_index_lookup, load_training_set, split_cases
@@ -27,6 +33,11 @@ from ..data.normalization import fit_normalization, normalize
 from ..data.sampler import PatchSampler
 from ..errors import InputError
 from ..models import build_network, count_parameters, patch_divisor, training_outputs
+from ..models.factory import split_outputs
+from ..pruning.decoupling import decoupling_loss
+from ..pruning.progressive import ProgressivePruner
+from ..models.factory import deep_supervision_heads
+from . import distributed
 from .checkpoint import BEST, FINAL, LAST, load_checkpoint, save_checkpoint
 from .control import TrainingControl
 from .device import describe, pick_device
@@ -35,6 +46,7 @@ from .events import (
     CheckpointSaved,
     Finished,
     Paused,
+    PruningStep,
     Resumed,
     RunStarted,
     StageFinished,
@@ -43,6 +55,7 @@ from .events import (
     Validated,
 )
 from .inference import predict_probabilities
+from .losses import BatchDiceCELoss
 from .metrics import dice_per_label, mean_of, summarize_dice
 from .resolve import resolve_config
 
@@ -61,6 +74,7 @@ def train(
     dataset: Optional[TrainingSet] = None,
     control: Optional[TrainingControl] = None,
     resume: bool = False,
+    initial_weights: Optional[dict[str, torch.Tensor]] = None,
 ) -> Iterator[Any]:
     """Train a segmentation network, yielding events as it goes.
 
@@ -75,6 +89,8 @@ def train(
             ``config.data.path`` when ``None``.
         control: stop / pause requests from another thread.
         resume: continue the run in ``run_dir`` from its last checkpoint.
+        initial_weights: a state dict to start from instead of random weights
+            (fine-tuning, e.g. a channel-pruned network; ``config.model`` must describe it).
 
     Yields:
         RunStarted, StageStarted, StepDone, Paused, Resumed, Validated,
@@ -112,15 +128,18 @@ def train(
         config.normalization = fit_normalization(
             dataset.modality, [c.image.array for c in train_cases], [c.labels.array for c in train_cases], config.training.seed
         )
-    yield from _Run(config, run_dir, train_cases, val_cases, device, control, state).run()
+    with distributed.process_group(device) as (context, device):
+        yield from _Run(config, run_dir, train_cases, val_cases, device, control, state, context, initial_weights).run()
 
 
 class _Run:
     """One training run's state; :meth:`run` is the event generator."""
 
-    def __init__(self, config, run_dir, train_cases, val_cases, device, control, state):
+    def __init__(self, config, run_dir, train_cases, val_cases, device, control, state, context=distributed.SINGLE, initial_weights=None):
         self.config: RunConfig = config
         self.run_dir: Optional[Path] = run_dir
+        self.context: distributed.DistributedContext = context
+        self.writes = run_dir is not None and context.is_main
         self.device = device
         self.control = control
         t = config.training
@@ -128,7 +147,7 @@ class _Run:
         self.num_labels = len(config.labels)
         lookup = label_index_lookup(config.labels)
         torch.manual_seed(t.seed)
-        self.rng = np.random.default_rng(t.seed)
+        self.rng, self.draw_rng = distributed.generators(t.seed, context)
         images = [normalize(c.image.array, config.normalization) for c in train_cases]
         label_maps = [lookup[c.labels.array] for c in train_cases]
         self.train_names = [c.name for c in train_cases]
@@ -145,13 +164,20 @@ class _Run:
         self.validating_on_training = not val_cases
         held_out = val_cases or train_cases
         self.validation = [(normalize(c.image.array, config.normalization), lookup[c.labels.array]) for c in held_out]
-        self.network = build_network(config.model).to(device)
+        self.network = build_network(config.model, state["model"] if state is not None else initial_weights).to(device)
+        self.model = distributed.wrap(self.network, device, context)
         self.optimizer = _optimizer(self.network, t)
         self.scheduler = torch.optim.lr_scheduler.PolynomialLR(self.optimizer, total_iters=t.epochs, power=t.poly_exponent)
         self.amp = t.mixed_precision and device.type == "cuda"
         self.scaler = torch.amp.GradScaler("cuda", enabled=self.amp)
-        self.loss = _loss(deep_supervision=config.model.architecture == "dynunet" and config.model.deep_supervision)
+        self.loss = _loss(deep_supervision=deep_supervision_heads(config.model) > 0, across_ranks=context.enabled)
         self.schedule = _schedule(config)
+        distributed.check_batch(min(s.batch for s in self.schedule.stages + self.schedule.choices), context)
+        self.pruner = ProgressivePruner(self.network, config.pruning, t.epochs) if config.pruning.enabled else None
+        self.decoupling_weight = config.pruning.decoupling_weight if config.model.architecture == "prm" else 0.0
+        if context.enabled and (self.pruner is not None or self.decoupling_weight):
+            raise InputError("progressive pruning and the PRM network train in one process only; start without torchrun.")
+        self.epoch_losses: dict[str, list[float]] = {}
         self.stages = self.schedule.stages
         self.pdl_order = self._rank_cases(images) if config.curriculum.pdl.enabled else None
         self.epoch = 0
@@ -166,7 +192,7 @@ class _Run:
     # -- the loop ---------------------------------------------------------
     def run(self) -> Iterator[Any]:
         t = self.config.training
-        if self.run_dir is not None:
+        if self.writes:
             self.run_dir.mkdir(parents=True, exist_ok=True)
             self.config.save(self.run_dir / "config.yaml")
         yield self._log(
@@ -181,6 +207,7 @@ class _Run:
                 iterations_per_epoch=t.iterations_per_epoch,
                 final_patch=tuple(self.config.model.patch_size),
                 schedule=self.schedule.name,
+                kind=model_kind(self.config),
                 label_names=tuple(self.config.labels[v] for v in sorted(self.config.labels)),
                 volume_class_fractions=self.volume_fractions,
             )
@@ -204,6 +231,9 @@ class _Run:
                     self.sampler.set_active(self.pdl_order[:count])
                     names = tuple(self.train_names[i] for i in self.pdl_order[:count])
                     yield self._log(CasesAdded(epoch=self.epoch, cases=count, total=len(self.pdl_order), names=names))
+            if self.pruner is not None:
+                for pruned in self._prune():
+                    yield self._log(pruned)
             for _ in range(t.iterations_per_epoch):
                 if self.control.paused and not self.control.stop_requested:
                     yield self._log(Paused(epoch=self.epoch, step=self.step))
@@ -211,10 +241,10 @@ class _Run:
                         pass
                     if not self.control.stop_requested:
                         yield self._log(Resumed(epoch=self.epoch, step=self.step))
-                if self.control.stop_requested:
+                if distributed.any_rank(self.control.stop_requested, self.context):
                     stopped = True
                     break
-                patch, batch = self.schedule.draw(stage, self.rng)
+                patch, batch = self.schedule.draw(stage, self.draw_rng)
                 step = self._train_step(patch, batch)
                 stage_fractions.append(step.class_fractions)
                 yield self._log(step)
@@ -223,6 +253,9 @@ class _Run:
             if self.epoch + 1 == t.epochs or stage_at(self.stages, self.epoch + 1) != current_stage:
                 yield self._log(self._stage_finished(current_stage, stage_fractions))
                 stage_fractions = []
+            if self.pruner is not None:
+                self.pruner.end_epoch(self.epoch, {k: float(np.mean(v)) for k, v in self.epoch_losses.items()})
+            self.epoch_losses = {}
             self.scheduler.step()
             self.epoch += 1
             if self.epoch % t.validate_every == 0 or self.epoch == t.epochs:
@@ -231,7 +264,7 @@ class _Run:
                 yield self._log(saved)
         final = None
         if not stopped and self.run_dir is not None:
-            final = str(save_checkpoint(self._payload(), self.run_dir / FINAL))
+            final = self._write(FINAL, self._payload())
             yield self._log(CheckpointSaved(epoch=self.epoch, path=final))
         yield self._log(
             Finished(
@@ -267,19 +300,19 @@ class _Run:
 
     def _train_step(self, patch: tuple[int, int, int], batch_size: int) -> StepDone:
         start = time.perf_counter()
-        batch = self.sampler.sample(patch, batch_size, crops_per_case(batch_size, self.schedule.final_batch))
+        local_batch = distributed.split_batch(batch_size, self.context)
+        batch = self.sampler.sample(patch, local_batch, crops_per_case(batch_size, self.schedule.final_batch))
         images = torch.from_numpy(batch.images).to(self.device, non_blocking=True)
         labels = torch.from_numpy(batch.labels).to(self.device, non_blocking=True)
         self.optimizer.zero_grad(set_to_none=True)
         with torch.autocast(device_type="cuda", dtype=torch.float16, enabled=self.amp):
-            outputs = training_outputs(self.network, images)
-            loss = self.loss(outputs, labels)
+            loss = self._loss(images, labels)
         self.scaler.scale(loss).backward()
         self.scaler.unscale_(self.optimizer)
         torch.nn.utils.clip_grad_norm_(self.network.parameters(), self.config.training.gradient_clip)
         self.scaler.step(self.optimizer)
         self.scaler.update()
-        value = float(loss.detach())
+        value = distributed.mean_over_ranks(loss.detach(), self.context)
         if not np.isfinite(value):
             raise TrainingDiverged(
                 f"training diverged at step {self.step + 1} (loss {value}); the last good checkpoint is kept. "
@@ -301,10 +334,38 @@ class _Run:
             crop_origins=batch.origins,
         )
 
+    def _loss(self, images: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        """Segmentation loss, plus PSP-Seg's decoupling loss for a PRM network; per-epoch means kept for pruning."""
+        if not self.decoupling_weight:
+            segmentation = self.loss(training_outputs(self.model, images), labels)
+            self.epoch_losses.setdefault("segmentation", []).append(float(segmentation.detach()))
+            return segmentation
+        output, encoded, decoded = self.network.forward_with_features(images)
+        segmentation = self.loss(split_outputs(output, images), labels)
+        decoupling = decoupling_loss(self.network, images, labels, encoded, decoded)
+        self.epoch_losses.setdefault("segmentation", []).append(float(segmentation.detach()))
+        self.epoch_losses.setdefault("decoupling", []).append(float(decoupling.detach()))
+        return segmentation + self.decoupling_weight * decoupling
+
+    def _prune(self) -> list[PruningStep]:
+        """Progressive pruning's check at the start of an epoch (its time counts as training time)."""
+        start = time.perf_counter()
+        actions = self.pruner.start_epoch(self.epoch, self._calibration_batches, self.optimizer)
+        self.training_seconds += time.perf_counter() - start
+        if any(a.action == "removed" for a in actions):
+            self.config.model.prm_branches = self.network.branch_kernels()
+        return [PruningStep(epoch=self.epoch, **dataclasses.asdict(a)) for a in actions]
+
+    def _calibration_batches(self) -> Iterator[torch.Tensor]:
+        """Crops at the final patch and batch size for scoring the PRM branches: (B, 1, Z, Y, X)."""
+        for _ in range(self.config.pruning.calibration_batches):
+            batch = self.sampler.sample(self.config.model.patch_size, self.schedule.final_batch, 1)
+            yield torch.from_numpy(batch.images).to(self.device)
+
     def _validate(self) -> Validated:
         start = time.perf_counter()
         per_case = []
-        for image, truth in self.validation:
+        for image, truth in distributed.shard(self.validation, self.context):
             probabilities = predict_probabilities(
                 self.network,
                 image,
@@ -315,7 +376,7 @@ class _Run:
             )
             per_case.append(dice_per_label(np.argmax(probabilities, axis=0), truth, self.num_labels))
         self.network.train()
-        dice = summarize_dice(per_case, self.label_names)
+        dice = summarize_dice(distributed.unshard(per_case, self.context), self.label_names)
         self.last_mean_dice = mean_of(dice)
         return Validated(epoch=self.epoch, dice_per_label=dice, mean_dice=self.last_mean_dice,
                          seconds=time.perf_counter() - start, on_training_cases=self.validating_on_training)
@@ -324,21 +385,31 @@ class _Run:
     def _payload(self) -> dict[str, Any]:
         return {
             "config": self.config.to_dict(),
+            "kind": model_kind(self.config),
             "model": self.network.state_dict(),
             "optimizer": self.optimizer.state_dict(),
             "scheduler": self.scheduler.state_dict(),
             "scaler": self.scaler.state_dict(),
+            "pruning": self.pruner.state_dict() if self.pruner is not None else None,
             "epoch": self.epoch,
             "step": self.step,
             "training_seconds": self.training_seconds,
             "best_mean_dice": self.best_mean_dice,
             "last_mean_dice": self.last_mean_dice,
-            "rng": {
-                "torch": torch.get_rng_state(),
-                "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
-                "numpy": _plain_state(self.rng.bit_generator.state),
-            },
+            "rng": self._rng_states(),
         }
+
+    def _rng_states(self) -> dict[str, Any]:
+        """Random states; distributed runs add every rank's sampler state (``numpy_ranks``) and the schedule's."""
+        states = {
+            "torch": torch.get_rng_state(),
+            "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+            "numpy": _plain_state(self.rng.bit_generator.state),
+        }
+        if self.context.enabled:
+            states["numpy_ranks"] = distributed.gather_objects(states["numpy"], self.context)
+            states["schedule"] = _plain_state(self.draw_rng.bit_generator.state)
+        return states
 
     def _save_checkpoints(self) -> Iterator[CheckpointSaved]:
         if self.run_dir is None:
@@ -347,16 +418,24 @@ class _Run:
         if improved:
             self.best_mean_dice = self.last_mean_dice
         payload = self._payload()
-        yield CheckpointSaved(epoch=self.epoch, path=str(save_checkpoint(payload, self.run_dir / LAST)))
+        yield CheckpointSaved(epoch=self.epoch, path=self._write(LAST, payload))
         if improved:
-            yield CheckpointSaved(epoch=self.epoch, path=str(save_checkpoint(payload, self.run_dir / BEST)))
+            yield CheckpointSaved(epoch=self.epoch, path=self._write(BEST, payload))
+
+    def _write(self, name: str, payload: dict[str, Any]) -> str:
+        """Save a checkpoint in the run folder (rank 0 only; every rank builds the payload together)."""
+        path = self.run_dir / name
+        if self.context.is_main:
+            save_checkpoint(payload, path)
+        return str(path)
 
     def _restore(self, state: dict[str, Any]) -> None:
-        self.network.load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
         if state.get("scaler"):
             self.scaler.load_state_dict(state["scaler"])
+        if self.pruner is not None and state.get("pruning"):
+            self.pruner.load_state_dict(state["pruning"])
         self.epoch = int(state["epoch"])
         self.step = int(state["step"])
         self.training_seconds = float(state.get("training_seconds", 0.0))
@@ -367,11 +446,19 @@ class _Run:
             torch.set_rng_state(rng["torch"])
         if rng.get("cuda") and torch.cuda.is_available():
             torch.cuda.set_rng_state_all(rng["cuda"])
-        if "numpy" in rng:
-            self.rng.bit_generator.state = rng["numpy"]
+        streams = rng.get("numpy_ranks", [rng["numpy"]] if "numpy" in rng else [])
+        if streams and len(streams) != self.context.world_size:
+            raise InputError(
+                f"this run was trained by {len(streams)} process(es) and is being resumed by {self.context.world_size}; "
+                f"resume it with {len(streams)} in all (torchrun: --nnodes times --nproc_per_node)."
+            )
+        if streams:
+            self.rng.bit_generator.state = streams[self.context.rank]
+        if "schedule" in rng and self.draw_rng is not self.rng:
+            self.draw_rng.bit_generator.state = rng["schedule"]
 
     def _log(self, event: Any) -> Any:
-        if self.run_dir is not None:
+        if self.writes:
             with open(self.run_dir / METRICS_FILE, "a") as handle:
                 handle.write(json.dumps(event.to_dict()) + "\n")
         return event
@@ -401,11 +488,11 @@ def _optimizer(network: torch.nn.Module, t) -> torch.optim.Optimizer:
     )
 
 
-def _loss(deep_supervision: bool):
-    """Dice + cross-entropy (nnU-Net's batch Dice without background), with deep supervision if used."""
-    from monai.losses import DeepSupervisionLoss, DiceCELoss
+def _loss(deep_supervision: bool, across_ranks: bool = False):
+    """Dice + cross-entropy (nnU-Net's batch Dice without background, global over DDP ranks), with deep supervision if used."""
+    from monai.losses import DeepSupervisionLoss
 
-    dice_ce = DiceCELoss(include_background=False, to_onehot_y=True, softmax=True, batch=True, smooth_nr=1e-5, smooth_dr=1e-5)
+    dice_ce = BatchDiceCELoss(smooth=1e-5, distributed=across_ranks)
     if deep_supervision:
         supervised = DeepSupervisionLoss(dice_ce, weight_mode="exp")
         return lambda outputs, target: supervised(outputs, target)

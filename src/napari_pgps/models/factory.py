@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Sequence
+from typing import Optional, Sequence
 
 import torch
 from torch import nn
@@ -48,19 +48,33 @@ def check_minimum_patch(model: ModelConfig, patch_size: Sequence[int]) -> None:
 
 
 def deep_supervision_heads(model: ModelConfig) -> int:
-    """Number of extra low-resolution outputs trained with deep supervision (DynUNet only)."""
-    if model.architecture != "dynunet" or not model.deep_supervision:
+    """Number of extra low-resolution outputs trained with deep supervision (DynUNet-based networks only)."""
+    if model.architecture not in ("dynunet", "prm", "hypernet") or not model.deep_supervision:
         return 0
     return max(0, min(2, len(model.strides) - 2))
 
 
-def build_network(model: ModelConfig) -> nn.Module:
-    """The network for a resolved model config.
+def build_network(model: ModelConfig, weights: Optional[dict[str, torch.Tensor]] = None) -> nn.Module:
+    """The network for a resolved model config, with ``weights`` (a state dict) loaded if given.
+
+    A channel-pruned network (``model.channels_pruned``) takes its layer sizes from ``weights``.
 
     Input (B, in_channels, Z, Y, X) -> logits (B, out_channels, Z, Y, X). A
     DynUNet with deep supervision, in training mode, returns
     (B, 1 + heads, out_channels, Z, Y, X) instead (see :func:`training_outputs`).
     """
+    network = _build(model)
+    if weights is not None:
+        if model.channels_pruned:
+            from ..pruning.channels import fit_to_state_dict
+
+            fit_to_state_dict(network, weights)
+        else:
+            network.load_state_dict(weights)
+    return network
+
+
+def _build(model: ModelConfig) -> nn.Module:
     from monai.networks import nets
 
     if model.architecture not in ARCHITECTURES:
@@ -81,6 +95,22 @@ def build_network(model: ModelConfig) -> nn.Module:
             act_name=("leakyrelu", {"negative_slope": 0.01, "inplace": True}),
             deep_supervision=heads > 0,
             deep_supr_num=max(heads, 1),
+        )
+    if model.architecture == "hypernet":
+        from .hypernetwork import PatchSizeHypernetwork
+
+        return PatchSizeHypernetwork(model)
+    if model.architecture == "prm":
+        from .prm import build_prm_unet
+
+        return build_prm_unet(
+            model.prm_variant,
+            model.in_channels,
+            model.out_channels,
+            model.channels,
+            model.strides,
+            model.prm_branches,
+            deep_supervision=deep_supervision_heads(model) > 0,
         )
     if model.architecture == "unet":
         return nets.UNet(
@@ -114,7 +144,11 @@ def training_outputs(network: nn.Module, images: torch.Tensor) -> list[torch.Ten
 
     Each item is (B, K, Z, Y, X).
     """
-    output = network(images)
+    return split_outputs(network(images), images)
+
+
+def split_outputs(output: torch.Tensor, images: torch.Tensor) -> list[torch.Tensor]:
+    """A training-mode output as a list of (B, K, Z, Y, X): stacked deep-supervision outputs are unbound."""
     if output.dim() == images.dim() + 1:
         return list(torch.unbind(output, dim=1))
     return [output]

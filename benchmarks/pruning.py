@@ -1,0 +1,110 @@
+"""Pruning benchmark: the default network against PSP-Seg progressive pruning (PRM S), side by side.
+
+Both trainings start at once, each pinned to its own CPU cores (``taskset``)
+with the same number of threads, so they see the same machine load. For each
+run: training time (the trainer's, without validation) and wall time, peak
+resident memory of the training process (``os.wait4``), parameters, FLOPs and
+forward memory at the final patch, time to segment one validation volume on
+one core set, and mean Dice on the held-out cases.
+
+    python benchmarks/pruning.py --data DIR --out DIR [--threads 2] [--device cpu]
+
+Writes ``results.json`` and ``report.md`` in ``--out``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+RUNS = {
+    "default": [],
+    "prm-s-progressive": ["--progressive-pruning", "--prm-variant", "S"],
+}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--data", required=True)
+    parser.add_argument("--out", required=True)
+    parser.add_argument("--threads", type=int, default=2, help="threads (and cores) per training")
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--extra", default="", help="extra train flags for both runs (quick checks)")
+    args = parser.parse_args()
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+
+    processes = {}
+    for index, (name, flags) in enumerate(RUNS.items()):
+        cores = ",".join(str(index * args.threads + c) for c in range(args.threads))
+        command = [sys.executable, "-m", "napari_pgps", "train", "--data", args.data, "--out", str(out / name),
+                   "--device", args.device, *flags, *args.extra.split()]
+        if len(os.sched_getaffinity(0)) >= len(RUNS) * args.threads:
+            command = ["taskset", "-c", cores, *command]
+        env = {**os.environ, "OMP_NUM_THREADS": str(args.threads), "MKL_NUM_THREADS": str(args.threads)}
+        log = open(out / f"{name}.log", "w")
+        processes[name] = (subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=env), time.perf_counter(), log)
+
+    results = {}
+    while processes:
+        pid, status, usage = os.wait4(-1, 0)
+        name = next(n for n, (p, _, _) in processes.items() if p.pid == pid)
+        process, started, log = processes.pop(name)
+        process.returncode = os.waitstatus_to_exitcode(status)
+        log.close()
+        results[name] = {"wall_seconds": time.perf_counter() - started, "peak_rss_mb": usage.ru_maxrss / 1024,
+                         "exit_code": process.returncode}
+        print(f"{name}: exit {process.returncode}, {results[name]['wall_seconds']:.0f} s", flush=True)
+
+    for name in RUNS:
+        results[name].update(measure(out / name, args.data, args.threads))
+    (out / "results.json").write_text(json.dumps(results, indent=2))
+    (out / "report.md").write_text(report(results, args))
+    print((out / "report.md").read_text())
+
+
+def measure(run_dir: Path, data: str, threads: int) -> dict:
+    """Training time from the run's log, and the trained network's profile and held-out Dice."""
+    import torch
+
+    from napari_pgps.data.normalization import normalize
+    from napari_pgps.engine import load_model
+    from napari_pgps.evaluation import evaluate_model, labelled_cases
+    from napari_pgps.pruning.report import profile_network
+
+    torch.set_num_threads(threads)
+    finished = [json.loads(line) for line in open(run_dir / "metrics.jsonl") if '"Finished"' in line][-1]
+    model = load_model(run_dir, "cpu")
+    case = labelled_cases(model, data, "validation")[0]
+    image = normalize(case.image.array, model.config.normalization)
+    profile = profile_network(model.network, model.patch_size, model.device, image)
+    profile.mean_dice = evaluate_model(model, data, split="validation")["mean_dice"]
+    return {"training_seconds": finished["training_seconds"], **profile.to_dict()}
+
+
+def report(results: dict, args) -> str:
+    base, pruned = results["default"], results["prm-s-progressive"]
+    rows = [
+        ("parameters", "parameters", "{:,.0f}"),
+        ("training time (s, without validation)", "training_seconds", "{:.0f}"),
+        ("wall time (s)", "wall_seconds", "{:.0f}"),
+        ("peak training RSS (MB)", "peak_rss_mb", "{:.0f}"),
+        ("GFLOPs per patch", "gflops", "{:.2f}"),
+        ("peak forward memory (MB)", "forward_memory_mb", "{:.1f}"),
+        ("segment one volume (s)", "segment_seconds", "{:.2f}"),
+        ("mean Dice (validation)", "mean_dice", "{:.4f}"),
+    ]
+    lines = [f"Data: {args.data}; {args.threads} threads per run on {args.device}, side by side.", "",
+             "| | default | PRM S progressive | PRM / default |", "|---|---|---|---|"]
+    for label, key, fmt in rows:
+        lines.append(f"| {label} | {fmt.format(base[key])} | {fmt.format(pruned[key])} | {pruned[key] / base[key]:.3f} |")
+    return "\n".join(lines) + "\n"
+
+
+if __name__ == "__main__":
+    main()

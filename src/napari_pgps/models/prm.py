@@ -1,0 +1,298 @@
+"""The PSP-Seg network: a U-Net whose deeper stages hold Parallel Redundant Modules (PRMs).
+
+A PRM holds several light parallel branches on the same input and adds
+their outputs, each scaled by a learnable scalar that starts at 0:
+
+    y = LeakyReLU(x + sum_i mask_i * w_i * branch_i(x))
+    branch_i = 1x1x1 conv -> instance norm -> LeakyReLU -> anisotropic conv k_i -> instance norm
+
+Training starts with every branch (a redundant network); progressive pruning
+(:mod:`napari_pgps.pruning.progressive`) masks the branches that matter least
+and then removes them physically, so the final network is small. The
+remaining branches of every PRM are part of :class:`ModelConfig`
+(``prm_branches``), so a checkpoint's config alone rebuilds the pruned network.
+
+Layout for a plan of L levels (channels c_0..c_{L-1}, strides s_1..s_{L-1}):
+
+- level 0: two 3x3x3 conv blocks (c_0), encoder and decoder alike;
+- encoder level l >= 1: strided conv (kernel = stride s_l) c_{l-1} -> c_l, then a PRM;
+  the deepest level is the bottleneck;
+- decoder level l < L-1: transposed conv (kernel = stride) c_{l+1} -> c_l, concatenation
+  with the skip, then a 1x1x1 fusion 2 c_l -> c_l and a PRM (levels >= 1), or one 3x3x3 conv
+  block 2 c_0 -> c_0 (level 0, where activations are largest);
+- PRMs recompute their branches in the backward pass (activation checkpointing) in training;
+- deep supervision: 1x1x1 heads on decoder levels 1 and 2, upsampled to full resolution in training.
+
+Axis order is (Z, Y, X) throughout; tensors are (B, C, Z, Y, X).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Optional, Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.utils.checkpoint import checkpoint
+
+Kernel = tuple[int, int, int]
+
+ALL_KERNELS: tuple[Kernel, ...] = ((1, 1, 1), (1, 1, 3), (1, 3, 1), (3, 1, 1), (1, 3, 3), (3, 1, 3), (3, 3, 1))
+
+
+@dataclass(frozen=True)
+class PRMVariant:
+    """Size of a PSP-Seg network: channels, branch width and the starting branches."""
+
+    base_channels: int
+    max_channels: int
+    expansion: float
+    kernels: tuple[Kernel, ...]
+
+
+# S: the light variant (16..256 channels, branch width 0.5 x channels, 4 branches);
+# B: 7 branches twice as wide; L: wider stages up to 320 channels. The levels
+# follow the dataset's plan (nnU-Net rules), so a small task keeps fewer levels.
+VARIANTS = {
+    "S": PRMVariant(16, 256, 0.5, ALL_KERNELS[:4]),
+    "B": PRMVariant(16, 256, 2.0, ALL_KERNELS),
+    "L": PRMVariant(32, 320, 2.0, ALL_KERNELS),
+}
+DEEP_SUPERVISION_LEVELS = (1, 2)
+
+
+def _norm(channels: int) -> nn.Module:
+    return nn.InstanceNorm3d(channels, affine=True)
+
+
+def _act() -> nn.Module:
+    return nn.LeakyReLU(0.01, inplace=True)
+
+
+def _padding(kernel: Sequence[int]) -> tuple[int, ...]:
+    return tuple(k // 2 for k in kernel)
+
+
+class ConvBlock(nn.Sequential):
+    """3x3x3 conv -> instance norm -> LeakyReLU."""
+
+    def __init__(self, in_channels: int, out_channels: int):
+        super().__init__(nn.Conv3d(in_channels, out_channels, 3, padding=1, bias=False), _norm(out_channels), _act())
+
+
+class Branch(nn.Module):
+    """One light branch: 1x1x1 conv to ``hidden`` channels, then an anisotropic conv back to ``channels``.
+
+    ``scale`` is the learnable scalar ``w_i`` (starts at 0, so a new PRM is the identity + activation).
+    """
+
+    def __init__(self, channels: int, hidden: int, kernel: Kernel):
+        super().__init__()
+        self.kernel = tuple(int(k) for k in kernel)
+        self.body = nn.Sequential(
+            nn.Conv3d(channels, hidden, 1, bias=False),
+            _norm(hidden),
+            _act(),
+            nn.Conv3d(hidden, channels, self.kernel, padding=_padding(self.kernel), bias=False),
+            _norm(channels),
+        )
+        self.scale = nn.Parameter(torch.zeros(1))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.scale * self.body(x)
+
+
+class ParallelRedundantModule(nn.Module):
+    """Parallel branches summed onto a residual; branches can be masked (temporarily) or removed.
+
+    Input and output: (B, channels, Z, Y, X).
+    """
+
+    def __init__(self, channels: int, hidden: int, kernels: Sequence[Kernel]):
+        super().__init__()
+        self.channels, self.hidden = channels, hidden
+        self.branches = nn.ModuleList(Branch(channels, hidden, k) for k in kernels)
+        self.register_buffer("mask", torch.ones(len(self.branches)))
+        self.act = _act()
+
+    @property
+    def kernels(self) -> list[Kernel]:
+        return [b.kernel for b in self.branches]
+
+    def branch_sum(self, x: torch.Tensor) -> torch.Tensor:
+        """Sum of the unmasked branches' scaled outputs (B, C, Z, Y, X)."""
+        total = torch.zeros_like(x)
+        for keep, branch in zip(self.mask, self.branches):
+            if keep > 0:
+                total = total + branch(x)
+        return total
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.training and torch.is_grad_enabled():
+            # Activation checkpointing: keep only the input and recompute the branches in the backward pass.
+            # The redundant branches would otherwise hold more activations than a plain U-Net level.
+            return checkpoint(self._forward, x, use_reentrant=False)
+        return self._forward(x)
+
+    def _forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.act(x + self.branch_sum(x))
+
+    def set_mask(self, masked: Sequence[int]) -> None:
+        """Mask the branches at these indices (and unmask every other one)."""
+        self.mask.fill_(1.0)
+        for i in masked:
+            self.mask[i] = 0.0
+
+    def remove_masked(self) -> list[nn.Parameter]:
+        """Delete the masked branches; returns their parameters (to drop from the optimiser)."""
+        keep = [i for i, m in enumerate(self.mask.tolist()) if m > 0]
+        removed = [p for i, b in enumerate(self.branches) if i not in keep for p in b.parameters()]
+        self.branches = nn.ModuleList(self.branches[i] for i in keep)
+        self.mask = torch.ones(len(keep), device=self.mask.device)
+        return removed
+
+
+class PRMUNet(nn.Module):
+    """The PSP-Seg U-Net (see the module docstring).
+
+    Args:
+        in_channels, out_channels: image channels and labels (background included).
+        channels: feature maps per level, c_0..c_{L-1}.
+        strides: per level (Z, Y, X); ``strides[0]`` is (1, 1, 1).
+        expansion: branch width as a fraction of the level's channels.
+        branches: kernels of each PRM, in :meth:`prm_names` order (encoder levels 1..L-1, then decoder levels L-2..1).
+        deep_supervision: return the heads too in training mode.
+
+    Forward: (B, in_channels, Z, Y, X) -> logits (B, out_channels, Z, Y, X); in
+    training mode with deep supervision (B, 1 + heads, out_channels, Z, Y, X)
+    like MONAI's DynUNet.
+    """
+
+    def __init__(
+        self,
+        in_channels: int,
+        out_channels: int,
+        channels: Sequence[int],
+        strides: Sequence[Sequence[int]],
+        expansion: float,
+        branches: Sequence[Sequence[Kernel]],
+        deep_supervision: bool = True,
+    ):
+        super().__init__()
+        levels = len(channels)
+        if levels < 2:
+            raise ValueError("a PRM U-Net needs at least two levels")
+        if len(branches) != 2 * levels - 3:
+            raise ValueError(f"expected {2 * levels - 3} PRM branch lists, got {len(branches)}")
+        self.levels = levels
+
+        def prm(level: int, kernels: Sequence[Kernel]) -> ParallelRedundantModule:
+            c = channels[level]
+            return ParallelRedundantModule(c, max(1, round(c * expansion)), kernels)
+
+        encoder_branches, decoder_branches = branches[: levels - 1], branches[levels - 1 :]
+        self.stem = nn.Sequential(ConvBlock(in_channels, channels[0]), ConvBlock(channels[0], channels[0]))
+        self.down = nn.ModuleList()
+        self.encoder = nn.ModuleList()
+        for level in range(1, levels):
+            stride = tuple(strides[level])
+            self.down.append(
+                nn.Sequential(
+                    nn.Conv3d(channels[level - 1], channels[level], stride, stride=stride, bias=False),
+                    _norm(channels[level]),
+                    _act(),
+                )
+            )
+            self.encoder.append(prm(level, encoder_branches[level - 1]))
+        self.up = nn.ModuleList()
+        self.fuse = nn.ModuleList()
+        self.decoder = nn.ModuleList()
+        for level in range(levels - 2, -1, -1):
+            stride = tuple(strides[level + 1])
+            c = channels[level]
+            self.up.append(nn.ConvTranspose3d(channels[level + 1], c, stride, stride=stride, bias=False))
+            if level >= 1:
+                self.fuse.append(nn.Sequential(nn.Conv3d(2 * c, c, 1, bias=False), _norm(c), _act()))
+                self.decoder.append(prm(level, decoder_branches[levels - 2 - level]))
+            else:  # full resolution: one 3x3x3 conv from the concatenation keeps activation memory low
+                self.fuse.append(ConvBlock(2 * c, c))
+                self.decoder.append(nn.Identity())
+        self.head = nn.Conv3d(channels[0], out_channels, 1)
+        self.supervised_levels = [l for l in DEEP_SUPERVISION_LEVELS if l <= levels - 2] if deep_supervision else []
+        self.supervision_heads = nn.ModuleList(nn.Conv3d(channels[l], out_channels, 1) for l in self.supervised_levels)
+
+    # -- structure ---------------------------------------------------------------
+    def prms(self) -> list[ParallelRedundantModule]:
+        """Every PRM: encoder levels 1..L-1 (the last is the bottleneck), then decoder levels L-2..1."""
+        return list(self.encoder) + [m for m in self.decoder if isinstance(m, ParallelRedundantModule)]
+
+    def prm_names(self) -> list[str]:
+        """Readable names in :meth:`prms` order, e.g. ``encoder 1``, ``bottleneck``, ``decoder 2``."""
+        names = [f"encoder {l}" for l in range(1, self.levels - 1)] + ["bottleneck"]
+        return names + [f"decoder {l}" for l in range(self.levels - 2, 0, -1)]
+
+    def branch_kernels(self) -> list[list[Kernel]]:
+        """The remaining kernels of every PRM (what ``ModelConfig.prm_branches`` stores)."""
+        return [m.kernels for m in self.prms()]
+
+    # -- forward -----------------------------------------------------------------
+    def encode(self, x: torch.Tensor) -> list[torch.Tensor]:
+        """Encoder features of every level, full resolution first: [(B, c_l, Z_l, Y_l, X_l)]."""
+        features = [self.stem(x)]
+        for down, prm in zip(self.down, self.encoder):
+            features.append(prm(down(features[-1])))
+        return features
+
+    def decode(self, features: list[torch.Tensor]) -> list[torch.Tensor]:
+        """Decoder features from the level above the bottleneck down to level 0 (last item: full resolution)."""
+        x = features[-1]
+        outputs = []
+        for up, fuse, block, skip in zip(self.up, self.fuse, self.decoder, reversed(features[:-1])):
+            x = block(fuse(torch.cat([up(x), skip], dim=1)))
+            outputs.append(x)
+        return outputs
+
+    def forward_with_features(self, x: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor], list[torch.Tensor]]:
+        """(output as :meth:`forward`, encoder features, decoder features)."""
+        encoded = self.encode(x)
+        decoded = self.decode(encoded)
+        logits = self.head(decoded[-1])
+        if not (self.training and self.supervision_heads):
+            return logits, encoded, decoded
+        size = logits.shape[2:]
+        heads = [
+            F.interpolate(head(decoded[-1 - level]), size=size, mode="trilinear", align_corners=False)
+            for head, level in zip(self.supervision_heads, self.supervised_levels)
+        ]
+        return torch.stack([logits, *heads], dim=1), encoded, decoded
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.forward_with_features(x)[0]
+
+
+def initial_branches(variant: str, levels: int) -> list[list[Kernel]]:
+    """Every PRM starts with the variant's full set of kernels."""
+    return [list(VARIANTS[variant].kernels) for _ in range(2 * levels - 3)]
+
+
+def variant_channels(variant: str, levels: int) -> list[int]:
+    v = VARIANTS[variant]
+    return [min(v.base_channels * 2**i, v.max_channels) for i in range(levels)]
+
+
+def build_prm_unet(
+    variant: str,
+    in_channels: int,
+    out_channels: int,
+    channels: Sequence[int],
+    strides: Sequence[Sequence[int]],
+    branches: Optional[Sequence[Sequence[Kernel]]],
+    deep_supervision: bool,
+) -> PRMUNet:
+    """The PRM U-Net of a variant with the given (possibly pruned) branches."""
+    if variant not in VARIANTS:
+        raise ValueError(f"unknown PRM variant '{variant}'")
+    branches = branches if branches is not None else initial_branches(variant, len(channels))
+    kernels = [[tuple(int(k) for k in kernel) for kernel in prm] for prm in branches]
+    return PRMUNet(in_channels, out_channels, channels, strides, VARIANTS[variant].expansion, kernels, deep_supervision)

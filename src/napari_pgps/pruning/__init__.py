@@ -1,0 +1,1 @@
+"""Making networks smaller: PSP-Seg progressive branch pruning and structured channel pruning."""

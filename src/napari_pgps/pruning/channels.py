@@ -1,0 +1,123 @@
+"""Structured channel pruning of a trained network with Torch-Pruning (DepGraph).
+
+Torch-Pruning traces the network once to find which convolutions, norms and
+concatenations must lose the same channels, ranks channel groups by the L2
+magnitude of their weights and removes the weakest ``ratio`` of every layer's
+channels in ``steps`` equal steps. The output convolutions (the prediction and
+the deep-supervision heads) keep their channels: they are the labels.
+
+A channel-pruned network is saved as an ordinary state dict with
+``ModelConfig.channels_pruned`` set; :func:`fit_to_state_dict` rebuilds it by
+shrinking the planned network's layers to the saved weights' shapes, so
+loading never needs pickled modules.
+"""
+
+from __future__ import annotations
+
+from typing import Callable, Optional
+
+import torch
+from torch import nn
+
+_CONVOLUTIONS = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
+_TRANSPOSED = (nn.ConvTranspose1d, nn.ConvTranspose2d, nn.ConvTranspose3d)
+_NORMS = (nn.modules.batchnorm._NormBase, nn.GroupNorm)
+
+
+def output_layers(network: nn.Module) -> list[nn.Module]:
+    """The convolutions whose outputs are label logits (never pruned)."""
+    out_channels = None
+    for module in network.modules():
+        if isinstance(module, _CONVOLUTIONS):
+            out_channels = module.out_channels  # the last convolution built is the prediction
+    return [
+        m for m in network.modules()
+        if isinstance(m, _CONVOLUTIONS) and m.out_channels == out_channels and m.kernel_size == (1,) * len(m.kernel_size)
+    ]
+
+
+def prune_channels(
+    network: nn.Module,
+    example: torch.Tensor,
+    ratio: float,
+    steps: int = 5,
+    progress: Optional[Callable[[int, int], None]] = None,
+) -> nn.Module:
+    """Remove ``ratio`` of the channels of every hidden layer, in place, by weight magnitude.
+
+    Args:
+        network: a trained network in training mode (so deep-supervision heads are traced too).
+        example: an input batch (B, C, Z, Y, X) for tracing, on the network's device.
+        ratio: share of channels removed, in (0, 1).
+        steps: Torch-Pruning's iterative steps (the ratio is reached linearly).
+        progress: called as ``progress(step, steps)``.
+    """
+    import torch_pruning as tp
+
+    if not 0.0 < ratio < 1.0:
+        raise ValueError(f"pruning ratio {ratio} must be between 0 and 1")
+    heads = output_layers(network)
+    for module in network.modules():  # Torch-Pruning cannot follow channels through in-place activations
+        if hasattr(module, "inplace"):
+            module.inplace = False
+    # Trace from the heads' own outputs: the stacking of deep-supervision outputs is not a channel concatenation.
+    outputs: list[torch.Tensor] = []
+    hooks = [head.register_forward_hook(lambda _m, _i, output: outputs.append(output)) for head in heads]
+
+    def forward(model: nn.Module, inputs: torch.Tensor) -> torch.Tensor:
+        outputs.clear()
+        model(inputs)
+        return sum(output.sum() for output in outputs)
+
+    was_training = network.training
+    try:
+        pruner = tp.pruner.BasePruner(
+            network,
+            example,
+            importance=tp.importance.MagnitudeImportance(p=2),
+            pruning_ratio=ratio,
+            iterative_steps=steps,
+            ignored_layers=heads,
+            forward_fn=forward,
+        )
+        for step in range(steps):
+            pruner.step()
+            if progress is not None:
+                progress(step + 1, steps)
+    finally:
+        for hook in hooks:
+            hook.remove()
+        network.train(was_training)
+    return network
+
+
+def fit_to_state_dict(network: nn.Module, state_dict: dict[str, torch.Tensor]) -> nn.Module:
+    """Shrink convolutions and norms in place to the shapes of a (channel-pruned) state dict, then load it."""
+    for prefix, module in network.named_modules():
+        for name, tensor in list(module.named_parameters(recurse=False)) + list(module.named_buffers(recurse=False)):
+            saved = state_dict.get(f"{prefix}.{name}" if prefix else name)
+            if saved is None or saved.shape == tensor.shape:
+                continue
+            replacement = torch.empty(saved.shape, dtype=tensor.dtype, device=tensor.device)
+            if isinstance(tensor, nn.Parameter):
+                setattr(module, name, nn.Parameter(replacement, requires_grad=tensor.requires_grad))
+            else:
+                module.register_buffer(name, replacement)
+        _fix_sizes(module)
+    network.load_state_dict(state_dict)
+    return network
+
+
+def _fix_sizes(module: nn.Module) -> None:
+    """Update a layer's size attributes after its weight changed shape."""
+    if isinstance(module, _TRANSPOSED):
+        module.in_channels = module.weight.shape[0]
+        module.out_channels = module.weight.shape[1] * module.groups
+    elif isinstance(module, _CONVOLUTIONS):
+        module.out_channels = module.weight.shape[0]
+        module.in_channels = module.weight.shape[1] * module.groups
+    elif isinstance(module, _NORMS) and module.weight is not None:
+        if isinstance(module, nn.GroupNorm):
+            module.num_channels = module.weight.shape[0]
+        else:
+            module.num_features = module.weight.shape[0]

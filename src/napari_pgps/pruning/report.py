@@ -1,0 +1,150 @@
+"""Before/after figures of a network: parameters, FLOPs, forward memory, segmentation time and Dice.
+
+The Prune widget, ``napari-pgps prune`` and the pruning benchmark all show
+the same :class:`ModelProfile`, measured the same way:
+
+- FLOPs: :class:`torch.utils.flop_counter.FlopCounterMode` over one forward
+  pass of one patch (B=1) at the final patch size (multiply-add = 2 FLOPs);
+- peak forward memory: on CUDA ``torch.cuda.max_memory_allocated`` during that
+  pass; elsewhere the peak of the bytes held by tensors the pass allocates,
+  tracked op by op (:class:`_TensorBytes`), which excludes the weights;
+- segmentation time: median wall time of sliding-window segmentation of one
+  volume over ``repeats`` runs;
+- Dice: mean over the labels and the validation cases.
+"""
+
+from __future__ import annotations
+
+import statistics
+import time
+import weakref
+from dataclasses import asdict, dataclass
+from typing import Any, Optional, Sequence
+
+import numpy as np
+import torch
+from torch import nn
+from torch.utils._python_dispatch import TorchDispatchMode
+from torch.utils._pytree import tree_flatten
+
+
+@dataclass
+class ModelProfile:
+    """Cost figures of one network; ``None`` where not measured."""
+
+    parameters: int
+    gflops: float
+    """Forward FLOPs (10^9) of one patch at the final patch size."""
+    forward_memory_mb: float
+    """Peak memory of one forward pass of one patch (MB = 10^6 bytes)."""
+    segment_seconds: Optional[float] = None
+    """Median time to segment one volume."""
+    mean_dice: Optional[float] = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+class _TensorBytes(TorchDispatchMode):
+    """Counts the bytes of the tensors the ops allocate while they are alive; keeps the peak."""
+
+    def __init__(self):
+        super().__init__()
+        self.live = 0
+        self.peak = 0
+        self._storages: set[int] = set()
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        output = func(*args, **(kwargs or {}))
+        for tensor in tree_flatten(output)[0]:
+            if isinstance(tensor, torch.Tensor):
+                self._track(tensor)
+        self.peak = max(self.peak, self.live)
+        return output
+
+    def _track(self, tensor: torch.Tensor) -> None:
+        storage = tensor.untyped_storage()
+        key, size = storage.data_ptr(), storage.nbytes()
+        if key in self._storages or size == 0:
+            return
+        self._storages.add(key)
+        self.live += size
+        weakref.finalize(tensor, self._free, key, size)
+
+    def _free(self, key: int, size: int) -> None:
+        self._storages.discard(key)
+        self.live -= size
+
+
+@torch.no_grad()
+def forward_cost(network: nn.Module, patch: Sequence[int], device: torch.device, in_channels: int = 1) -> tuple[float, float]:
+    """(GFLOPs, peak forward memory in MB) of one (1, in_channels, Z, Y, X) patch in eval mode."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    network.eval()
+    x = torch.zeros(1, in_channels, *patch, device=device)
+    counter = FlopCounterMode(display=False)
+    with counter:
+        network(x)
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+        torch.cuda.reset_peak_memory_stats(device)
+        before = torch.cuda.memory_allocated(device)
+        network(x)
+        torch.cuda.synchronize(device)
+        peak = torch.cuda.max_memory_allocated(device) - before
+    else:
+        tracker = _TensorBytes()
+        with tracker:
+            network(x)
+        peak = tracker.peak
+    return counter.get_total_flops() / 1e9, peak / 1e6
+
+
+def segment_seconds(network: nn.Module, image: np.ndarray, patch: Sequence[int], device: torch.device, repeats: int = 3) -> float:
+    """Median wall time of sliding-window segmentation of one normalised image (Z, Y, X)."""
+    from ..engine.inference import predict_probabilities
+
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        predict_probabilities(network, image, patch, device)
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def profile_network(
+    network: nn.Module,
+    patch: Sequence[int],
+    device: torch.device,
+    image: Optional[np.ndarray] = None,
+    repeats: int = 3,
+) -> ModelProfile:
+    """Parameters, FLOPs and forward memory; segmentation time too when ``image`` (normalised, Z, Y, X) is given."""
+    gflops, memory = forward_cost(network, patch, device)
+    seconds = segment_seconds(network, image, patch, device, repeats) if image is not None else None
+    return ModelProfile(sum(p.numel() for p in network.parameters()), gflops, memory, seconds)
+
+
+def format_table(rows: dict[str, ModelProfile]) -> str:
+    """A Markdown table with one column per network (e.g. "before", "after") and the after/before ratio."""
+    names = list(rows)
+    lines = ["| | " + " | ".join(names) + (" | after / before |" if len(names) == 2 else " |"),
+             "|---" * (len(names) + 1 + (len(names) == 2)) + "|"]
+    fields = [
+        ("parameters", "{:,.0f}"),
+        ("gflops", "{:.2f}"),
+        ("forward_memory_mb", "{:.1f}"),
+        ("segment_seconds", "{:.2f}"),
+        ("mean_dice", "{:.4f}"),
+    ]
+    labels = {"parameters": "parameters", "gflops": "GFLOPs per patch", "forward_memory_mb": "peak forward memory (MB)",
+              "segment_seconds": "segment one volume (s)", "mean_dice": "mean Dice (validation)"}
+    for field, fmt in fields:
+        values = [getattr(rows[n], field) for n in names]
+        cells = ["-" if v is None else fmt.format(v) for v in values]
+        ratio = ""
+        if len(names) == 2:
+            ratio = " | -" if None in values or not values[0] else f" | {values[1] / values[0]:.2f}"
+        lines.append(f"| {labels[field]} | " + " | ".join(cells) + ratio + " |")
+    return "\n".join(lines)
