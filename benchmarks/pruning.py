@@ -84,7 +84,25 @@ def measure(run_dir: Path, data: str, threads: int) -> dict:
     image = normalize(case.image.array, model.config.normalization)
     profile = profile_network(model.network, model.patch_size, model.device, image)
     profile.mean_dice = evaluate_model(model, data, split="validation")["mean_dice"]
-    return {"training_seconds": finished["training_seconds"], **profile.to_dict()}
+    return {"training_seconds": finished["training_seconds"], **step_memory(model), **profile.to_dict()}
+
+
+def step_memory(model) -> dict:
+    """Peak tensor memory of one training step (batch 2, final patch) at the start and at the end of training."""
+    import copy
+
+    from napari_pgps.engine.resolve import resolve_prm
+    from napari_pgps.models import build_network
+    from napari_pgps.pruning.report import training_step_memory
+
+    prm = model.config.model.architecture == "prm"
+    start = copy.deepcopy(model.config.model)
+    if prm:
+        start.prm_branches = None
+        resolve_prm(start)
+    first = training_step_memory(build_network(start), model.patch_size, decoupling=prm)
+    last = training_step_memory(model.network, model.patch_size, decoupling=prm)
+    return {"step_memory_start_mb": first, "step_memory_end_mb": last}
 
 
 def report(results: dict, args) -> str:
@@ -94,6 +112,8 @@ def report(results: dict, args) -> str:
         ("training time (s, without validation)", "training_seconds", "{:.0f}"),
         ("wall time (s)", "wall_seconds", "{:.0f}"),
         ("peak training RSS (MB)", "peak_rss_mb", "{:.0f}"),
+        ("peak tensor memory of a training step, first epoch (MB)", "step_memory_start_mb", "{:.0f}"),
+        ("peak tensor memory of a training step, last epoch (MB)", "step_memory_end_mb", "{:.0f}"),
         ("GFLOPs per patch", "gflops", "{:.2f}"),
         ("peak forward memory (MB)", "forward_memory_mb", "{:.1f}"),
         ("segment one volume (s)", "segment_seconds", "{:.2f}"),

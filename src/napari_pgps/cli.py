@@ -124,6 +124,25 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
     p.set_defaults(run=_schedule)
 
+    p = sub.add_parser("prune", help="make a smaller network: channel-prune a trained model, or train with PSP-Seg pruning",
+                       description=_PRUNE_HELP, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--model", metavar="RUN_DIR_OR_CHECKPOINT", help="trained model to channel-prune (Torch-Pruning)")
+    p.add_argument("--progressive", action="store_true", help="train a PRM network and prune its branches during training (PSP-Seg)")
+    p.add_argument("--data", required=True, metavar="DIR", help="dataset folder: fine-tuning / training and the validation cases")
+    p.add_argument("--out", required=True, metavar="RUN_DIR", help="new run folder for the pruned model and pruning_report.md")
+    p.add_argument("--ratio", type=float, default=0.5, help="channel pruning: share of every layer's channels removed (default 0.5)")
+    p.add_argument("--steps", type=int, default=5, help="channel pruning: iterative steps (default 5)")
+    p.add_argument("--fine-tune-epochs", type=int, metavar="N", help="channel pruning: fine-tune epochs (default: half of the model's)")
+    p.add_argument("--prm-variant", choices=("S", "B", "L"), default="S", help="progressive: PSP-Seg network size (default S)")
+    p.add_argument("--baseline", metavar="RUN_DIR", help="progressive: trained run to compare with in the report (e.g. the default network)")
+    p.add_argument("--config", metavar="FILE.yaml", help="progressive: start from this training configuration")
+    p.add_argument("--epochs", type=int, metavar="N", help="progressive: epochs (default: from the device)")
+    p.add_argument("--iterations-per-epoch", type=int, metavar="N", help="progressive: steps per epoch")
+    p.add_argument("--max-cases", type=int, metavar="N", help="progressive: use only the first N cases")
+    p.add_argument("--device", choices=DEVICES, default="auto")
+    p.add_argument("--quiet", action="store_true", help="print only validation results, pruning and the report")
+    p.set_defaults(run=_prune)
+
     p = sub.add_parser("bench", help="train several schedules side by side and report Dice, time and memory",
                        description="Train every schedule with the same seeds, split and epochs; write results.json, "
                        "report.md and PNG figures to REPORT_DIR.")
@@ -202,6 +221,33 @@ def _train(args: argparse.Namespace) -> int:
         signal.signal(signal.SIGINT, previous)
 
 
+def _prune(args: argparse.Namespace) -> int:
+    from .engine import TrainingControl
+    from .pruning.workflow import prune_trained_model, train_progressively_pruned
+
+    if args.progressive == (args.model is not None):
+        raise InputError("give either --model RUN_DIR (channel pruning of a trained model) or --progressive (PSP-Seg).")
+    out = Path(args.out)
+    control = TrainingControl()
+    if args.progressive:
+        config = RunConfig.load(args.config) if args.config else RunConfig()
+        config.data.path = str(args.data)
+        config.model.prm_variant = args.prm_variant
+        config.training.device = args.device
+        for name, section in (("epochs", config.training), ("iterations_per_epoch", config.training), ("max_cases", config.data)):
+            if getattr(args, name) is not None:
+                setattr(section, name, getattr(args, name))
+        events = train_progressively_pruned(config, out, baseline=args.baseline, control=control)
+    else:
+        events = prune_trained_model(args.model, args.data, out, ratio=args.ratio, steps=args.steps,
+                                     fine_tune_epochs=args.fine_tune_epochs, device=args.device, control=control)
+    previous = signal.signal(signal.SIGINT, lambda *_: _request_stop(control, previous))
+    try:
+        return _print_events(events, args.quiet)
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
 def _request_stop(control, previous) -> None:
     if control.stop_requested:
         raise KeyboardInterrupt
@@ -235,7 +281,8 @@ def _apply_train_flags(config: RunConfig, args: argparse.Namespace) -> None:
 
 
 def _print_events(events, quiet: bool) -> int:
-    from .engine.events import CheckpointSaved, Finished, Paused, PruningStep, RunStarted, StageStarted, StepDone, Validated
+    from .engine.events import (ChannelPruningStep, CheckpointSaved, Finished, Paused, PruningReport, PruningStep,
+                                RunStarted, StageStarted, StepDone, Validated)
 
     started = time.perf_counter()
     epoch_losses: list[float] = []
@@ -265,6 +312,10 @@ def _print_events(events, quiet: bool) -> int:
         elif isinstance(event, PruningStep):
             print(f"epoch {event.epoch}: pruning {event.action} {', '.join(event.branches)}; "
                   f"{event.parameters:,} parameters", flush=True)
+        elif isinstance(event, ChannelPruningStep):
+            print(f"channel pruning step {event.step}/{event.steps}: {event.parameters:,} parameters", flush=True)
+        elif isinstance(event, PruningReport):
+            print(f"\n{event.table}\nreport: {event.path}", flush=True)
         elif isinstance(event, Paused):
             print("paused", flush=True)
         elif isinstance(event, Finished):
@@ -276,6 +327,20 @@ def _print_events(events, quiet: bool) -> int:
                 print("resume with: napari-pgps train --out RUN_DIR --resume", flush=True)
                 return 130
     return 0
+
+
+_PRUNE_HELP = """Make a smaller network, two ways:
+
+  napari-pgps prune --model runs/default --data DIR --out runs/pruned [--ratio 0.5]
+      structured channel pruning of a trained model with Torch-Pruning (L2 magnitude,
+      iterative steps), then a short fine-tune on the model's training cases;
+  napari-pgps prune --progressive --data DIR --out runs/psp [--baseline runs/default]
+      PSP-Seg: train a PRM network and prune its branches during training.
+
+Both write pruning_report.md: parameters, FLOPs, peak forward memory at the final patch,
+time to segment one validation volume and Dice on the validation cases, before and after.
+The pruned model segments like any other (napari-pgps segment --model runs/pruned).
+"""
 
 
 # -- segment ------------------------------------------------------------------

@@ -55,3 +55,23 @@ def test_label_volumes_in_millilitres():
     labels[5:, :2] = 3
     volumes = label_volumes(labels, (2.0, 1.0, 0.5), {0: "bg", 1: "a", 2: "b", 3: "c"})
     assert volumes == {"a": {"voxels": 500, "ml": 0.5}, "b": {"voxels": 0, "ml": 0.0}, "c": {"voxels": 100, "ml": 0.1}}
+
+
+def test_cpu_inference_runs_convolutions_through_onednn_with_the_same_result(monkeypatch):
+    from napari_pgps.config import ModelConfig
+    from napari_pgps.engine import inference
+    from napari_pgps.models import build_network
+
+    model = ModelConfig(patch_size=(8, 32, 32), out_channels=3, kernel_sizes=[(1, 3, 3), (3, 3, 3), (3, 3, 3)],
+                        strides=[(1, 1, 1), (1, 2, 2), (2, 2, 2)], channels=[8, 16, 32])
+    network = build_network(model).eval()
+    x = torch.randn(1, 1, 8, 32, 32)
+    calls = []
+    original = torch.mkldnn_convolution
+    monkeypatch.setattr(torch, "mkldnn_convolution", lambda *a: calls.append(1) or original(*a))
+    with torch.no_grad():
+        expected = network(x)
+        with inference.cpu_convolutions(torch.device("cpu")):
+            forced = network(x)
+    assert len(calls) == sum(isinstance(m, torch.nn.Conv3d) for m in network.modules())
+    assert torch.allclose(forced, expected, atol=1e-4)

@@ -6,7 +6,8 @@ import sys
 import numpy as np
 
 ENGINE_MODULES = ["napari_pgps", "napari_pgps.engine", "napari_pgps.cli", "napari_pgps.evaluation", "napari_pgps.demo",
-                  "napari_pgps.data", "napari_pgps.models", "napari_pgps.curriculum", "napari_pgps._sample_data"]
+                  "napari_pgps.data", "napari_pgps.models", "napari_pgps.curriculum", "napari_pgps._sample_data",
+                  "napari_pgps.pruning.workflow"]
 
 
 def test_engine_imports_no_qt_and_no_napari():

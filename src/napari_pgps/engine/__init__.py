@@ -5,9 +5,11 @@ from .control import TrainingControl
 from .device import pick_device
 from .events import (
     CasesAdded,
+    ChannelPruningStep,
     CheckpointSaved,
     Finished,
     Paused,
+    PruningReport,
     PruningStep,
     Resumed,
     RunStarted,
@@ -22,9 +24,11 @@ from .trainer import TrainingDiverged, train
 __all__ = [
     "CasesAdded",
     "Cancelled",
+    "ChannelPruningStep",
     "CheckpointSaved",
     "Finished",
     "Paused",
+    "PruningReport",
     "PruningStep",
     "Resumed",
     "RunStarted",

@@ -89,6 +89,28 @@ class PruningStep(_Event):
 
 
 @dataclass(frozen=True)
+class ChannelPruningStep(_Event):
+    """One of Torch-Pruning's iterative steps on a trained network."""
+
+    step: int
+    steps: int
+    parameters: int
+
+
+@dataclass(frozen=True)
+class PruningReport(_Event):
+    """Before/after figures of a pruned network (see :class:`napari_pgps.pruning.report.ModelProfile`)."""
+
+    before_name: str
+    before: dict[str, Any]
+    after: dict[str, Any]
+    table: str
+    """The same figures as a Markdown table."""
+    path: Optional[str]
+    """``pruning_report.json`` in the run folder."""
+
+
+@dataclass(frozen=True)
 class StepDone(_Event):
     """One optimisation step.
 

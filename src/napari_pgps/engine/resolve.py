@@ -116,7 +116,7 @@ def resolve_config(
     if model.base_channels is None:
         model.base_channels = profile.base_channels
     if model.architecture == "prm":
-        _resolve_prm(model)
+        resolve_prm(model)
     if model.channels is None:
         model.channels = level_channels(len(model.strides), model.base_channels, model.max_channels)
     model.out_channels = len(resolved.labels)
@@ -134,7 +134,7 @@ def resolve_config(
     return resolved
 
 
-def _resolve_prm(model) -> None:
+def resolve_prm(model) -> None:
     """Channels and starting branches of a PSP-Seg network from its variant."""
     from ..models.prm import VARIANTS, initial_branches, variant_channels
 

@@ -33,10 +33,9 @@ from ..data.normalization import fit_normalization, normalize
 from ..data.sampler import PatchSampler
 from ..errors import InputError
 from ..models import build_network, count_parameters, patch_divisor, training_outputs
-from ..models.factory import split_outputs
+from ..models.factory import deep_supervision_heads, split_outputs
 from ..pruning.decoupling import decoupling_loss
 from ..pruning.progressive import ProgressivePruner
-from ..models.factory import deep_supervision_heads
 from . import distributed
 from .checkpoint import BEST, FINAL, LAST, load_checkpoint, save_checkpoint
 from .control import TrainingControl

@@ -14,7 +14,7 @@ loading never needs pickled modules.
 
 from __future__ import annotations
 
-from typing import Callable, Optional
+from typing import Iterator
 
 import torch
 from torch import nn
@@ -41,16 +41,16 @@ def prune_channels(
     example: torch.Tensor,
     ratio: float,
     steps: int = 5,
-    progress: Optional[Callable[[int, int], None]] = None,
-) -> nn.Module:
-    """Remove ``ratio`` of the channels of every hidden layer, in place, by weight magnitude.
+) -> Iterator[int]:
+    """Remove ``ratio`` of the channels of every hidden layer, in place, by weight magnitude; yields each step done.
+
+    A generator: iterate it to prune (``for step in prune_channels(...)``), or stop early.
 
     Args:
         network: a trained network in training mode (so deep-supervision heads are traced too).
         example: an input batch (B, C, Z, Y, X) for tracing, on the network's device.
         ratio: share of channels removed, in (0, 1).
         steps: Torch-Pruning's iterative steps (the ratio is reached linearly).
-        progress: called as ``progress(step, steps)``.
     """
     import torch_pruning as tp
 
@@ -82,13 +82,11 @@ def prune_channels(
         )
         for step in range(steps):
             pruner.step()
-            if progress is not None:
-                progress(step + 1, steps)
+            yield step + 1
     finally:
         for hook in hooks:
             hook.remove()
         network.train(was_training)
-    return network
 
 
 def fit_to_state_dict(network: nn.Module, state_dict: dict[str, torch.Tensor]) -> nn.Module:

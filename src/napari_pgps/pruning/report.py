@@ -101,6 +101,37 @@ def forward_cost(network: nn.Module, patch: Sequence[int], device: torch.device,
     return counter.get_total_flops() / 1e9, peak / 1e6
 
 
+def training_step_memory(network: nn.Module, patch: Sequence[int], batch: int = 2, decoupling: bool = False) -> float:
+    """Peak MB held by tensors during one training step (forward, loss, backward) on random data, on the CPU.
+
+    The loss is cross-entropy over every (deep-supervision) output, plus the
+    decoupling loss for a PRM network when ``decoupling``; the same for every
+    network, so the figure compares activation memory, not the loss.
+    """
+    import torch.nn.functional as F
+
+    from ..models.factory import split_outputs
+    from .decoupling import decoupling_loss
+
+    network.train()
+    generator = torch.Generator().manual_seed(0)
+    images = torch.randn(batch, 1, *patch, generator=generator)
+    labels = (torch.rand(batch, 1, *patch, generator=generator) > 0.9).long()
+    tracker = _TensorBytes()
+    with tracker:
+        if decoupling:
+            output, encoded, decoded = network.forward_with_features(images)
+        else:
+            output = network(images)
+        loss = sum(F.cross_entropy(o, labels[:, 0]) for o in split_outputs(output, images))
+        if decoupling:
+            loss = loss + 0.1 * decoupling_loss(network, images, labels, encoded, decoded)
+        loss.backward()
+    network.zero_grad(set_to_none=True)
+    network.eval()
+    return tracker.peak / 1e6
+
+
 def segment_seconds(network: nn.Module, image: np.ndarray, patch: Sequence[int], device: torch.device, repeats: int = 3) -> float:
     """Median wall time of sliding-window segmentation of one normalised image (Z, Y, X)."""
     from ..engine.inference import predict_probabilities
@@ -126,25 +157,25 @@ def profile_network(
     return ModelProfile(sum(p.numel() for p in network.parameters()), gflops, memory, seconds)
 
 
+REPORT_ROWS = (  # ModelProfile field, row name, number format
+    ("parameters", "parameters", "{:,.0f}"),
+    ("gflops", "GFLOPs per patch", "{:.2f}"),
+    ("forward_memory_mb", "peak forward memory (MB)", "{:.1f}"),
+    ("segment_seconds", "segment one volume (s)", "{:.2f}"),
+    ("mean_dice", "mean Dice (validation)", "{:.4f}"),
+)
+
+
 def format_table(rows: dict[str, ModelProfile]) -> str:
     """A Markdown table with one column per network (e.g. "before", "after") and the after/before ratio."""
     names = list(rows)
     lines = ["| | " + " | ".join(names) + (" | after / before |" if len(names) == 2 else " |"),
              "|---" * (len(names) + 1 + (len(names) == 2)) + "|"]
-    fields = [
-        ("parameters", "{:,.0f}"),
-        ("gflops", "{:.2f}"),
-        ("forward_memory_mb", "{:.1f}"),
-        ("segment_seconds", "{:.2f}"),
-        ("mean_dice", "{:.4f}"),
-    ]
-    labels = {"parameters": "parameters", "gflops": "GFLOPs per patch", "forward_memory_mb": "peak forward memory (MB)",
-              "segment_seconds": "segment one volume (s)", "mean_dice": "mean Dice (validation)"}
-    for field, fmt in fields:
+    for field, label, fmt in REPORT_ROWS:
         values = [getattr(rows[n], field) for n in names]
         cells = ["-" if v is None else fmt.format(v) for v in values]
         ratio = ""
         if len(names) == 2:
             ratio = " | -" if None in values or not values[0] else f" | {values[1] / values[0]:.2f}"
-        lines.append(f"| {labels[field]} | " + " | ".join(cells) + ratio + " |")
+        lines.append(f"| {label} | " + " | ".join(cells) + ratio + " |")
     return "\n".join(lines)
