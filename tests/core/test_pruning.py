@@ -110,11 +110,13 @@ def test_no_pruning_after_the_stop_fraction():
     assert pruner.start_epoch(4, lambda: [torch.randn(1, 1, 16, 32, 32)], optimizer) == []
 
 
-def test_progressive_training_prunes_and_its_checkpoint_segments(phantom_dataset, tmp_path):
+@pytest.mark.parametrize("schedule", ["constant", "pgps-efficiency"])
+def test_progressive_training_prunes_and_its_checkpoint_segments(phantom_dataset, tmp_path, schedule):
     from napari_pgps.cli import main
     from napari_pgps.engine import PruningStep, load_model, train
 
     config = quick_config(phantom_dataset, epochs=6, iterations=2)
+    config.curriculum.schedule = schedule
     config.model.architecture = "prm"
     config.pruning.enabled = True
     config.pruning.patience = 0
