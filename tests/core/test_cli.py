@@ -17,7 +17,7 @@ def _train_args(data, out, *extra):
             "--patch-size", "8", "32", "32", "--device", "cpu", "--quiet", *extra]
 
 
-@pytest.mark.parametrize("command", ["train", "segment", "evaluate", "demo"])
+@pytest.mark.parametrize("command", ["train", "segment", "evaluate", "schedule", "bench", "prune", "demo"])
 def test_every_command_has_help(command):
     out = subprocess.run([sys.executable, "-m", "napari_pgps", command, "--help"], capture_output=True, text=True)
     assert out.returncode == 0
