@@ -14,7 +14,6 @@ from qtpy.QtWidgets import (
     QHBoxLayout,
     QLabel,
     QPushButton,
-    QSpinBox,
     QVBoxLayout,
     QWidget,
 )
@@ -23,6 +22,7 @@ from ..config import RunConfig
 from ..curriculum import SCHEDULES, Schedule, ScheduleOptions, build_schedule
 from ..errors import InputError
 from ..models.planning import check_patch_size, plan_patch_size, plan_unet
+from .forms import spin_box
 from .plots import PlotCanvas
 from .state import state_for
 
@@ -49,15 +49,15 @@ class CurriculumWidget(QWidget):
         for key in SCHEDULES:
             self.mode.addItem(MODE_NAMES[key], key)
         self.pdl = QCheckBox("add cases by similarity (PDL)")
-        self.patch = [self._spin(8, 512, 8) for _ in range(3)]
+        self.patch = [spin_box(8, 512, 8) for _ in range(3)]
         patch_row = QHBoxLayout()
         for label, spin in zip("ZYX", self.patch):
             patch_row.addWidget(QLabel(label))
             patch_row.addWidget(spin)
         self.propose = QPushButton("Propose from image layer")
-        self.epochs = self._spin(1, 10000, 25)
-        self.iterations = self._spin(1, 10000, 50)
-        self.batch = self._spin(1, 256, 2)
+        self.epochs = spin_box(1, 10000, 25)
+        self.iterations = spin_box(1, 10000, 50)
+        self.batch = spin_box(1, 256, 2)
         self.summary = QLabel()
         self.summary.setWordWrap(True)
         self.preview = PlotCanvas(self._draw_preview, height=2.6)
@@ -89,13 +89,6 @@ class CurriculumWidget(QWidget):
         save.clicked.connect(self._ask_save)
         load.clicked.connect(self._ask_load)
         self._changed()
-
-    @staticmethod
-    def _spin(low: int, high: int, value: int) -> QSpinBox:
-        spin = QSpinBox()
-        spin.setRange(low, high)
-        spin.setValue(value)
-        return spin
 
     # -- config <-> form ------------------------------------------------------
     def set_config(self, config: RunConfig) -> None:

@@ -21,7 +21,6 @@ from qtpy.QtWidgets import (
     QProgressBar,
     QPushButton,
     QSizePolicy,
-    QSpinBox,
     QTableWidget,
     QTableWidgetItem,
     QVBoxLayout,
@@ -39,6 +38,8 @@ from ..engine.events import (
     StepDone,
     Validated,
 )
+from ..pruning.report import REPORT_ROWS
+from .forms import spin_box
 from .plots import PlotCanvas
 from .state import state_for
 
@@ -49,7 +50,6 @@ PRM_VARIANTS = {
     "B": "B: 7 branches, twice as wide",
     "L": "L: 7 branches, wider stages (up to 320 channels)",
 }
-from ..pruning.report import REPORT_ROWS
 
 
 def _pruning_events(progressive: bool, *args, **kwargs):
@@ -87,14 +87,14 @@ class PruneWidget(QWidget):
         self.ratio.setSingleStep(0.05)
         self.ratio.setValue(0.5)
         self.ratio.setToolTip("share of every layer's channels removed")
-        self.steps = self._spin(1, 100, 5)
-        self.fine_tune_epochs = self._spin(0, 10000, 0)
+        self.steps = spin_box(1, 100, 5)
+        self.fine_tune_epochs = spin_box(0, 10000, 0)
         self.fine_tune_epochs.setSpecialValueText("half of the model's")
         self.variant = QComboBox()
         for key, name in PRM_VARIANTS.items():
             self.variant.addItem(name, key)
-        self.progressive_epochs = self._spin(1, 10000, self.state.config.training.epochs or 25)
-        self.iterations = self._spin(1, 10000, self.state.config.training.iterations_per_epoch or 50)
+        self.progressive_epochs = spin_box(1, 10000, self.state.config.training.epochs or 25)
+        self.iterations = spin_box(1, 10000, self.state.config.training.iterations_per_epoch or 50)
         self.baseline = QLineEdit()
         self.baseline.setPlaceholderText("optional: a trained run to compare with")
         self.dataset = QLineEdit()
@@ -163,13 +163,6 @@ class PruneWidget(QWidget):
             self.offer_model(self.state.last_model)
         self._show_mode()
         self._set_running(False)
-
-    @staticmethod
-    def _spin(low: int, high: int, value: int) -> QSpinBox:
-        spin = QSpinBox()
-        spin.setRange(low, high)
-        spin.setValue(value)
-        return spin
 
     def _with_browse(self, line: QLineEdit, title: str) -> QHBoxLayout:
         """``line`` with a "..." button that fills it with a chosen folder."""
