@@ -11,7 +11,7 @@ import torch.nn.functional as F
 from helpers import quick_config
 from napari_pgps.config import ModelConfig, PruningConfig
 from napari_pgps.models import build_network
-from napari_pgps.models.prm import ALL_KERNELS, ParallelRedundantModule
+from napari_pgps.models.prm import ALL_KERNELS, VARIANTS, ParallelRedundantModule, Upsample
 from napari_pgps.pruning.channels import prune_channels
 from napari_pgps.pruning.progressive import ProgressivePruner, branch_scores, choose_branches
 
@@ -47,6 +47,16 @@ def test_masking_a_branch_removes_exactly_its_contribution_and_unmasking_restore
     assert not torch.allclose(masked, full, atol=1e-3)
     prm.set_mask([])
     assert torch.equal(prm(x), full)
+
+
+def test_s_variant_starts_with_the_point_and_planar_kernels_and_upsampling_is_conv_then_nearest():
+    assert VARIANTS["S"].kernels == ((1, 1, 1), (1, 3, 3), (3, 1, 3), (3, 3, 1))
+    torch.manual_seed(0)
+    up = Upsample(8, 4, (1, 2, 2))
+    x = torch.randn(2, 8, 3, 4, 5)
+    upsampled_first = F.conv3d(F.interpolate(x, scale_factor=(1, 2, 2), mode="nearest"), up.conv.weight)
+    assert up(x).shape == (2, 4, 3, 8, 10)
+    assert torch.allclose(up(x), upsampled_first, atol=1e-6)
 
 
 def test_physical_removal_keeps_the_masked_networks_output_and_the_config_rebuilds_it():

@@ -17,7 +17,8 @@ Layout for a plan of L levels (channels c_0..c_{L-1}, strides s_1..s_{L-1}):
 - level 0: two 3x3x3 conv blocks (c_0), encoder and decoder alike;
 - encoder level l >= 1: strided conv (kernel = stride s_l) c_{l-1} -> c_l, then a PRM;
   the deepest level is the bottleneck;
-- decoder level l < L-1: transposed conv (kernel = stride) c_{l+1} -> c_l, concatenation
+- decoder level l < L-1: 1x1x1 conv c_{l+1} -> c_l and nearest upsampling (as PSP-Seg; a transposed
+  conv would hold 8x the weights, a quarter of the network at the bottleneck), concatenation
   with the skip, then a 1x1x1 fusion 2 c_l -> c_l and a PRM (levels >= 1), or one 3x3x3 conv
   block 2 c_0 -> c_0 (level 0, where activations are largest);
 - PRMs recompute their branches in the backward pass (activation checkpointing) in training;
@@ -51,11 +52,12 @@ class PRMVariant:
     kernels: tuple[Kernel, ...]
 
 
-# S: the light variant (16..256 channels, branch width 0.5 x channels, 4 branches);
+# S: the light variant (16..256 channels, branch width 0.5 x channels, 4 branches: 1x1x1 and the
+# three planar kernels, as the reference code's 4-branch module);
 # B: 7 branches twice as wide; L: wider stages up to 320 channels. The levels
 # follow the dataset's plan (nnU-Net rules), so a small task keeps fewer levels.
 VARIANTS = {
-    "S": PRMVariant(16, 256, 0.5, ALL_KERNELS[:4]),
+    "S": PRMVariant(16, 256, 0.5, (ALL_KERNELS[0], *ALL_KERNELS[4:])),
     "B": PRMVariant(16, 256, 2.0, ALL_KERNELS),
     "L": PRMVariant(32, 320, 2.0, ALL_KERNELS),
 }
@@ -153,6 +155,22 @@ class ParallelRedundantModule(nn.Module):
         return removed
 
 
+class Upsample(nn.Module):
+    """1x1x1 conv c_in -> c_out, then nearest upsampling by ``stride`` (Z, Y, X).
+
+    The same as upsampling first and then convolving (a 1x1x1 conv commutes with
+    nearest upsampling), at 1/prod(stride) of the cost.
+    """
+
+    def __init__(self, in_channels: int, out_channels: int, stride: Sequence[int]):
+        super().__init__()
+        self.conv = nn.Conv3d(in_channels, out_channels, 1, bias=False)
+        self.stride = tuple(float(s) for s in stride)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.interpolate(self.conv(x), scale_factor=self.stride, mode="nearest")
+
+
 class PRMUNet(nn.Module):
     """The PSP-Seg U-Net (see the module docstring).
 
@@ -211,7 +229,7 @@ class PRMUNet(nn.Module):
         for level in range(levels - 2, -1, -1):
             stride = tuple(strides[level + 1])
             c = channels[level]
-            self.up.append(nn.ConvTranspose3d(channels[level + 1], c, stride, stride=stride, bias=False))
+            self.up.append(Upsample(channels[level + 1], c, stride))
             if level >= 1:
                 self.fuse.append(nn.Sequential(nn.Conv3d(2 * c, c, 1, bias=False), _norm(c), _act()))
                 self.decoder.append(prm(level, decoder_branches[levels - 2 - level]))
