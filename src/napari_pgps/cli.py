@@ -176,8 +176,10 @@ and keeps the last checkpoint; --resume continues from it.
 
 Model kinds (recorded in the checkpoint as "kind"):
   FP    fixed patch: --schedule constant (the default)
-  AP    patch-size augmentation: --schedule augment (each axis drawn from the
-        sizes the network takes in 0.25..1.5 x the final patch, every step)
+  AP    patch-size augmentation: --schedule augment (a quarter of the steps at
+        the final patch; the others draw each axis from the sizes the network
+        takes in 0.25..1.5 x the final patch, with the batch that keeps the
+        voxels per step)
   HN    patch-size hypernetwork: --architecture hypernet (an MLP generates the
         DynUNet's weights from the patch size; trains with --schedule augment)
   PGPS  progressive growing of patch size: --schedule pgps-efficiency or
@@ -447,6 +449,8 @@ def _schedule(args: argparse.Namespace) -> int:
         print("each step draws one of: " + ", ".join(f"{_size(c.patch)} (batch {c.batch})" for c in schedule.choices))
     if schedule.axis_sizes:
         print("each step draws per axis: " + "; ".join(f"{a}: {list(s)}" for a, s in zip("ZYX", schedule.axis_sizes)))
+        rule = "keeps the final voxels per step" if schedule.keep_voxels else "stays the batch size"
+        print(f"{schedule.final_share:.0%} of the steps take the final patch instead; a drawn patch's batch {rule}")
     print(f"relative voxels vs constant: {schedule.relative_voxels():.3f}")
     return 0
 

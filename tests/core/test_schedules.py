@@ -87,6 +87,36 @@ def test_constant_rpss_and_augment():
         assert seen == set(sizes) and all(s % 8 == 0 and 0.5 * final <= s <= 1.5 * final for s in seen)
 
 
+def test_augment_final_share_and_performance_batch():
+    rng = np.random.default_rng(1)
+    options = ScheduleOptions(augment_final_share=0.4, max_batch=24)
+    augment = build_schedule("augment", (40, 56, 40), (3, 3, 3), 10, 2, options)
+    draws = [augment.draw(augment.stages[0], rng) for _ in range(4000)]
+    at_final = [d for d in draws if d[0] == (40, 56, 40)]
+    # 40 % forced, plus the 1-in-324 uniform draw of the final size
+    assert 0.37 < len(at_final) / len(draws) < 0.43 and all(batch == 2 for _, batch in at_final)
+    for patch, batch in draws:
+        kept = 2 * math.prod((40, 56, 40)) // math.prod(patch)
+        assert batch == max(2, min(kept, 24))
+    assert max(batch for _, batch in draws) == 24 and (16, 16, 16) in {p for p, _ in draws}
+    # the expected voxels per step: close to the mean of the draws
+    mean_voxels = np.mean([batch * math.prod(patch) for patch, batch in draws]) / (2 * math.prod((40, 56, 40)))
+    assert augment.relative_voxels() == pytest.approx(mean_voxels, rel=0.05)
+    # the paper's rule is unchanged: batch 2 for every size, and the same draws as before the options existed
+    paper = ScheduleOptions(augment_final_share=0.0, augment_mode="efficiency")
+    plain = build_schedule("augment", (40, 56, 40), (3, 3, 3), 10, 2, paper)
+    plain_rng = np.random.default_rng(5)
+    first = [plain.draw(plain.stages[0], plain_rng) for _ in range(20)]
+    sizes = plain.axis_sizes
+    expected_rng = np.random.default_rng(5)
+    expected = [tuple(int(s[int(expected_rng.integers(len(s)))]) for s in sizes) for _ in range(20)]
+    assert first == [(p, 2) for p in expected]
+    with pytest.raises(InputError, match="final share"):
+        build_schedule("augment", (40, 56, 40), (3, 3, 3), 10, 2, ScheduleOptions(augment_final_share=1.0))
+    with pytest.raises(InputError, match="augment mode"):
+        build_schedule("augment", (40, 56, 40), (3, 3, 3), 10, 2, ScheduleOptions(augment_mode="fast"))
+
+
 def test_fewer_epochs_than_sizes_spread_the_growth():
     schedule = build_schedule("pgps-efficiency", (40, 56, 40), (3, 3, 3), 5, 2)
     assert [s.epochs for s in schedule.stages] == [1] * 5

@@ -16,11 +16,13 @@ Schedules (``../shared/docs/methods.md`` sections 1 and 4):
   capped.
 * ``rpss``: every step draws one of the PGPS stages at random.
 * ``augment``: every step draws each axis uniformly from the sizes the
-  network takes within a range.
+  network takes within a range (optionally the final patch for a share of the
+  steps, and a batch that keeps the voxels per step as Performance does).
 """
 
 from __future__ import annotations
 
+import itertools
 import math
 from dataclasses import dataclass
 from typing import Optional, Sequence
@@ -55,6 +57,9 @@ class Schedule:
         stages: followed in order, each for its epochs; they add up to the total.
         choices: ``rpss``: each step draws one of these (their ``epochs`` is 0).
         axis_sizes: ``augment``: each step draws each axis from these sizes.
+        final_share: ``augment``: the share of steps that take the final patch instead of a drawn one.
+        keep_voxels: ``augment``: a drawn patch's batch keeps the final voxels per step
+            (:func:`performance_batch`, capped by ``max_batch``); otherwise it is ``final_batch``.
         final_patch, final_batch: validation and inference use these.
     """
 
@@ -64,6 +69,9 @@ class Schedule:
     final_batch: int
     choices: tuple[Stage, ...] = ()
     axis_sizes: tuple[tuple[int, ...], ...] = ()
+    final_share: float = 0.0
+    keep_voxels: bool = False
+    max_batch: Optional[int] = None
 
     @property
     def epochs(self) -> int:
@@ -75,8 +83,16 @@ class Schedule:
             choice = self.choices[int(rng.integers(len(self.choices)))]
             return choice.patch, choice.batch
         if self.axis_sizes:
-            return tuple(int(sizes[int(rng.integers(len(sizes)))]) for sizes in self.axis_sizes), stage.batch
+            if self.final_share > 0 and rng.random() < self.final_share:
+                return self.final_patch, stage.batch
+            patch = tuple(int(sizes[int(rng.integers(len(sizes)))]) for sizes in self.axis_sizes)
+            return patch, self._augment_batch(patch, stage.batch)
         return stage.patch, stage.batch
+
+    def _augment_batch(self, patch: tuple[int, ...], batch: int) -> int:
+        if not self.keep_voxels:
+            return batch
+        return performance_batch(batch, self.final_patch, patch, self.max_batch)
 
     def relative_voxels(self) -> float:
         """Voxels processed over the whole run relative to the constant schedule (expected value when random)."""
@@ -84,8 +100,9 @@ class Schedule:
         if self.choices:
             return float(np.mean([c.voxels_per_step for c in self.choices])) * self.epochs / constant
         if self.axis_sizes:
-            mean_patch = math.prod(float(np.mean(sizes)) for sizes in self.axis_sizes)
-            return self.final_batch * mean_patch * self.epochs / constant
+            drawn = [self._augment_batch(p, self.final_batch) * math.prod(p) for p in itertools.product(*self.axis_sizes)]
+            per_step = self.final_share * self.final_batch * math.prod(self.final_patch) + (1 - self.final_share) * float(np.mean(drawn))
+            return per_step * self.epochs / constant
         return sum(s.epochs * s.voxels_per_step for s in self.stages) / constant
 
     def to_dict(self) -> dict:
@@ -98,6 +115,8 @@ class Schedule:
             out["random_stages"] = [{"patch": list(s.patch), "batch": s.batch} for s in self.choices]
         if self.axis_sizes:
             out["random_axis_sizes"] = [list(sizes) for sizes in self.axis_sizes]
+            out["final_share"] = self.final_share
+            out["batch_keeps_voxels"] = self.keep_voxels
         return out
 
 
@@ -118,6 +137,10 @@ class ScheduleOptions:
     where the bottleneck holds 2 voxels, because instance normalisation cannot normalise a single voxel."""
     augment_range: tuple[float, float] = (0.25, 1.5)
     """``augment``: each axis is drawn from the sizes the network takes in [low, high] x its final size."""
+    augment_final_share: float = 0.25
+    """``augment``: share of the steps trained at the final patch instead of a drawn one (the paper: 0)."""
+    augment_mode: str = "performance"
+    """``augment``: "performance" keeps the voxels per step, "efficiency" keeps the batch (the paper)."""
     rpss_mode: str = "efficiency"
     """``rpss``: the batch rule of the stages it draws from."""
 
@@ -131,6 +154,8 @@ class ScheduleOptions:
             max_batch=curriculum.max_batch,
             single_voxel_bottleneck=curriculum.single_voxel_bottleneck,
             augment_range=tuple(curriculum.augment_range),
+            augment_final_share=curriculum.augment_final_share,
+            augment_mode=curriculum.augment_mode,
             rpss_mode=curriculum.rpss_mode,
         )
 
@@ -172,7 +197,20 @@ def build_schedule(
     if name == "augment":
         sizes = augment_sizes(final, poolings, options.augment_range)
         sizes = tuple(tuple(v for v in axis if v >= m) or (f,) for axis, m, f in zip(sizes, minimum_patch, final))
-        return Schedule(name, (Stage(final, batch, epochs),), final, batch, axis_sizes=sizes)
+        if not 0 <= options.augment_final_share < 1:
+            raise InputError(f"augment final share {options.augment_final_share} must be in [0, 1).")
+        if options.augment_mode not in ("efficiency", "performance"):
+            raise InputError(f"unknown augment mode '{options.augment_mode}'; choose efficiency or performance.")
+        return Schedule(
+            name,
+            (Stage(final, batch, epochs),),
+            final,
+            batch,
+            axis_sizes=sizes,
+            final_share=options.augment_final_share,
+            keep_voxels=options.augment_mode == "performance",
+            max_batch=options.max_batch,
+        )
     raise InputError(f"unknown schedule '{name}'; choose one of {', '.join(SCHEDULES)}.")
 
 
@@ -247,19 +285,21 @@ def pgps_stages(
         each = int(options.growth_fraction * epochs) // (count - 1)
     else:
         each = epochs // count
-    final_voxels = math.prod(final)
     stages = []
     for index, size in enumerate(sizes):
         span = each if index < count - 1 else epochs - each * (count - 1)
         if span <= 0:
             continue
-        stage_batch = batch
-        if mode == "performance":
-            stage_batch = max(batch, batch * final_voxels // math.prod(size))
-            if options.max_batch is not None:
-                stage_batch = max(batch, min(stage_batch, options.max_batch))
+        stage_batch = performance_batch(batch, final, size, options.max_batch) if mode == "performance" else batch
         stages.append(Stage(tuple(size), stage_batch, span))
     return stages
+
+
+def performance_batch(batch: int, final: Sequence[int], patch: Sequence[int], max_batch: Optional[int] = None) -> int:
+    """The Performance batch of ``patch``: ``floor(batch * prod(final) / prod(patch))``, at least ``batch``,
+    at most ``max_batch`` (when given)."""
+    keep = max(batch, batch * math.prod(final) // math.prod(patch))
+    return keep if max_batch is None else max(batch, min(keep, max_batch))
 
 
 def augment_sizes(final: Sequence[int], poolings: Sequence[int], size_range: tuple[float, float]) -> tuple[tuple[int, ...], ...]:
