@@ -14,13 +14,14 @@ remaining branches of every PRM are part of :class:`ModelConfig`
 
 Layout for a plan of L levels (channels c_0..c_{L-1}, strides s_1..s_{L-1}):
 
-- level 0: two 3x3x3 conv blocks (c_0), encoder and decoder alike;
+- level 0 (full resolution, where activations are largest, so it is kept light as in the PSP-Seg
+  reference): one 3x3x3 conv block in the encoder; in the decoder the skip is added (not concatenated)
+  and one 3x3x3 conv block follows;
 - encoder level l >= 1: strided conv (kernel = stride s_l) c_{l-1} -> c_l, then a PRM;
   the deepest level is the bottleneck;
 - decoder level l < L-1: 1x1x1 conv c_{l+1} -> c_l and nearest upsampling (as PSP-Seg; a transposed
   conv would hold 8x the weights, a quarter of the network at the bottleneck), concatenation
-  with the skip, then a 1x1x1 fusion 2 c_l -> c_l and a PRM (levels >= 1), or one 3x3x3 conv
-  block 2 c_0 -> c_0 (level 0, where activations are largest);
+  with the skip, then a 1x1x1 fusion 2 c_l -> c_l and a PRM (levels >= 1);
 - PRMs recompute their branches in the backward pass (activation checkpointing) in training;
 - deep supervision: 1x1x1 heads on decoder levels 1 and 2, upsampled to full resolution in training.
 
@@ -210,7 +211,7 @@ class PRMUNet(nn.Module):
             return ParallelRedundantModule(c, max(1, round(c * expansion)), kernels)
 
         encoder_branches, decoder_branches = branches[: levels - 1], branches[levels - 1 :]
-        self.stem = nn.Sequential(ConvBlock(in_channels, channels[0]), ConvBlock(channels[0], channels[0]))
+        self.stem = ConvBlock(in_channels, channels[0])
         self.down = nn.ModuleList()
         self.encoder = nn.ModuleList()
         for level in range(1, levels):
@@ -233,8 +234,8 @@ class PRMUNet(nn.Module):
             if level >= 1:
                 self.fuse.append(nn.Sequential(nn.Conv3d(2 * c, c, 1, bias=False), _norm(c), _act()))
                 self.decoder.append(prm(level, decoder_branches[levels - 2 - level]))
-            else:  # full resolution: one 3x3x3 conv from the concatenation keeps activation memory low
-                self.fuse.append(ConvBlock(2 * c, c))
+            else:  # full resolution: the skip is added, not concatenated, and one 3x3x3 conv follows
+                self.fuse.append(ConvBlock(c, c))
                 self.decoder.append(nn.Identity())
         self.head = nn.Conv3d(channels[0], out_channels, 1)
         self.supervised_levels = [l for l in DEEP_SUPERVISION_LEVELS if l <= levels - 2] if deep_supervision else []
@@ -266,8 +267,10 @@ class PRMUNet(nn.Module):
         """Decoder features from the level above the bottleneck down to level 0 (last item: full resolution)."""
         x = features[-1]
         outputs = []
-        for up, fuse, block, skip in zip(self.up, self.fuse, self.decoder, reversed(features[:-1])):
-            x = block(fuse(torch.cat([up(x), skip], dim=1)))
+        levels = range(self.levels - 2, -1, -1)
+        for level, up, fuse, block, skip in zip(levels, self.up, self.fuse, self.decoder, reversed(features[:-1])):
+            joined = up(x) + skip if level == 0 else torch.cat([up(x), skip], dim=1)
+            x = block(fuse(joined))
             outputs.append(x)
         return outputs
 
