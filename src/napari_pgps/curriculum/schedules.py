@@ -22,7 +22,7 @@ Schedules (``../shared/docs/methods.md`` sections 1 and 4):
 
 from __future__ import annotations
 
-import itertools
+import functools
 import math
 from dataclasses import dataclass
 from typing import Optional, Sequence
@@ -92,7 +92,7 @@ class Schedule:
     def _augment_batch(self, patch: tuple[int, ...], batch: int) -> int:
         if not self.keep_voxels:
             return batch
-        return performance_batch(batch, self.final_patch, patch, self.max_batch)
+        return int(performance_batch(batch, math.prod(self.final_patch), math.prod(patch), self.max_batch))
 
     def relative_voxels(self) -> float:
         """Voxels processed over the whole run relative to the constant schedule (expected value when random)."""
@@ -100,8 +100,13 @@ class Schedule:
         if self.choices:
             return float(np.mean([c.voxels_per_step for c in self.choices])) * self.epochs / constant
         if self.axis_sizes:
-            drawn = [self._augment_batch(p, self.final_batch) * math.prod(p) for p in itertools.product(*self.axis_sizes)]
-            per_step = self.final_share * self.final_batch * math.prod(self.final_patch) + (1 - self.final_share) * float(np.mean(drawn))
+            # every combination of axis sizes is equally likely: their volumes, as one array
+            volumes = functools.reduce(np.multiply.outer, [np.asarray(s, dtype=np.int64) for s in self.axis_sizes]).ravel()
+            batches = self.final_batch
+            if self.keep_voxels:
+                batches = performance_batch(self.final_batch, math.prod(self.final_patch), volumes, self.max_batch)
+            drawn = float(np.mean(batches * volumes))
+            per_step = self.final_share * self.final_batch * math.prod(self.final_patch) + (1 - self.final_share) * drawn
             return per_step * self.epochs / constant
         return sum(s.epochs * s.voxels_per_step for s in self.stages) / constant
 
@@ -290,16 +295,18 @@ def pgps_stages(
         span = each if index < count - 1 else epochs - each * (count - 1)
         if span <= 0:
             continue
-        stage_batch = performance_batch(batch, final, size, options.max_batch) if mode == "performance" else batch
+        stage_batch = batch
+        if mode == "performance":
+            stage_batch = int(performance_batch(batch, math.prod(final), math.prod(size), options.max_batch))
         stages.append(Stage(tuple(size), stage_batch, span))
     return stages
 
 
-def performance_batch(batch: int, final: Sequence[int], patch: Sequence[int], max_batch: Optional[int] = None) -> int:
-    """The Performance batch of ``patch``: ``floor(batch * prod(final) / prod(patch))``, at least ``batch``,
-    at most ``max_batch`` (when given)."""
-    keep = max(batch, batch * math.prod(final) // math.prod(patch))
-    return keep if max_batch is None else max(batch, min(keep, max_batch))
+def performance_batch(batch: int, final_voxels: int, patch_voxels, max_batch: Optional[int] = None):
+    """The Performance batch of a patch of ``patch_voxels`` voxels (an int or an array of them):
+    ``floor(batch * final_voxels / patch_voxels)``, at least ``batch``, at most ``max_batch`` (when given)."""
+    keep = np.maximum(batch, batch * final_voxels // patch_voxels)
+    return keep if max_batch is None else np.maximum(batch, np.minimum(keep, max_batch))
 
 
 def augment_sizes(final: Sequence[int], poolings: Sequence[int], size_range: tuple[float, float]) -> tuple[tuple[int, ...], ...]:
