@@ -292,7 +292,8 @@ def _print_events(events, quiet: bool) -> int:
     for event in events:
         if isinstance(event, RunStarted):
             total_steps = event.epochs * event.iterations_per_epoch
-            print(f"training {event.kind} model on {event.device}: {event.training_cases} training / {event.validation_cases} validation cases, "
+            print(f"training {event.kind} model ({event.architecture} network) on {event.device}: "
+                  f"{event.training_cases} training / {event.validation_cases} validation cases, "
                   f"{event.parameters:,} parameters, final patch {_size(event.final_patch)}, "
                   f"{event.epochs} epochs x {event.iterations_per_epoch} steps"
                   + (f" (resuming at epoch {event.start_epoch})" if event.start_epoch else ""), flush=True)

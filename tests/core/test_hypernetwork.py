@@ -115,7 +115,7 @@ def test_hn_checkpoint_trains_segments_and_sweeps_through_the_cli(tmp_path, phan
     run = tmp_path / "hn"
     assert main(["train", "--config", str(tmp_path / "quick.yaml"), "--architecture", "hypernet", "--out", str(run),
                  "--quiet"]) == 0
-    assert "training HN model" in capsys.readouterr().out
+    assert "training HN model (hypernet network)" in capsys.readouterr().out
     payload = load_checkpoint(run / FINAL)
     assert payload["kind"] == "HN" and payload["config"]["curriculum"]["schedule"] == "augment"
     assert all(k.startswith(("mlp.", "heads.")) for k in payload["model"])

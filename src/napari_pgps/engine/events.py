@@ -39,6 +39,8 @@ class RunStarted(_Event):
     """Voxel fraction of each label in the whole training volumes."""
     kind: str = "FP"
     """The model kind (FP, AP, HN, PGPS, RPSS; see :data:`napari_pgps.config.MODEL_KINDS`)."""
+    architecture: str = "dynunet"
+    """The network (``model.architecture``: dynunet, unet, unetr, swinunetr, prm, hypernet)."""
 
 
 @dataclass(frozen=True)

@@ -207,6 +207,7 @@ class _Run:
                 final_patch=tuple(self.config.model.patch_size),
                 schedule=self.schedule.name,
                 kind=model_kind(self.config),
+                architecture=self.config.model.architecture,
                 label_names=tuple(self.config.labels[v] for v in sorted(self.config.labels)),
                 volume_class_fractions=self.volume_fractions,
             )
