@@ -73,33 +73,33 @@ def measure(run_dir: Path, data: str, threads: int) -> dict:
     import torch
 
     from napari_pgps.data.normalization import normalize
-    from napari_pgps.engine import load_model
-    from napari_pgps.evaluation import evaluate_model, labelled_cases
-    from napari_pgps.pruning.report import profile_network
+    from napari_pgps.engine import fold, load_model, read_events
+    from napari_pgps.tasks.evaluation import evaluate_model, labelled_cases
+    from napari_pgps.tasks.pruning_report import profile_network
 
     torch.set_num_threads(threads)
-    finished = [json.loads(line) for line in open(run_dir / "metrics.jsonl") if '"Finished"' in line][-1]
+    finished = fold(read_events(run_dir)).finished
     model = load_model(run_dir, "cpu")
     case = labelled_cases(model, data, "validation")[0]
     image = normalize(case.image.array, model.config.normalization)
     profile = profile_network(model.network, model.patch_size, model.device, image)
     profile.mean_dice = evaluate_model(model, data, split="validation")["mean_dice"]
-    return {"training_seconds": finished["training_seconds"], **step_memory(model), **profile.to_dict()}
+    return {"training_seconds": finished.training_seconds, **step_memory(model), **profile.to_dict()}
 
 
 def step_memory(model) -> dict:
     """Peak tensor memory of one training step (batch 2, final patch) at the start and at the end of training."""
     import copy
 
-    from napari_pgps.engine.resolve import resolve_prm
-    from napari_pgps.models import build_network
-    from napari_pgps.pruning.report import training_step_memory
+    from napari_pgps.models import architecture, build_network
+    from napari_pgps.tasks.pruning_report import training_step_memory
 
-    prm = model.config.model.architecture == "prm"
+    spec = architecture(model.config.model)
+    prm = spec.branch_prunable
     start = copy.deepcopy(model.config.model)
     if prm:
         start.prm_branches = None
-        resolve_prm(start)
+        spec.resolve(start)
     first = training_step_memory(build_network(start), model.patch_size, decoupling=prm)
     last = training_step_memory(model.network, model.patch_size, decoupling=prm)
     return {"step_memory_start_mb": first, "step_memory_end_mb": last}

@@ -28,7 +28,7 @@ def main() -> None:
 
     from napari_pgps.data.normalization import normalize
     from napari_pgps.engine import inference, load_model
-    from napari_pgps.evaluation import labelled_cases
+    from napari_pgps.tasks.evaluation import labelled_cases
 
     torch.set_num_threads(args.threads)
     models = [load_model(m, "cpu") for m in args.models]

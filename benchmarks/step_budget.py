@@ -16,7 +16,7 @@ import json
 import time
 
 from napari_pgps import RunConfig, train
-from napari_pgps.engine import Validated
+from napari_pgps.events import Validated
 
 
 def main() -> None:

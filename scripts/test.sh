@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# Set up everything the tests need and run them: core tests (no Qt), integration tests on the real data
-# in ../shared/data (skipped where absent) and GUI tests with a real napari viewer under Xvfb.
+# Set up everything the tests need and run them: the import layers (lint-imports, contracts in pyproject.toml),
+# then core tests (no Qt), integration tests on the real data in ../shared/data (skipped where absent) and GUI
+# tests with a real napari viewer under Xvfb.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -21,5 +22,6 @@ if [ -n "$missing" ]; then
 fi
 
 bash scripts/setup.sh --test
+.venv/bin/lint-imports --no-cache
 export XDG_RUNTIME_DIR=${XDG_RUNTIME_DIR:-$(mktemp -d)}
 exec .venv/bin/python -m pytest -p no:cacheprovider -ra "$@"

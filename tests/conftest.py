@@ -6,7 +6,6 @@ import os
 from pathlib import Path
 
 import pytest
-
 from helpers import quick_config, write_dataset
 
 SHARED_DATA = Path(os.environ.get("NAPARI_PGPS_DATA", Path(__file__).resolve().parents[1] / ".." / "shared" / "data")).resolve()
@@ -35,7 +34,7 @@ def hippocampus() -> Path:
 @pytest.fixture(scope="session")
 def trained_phantom_run(tmp_path_factory, phantom_dataset) -> Path:
     """A short finished run on the phantoms, shared by inference and CLI tests."""
-    from napari_pgps.engine import train
+    from napari_pgps import train
 
     run_dir = tmp_path_factory.mktemp("runs") / "phantom-run"
     for _ in train(quick_config(phantom_dataset, epochs=2, iterations=3), run_dir):

@@ -13,14 +13,16 @@ import json
 import os
 import signal
 import sys
-import time
 from pathlib import Path
 from typing import Iterator, Optional, Sequence
 
 from . import __version__
-from .config import ARCHITECTURES, DEVICES, OPTIMIZERS, RunConfig, write_text_atomically
+from .config import DEVICES, OPTIMIZERS, RunConfig
 from .curriculum import SCHEDULES
+from .engine.progress import size_text
 from .errors import InputError
+from .files import write_text_atomically
+from .models import ARCHITECTURES
 
 EXIT_INPUT = 2
 
@@ -65,13 +67,17 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--data", metavar="DIR", help="dataset folder (Decathlon or nnU-Net v2 raw layout)")
     p.add_argument("--out", metavar="RUN_DIR", required=True, help="run folder for config.yaml, metrics.jsonl and checkpoints")
     p.add_argument("--config", metavar="FILE.yaml", help="start from this configuration; flags override it")
-    p.add_argument("--schedule", choices=SCHEDULES, help="patch-size schedule (default: constant, model kind FP; augment: AP; pgps-*: PGPS)")
+    p.add_argument("--schedule", choices=SCHEDULES,
+                   help="patch-size schedule (default: constant, model kind FP, or the network's own: augment for "
+                        "hypernet; augment: AP; pgps-*: PGPS)")
     p.add_argument("--pdl", action="store_true", help="add the Progressive Deep Learning data curriculum (cases by similarity)")
     p.add_argument("--epochs", type=int, metavar="N", help="epochs (default: from the device; CPU 25)")
     p.add_argument("--iterations-per-epoch", type=int, metavar="N", help="steps per epoch (default: from the device; CPU 50)")
     p.add_argument("--batch-size", type=int, metavar="N", help="crops per step at the final patch size (default 2)")
     p.add_argument("--patch-size", type=int, nargs=3, metavar=("Z", "Y", "X"), help="final patch size (default: planned from the data)")
-    p.add_argument("--architecture", choices=ARCHITECTURES, help="network (default dynunet; hypernet: the patch-size hypernetwork, model kind HN)")
+    p.add_argument("--architecture", choices=list(ARCHITECTURES), metavar="NETWORK",
+                   help="network (default dynunet, or prm with --progressive-pruning): "
+                        + "; ".join(f"{name}: {spec.description}" for name, spec in ARCHITECTURES.items()))
     p.add_argument("--prm-variant", choices=("S", "B", "L"), help="PSP-Seg network size with --architecture prm (default S)")
     p.add_argument("--progressive-pruning", action="store_true",
                    help="PSP-Seg: prune PRM branches during training (implies --architecture prm)")
@@ -169,7 +175,8 @@ def _parser() -> argparse.ArgumentParser:
 
 _TRAIN_HELP = """Train a segmentation network on a dataset folder.
 
-The run folder receives config.yaml (the whole resolved configuration),
+The run folder (a new one, unless --resume) receives config.yaml (the whole
+resolved configuration), splits.json (the training and validation case names),
 metrics.jsonl (one JSON object per event) and checkpoint_last.pt /
 checkpoint_best.pt / checkpoint_final.pt. Ctrl-C stops after the current step
 and keeps the last checkpoint; --resume continues from it.
@@ -191,23 +198,18 @@ AP and HN models segment well at patch sizes other than the training one
 
 # -- train --------------------------------------------------------------------
 def _train(args: argparse.Namespace) -> int:
-    from .engine import TrainingControl, train
-    from .engine.checkpoint import LAST
+    from .engine import TrainingControl
+    from .tasks.training import train
 
-    run_dir = Path(args.out)
     overrides = [name for name in ("data", "config", "schedule", "epochs", "iterations_per_epoch", "batch_size",
                                    "patch_size", "architecture", "optimizer", "learning_rate", "max_cases", "seed")
                  if getattr(args, name) is not None] + (["pdl"] if args.pdl else [])
     if args.resume:
-        if not (run_dir / LAST).is_file():
-            raise InputError(f"{run_dir}: no {LAST} to resume from; start a new run without --resume.")
         if overrides:
             flags = ", ".join("--" + n.replace("_", "-") for n in overrides)
             raise InputError(f"--resume continues with the run's stored configuration; drop {flags}.")
         config = RunConfig()
     else:
-        if run_dir.exists() and any((run_dir / n).exists() for n in ("config.yaml", LAST)):
-            raise InputError(f"{run_dir} already holds a run; add --resume to continue it or choose another --out.")
         config = RunConfig.load(args.config) if args.config else RunConfig()
         _apply_train_flags(config, args)
         if not config.data.path:
@@ -218,14 +220,14 @@ def _train(args: argparse.Namespace) -> int:
     control = TrainingControl()
     previous = signal.signal(signal.SIGINT, lambda *_: _request_stop(control, previous))
     try:
-        return _print_events(train(config, run_dir, control=control, resume=args.resume), args.quiet)
+        return _print_events(train(config, Path(args.out), control=control, resume=args.resume), args.quiet)
     finally:
         signal.signal(signal.SIGINT, previous)
 
 
 def _prune(args: argparse.Namespace) -> int:
     from .engine import TrainingControl
-    from .pruning.workflow import prune_trained_model, train_progressively_pruned
+    from .tasks.pruning import prune_trained_model, train_progressively_pruned
 
     if args.progressive == (args.model is not None):
         raise InputError("give either --model RUN_DIR (channel pruning of a trained model) or --progressive (PSP-Seg).")
@@ -272,63 +274,25 @@ def _apply_train_flags(config: RunConfig, args: argparse.Namespace) -> None:
         config.model.architecture = args.architecture
     if args.progressive_pruning:
         config.pruning.enabled = True
-        config.model.architecture = "prm"
     if args.prm_variant is not None:
         config.model.prm_variant = args.prm_variant
-    if config.model.architecture == "hypernet" and args.schedule is None and config.curriculum.schedule == "constant":
-        config.curriculum.schedule = "augment"  # a hypernetwork learns from varying patch sizes
     for name in ("epochs", "iterations_per_epoch", "batch_size", "optimizer", "learning_rate", "seed"):
         if getattr(args, name) is not None:
             setattr(config.training, name, getattr(args, name))
 
 
 def _print_events(events, quiet: bool) -> int:
-    from .engine.events import (ChannelPruningStep, CheckpointSaved, Finished, Paused, PruningReport, PruningStep,
-                                RunStarted, StageStarted, StepDone, Validated)
+    """Print a line for each event worth telling; 130 when the run was stopped, else 0."""
+    from .engine import TrainingProgress, describe_event
 
-    started = time.perf_counter()
-    epoch_losses: list[float] = []
-    total_steps = 0
+    progress = TrainingProgress()
     for event in events:
-        if isinstance(event, RunStarted):
-            total_steps = event.epochs * event.iterations_per_epoch
-            print(f"training {event.kind} model ({event.architecture} network) on {event.device}: "
-                  f"{event.training_cases} training / {event.validation_cases} validation cases, "
-                  f"{event.parameters:,} parameters, final patch {_size(event.final_patch)}, "
-                  f"{event.epochs} epochs x {event.iterations_per_epoch} steps"
-                  + (f" (resuming at epoch {event.start_epoch})" if event.start_epoch else ""), flush=True)
-        elif isinstance(event, StageStarted) and not quiet:
-            print(f"stage {event.stage + 1}: patch {_size(event.patch)}, batch {event.batch} (from epoch {event.epoch + 1})", flush=True)
-        elif isinstance(event, StepDone):
-            epoch_losses.append(event.loss)
-            last = event
-        elif isinstance(event, Validated):
-            dice = ", ".join(f"{name} {value:.4f}" for name, value in event.dice_per_label.items())
-            print(f"epoch {event.epoch}: validation Dice {dice} (mean {event.mean_dice:.4f})", flush=True)
-        elif isinstance(event, CheckpointSaved) and epoch_losses:
-            if not quiet:
-                elapsed = time.perf_counter() - started
-                remaining = elapsed / max(last.step, 1) * max(total_steps - last.step, 0)
-                print(f"epoch {event.epoch}: loss {sum(epoch_losses) / len(epoch_losses):.4f}, "
-                      f"{last.seconds:.2f} s/step, ETA {_duration(remaining)}", flush=True)
-            epoch_losses = []
-        elif isinstance(event, PruningStep):
-            print(f"epoch {event.epoch}: pruning {event.action} {', '.join(event.branches)}; "
-                  f"{event.parameters:,} parameters", flush=True)
-        elif isinstance(event, ChannelPruningStep):
-            print(f"channel pruning step {event.step}/{event.steps}: {event.parameters:,} parameters", flush=True)
-        elif isinstance(event, PruningReport):
-            print(f"\n{event.table}\nreport: {event.path}", flush=True)
-        elif isinstance(event, Paused):
-            print("paused", flush=True)
-        elif isinstance(event, Finished):
-            state = "stopped" if event.stopped else "finished"
-            dice = f", final mean Dice {event.final_mean_dice:.4f}" if event.final_mean_dice is not None else ""
-            print(f"{state} after {event.epochs_completed} epochs, {event.steps} steps, "
-                  f"{_duration(event.training_seconds)} training{dice}; checkpoint: {event.checkpoint}", flush=True)
-            if event.stopped:
-                print("resume with: napari-pgps train --out RUN_DIR --resume", flush=True)
-                return 130
+        line = describe_event(event, progress.update(event), quiet=quiet)
+        if line is not None:
+            print(line, flush=True)
+    if progress.finished is not None and progress.finished.stopped:
+        print("resume with: napari-pgps train --out RUN_DIR --resume", flush=True)
+        return 130
     return 0
 
 
@@ -410,14 +374,14 @@ def parse_patch_sizes(tokens: Sequence[str]) -> list[tuple[int, int, int]]:
 
 
 def _evaluate(args: argparse.Namespace) -> int:
-    from .evaluation import evaluate_model, evaluate_patch_sizes
     from .engine import load_model
+    from .tasks.evaluation import evaluate_model, evaluate_patch_sizes
 
     model = load_model(args.model, args.device)
     if args.patch_sizes:
         sizes = parse_patch_sizes(args.patch_sizes)
         report = evaluate_patch_sizes(model, args.data, sizes, split=args.split, mirror=args.tta,
-                                      progress=lambda size, row: print(f"patch {_size(size)}: mean Dice {row['mean_dice']:.4f}", flush=True))
+                                      progress=lambda size, row: print(f"patch {size_text(size)}: mean Dice {row['mean_dice']:.4f}", flush=True))
         if args.json:
             write_text_atomically(Path(args.json), json.dumps(report, indent=2) + "\n")
         return 0
@@ -445,9 +409,9 @@ def _schedule(args: argparse.Namespace) -> int:
     print(f"{'stage':>5}  {'patch (Z x Y x X)':>18}  {'batch':>5}  {'epochs':>6}  {'voxels/step vs final':>20}")
     final = schedule.final_batch * schedule.final_patch[0] * schedule.final_patch[1] * schedule.final_patch[2]
     for i, stage in enumerate(schedule.stages, 1):
-        print(f"{i:>5}  {_size(stage.patch):>18}  {stage.batch:>5}  {stage.epochs:>6}  {stage.voxels_per_step / final:>20.3f}")
+        print(f"{i:>5}  {size_text(stage.patch):>18}  {stage.batch:>5}  {stage.epochs:>6}  {stage.voxels_per_step / final:>20.3f}")
     if schedule.choices:
-        print("each step draws one of: " + ", ".join(f"{_size(c.patch)} (batch {c.batch})" for c in schedule.choices))
+        print("each step draws one of: " + ", ".join(f"{size_text(c.patch)} (batch {c.batch})" for c in schedule.choices))
     if schedule.axis_sizes:
         print("each step draws per axis: " + "; ".join(f"{a}: {list(s)}" for a, s in zip("ZYX", schedule.axis_sizes)))
         rule = "keeps the final voxels per step" if schedule.keep_voxels else "stays the batch size"
@@ -457,7 +421,7 @@ def _schedule(args: argparse.Namespace) -> int:
 
 
 def _bench(args: argparse.Namespace) -> int:
-    from .bench import BenchSettings, run_bench
+    from .tasks.bench import BenchSettings, run_bench
 
     settings = BenchSettings(data=str(args.data), schedules=[s.strip() for s in args.schedules.split(",") if s.strip()],
                              seeds=args.seeds, profile=args.profile, epochs=args.epochs,
@@ -491,15 +455,6 @@ def has_display() -> bool:
     if sys.platform.startswith("linux"):
         return bool(os.environ.get("DISPLAY") or os.environ.get("WAYLAND_DISPLAY"))
     return True
-
-
-def _size(patch) -> str:
-    return "x".join(str(p) for p in patch)
-
-
-def _duration(seconds: float) -> str:
-    seconds = int(round(seconds))
-    return f"{seconds // 60}m{seconds % 60:02d}s" if seconds >= 60 else f"{seconds}s"
 
 
 if __name__ == "__main__":

@@ -1,11 +1,11 @@
 """The configuration of a run: one dataclass tree with defaults.
 
-The command line flags, the YAML files of a run folder and (later) the widgets
-are all views of :class:`RunConfig`. Values left as ``None`` are *automatic*:
-:func:`napari_pgps.engine.planning.resolve_config` fills them from the data and
-the device before training starts, and the resolved tree is what a run folder
-and every checkpoint store, so a checkpoint alone is enough to rebuild the
-network and segment.
+The command line flags, the YAML files of a run folder and the widgets are
+all views of :class:`RunConfig`. Values left as ``None`` are *automatic*:
+:func:`napari_pgps.engine.resolve.resolve_config` fills them from the data,
+the device and the other choices before training starts, and the resolved
+tree is what a run folder and every checkpoint store, so a checkpoint alone
+is enough to rebuild the network and segment.
 
 Axis order everywhere is (Z, Y, X) = the array axes of a volume as loaded by
 :mod:`napari_pgps.data.volume`.
@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import dataclasses
 import os
-import tempfile
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -24,8 +23,10 @@ from typing import Any, Optional
 import yaml
 
 from .errors import InputError
+from .files import write_text_atomically
 
-ARCHITECTURES = ("dynunet", "unet", "unetr", "swinunetr", "prm", "hypernet")
+CONFIG_FILE = "config.yaml"
+"""The resolved configuration in a run folder."""
 OPTIMIZERS = ("sgd", "adamw")
 DEVICES = ("auto", "cpu", "cuda", "mps")
 
@@ -68,7 +69,8 @@ class NormalizationConfig:
 class ModelConfig:
     """The network. Planned fields are filled by ``resolve_config``."""
 
-    architecture: str = "dynunet"
+    architecture: Optional[str] = None
+    """The network (see ``napari_pgps.models.architectures``); "prm" when progressive pruning is on, else "dynunet"."""
     patch_size: Optional[tuple[int, int, int]] = None
     """Final training patch (Z, Y, X); planned from the median case shape when ``None``."""
     base_channels: Optional[int] = None
@@ -113,8 +115,9 @@ class PDLConfig:
 class CurriculumConfig:
     """How the patch size, the batch size and the training cases change over training."""
 
-    schedule: str = "constant"
-    """constant, pgps-efficiency, pgps-performance, rpss or augment."""
+    schedule: Optional[str] = None
+    """constant, pgps-efficiency, pgps-performance, rpss or augment; by default the network's own (the hypernetwork
+    trains with augment, every other network with constant)."""
     growth: str = "journal"
     """PGPS growth rule: "journal" (smallest next size first) or "miccai" (round-robin from axis Y)."""
     start_fraction: float = 0.0
@@ -229,36 +232,14 @@ class RunConfig:
         return cls.from_dict(values, source=str(path))
 
 
-MODEL_KINDS = {
-    "FP": "fixed patch (constant schedule)",
-    "AP": "patch-size augmentation (augment schedule)",
-    "HN": "patch-size hypernetwork (hypernet architecture)",
-    "PGPS": "progressive growing of patch size (pgps-efficiency / pgps-performance)",
-    "RPSS": "random patch-size stages (rpss schedule)",
-}
-
-
-def model_kind(config: RunConfig) -> str:
-    """The kind of model a run trains, one of :data:`MODEL_KINDS`: HN for the hypernetwork, else by schedule."""
-    if config.model.architecture == "hypernet":
-        return "HN"
-    schedule = config.curriculum.schedule
-    return {"constant": "FP", "augment": "AP", "rpss": "RPSS"}.get(schedule, "PGPS" if schedule.startswith("pgps") else schedule)
-
-
-def write_text_atomically(path: Path, text: str) -> None:
-    """Write ``text`` to ``path`` through a temporary file and a rename."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w") as handle:
-            handle.write(text)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+def training_methods(config: RunConfig) -> list[str]:
+    """The training-loop plug-ins (``napari_pgps.plugins.TrainingPlugin.name``) this configuration asks for."""
+    methods = []
+    if config.curriculum.pdl.enabled:
+        methods.append("pdl")
+    if config.pruning.enabled:
+        methods.append("psp-seg")
+    return methods
 
 
 def _plain(value: Any) -> Any:

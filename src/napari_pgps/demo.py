@@ -58,26 +58,20 @@ def open_demo_viewer(device: str = "auto"):
 def run_headless_demo(out: Path, device: str = "auto") -> dict:
     """Generate phantoms, train with the demo schedule, write figures, segment an unseen phantom."""
     from .data.volume import Volume, affine_from_spacing, write_volume
-    from .engine import load_model, segment_volume, train
-    from .engine.events import Finished, RunStarted, StageStarted, Validated
+    from .engine import TrainingProgress, describe_event, load_model, segment_volume
     from .engine.metrics import dice_per_label
+    from .tasks.training import train
 
     out.mkdir(parents=True, exist_ok=True)
     data = write_phantom_dataset(out / "data", cases=12)
     print(f"wrote 12 phantom cases to {data}", flush=True)
     run_dir = out / f"run-{time.strftime('%Y%m%d-%H%M%S')}"
-    events = []
+    progress = TrainingProgress()
     for event in train(demo_config(data, device), run_dir):
-        events.append(event)
-        if isinstance(event, RunStarted):
-            print(f"training on {event.device}: {event.schedule}, final patch {event.final_patch}, {event.epochs} epochs", flush=True)
-        elif isinstance(event, StageStarted):
-            print(f"  stage {event.stage + 1}: patch {'x'.join(map(str, event.patch))}, batch {event.batch}", flush=True)
-        elif isinstance(event, Validated):
-            print(f"  epoch {event.epoch}: validation mean Dice {event.mean_dice:.3f}", flush=True)
-        elif isinstance(event, Finished):
-            print(f"trained in {event.training_seconds:.0f} s", flush=True)
-    figures = write_demo_figures(events, out)
+        line = describe_event(event, progress.update(event))
+        if line is not None:
+            print(line, flush=True)
+    figures = write_demo_figures(progress, out)
     image, truth = make_phantom(seed=1000)
     affine = affine_from_spacing(PHANTOM_SPACING)
     write_volume(Volume(image, affine), out / "unseen_phantom.nii.gz")
@@ -94,18 +88,15 @@ def run_headless_demo(out: Path, device: str = "auto") -> dict:
     return summary
 
 
-def write_demo_figures(events: list, out: Path) -> list[Path]:
-    """demo_training.png (loss, patch and batch over the steps) and demo_class_balance.png (per stage)."""
+def write_demo_figures(progress, out: Path) -> list[Path]:
+    """demo_training.png (loss, patch and batch over the steps) and demo_class_balance.png (per stage),
+    from a finished run's :class:`napari_pgps.engine.TrainingProgress`."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from .engine.events import RunStarted, StageFinished, StepDone
-
-    steps = [e for e in events if isinstance(e, StepDone)]
-    stages = [e for e in events if isinstance(e, StageFinished)]
-    run = next(e for e in events if isinstance(e, RunStarted))
+    steps, stages, run = progress.steps, progress.stages_finished, progress.started
     fig, (loss_ax, size_ax) = plt.subplots(2, 1, figsize=(7, 5), sharex=True)
     loss_ax.plot([s.step for s in steps], [s.loss for s in steps], lw=0.8)
     loss_ax.set_ylabel("loss")

@@ -2,11 +2,12 @@
 
 import numpy as np
 import pytest
-
 from helpers import quick_config
+
+from napari_pgps import train
 from napari_pgps.config import RunConfig
-from napari_pgps.engine import CasesAdded, RunStarted, StageFinished, StageStarted, StepDone, train
 from napari_pgps.errors import InputError
+from napari_pgps.events import CasesAdded, RunStarted, StageFinished, StageStarted, StepDone
 from napari_pgps.models import plan_unet
 
 

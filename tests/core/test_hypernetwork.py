@@ -8,10 +8,11 @@ import torch
 from helpers import quick_config
 
 from napari_pgps.cli import main
-from napari_pgps.config import ModelConfig, RunConfig, model_kind
+from napari_pgps.config import ModelConfig, RunConfig
 from napari_pgps.engine.checkpoint import FINAL, load_checkpoint
-from napari_pgps.models import build_network, count_parameters, plan_unet
-from napari_pgps.models.hypernetwork import PatchSizeHypernetwork, plain_config
+from napari_pgps.errors import InputError
+from napari_pgps.models import build_network, count_parameters, model_kind, plan_unet, segmenting_config
+from napari_pgps.models.hypernetwork import PatchSizeHypernetwork
 
 
 def tiny_model(architecture: str = "hypernet") -> ModelConfig:
@@ -37,7 +38,7 @@ def hypernet():
 
 
 def test_generated_weights_in_a_plain_dynunet_give_the_same_output(hypernet):
-    plain = build_network(plain_config(tiny_model()))
+    plain = build_network(segmenting_config(tiny_model()))
     assert type(plain).__name__ == "DynUNet"
     x = torch.randn(2, 1, 8, 32, 16)
     for training in (False, True):  # eval: logits; training: with the deep-supervision heads
@@ -63,7 +64,7 @@ def test_baking_gives_the_hypernetwork_output_and_depends_on_the_size(hypernet):
 def test_state_dict_holds_only_the_mlp_and_heads_and_loads_safely(hypernet):
     keys = set(hypernet.state_dict())
     assert keys and all(k.startswith(("mlp.", "heads.")) for k in keys)
-    plain = count_parameters(build_network(plain_config(tiny_model())))
+    plain = count_parameters(build_network(segmenting_config(tiny_model())))
     assert count_parameters(hypernet) == plain * (6 + 1) + (3 * 6 + 6) + 2 * (6 * 6 + 6)
     buffer = io.BytesIO()
     torch.save(hypernet.state_dict(), buffer)
@@ -85,7 +86,7 @@ def test_training_starts_from_the_plain_networks_initialisation():
 
 
 def test_model_kinds_and_the_hypernetwork_needs_varying_patches(phantom_dataset):
-    from napari_pgps.engine import train
+    from napari_pgps import train
 
     config = RunConfig()
     assert model_kind(config) == "FP"
@@ -95,9 +96,14 @@ def test_model_kinds_and_the_hypernetwork_needs_varying_patches(phantom_dataset)
     assert model_kind(config) == "PGPS"
     config.model.architecture = "hypernet"
     assert model_kind(config) == "HN"
+    # the engine's rule, for every face: with no schedule named the hypernetwork trains with augment ...
     config = quick_config(phantom_dataset, epochs=1, iterations=1)
     config.model.architecture = "hypernet"
-    with pytest.raises(Exception, match="--schedule augment"):
+    started = next(iter(train(config)))
+    assert (started.kind, started.schedule) == ("HN", "augment")
+    # ... and the constant schedule, named, is refused
+    config.curriculum.schedule = "constant"
+    with pytest.raises(InputError, match="--schedule augment"):
         next(iter(train(config)))
 
 
@@ -140,8 +146,20 @@ def test_memory_estimates_grow_with_the_patch():
     assert (8, 16, 16) in sizes and all(s % d == 0 for size in sizes for s, d in zip(size, patch_divisor(model)))
     estimates = [estimate_memory(model, size, torch.device("cpu")) for size in sizes]
     assert all(e.method == "computed" for e in estimates)
-    assert [e.bytes for e in estimates] == sorted(e.bytes for e in estimates)
+    assert [e.megabytes for e in estimates] == sorted(e.megabytes for e in estimates)
     one = estimate_memory(model, (16, 32, 32), torch.device("cpu"), batch=1)
-    weights = 4 * count_parameters(build_network(plain_config(model)))
-    # at least the input, one 4-channel full-resolution map and the 3-label output are alive at once
-    assert one.bytes >= weights + 4 * 16 * 32 * 32 * (1 + 4 + 3)
+    assert one.weights == 4 * count_parameters(build_network(segmenting_config(model)))
+    # at least one 4-channel full-resolution map and the 3-label output are alive at once
+    assert one.activations >= 4 * 16 * 32 * 32 * (4 + 3)
+
+
+def test_one_memory_measure_for_the_chooser_and_the_pruning_report():
+    """The chooser's shape-only count (meta device) and a real CPU forward pass give the same activations."""
+    from napari_pgps.engine.memory import estimate_memory
+    from napari_pgps.tasks.pruning_report import forward_cost
+
+    model = tiny_model()
+    computed = estimate_memory(model, (16, 32, 32), torch.device("cpu"), batch=1)
+    network = build_network(segmenting_config(model))
+    _, measured_mb = forward_cost(network, (16, 32, 32), torch.device("cpu"))
+    assert measured_mb * 1e6 == pytest.approx(computed.activations, rel=0.02)

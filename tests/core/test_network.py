@@ -3,14 +3,23 @@ import torch
 
 from napari_pgps.config import ModelConfig
 from napari_pgps.errors import InputError
-from napari_pgps.models import build_network, check_inference_patch, plan_unet, training_outputs
-from napari_pgps.models.factory import level_channels
+from napari_pgps.models import (
+    ARCHITECTURES,
+    architecture,
+    build_network,
+    check_inference_patch,
+    deep_supervision_heads,
+    level_channels,
+    patch_divisor,
+    plan_unet,
+    training_outputs,
+)
 
 
-def _model(architecture, patch, base=8, deep_supervision=True):
+def _model(name, patch, base=8, deep_supervision=True):
     plan = plan_unet(patch, (1.0, 1.0, 1.0))
-    return ModelConfig(
-        architecture=architecture,
+    model = ModelConfig(
+        architecture=name,
         patch_size=patch,
         kernel_sizes=plan.kernel_sizes,
         strides=plan.strides,
@@ -18,6 +27,31 @@ def _model(architecture, patch, base=8, deep_supervision=True):
         out_channels=3,
         deep_supervision=deep_supervision,
     )
+    spec = architecture(model)
+    if spec.resolve is not None:
+        model.channels = None
+        spec.resolve(model)
+    return model
+
+
+@pytest.mark.parametrize("name", list(ARCHITECTURES))
+def test_every_registered_network_does_what_its_entry_says(name):
+    """Build each network at its smallest patch (two divisor steps, at least its minimum) and check its entry:
+    the patch it takes, its deep-supervision heads, and that its description is there for the help texts."""
+    spec = ARCHITECTURES[name]
+    probe = _model(name, (32, 32, 32))
+    divisor = patch_divisor(probe)
+    patch = tuple(max(2 * d, spec.minimum_patch) for d in divisor)
+    model = _model(name, patch)
+    network = build_network(model).train()
+    outputs = training_outputs(network, torch.randn(2, 1, *patch))
+    assert len(outputs) == 1 + deep_supervision_heads(model)
+    assert all(o.shape == (2, 3, *patch) for o in outputs)
+    assert (deep_supervision_heads(model) > 0) == spec.deep_supervision
+    assert spec.description and spec.name == name
+    if spec.minimum_patch > 1:
+        with pytest.raises(InputError, match=f"at least {spec.minimum_patch}"):
+            check_inference_patch(model, (divisor[0],) * 3)
 
 
 @pytest.mark.parametrize("architecture, patch", [("dynunet", (16, 32, 24)), ("unet", (16, 32, 24)), ("unetr", (16, 16, 16)), ("swinunetr", (64, 64, 64))])
@@ -45,5 +79,5 @@ def test_inference_patch_checks():
         check_inference_patch(_model("dynunet", (16, 32, 32)), (18, 48, 64))
     with pytest.raises(InputError, match="at least 64"):
         check_inference_patch(_model("swinunetr", (64, 64, 64)), (32, 64, 64))
-    with pytest.raises(InputError, match="UNETR"):
+    with pytest.raises(InputError, match="unetr takes its training patch"):
         check_inference_patch(_model("unetr", (16, 16, 16)), (32, 32, 32))

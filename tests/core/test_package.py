@@ -5,9 +5,9 @@ import sys
 
 import numpy as np
 
-ENGINE_MODULES = ["napari_pgps", "napari_pgps.engine", "napari_pgps.cli", "napari_pgps.evaluation", "napari_pgps.demo",
+ENGINE_MODULES = ["napari_pgps", "napari_pgps.engine", "napari_pgps.cli", "napari_pgps.tasks.evaluation", "napari_pgps.demo",
                   "napari_pgps.data", "napari_pgps.models", "napari_pgps.curriculum", "napari_pgps._sample_data",
-                  "napari_pgps.pruning.workflow"]
+                  "napari_pgps.tasks.pruning", "napari_pgps.tasks.bench", "napari_pgps.tasks.training"]
 
 
 def test_engine_imports_no_qt_and_no_napari():
@@ -40,3 +40,14 @@ def test_manifest_is_valid_and_sample_data_resolves():
 def test_npe2_validate_passes():
     out = subprocess.run([sys.executable, "-m", "npe2", "validate", "napari-pgps"], capture_output=True, text=True)
     assert out.returncode == 0 and "valid" in out.stdout, out.stdout + out.stderr
+
+
+def test_the_packaged_manifest_is_the_top_level_one():
+    """napari.yaml lives at the top level; the package's copy is a link to it (or, in a wheel, its copy)."""
+    from pathlib import Path
+
+    import napari_pgps
+
+    packaged = Path(napari_pgps.__file__).with_name("napari.yaml")
+    top_level = Path(__file__).resolve().parents[2] / "napari.yaml"
+    assert packaged.read_bytes() == top_level.read_bytes()

@@ -7,8 +7,8 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
-
 from helpers import quick_config
+
 from napari_pgps.config import ModelConfig, PruningConfig
 from napari_pgps.models import build_network
 from napari_pgps.models.prm import ALL_KERNELS, VARIANTS, ParallelRedundantModule, Upsample
@@ -17,7 +17,7 @@ from napari_pgps.pruning.progressive import ProgressivePruner, branch_scores, ch
 
 
 def _prm_config(levels: int = 4) -> ModelConfig:
-    from napari_pgps.engine.resolve import resolve_prm
+    from napari_pgps.models.prm import resolve_prm
 
     model = ModelConfig(architecture="prm", patch_size=(16, 32, 32), out_channels=3)
     model.strides = [(1, 1, 1)] + [(2, 2, 2)] * (levels - 1)
@@ -122,8 +122,10 @@ def test_no_pruning_after_the_stop_fraction():
 
 @pytest.mark.parametrize("schedule", ["constant", "pgps-efficiency"])
 def test_progressive_training_prunes_and_its_checkpoint_segments(phantom_dataset, tmp_path, schedule):
+    from napari_pgps import train
     from napari_pgps.cli import main
-    from napari_pgps.engine import PruningStep, load_model, train
+    from napari_pgps.engine import load_model
+    from napari_pgps.events import PruningStep
 
     config = quick_config(phantom_dataset, epochs=6, iterations=2)
     config.curriculum.schedule = schedule
@@ -160,8 +162,9 @@ def test_channel_pruned_network_rebuilds_from_its_state_dict_alone():
 
 
 def test_channel_pruning_keeps_dice_after_fine_tune(phantom_dataset, tmp_path):
-    from napari_pgps.engine import ChannelPruningStep, PruningReport, train
-    from napari_pgps.pruning.workflow import prune_trained_model
+    from napari_pgps import train
+    from napari_pgps.events import ChannelPruningStep, PruningReport
+    from napari_pgps.tasks.pruning import prune_trained_model
 
     config = quick_config(phantom_dataset, epochs=8, iterations=6)
     config.model.base_channels = 16
@@ -195,11 +198,14 @@ def test_prune_command_refuses_bad_input_with_a_clear_message(trained_phantom_ru
     assert not (tmp_path / "out").exists()
 
 
-def test_progressive_pruning_needs_the_prm_network(phantom_dataset):
-    from napari_pgps.engine import train
+def test_progressive_pruning_trains_the_prm_network_and_refuses_another(phantom_dataset):
+    from napari_pgps import train
     from napari_pgps.errors import InputError
 
     config = quick_config(phantom_dataset)
     config.pruning.enabled = True
+    started = next(iter(train(config)))
+    assert started.architecture == "prm"
+    config.model.architecture = "dynunet"
     with pytest.raises(InputError, match="--architecture prm"):
         next(iter(train(config)))

@@ -5,23 +5,12 @@ import time
 import numpy as np
 import pytest
 import torch
-
 from helpers import quick_config
-from napari_pgps.engine import (
-    CheckpointSaved,
-    Finished,
-    Paused,
-    Resumed,
-    RunStarted,
-    StageStarted,
-    StepDone,
-    TrainingControl,
-    TrainingDiverged,
-    Validated,
-    load_checkpoint,
-    train,
-)
+
+from napari_pgps import train
+from napari_pgps.engine import TrainingControl, TrainingDiverged, load_checkpoint
 from napari_pgps.errors import InputError
+from napari_pgps.events import CheckpointSaved, Finished, Paused, Resumed, RunStarted, StageStarted, StepDone, Validated
 
 
 def test_events_files_and_checkpoint_contents(tmp_path, phantom_dataset):

@@ -12,7 +12,7 @@ pytestmark = pytest.mark.gui
 
 @pytest.fixture(scope="module")
 def hypernet_run(tmp_path_factory, phantom_dataset):
-    from napari_pgps.engine import train
+    from napari_pgps import train
 
     config = quick_config(phantom_dataset, epochs=1, iterations=2)
     config.model.architecture = "hypernet"

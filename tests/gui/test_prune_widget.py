@@ -68,8 +68,8 @@ def test_channel_pruning_fills_the_table_and_offers_the_pruned_model(pruner, qtb
     assert all("-" not in cells for cells in rows.values()), rows  # every figure measured before and after
     assert 0 <= float(rows["mean Dice (validation)"][1]) <= 1
 
-    assert [step for step, _ in pruner.points] == [1, 2]
-    assert pruner.points[0][1] > pruner.points[1][1] == _count(after)
+    assert [step for step, _ in pruner.history.parameters] == [1, 2]
+    assert pruner.history.parameters[0][1] > pruner.history.parameters[1][1] == _count(after)
     qtbot.waitUntil(lambda: len(pruner._parameter_line.get_xdata()) == 2, timeout=3000)
 
     run = pruner.run_dir
@@ -86,12 +86,12 @@ def test_progressive_pruning_plots_parameters_over_the_epochs(pruner, qtbot):
     qtbot.waitUntil(lambda: pruner.worker is None, timeout=60_000)
     assert pruner.status.text().startswith("done"), pruner.status.text()
 
-    epochs = [epoch for epoch, _ in pruner.points]
+    epochs = [epoch for epoch, _ in pruner.history.parameters]
     assert epochs[0] == 0 and 1 in epochs and epochs == sorted(epochs)
     rows = _table(pruner)
     assert pruner.table.horizontalHeaderItem(0).text() == "unpruned start"
     before, after, _ = rows["parameters"]
-    assert _count(before) == pruner.points[0][1] and _count(after) == pruner.points[-1][1] <= _count(before)
+    assert _count(before) == pruner.history.parameters[0][1] and _count(after) == pruner.history.parameters[-1][1] <= _count(before)
     assert rows["mean Dice (validation)"][0] == "-" and 0 <= float(rows["mean Dice (validation)"][1]) <= 1
     qtbot.waitUntil(lambda: list(pruner._parameter_line.get_xdata()) == epochs, timeout=3000)
     assert pruner._parameter_axes.get_xlabel() == "epoch"
@@ -108,7 +108,7 @@ def test_stop_returns_to_idle_and_keeps_the_last_checkpoint(pruner, qtbot):
     assert pruner.start.isEnabled() and not pruner.stop.isEnabled()
     assert (pruner.run_dir / "checkpoint_last.pt").is_file()
     assert not (pruner.run_dir / "checkpoint_final.pt").exists() and not (pruner.run_dir / "pruning_report.json").exists()
-    assert pruner.report is None and pruner.table.item(0, 0) is None
+    assert pruner.history.report is None and pruner.table.item(0, 0) is None
     assert pruner.progress.format() == "stopped"
 
 

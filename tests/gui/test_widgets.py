@@ -63,14 +63,14 @@ def test_train_watch_stop_then_segment(viewer_with_phantom, qtbot, tmp_path):
 
     trainer.start_training()
     assert not trainer.start.isEnabled() and trainer.stop.isEnabled()
-    qtbot.waitUntil(lambda: len(trainer.steps) >= 7, timeout=120_000)
+    qtbot.waitUntil(lambda: len(trainer.history.steps) >= 7, timeout=120_000)
     assert "CPU" in trainer.device_label.text()
     assert trainer.progress.value() >= 6 and "ETA" in trainer.progress.format()
     overlay = viewer.layers[OVERLAY_NAME]
     assert overlay.data.shape == image.data.shape and overlay.data.any()
     np.testing.assert_allclose(overlay.scale, image.scale)
     qtbot.waitUntil(lambda: trainer.curves.redraws >= 2 and trainer.balance.redraws >= 2, timeout=5000)
-    assert len({s.patch for s in trainer.steps}) >= 2  # the patch grew
+    assert len({s.patch for s in trainer.history.steps}) >= 2  # the patch grew
 
     stop_asked = time.perf_counter()
     trainer.stop_training()

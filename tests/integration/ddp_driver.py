@@ -26,9 +26,11 @@ from pathlib import Path
 
 import torch
 
+from napari_pgps import train
 from napari_pgps.config import RunConfig
-from napari_pgps.engine import Finished, StepDone, TrainingControl, distributed, train, trainer
+from napari_pgps.engine import TrainingControl, distributed, trainer
 from napari_pgps.engine.resolve import resolve_config
+from napari_pgps.events import Finished, StepDone
 from napari_pgps.models import build_network, training_outputs
 
 STOP_AFTER_STEP = 4

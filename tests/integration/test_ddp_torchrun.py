@@ -88,7 +88,7 @@ def test_weights_stay_identical_on_every_rank_after_every_step(driven):
 
 def test_only_rank_zero_writes_and_the_checkpoint_holds_every_rank_sampler_state(driven):
     assert sorted(p.name for p in (driven / "straight").iterdir()) == [
-        "checkpoint_best.pt", "checkpoint_final.pt", "checkpoint_last.pt", "config.yaml", "metrics.jsonl"]
+        "checkpoint_best.pt", "checkpoint_final.pt", "checkpoint_last.pt", "config.yaml", "metrics.jsonl", "splits.json"]
     logged = [json.loads(line) for line in (driven / "straight" / "metrics.jsonl").read_text().splitlines()]
     assert [e["event"] for e in logged].count("RunStarted") == 1
     assert [e["crop_origins"] for e in logged if e["event"] == "StepDone"] == [

@@ -11,10 +11,12 @@ import nibabel as nib
 import numpy as np
 import pytest
 
+from napari_pgps import train
 from napari_pgps.cli import main
 from napari_pgps.config import RunConfig
-from napari_pgps.engine import Finished, StepDone, TrainingControl, train
+from napari_pgps.engine import TrainingControl
 from napari_pgps.engine.metrics import dice_per_label
+from napari_pgps.events import Finished, StepDone
 
 pytestmark = pytest.mark.integration
 

@@ -28,17 +28,9 @@ from qtpy.QtWidgets import (
 )
 
 from ..config import DEVICES
-from ..engine import TrainingControl
-from ..engine.events import (
-    ChannelPruningStep,
-    Finished,
-    PruningReport,
-    PruningStep,
-    RunStarted,
-    StepDone,
-    Validated,
-)
-from ..pruning.report import REPORT_ROWS
+from ..engine import TrainingControl, TrainingProgress
+from ..events import ChannelPruningStep, Finished, PruningReport, PruningStep, RunStarted, StepDone, Validated
+from ..tasks.pruning_report import REPORT_ROWS
 from .forms import spin_box
 from .plots import PlotCanvas
 from .state import state_for
@@ -53,8 +45,8 @@ PRM_VARIANTS = {
 
 
 def _pruning_events(progressive: bool, *args, **kwargs):
-    """The engine's generator, imported and run by napari's thread worker off the GUI thread."""
-    from ..pruning.workflow import prune_trained_model, train_progressively_pruned
+    """The pruning task's generator, imported and run by napari's thread worker off the GUI thread."""
+    from ..tasks.pruning import prune_trained_model, train_progressively_pruned
 
     yield from (train_progressively_pruned if progressive else prune_trained_model)(*args, **kwargs)
 
@@ -69,11 +61,9 @@ class PruneWidget(QWidget):
         self.worker = None
         self.control: Optional[TrainingControl] = None
         self.run_dir: Optional[Path] = None
-        self.report: Optional[PruningReport] = None
         self.progressive = False
-        self.points: list[tuple[int, int]] = []
-        """(epoch or pruning step, parameters) for the plot."""
-        self.epochs = self.total_steps = 0
+        self.history = TrainingProgress()
+        """The run's events folded; ``history.parameters`` is the plot, ``history.report`` the table."""
 
         self.mode = QComboBox()
         for key, name in MODE_NAMES.items():
@@ -232,8 +222,7 @@ class PruneWidget(QWidget):
                       "fine_tune_epochs": self.fine_tune_epochs.value() or None, "device": self.device.currentText(),
                       "control": self.control}
             self._show_phase("measuring the model before pruning...")
-        self.points = []
-        self.report = None
+        self.history = TrainingProgress()
         self.table.clearContents()
         self.plot.mark_stale()
         # handlers given at creation: an "errored" handler connected later would not stop the default re-raise
@@ -261,21 +250,19 @@ class PruneWidget(QWidget):
 
     # -- events -------------------------------------------------------------------
     def _on_event(self, event) -> None:
+        history = self.history.update(event)
+        if isinstance(event, (ChannelPruningStep, PruningStep, RunStarted)):
+            self.plot.mark_stale()
         if isinstance(event, ChannelPruningStep):
             self._show_phase(f"pruning step {event.step}/{event.steps}", event.step, event.steps)
-            self._add_point(event.step, event.parameters)
         elif isinstance(event, RunStarted):
-            self.epochs, self.total_steps = event.epochs, event.epochs * event.iterations_per_epoch
-            self._show_phase(self._epoch_phase(0), 0, self.total_steps)
+            self._show_phase(self._epoch_phase(0), 0, history.total_steps)
             self.status.setText(f"{'training' if self.progressive else 'fine-tuning'} on {event.device}: "
                                 f"{event.training_cases} training / {event.validation_cases} validation case(s), "
                                 f"{event.parameters:,} parameters")
-            if self.progressive:
-                self._add_point(0, event.parameters)
         elif isinstance(event, StepDone):
-            self._show_phase(self._epoch_phase(event.epoch), event.step, self.total_steps)
+            self._show_phase(self._epoch_phase(event.epoch), history.steps_done, history.total_steps)
         elif isinstance(event, PruningStep):
-            self._add_point(event.epoch, event.parameters)
             self.status.setText(f"epoch {event.epoch}: {event.action} {', '.join(event.branches)}; "
                                 f"{event.parameters:,} parameters")
         elif isinstance(event, Validated):
@@ -292,7 +279,7 @@ class PruneWidget(QWidget):
             self._show_report(event)
 
     def _epoch_phase(self, epoch: int) -> str:
-        return f"{'training' if self.progressive else 'fine-tune'} epoch {epoch + 1}/{self.epochs}"
+        return f"{'training' if self.progressive else 'fine-tune'} epoch {epoch + 1}/{self.history.started.epochs}"
 
     def _on_error(self, exc: Exception) -> None:
         from napari.utils.notifications import show_error
@@ -308,7 +295,6 @@ class PruneWidget(QWidget):
 
     def _show_report(self, report: PruningReport) -> None:
         """Fill the before/after table; the ratio is pruned / before."""
-        self.report = report
         self.table.setHorizontalHeaderLabels([report.before_name, "pruned", "pruned / before"])
         for row, (field, _, fmt) in enumerate(REPORT_ROWS):
             before, after = report.before[field], report.after[field]
@@ -322,10 +308,6 @@ class PruneWidget(QWidget):
                             f"report in {Path(report.path).parent}")
 
     # -- plot -----------------------------------------------------------------------
-    def _add_point(self, x: int, parameters: int) -> None:
-        self.points.append((x, parameters))
-        self.plot.mark_stale()
-
     def _draw_parameters(self, figure) -> None:
         """Update (create on first call) the parameters line; no figure rebuild while pruning."""
         if not hasattr(self, "_parameter_line"):
@@ -338,6 +320,7 @@ class PruneWidget(QWidget):
             self._parameter_axes.yaxis.set_major_formatter(EngFormatter())
             self._parameter_axes.xaxis.set_major_locator(MaxNLocator(integer=True))
         self._parameter_axes.set_xlabel("epoch" if self.progressive else "pruning step")
-        self._parameter_line.set_data([p[0] for p in self.points], [p[1] for p in self.points])
+        points = self.history.parameters
+        self._parameter_line.set_data([p[0] for p in points], [p[1] for p in points])
         self._parameter_axes.relim()
         self._parameter_axes.autoscale_view()

@@ -44,13 +44,13 @@ def _segment(model_path: str, image, patch, mirror: bool, uncertainty: bool, dev
 
 def _estimate(model_path: str, device: str):
     """Yield the memory estimate of each candidate patch size of a model (run folder or checkpoint), smallest first."""
-    from ..config import RunConfig
+    from ..config import CONFIG_FILE, RunConfig
     from ..engine import find_checkpoint, load_checkpoint, pick_device
     from ..engine.memory import candidate_patches, estimate_memory
 
     path = Path(model_path)
-    if (path / "config.yaml").is_file():
-        config = RunConfig.load(path / "config.yaml")
+    if (path / CONFIG_FILE).is_file():
+        config = RunConfig.load(path / CONFIG_FILE)
     else:
         checkpoint = find_checkpoint(path)
         config = RunConfig.from_dict(load_checkpoint(checkpoint)["config"], source=str(checkpoint))
@@ -88,10 +88,10 @@ class SegmentWidget(QWidget):
             spin.setEnabled(False)
         self.sizes = QComboBox()
         self.sizes.setToolTip(
-            "patch sizes with the memory one sliding-window batch takes on the chosen device: measured by a forward "
-            "pass on a CUDA GPU (torch.cuda.max_memory_allocated), computed on the CPU from the tensors a forward pass "
-            "keeps alive (weights + activations, without allocator overhead). AP and HN models segment well at other "
-            "sizes than the training one; a hypernetwork (HN) is baked for the chosen size."
+            "patch sizes with the memory one sliding-window batch takes on the chosen device, in MB (10^6 bytes): the "
+            "weights plus the peak of the tensors a forward pass creates, measured by the allocator on a CUDA GPU, "
+            "computed without running the network elsewhere (allocator overhead not included). AP and HN models "
+            "segment well at other sizes than the training one; a hypernetwork (HN) is baked for the chosen size."
         )
         self.estimate = QPushButton("Estimate memory")
         self._estimates: dict[tuple[str, str], list] = {}
@@ -164,11 +164,11 @@ class SegmentWidget(QWidget):
 
     def _show_training_patch(self, model: Path) -> None:
         """Show a run folder's training patch in the (disabled) patch boxes."""
-        from ..config import RunConfig
+        from ..config import CONFIG_FILE, RunConfig
         from ..errors import InputError
 
         try:
-            patch = RunConfig.load(model / "config.yaml").model.patch_size if model.is_dir() else None
+            patch = RunConfig.load(model / CONFIG_FILE).model.patch_size if model.is_dir() else None
         except InputError:
             patch = None
         for spin, value in zip(self.patch, patch or ()):
@@ -321,5 +321,7 @@ class SegmentWidget(QWidget):
             for column, text in enumerate((name, f"{volume['voxels']}", f"{volume['ml']:.3f}")):
                 self.table.setItem(row, column, QTableWidgetItem(text))
         size = " x ".join(str(s) for s in (patch or model.patch_size))
-        baked = ", hypernetwork baked for it" if model.config.model.architecture == "hypernet" else ""
+        from ..models import architecture
+
+        baked = ", hypernetwork baked for it" if architecture(model.config.model).bakes_to else ""
         self.status.setText(f"'{self.result_layer.name}' added (patch {size}{baked})")

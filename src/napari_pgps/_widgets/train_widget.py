@@ -24,17 +24,9 @@ from qtpy.QtWidgets import (
 )
 
 from ..config import DEVICES, RunConfig
-from ..engine import TrainingControl
-from ..engine.events import (
-    CasesAdded,
-    Finished,
-    Paused,
-    Resumed,
-    RunStarted,
-    StageStarted,
-    StepDone,
-    Validated,
-)
+from ..engine import TrainingControl, TrainingProgress
+from ..engine.progress import duration_text, size_text
+from ..events import CasesAdded, Finished, Paused, Resumed, RunStarted, StageStarted, StepDone, Validated
 from .layers import box_outlines, find_layer, training_set_from_layers
 from .plots import PlotCanvas
 from .state import state_for
@@ -44,8 +36,8 @@ OVERLAY_INTERVAL_S = 0.5
 
 
 def _train_events(config: RunConfig, run_dir: Path, dataset, control: TrainingControl):
-    """The engine's generator, run by napari's thread worker off the GUI thread."""
-    from ..engine import train
+    """The training generator (every method plugged in), run by napari's thread worker off the GUI thread."""
+    from ..tasks.training import train
 
     yield from train(config, run_dir, dataset=dataset, control=control)
 
@@ -205,40 +197,26 @@ class TrainWidget(QWidget):
 
     # -- events -------------------------------------------------------------------
     def _reset_history(self) -> None:
-        self.steps: list[StepDone] = []
-        self.validations: list[tuple[int, float]] = []
-        self.volume_fractions: tuple[float, ...] = ()
-        self.label_names: tuple[str, ...] = ()
-        self.total_steps = 0
-        self.first_step = 0
-        self.started_at = time.perf_counter()
+        self.history = TrainingProgress()
         self._last_overlay = 0.0
 
     def _on_event(self, event) -> None:
+        history = self.history.update(event)
         if isinstance(event, RunStarted):
-            self.total_steps = (event.epochs - event.start_epoch) * event.iterations_per_epoch
-            self.first_step = event.start_epoch * event.iterations_per_epoch
-            self.volume_fractions, self.label_names = event.volume_class_fractions, event.label_names
             self.device_label.setText(f"device: {event.device}")
-            self.progress.setRange(0, max(self.total_steps, 1))
-            self.started_at = time.perf_counter()
+            self.progress.setRange(0, max(history.total_steps, 1))
             self.status.setText(f"{event.training_cases} training / {event.validation_cases} validation case(s), "
-                                f"{event.parameters:,} parameters, final patch {'x'.join(map(str, event.final_patch))}")
+                                f"{event.parameters:,} parameters, final patch {size_text(event.final_patch)}")
         elif isinstance(event, StepDone):
-            self.steps.append(event)
-            done = event.step - self.first_step
-            self.progress.setValue(done)
-            elapsed = time.perf_counter() - self.started_at
-            eta = elapsed / max(done, 1) * (self.total_steps - done)
-            self.progress.setFormat(f"%v / %m steps, ETA {int(eta // 60)}m{int(eta % 60):02d}s")
+            self.progress.setValue(history.steps_done)
+            self.progress.setFormat(f"%v / %m steps, ETA {duration_text(history.eta_seconds)}")
             self.curves.mark_stale()
             self.balance.mark_stale()
             if time.perf_counter() - self._last_overlay >= OVERLAY_INTERVAL_S:
                 self._show_patches(event)
         elif isinstance(event, StageStarted):
-            self.status.setText(f"stage {event.stage + 1}: patch {'x'.join(map(str, event.patch))}, batch {event.batch}")
+            self.status.setText(f"stage {event.stage + 1}: patch {size_text(event.patch)}, batch {event.batch}")
         elif isinstance(event, Validated):
-            self.validations.append((self.steps[-1].step if self.steps else 0, event.mean_dice))
             self.curves.mark_stale()
             if event.on_training_cases:
                 self.status.setText(f"Dice {event.mean_dice:.3f} on the training case(s): no case left to hold out")
@@ -303,20 +281,21 @@ class TrainWidget(QWidget):
             size_ax.legend(fontsize=6, loc="lower right")
             self._curve_axes = (loss_ax, size_ax, batch_ax)
             self._curve_lines = lines
-        lines = self._curve_lines
-        steps = [s.step for s in self.steps]
-        lines["loss"].set_data(steps, [s.loss for s in self.steps])
-        lines["dice"].set_data([v[0] for v in self.validations], [v[1] for v in self.validations])
+        lines, history = self._curve_lines, self.history
+        steps = [s.step for s in history.steps]
+        lines["loss"].set_data(steps, [s.loss for s in history.steps])
+        lines["dice"].set_data([v.step for v in history.validations], [v.result.mean_dice for v in history.validations])
         for axis, name in enumerate("ZYX"):
-            lines[name].set_data(steps, [s.patch[axis] for s in self.steps])
-        lines["batch"].set_data(steps, [s.batch for s in self.steps])
+            lines[name].set_data(steps, [s.patch[axis] for s in history.steps])
+        lines["batch"].set_data(steps, [s.batch for s in history.steps])
         for ax in self._curve_axes:
             ax.relim()
             ax.autoscale_view()
 
     def _draw_balance(self, figure) -> None:
         """Bars of each label's share in the last 10 steps' crops beside its share in the whole volumes."""
-        names = self.label_names[1:]
+        run = self.history.started
+        names = run.label_names[1:] if run is not None else ()
         if getattr(self, "_balance_names", None) != names:
             figure.clear()
             ax = figure.add_subplot(111)
@@ -328,11 +307,12 @@ class TrainWidget(QWidget):
             ax.set_ylabel("voxel fraction")
             ax.legend(fontsize=6)
             self._balance_ax, self._balance_names = ax, names
-        if not self.steps or not names:
+        recent = self.history.recent_class_fractions()
+        if recent is None or not names:
             return
-        recent = np.mean([s.class_fractions for s in self.steps[-10:]], axis=0)[1:]
-        for bar, value in zip(self._balance_bars, recent):
+        volumes = run.volume_class_fractions[1:]
+        for bar, value in zip(self._balance_bars, recent[1:]):
             bar.set_height(value)
-        for bar, value in zip(self._volume_bars, self.volume_fractions[1:]):
+        for bar, value in zip(self._volume_bars, volumes):
             bar.set_height(value)
-        self._balance_ax.set_ylim(0, 1.15 * max(max(recent), max(self.volume_fractions[1:]), 1e-3))
+        self._balance_ax.set_ylim(0, 1.15 * max(max(recent[1:]), max(volumes), 1e-3))

@@ -2,18 +2,22 @@
 
 Cases of different shapes are compared on a common grid: each normalised image
 is resampled (trilinear) to ``GRID`` voxels, Z, Y, X. The similarity metrics are
-MONAI's (MSE, PSNR, SSIM).
+MONAI's (MSE, PSNR, SSIM). :class:`PDLCurriculum` plugs the curriculum into the
+training loop: it ranks the cases when the run starts and widens the sampler's
+pool of cases at the start of the epochs where a group joins.
 """
 
 from __future__ import annotations
 
 import math
-from typing import Optional, Sequence
+from typing import Iterator, Optional, Sequence
 
 import numpy as np
 import torch
 
 from ..errors import InputError
+from ..events import CasesAdded
+from ..plugins import TrainingPlugin, TrainingRun
 
 METRICS = ("mse", "psnr", "ssim")
 GRID = (32, 32, 32)
@@ -72,3 +76,36 @@ def active_cases(epoch: int, total: int, groups: int, every_epochs: int) -> int:
 def default_interval(epochs: int, groups: int) -> int:
     """Spread the groups over the first half of training: the last group joins at about half-way."""
     return max(1, epochs // (2 * max(1, groups - 1))) if groups > 1 else epochs
+
+
+class PDLCurriculum(TrainingPlugin):
+    """The PDL data curriculum as a training-loop plug-in (active when ``curriculum.pdl.enabled``)."""
+
+    name = "pdl"
+
+    def __init__(self) -> None:
+        self.order: Optional[list[int]] = None
+        self.active = 0
+
+    def start(self, run: TrainingRun) -> None:
+        pdl = run.config.curriculum.pdl
+        if not pdl.enabled:
+            return
+        reference = None
+        if pdl.reference is not None:
+            if pdl.reference not in run.training_names:
+                raise InputError(f"PDL reference case '{pdl.reference}' is not among the training cases.")
+            reference = run.training_names.index(pdl.reference)
+        self.order, _ = rank_cases(run.training_images, pdl.metric, reference)
+
+    def epoch_start(self, run: TrainingRun, epoch: int) -> Iterator[CasesAdded]:
+        if self.order is None:
+            return
+        pdl = run.config.curriculum.pdl
+        every = pdl.every_epochs or default_interval(run.config.training.epochs, pdl.groups)
+        count = active_cases(epoch, len(self.order), pdl.groups, every)
+        if count != self.active:
+            self.active = count
+            run.sampler.set_active(self.order[:count])
+            names = tuple(run.training_names[i] for i in self.order[:count])
+            yield CasesAdded(epoch=epoch, cases=count, total=len(self.order), names=names)

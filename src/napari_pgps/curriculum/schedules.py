@@ -5,7 +5,8 @@ size, mode) into a :class:`Schedule`: stages the trainer follows in order, and
 for the random schedules a rule for drawing each step's patch. Sizes are
 (Z, Y, X); an axis with ``p`` 2x poolings takes multiples of ``2 ** p``.
 
-Schedules (``../shared/docs/methods.md`` sections 1 and 4):
+Schedules (PGPS: Fischer, Lang et al., MICCAI 2024, arXiv 2407.07853, and its journal extension,
+arXiv 2510.23241; patch-size augmentation: Balle Sanchez et al., MIDL 2025):
 
 * ``constant``: the final patch and batch for the whole run (the baseline).
 * ``pgps-efficiency`` / ``pgps-performance``: Progressive Growing of Patch

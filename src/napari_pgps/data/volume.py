@@ -16,7 +16,6 @@ Conventions:
 from __future__ import annotations
 
 import os
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional
@@ -24,6 +23,7 @@ from typing import Any, Optional
 import numpy as np
 
 from ..errors import InputError
+from ..files import atomic_path
 
 NIFTI_SUFFIXES = (".nii", ".nii.gz")
 TIFF_SUFFIXES = (".tif", ".tiff")
@@ -211,12 +211,11 @@ def write_volume(volume: Volume, path: str | os.PathLike) -> Path:
     import nibabel as nib
 
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     name = path.name.lower()
     suffix = ".nii.gz" if name.endswith(".nii.gz") else path.suffix
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=suffix)
-    os.close(fd)
-    try:
+    if not name.endswith(NIFTI_SUFFIXES + TIFF_SUFFIXES):
+        raise InputError(f"{path}: choose an output ending in .nii.gz, .nii, .tif or .tiff.")
+    with atomic_path(path, suffix=suffix) as tmp:
         if name.endswith(NIFTI_SUFFIXES):
             data = np.transpose(volume.array, (2, 1, 0))
             header = volume.header.copy() if volume.header is not None else None
@@ -225,14 +224,10 @@ def write_volume(volume: Volume, path: str | os.PathLike) -> Path:
             if header is not None:
                 image.header.set_slope_inter(1.0, 0.0)
             nib.save(image, tmp)
-        elif name.endswith(TIFF_SUFFIXES):
+        else:
             import tifffile
 
             sz, sy, sx = volume.spacing
-            tifffile.imwrite(tmp, volume.array, imagej=True, resolution=(1 / sx, 1 / sy), metadata={"spacing": sz, "axes": "ZYX"})
-        else:
-            raise InputError(f"{path}: choose an output ending in .nii.gz, .nii, .tif or .tiff.")
-        os.replace(tmp, path)
-    finally:
-        Path(tmp).unlink(missing_ok=True)
+            tifffile.imwrite(tmp, volume.array, imagej=True, resolution=(1 / sx, 1 / sy),
+                             metadata={"spacing": sz, "axes": "ZYX"})
     return path

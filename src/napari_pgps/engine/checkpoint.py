@@ -5,18 +5,19 @@ saved with ``torch.save`` and loaded with ``torch.load(weights_only=True)``,
 so reading one never runs code found in the file.
 
 Keys: ``format``, ``version``, ``config`` (the resolved :class:`RunConfig` as a
-dict), ``model``, ``optimizer``, ``scheduler``, ``scaler`` (state dicts),
-``epoch`` (epochs completed), ``step``, ``rng`` (torch / numpy / CUDA states;
-under torchrun also ``numpy_ranks``, every rank's sampler state in rank order,
-and ``schedule``, the shared patch-draw state), ``best_mean_dice``,
-``training_seconds``.
+dict), ``kind`` (the model kind, FP, AP, HN, PGPS or RPSS), ``model``,
+``optimizer``, ``scheduler``, ``scaler`` (state dicts), ``plugins`` (each
+training-loop plug-in's state by its name), ``split`` (the training and
+validation case names), ``epoch`` (epochs completed), ``step``, ``rng``
+(torch / numpy / CUDA states; under torchrun also ``numpy_ranks``, every
+rank's sampler state in rank order, and ``schedule``, the shared patch-draw
+state), ``best_mean_dice``, ``last_mean_dice``, ``training_seconds``.
 """
 
 from __future__ import annotations
 
 import os
 import pickle
-import tempfile
 import zipfile
 from pathlib import Path
 from typing import Any
@@ -24,12 +25,15 @@ from typing import Any
 import torch
 
 from ..errors import CheckpointError, InputError
+from ..files import atomic_write
 
 FORMAT = "napari-pgps-checkpoint"
 VERSION = 1
 LAST = "checkpoint_last.pt"
 BEST = "checkpoint_best.pt"
 FINAL = "checkpoint_final.pt"
+SPLITS_FILE = "splits.json"
+"""Beside the checkpoints: the run's training and validation case names, ``{"training": [...], "validation": [...]}``."""
 
 
 def save_checkpoint(payload: dict[str, Any], path: str | os.PathLike) -> Path:
@@ -39,17 +43,8 @@ def save_checkpoint(payload: dict[str, Any], path: str | os.PathLike) -> Path:
     it, so a crash leaves either the old checkpoint or the new one, never half.
     """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            torch.save({"format": FORMAT, "version": VERSION, **payload}, handle)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with atomic_write(path, "wb") as handle:
+        torch.save({"format": FORMAT, "version": VERSION, **payload}, handle)
     return path
 
 

@@ -51,6 +51,9 @@ class SegmentationModel:
     config: RunConfig
     device: torch.device
     checkpoint: Optional[str] = None
+    split: Optional[dict[str, list[str]]] = None
+    """The case names it was trained and validated on, ``{"training": [...], "validation": [...]}``, as saved in its
+    checkpoint (and in ``splits.json`` beside it); ``None`` for checkpoints written before splits were saved."""
     _baked: Optional[tuple[tuple[int, int, int], nn.Module]] = field(default=None, init=False, repr=False)
 
     @property
@@ -86,7 +89,8 @@ def load_model(model: str | os.PathLike, device: str | torch.device = "auto") ->
         raise CheckpointError(f"{path}: the checkpoint's network cannot be rebuilt ({exc}).") from None
     device = device if isinstance(device, torch.device) else pick_device(device)
     network.to(device).eval()
-    return SegmentationModel(network=network, config=config, device=device, checkpoint=str(path))
+    return SegmentationModel(network=network, config=config, device=device, checkpoint=str(path),
+                             split=payload.get("split"))
 
 
 def window_count(shape: Sequence[int], patch: Sequence[int], overlap: float = OVERLAP) -> int:

@@ -1,13 +1,18 @@
-"""How much memory segmenting with a given patch size takes: one sliding-window batch through the network.
+"""How much memory a network's tensors take: one measure for the patch-size chooser and the pruning reports.
 
-On a CUDA GPU the memory is *measured*: a forward pass of zeros under the
-same autocast as inference, ``torch.cuda.max_memory_allocated`` before and
-after. Elsewhere (CPU, MPS) it is *computed* without running a convolution:
-the network runs on PyTorch's ``meta`` device (shapes only) while every
-tensor an operation creates is counted from its creation until it is freed;
-the estimate is the peak of that count plus the weights. It leaves out the
-allocator's caching and the scratch space of the convolution libraries, so
-the real peak is somewhat higher.
+The measure is the peak of the bytes held by the tensors a pass creates
+(activations, gradients, temporary buffers), from their creation until they
+are freed; the network's weights and the input are not counted. It is in
+bytes; every face shows it in MB (10^6 bytes).
+
+- On a CUDA GPU it is measured by the allocator: ``torch.cuda.max_memory_allocated``
+  during the pass minus what was allocated before it.
+- Elsewhere (CPU, MPS, and PyTorch's shape-only ``meta`` device) every
+  storage an operation's output uses is counted once, from the first output
+  that shows it until that tensor is freed (:class:`TensorMemory`). On the
+  ``meta`` device no arithmetic runs, so a network of any size is measured at
+  once. It leaves out the allocator's caching and the convolution libraries'
+  scratch space, so a process's real peak is somewhat higher.
 """
 
 from __future__ import annotations
@@ -15,34 +20,93 @@ from __future__ import annotations
 import math
 import weakref
 from dataclasses import dataclass
-from typing import Sequence
+from typing import Callable, Sequence
 
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
+from torch.utils._pytree import tree_flatten
 
 from ..config import ModelConfig
-from ..models import build_network
+from ..models import build_network, patch_divisor, segmenting_config
+
+MB = 1e6
+"""Bytes in the MB every face shows."""
+
+
+class TensorMemory(TorchDispatchMode):
+    """Counts the bytes of the storages that operations' outputs use while they are alive; keeps the peak.
+
+    Works on real devices and on ``meta``: a storage is known by its address
+    (``StorageImpl``), not by its data pointer.
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.live = 0
+        self.peak = 0
+        self._storages: set[int] = set()
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        output = func(*args, **(kwargs or {}))
+        for tensor in tree_flatten(output)[0]:
+            if isinstance(tensor, torch.Tensor):
+                self._track(tensor)
+        self.peak = max(self.peak, self.live)
+        return output
+
+    def _track(self, tensor: torch.Tensor) -> None:
+        storage = tensor.untyped_storage()
+        key, size = storage._cdata, storage.nbytes()
+        if key in self._storages or size == 0:
+            return
+        self._storages.add(key)
+        self.live += size
+        weakref.finalize(tensor, self._free, key, size)
+
+    def _free(self, key: int, size: int) -> None:
+        self._storages.discard(key)
+        self.live -= size
+
+
+def peak_tensor_bytes(work: Callable[[], object], device: torch.device) -> int:
+    """Peak bytes of the tensors ``work()`` creates (weights and inputs made before it excluded)."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+        before = torch.cuda.memory_allocated(device)
+        torch.cuda.reset_peak_memory_stats(device)
+        work()
+        torch.cuda.synchronize(device)
+        return int(torch.cuda.max_memory_allocated(device) - before)
+    tracker = TensorMemory()
+    with tracker:
+        work()
+    return tracker.peak
+
+
+def weight_bytes(network: torch.nn.Module) -> int:
+    """Bytes of a network's parameters and buffers."""
+    return sum(t.numel() * t.element_size() for t in (*network.parameters(), *network.buffers()))
 
 
 @dataclass(frozen=True)
 class MemoryEstimate:
-    """Bytes one forward pass of ``batch`` windows of ``patch`` (Z, Y, X) takes; ``method`` is "measured" or "computed"."""
+    """Memory of segmenting with ``batch`` windows of ``patch`` (Z, Y, X) at a time.
+
+    ``method`` is "measured" (CUDA allocator) or "computed" (tensors counted on the meta device).
+    """
 
     patch: tuple[int, int, int]
     batch: int
-    bytes: int
+    weights: int
+    """Bytes of the network's parameters and buffers."""
+    activations: int
+    """Peak bytes of the forward pass's tensors (:func:`peak_tensor_bytes`)."""
     method: str
 
     @property
     def megabytes(self) -> float:
-        return self.bytes / 2**20
-
-
-def segmenting_network_config(model: ModelConfig) -> ModelConfig:
-    """The config of the network that actually segments: for a hypernetwork, the plain DynUNet it bakes."""
-    from ..models.hypernetwork import plain_config
-
-    return plain_config(model) if model.architecture == "hypernet" else model
+        """Weights and activations together, in MB (10^6 bytes)."""
+        return (self.weights + self.activations) / MB
 
 
 SCALES = (0.25, 0.5, 0.75, 1.0, 1.25, 1.5)
@@ -53,8 +117,6 @@ def candidate_patches(model: ModelConfig) -> list[tuple[int, int, int]]:
 
     Sizes whose bottleneck would hold a single voxel are left out (instance normalisation needs two).
     """
-    from ..models import patch_divisor
-
     divisor = patch_divisor(model)
     sizes = []
     for scale in SCALES:
@@ -70,49 +132,21 @@ def estimate_memory(
     """Memory of segmenting with windows of ``patch_size`` (Z, Y, X), ``batch`` windows at a time.
 
     The weights do not change the memory, so a freshly built network of the
-    same config stands in for the trained one.
+    same config (for a hypernetwork, the plain network it bakes) stands in for
+    the trained one. On a CUDA GPU the pass runs for real under the same
+    autocast as inference; elsewhere on the meta device.
     """
     patch = tuple(int(p) for p in patch_size)
-    config = segmenting_network_config(model)
-    shape = (batch, config.in_channels) + patch
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-        before = torch.cuda.memory_allocated(device)
-        torch.cuda.reset_peak_memory_stats(device)
-        network = build_network(config).to(device).eval()
-        with torch.inference_mode(), torch.autocast("cuda", dtype=torch.float16, enabled=mixed_precision):
-            network(torch.zeros(shape, device=device))
-        torch.cuda.synchronize(device)
-        used = torch.cuda.max_memory_allocated(device) - before
-        del network
-        return MemoryEstimate(patch, batch, int(used), "measured")
-    with torch.device("meta"):
+    config = segmenting_config(model)
+    measured = device.type == "cuda"
+    where = device if measured else torch.device("meta")
+    with torch.device(where):
         network = build_network(config).eval()
-    weights = sum(p.numel() * p.element_size() for p in network.parameters())
-    counter = _LiveTensors()
-    with torch.inference_mode(), counter:
-        network(torch.zeros(shape, device="meta"))
-    return MemoryEstimate(patch, batch, int(weights + counter.peak), "computed")
+        windows = torch.zeros((batch, config.in_channels) + patch)
 
+    def forward() -> None:
+        with torch.inference_mode(), torch.autocast("cuda", dtype=torch.float16, enabled=measured and mixed_precision):
+            network(windows)
 
-class _LiveTensors(TorchDispatchMode):
-    """Counts the bytes of the tensors operations create (not views or in-place results) while they live."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.live = 0
-        self.peak = 0
-
-    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-        out = func(*args, **(kwargs or {}))
-        results = out if isinstance(out, (tuple, list)) else (out,)
-        for tensor, returned in zip(results, func._schema.returns):
-            if isinstance(tensor, torch.Tensor) and returned.alias_info is None:
-                size = math.prod(tensor.shape) * tensor.element_size()
-                self.live += size
-                weakref.finalize(tensor, self._free, size)
-        self.peak = max(self.peak, self.live)
-        return out
-
-    def _free(self, size: int) -> None:
-        self.live -= size
+    activations = peak_tensor_bytes(forward, where)
+    return MemoryEstimate(patch, batch, weight_bytes(network), activations, "measured" if measured else "computed")

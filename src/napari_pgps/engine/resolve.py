@@ -1,9 +1,13 @@
-"""Filling a configuration's automatic (``None``) values from the data and the device.
+"""Filling a configuration's automatic (``None``) values from the data, the device and the other choices.
 
 The defaults depend on the device so that ``napari-pgps train --data DIR``
 with no other flag is sensible everywhere: on a CPU a smaller network and
 fewer steps (the default run on the hippocampus task finishes within 15
 minutes on 2 cores), on a GPU an nnU-Net-sized network and longer training.
+Defaults that follow from another choice are set here too, so that every
+face (command line, widgets, Python) gets the same: progressive pruning
+trains the PSP-Seg network, the hypernetwork trains with patch-size
+augmentation (both from the architecture registry).
 """
 
 from __future__ import annotations
@@ -15,11 +19,11 @@ from typing import Sequence
 import numpy as np
 import torch
 
-from ..config import ARCHITECTURES, OPTIMIZERS, RunConfig
+from ..config import OPTIMIZERS, RunConfig
 from ..curriculum import SCHEDULES
 from ..errors import InputError
-from ..models.factory import check_minimum_patch, level_channels, patch_divisor
-from ..models.planning import check_patch_size, plan_patch_size, plan_unet
+from ..models import architecture, check_patch_size, level_channels, patch_divisor, plan_patch_size, plan_unet
+from ..models.architectures import check_minimum_patch, default_architecture, schedule_of
 
 
 @dataclass(frozen=True)
@@ -73,9 +77,11 @@ def resolve_config(
         InputError: an unknown choice or a patch size the network cannot take.
     """
     resolved = copy.deepcopy(config)
-    model, training = resolved.model, resolved.training
-    if model.architecture not in ARCHITECTURES:
-        raise InputError(f"unknown architecture '{model.architecture}'; choose one of {', '.join(ARCHITECTURES)}.")
+    model, training, curriculum = resolved.model, resolved.training, resolved.curriculum
+    if model.architecture is None:
+        model.architecture = default_architecture(resolved)
+    spec = architecture(model)
+    curriculum.schedule = schedule_of(resolved)
     profile = PROFILES[device.type if device.type in PROFILES else "cpu"]
     if training.optimizer is None:
         training.optimizer = profile.optimizer
@@ -83,12 +89,14 @@ def resolve_config(
         training.validate_every = profile.validate_every
     if training.optimizer not in OPTIMIZERS:
         raise InputError(f"unknown optimizer '{training.optimizer}'; choose one of {', '.join(OPTIMIZERS)}.")
-    if resolved.curriculum.schedule not in SCHEDULES:
-        raise InputError(f"unknown schedule '{resolved.curriculum.schedule}'; choose one of {', '.join(SCHEDULES)}.")
-    if model.architecture == "hypernet" and resolved.curriculum.schedule == "constant":
-        raise InputError("the hypernetwork learns from varying patch sizes; train it with --schedule augment "
+    if curriculum.schedule not in SCHEDULES:
+        raise InputError(f"unknown schedule '{curriculum.schedule}'; choose one of {', '.join(SCHEDULES)}.")
+    if spec.needs_varying_patch and curriculum.schedule == "constant":
+        raise InputError(f"{spec.name} learns from varying patch sizes; train it with --schedule augment "
                          "(or curriculum.schedule: augment).")
-    if model.architecture == "hypernet" and model.hypernet_hidden < 1:
+    if spec.only_training_patch and curriculum.schedule != "constant":
+        raise InputError(f"{spec.name} takes only its training patch size; use --schedule constant or another network.")
+    if model.hypernet_hidden < 1:
         raise InputError(f"hypernet_hidden {model.hypernet_hidden} must be at least 1.")
     if training.batch_size < 1:
         raise InputError(f"batch size {training.batch_size} must be at least 1.")
@@ -96,7 +104,7 @@ def resolve_config(
         raise InputError("foreground oversampling must be a probability between 0 and 1.")
     if training.validate_every < 1:
         raise InputError("validate every N epochs needs N of at least 1.")
-    if resolved.pruning.enabled and model.architecture != "prm":
+    if resolved.pruning.enabled and not spec.branch_prunable:
         raise InputError("progressive pruning removes PRM branches: use --architecture prm (or channel pruning of a trained model: napari-pgps prune).")
     if not 0.0 <= resolved.pruning.stop_fraction <= 1.0 or resolved.pruning.min_branches < 0 or resolved.pruning.prune_step < 1:
         raise InputError("pruning needs a stop fraction in [0, 1], a prune step of at least 1 and min branches of at least 0.")
@@ -115,8 +123,8 @@ def resolve_config(
         model.kernel_sizes, model.strides = plan.kernel_sizes, plan.strides
     if model.base_channels is None:
         model.base_channels = profile.base_channels
-    if model.architecture == "prm":
-        resolve_prm(model)
+    if spec.resolve is not None:
+        spec.resolve(model)
     if model.channels is None:
         model.channels = level_channels(len(model.strides), model.base_channels, model.max_channels)
     model.out_channels = len(resolved.labels)
@@ -132,19 +140,3 @@ def resolve_config(
     if training.epochs < 1 or training.iterations_per_epoch < 1:
         raise InputError("epochs and iterations per epoch must be at least 1.")
     return resolved
-
-
-def resolve_prm(model) -> None:
-    """Channels and starting branches of a PSP-Seg network from its variant."""
-    from ..models.prm import VARIANTS, initial_branches, variant_channels
-
-    if model.prm_variant not in VARIANTS:
-        raise InputError(f"unknown PRM variant '{model.prm_variant}'; choose one of {', '.join(VARIANTS)}.")
-    levels = len(model.strides)
-    if levels < 2:
-        raise InputError(f"the PRM network needs a patch the plan pools at least once; {tuple(model.patch_size)} is too small.")
-    if model.channels is None:
-        model.channels = variant_channels(model.prm_variant, levels)
-        model.base_channels = model.channels[0]
-    if model.prm_branches is None:
-        model.prm_branches = initial_branches(model.prm_variant, levels)

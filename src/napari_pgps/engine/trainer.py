@@ -8,6 +8,12 @@ A checkpoint is written atomically after every epoch, so a stopped or failed
 run keeps its last good one; ``resume=True`` continues from it with the
 optimiser, scheduler and random-number states restored.
 
+Methods that change training from within the loop (the PDL data curriculum,
+PSP-Seg pruning) are plug-ins (:mod:`napari_pgps.plugins`) given to
+:func:`train`; the loop calls their hooks and saves their state in
+checkpoints, and knows nothing else of them. ``napari_pgps.train`` plugs in
+every method napari-pgps has.
+
 Started by ``torchrun`` the loop trains with DDP (:mod:`.distributed`): each
 step's global batch is split over the ranks, only rank 0 writes files, and
 every rank yields the same events except that a ``StepDone``'s crops and class
@@ -16,36 +22,26 @@ fractions are its own (its ``batch`` and ``loss`` are the global ones).
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import time
 from pathlib import Path
-from typing import Any, Iterator, Optional
+from typing import Any, Iterator, Optional, Sequence
 
 import numpy as np
 import torch
 
-from ..config import RunConfig, model_kind
+from ..config import CONFIG_FILE, RunConfig, training_methods
 from ..curriculum import ScheduleOptions, build_schedule, crops_per_case, stage_at
-from ..curriculum.pdl import active_cases, default_interval, rank_cases
 from ..data.dataset import TrainingSet, label_index_lookup, load_training_set, split_cases
 from ..data.normalization import fit_normalization, normalize
 from ..data.sampler import PatchSampler
 from ..errors import InputError
-from ..models import build_network, count_parameters, patch_divisor, training_outputs
-from ..models.factory import deep_supervision_heads, split_outputs
-from ..pruning.decoupling import decoupling_loss
-from ..pruning.progressive import ProgressivePruner
-from . import distributed
-from .checkpoint import BEST, FINAL, LAST, load_checkpoint, save_checkpoint
-from .control import TrainingControl
-from .device import describe, pick_device
-from .events import (
-    CasesAdded,
+from ..events import (
+    METRICS_FILE,
     CheckpointSaved,
+    Event,
     Finished,
     Paused,
-    PruningStep,
     Resumed,
     RunStarted,
     StageFinished,
@@ -53,13 +49,21 @@ from .events import (
     StepDone,
     Validated,
 )
+from ..files import write_text_atomically
+from ..models import build_network, count_parameters, deep_supervision_heads, model_kind, patch_divisor, split_outputs
+from ..models.architectures import minimum_patch
+from ..plugins import TrainingPlugin
+from . import distributed
+from .checkpoint import BEST, FINAL, LAST, SPLITS_FILE, load_checkpoint, save_checkpoint
+from .control import TrainingControl
+from .device import describe, pick_device
 from .inference import predict_probabilities
 from .losses import BatchDiceCELoss
 from .metrics import dice_per_label, mean_of, summarize_dice
 from .resolve import resolve_config
 
-CONFIG_FILE = "config.yaml"
-METRICS_FILE = "metrics.jsonl"
+RUN_FILES = (CONFIG_FILE, METRICS_FILE, LAST)
+"""A folder holding any of these holds a run."""
 
 
 class TrainingDiverged(RuntimeError):
@@ -74,7 +78,8 @@ def train(
     control: Optional[TrainingControl] = None,
     resume: bool = False,
     initial_weights: Optional[dict[str, torch.Tensor]] = None,
-) -> Iterator[Any]:
+    plugins: Sequence[TrainingPlugin] = (),
+) -> Iterator[Event]:
     """Train a segmentation network, yielding events as it goes.
 
     Args:
@@ -82,18 +87,22 @@ def train(
             With ``resume``, the configuration stored in the run's last
             checkpoint is used instead (only ``training.device`` is taken from
             ``config``).
-        run_dir: folder for ``config.yaml``, ``metrics.jsonl`` and the
-            checkpoints; ``None`` trains without writing anything.
+        run_dir: a new folder for ``config.yaml``, ``splits.json``,
+            ``metrics.jsonl`` and the checkpoints (one that already holds a
+            run is refused unless resuming it); ``None`` trains without writing anything.
         dataset: labelled cases in memory (e.g. napari layers); read from
             ``config.data.path`` when ``None``.
         control: stop / pause requests from another thread.
-        resume: continue the run in ``run_dir`` from its last checkpoint.
+        resume: continue the run in ``run_dir`` from its last checkpoint, on its saved split.
         initial_weights: a state dict to start from instead of random weights
             (fine-tuning, e.g. a channel-pruned network; ``config.model`` must describe it).
+        plugins: training-loop plug-ins (:class:`napari_pgps.plugins.TrainingPlugin`), called in this order;
+            every method :func:`napari_pgps.config.training_methods` names must be among them.
 
     Yields:
-        RunStarted, StageStarted, StepDone, Paused, Resumed, Validated,
-        CheckpointSaved and finally Finished.
+        RunStarted, StageStarted, StepDone, StageFinished, Paused, Resumed,
+        Validated, CheckpointSaved, the plug-ins' events (CasesAdded,
+        PruningStep) and finally Finished.
     """
     control = control or TrainingControl()
     run_dir = Path(run_dir) if run_dir is not None else None
@@ -102,17 +111,31 @@ def train(
     if resume:
         if run_dir is None:
             raise InputError("resuming needs the run folder of the run to continue.")
+        if not (run_dir / LAST).is_file():
+            raise InputError(f"{run_dir}: no {LAST} to resume from; start a new run without resuming.")
         state = load_checkpoint(run_dir / LAST)
         requested_device = config.training.device
         config = RunConfig.from_dict(state["config"], source=str(run_dir / LAST))
         config.training.device = requested_device
+    elif run_dir is not None and any((run_dir / name).exists() for name in RUN_FILES):
+        raise InputError(f"{run_dir} already holds a run; resume it (--resume) or choose a new run folder.")
+    missing = [name for name in training_methods(config) if name not in {p.name for p in plugins}]
+    if missing:
+        raise InputError(f"the configuration asks for {', '.join(missing)}, which this training loop was not given; "
+                         "train with napari_pgps.train (or the command line), which plugs in every method.")
     if dataset is None:
         if not config.data.path:
             raise InputError("no training data: give a dataset folder (--data DIR).")
         dataset = load_training_set(config.data.path, max_cases=config.data.max_cases)
 
     by_name = {case.name: case for case in dataset.cases}
-    train_names, val_names = split_cases(list(by_name), config.data.validation_fraction, config.training.seed)
+    if state is not None and state.get("split"):
+        train_names, val_names = state["split"]["training"], state["split"]["validation"]
+        unknown = sorted(set(train_names + val_names) - set(by_name))
+        if unknown:
+            raise InputError(f"the run was trained on cases that are not in its data now: {', '.join(unknown[:5])}.")
+    else:
+        train_names, val_names = split_cases(list(by_name), config.data.validation_fraction, config.training.seed)
     train_cases = [by_name[n] for n in train_names]
     val_cases = [by_name[n] for n in val_names]
     config = resolve_config(
@@ -128,13 +151,15 @@ def train(
             dataset.modality, [c.image.array for c in train_cases], [c.labels.array for c in train_cases], config.training.seed
         )
     with distributed.process_group(device) as (context, device):
-        yield from _Run(config, run_dir, train_cases, val_cases, device, control, state, context, initial_weights).run()
+        run = _Run(config, run_dir, train_cases, val_cases, device, control, state, context, initial_weights, plugins)
+        yield from run.run()
 
 
 class _Run:
-    """One training run's state; :meth:`run` is the event generator."""
+    """One training run's state (what plug-ins see, :class:`napari_pgps.plugins.TrainingRun`); :meth:`run` yields the events."""
 
-    def __init__(self, config, run_dir, train_cases, val_cases, device, control, state, context=distributed.SINGLE, initial_weights=None):
+    def __init__(self, config, run_dir, train_cases, val_cases, device, control, state, context=distributed.SINGLE,
+                 initial_weights=None, plugins=()):
         self.config: RunConfig = config
         self.run_dir: Optional[Path] = run_dir
         self.context: distributed.DistributedContext = context
@@ -147,13 +172,14 @@ class _Run:
         lookup = label_index_lookup(config.labels)
         torch.manual_seed(t.seed)
         self.rng, self.draw_rng = distributed.generators(t.seed, context)
-        images = [normalize(c.image.array, config.normalization) for c in train_cases]
+        self.training_images = [normalize(c.image.array, config.normalization) for c in train_cases]
         label_maps = [lookup[c.labels.array] for c in train_cases]
-        self.train_names = [c.name for c in train_cases]
+        self.training_names = [c.name for c in train_cases]
+        self.split = {"training": self.training_names, "validation": [c.name for c in val_cases]}
         counts = sum(np.bincount(m.ravel(), minlength=self.num_labels)[: self.num_labels] for m in label_maps)
         self.volume_fractions = tuple(float(c) / max(int(counts.sum()), 1) for c in counts)
         self.sampler = PatchSampler(
-            images,
+            self.training_images,
             label_maps,
             num_labels=self.num_labels,
             rng=self.rng,
@@ -171,14 +197,14 @@ class _Run:
         self.scaler = torch.amp.GradScaler("cuda", enabled=self.amp)
         self.loss = _loss(deep_supervision=deep_supervision_heads(config.model) > 0, across_ranks=context.enabled)
         self.schedule = _schedule(config)
+        self.final_batch = self.schedule.final_batch
+        self.distributed = context.enabled
         distributed.check_batch(min(s.batch for s in self.schedule.stages + self.schedule.choices), context)
-        self.pruner = ProgressivePruner(self.network, config.pruning, t.epochs) if config.pruning.enabled else None
-        self.decoupling_weight = config.pruning.decoupling_weight if config.model.architecture == "prm" else 0.0
-        if context.enabled and (self.pruner is not None or self.decoupling_weight):
-            raise InputError("progressive pruning and the PRM network train in one process only; start without torchrun.")
-        self.epoch_losses: dict[str, list[float]] = {}
+        self.segmentation_losses: list[float] = []
         self.stages = self.schedule.stages
-        self.pdl_order = self._rank_cases(images) if config.curriculum.pdl.enabled else None
+        self.plugins = list(plugins)
+        for plugin in self.plugins:
+            plugin.start(self)
         self.epoch = 0
         self.step = 0
         self.training_seconds = 0.0
@@ -193,7 +219,8 @@ class _Run:
         t = self.config.training
         if self.writes:
             self.run_dir.mkdir(parents=True, exist_ok=True)
-            self.config.save(self.run_dir / "config.yaml")
+            self.config.save(self.run_dir / CONFIG_FILE)
+            write_text_atomically(self.run_dir / SPLITS_FILE, json.dumps(self.split, indent=1) + "\n")
         yield self._log(
             RunStarted(
                 run_dir=str(self.run_dir) if self.run_dir else None,
@@ -213,7 +240,7 @@ class _Run:
             )
         )
         stopped = False
-        current_stage, active = -1, 0
+        current_stage = -1
         stage_fractions: list[tuple[float, ...]] = []
         self.network.train()
         while self.epoch < t.epochs and not stopped:
@@ -222,18 +249,8 @@ class _Run:
             if index != current_stage:
                 current_stage, stage_fractions = index, []
                 yield self._log(StageStarted(stage=index, epoch=self.epoch, patch=stage.patch, batch=stage.batch))
-            if self.pdl_order is not None:
-                pdl = self.config.curriculum.pdl
-                every = pdl.every_epochs or default_interval(t.epochs, pdl.groups)
-                count = active_cases(self.epoch, len(self.pdl_order), pdl.groups, every)
-                if count != active:
-                    active = count
-                    self.sampler.set_active(self.pdl_order[:count])
-                    names = tuple(self.train_names[i] for i in self.pdl_order[:count])
-                    yield self._log(CasesAdded(epoch=self.epoch, cases=count, total=len(self.pdl_order), names=names))
-            if self.pruner is not None:
-                for pruned in self._prune():
-                    yield self._log(pruned)
+            for event in self._epoch_start_events():
+                yield self._log(event)
             for _ in range(t.iterations_per_epoch):
                 if self.control.paused and not self.control.stop_requested:
                     yield self._log(Paused(epoch=self.epoch, step=self.step))
@@ -253,9 +270,10 @@ class _Run:
             if self.epoch + 1 == t.epochs or stage_at(self.stages, self.epoch + 1) != current_stage:
                 yield self._log(self._stage_finished(current_stage, stage_fractions))
                 stage_fractions = []
-            if self.pruner is not None:
-                self.pruner.end_epoch(self.epoch, {k: float(np.mean(v)) for k, v in self.epoch_losses.items()})
-            self.epoch_losses = {}
+            losses = {"segmentation": float(np.mean(self.segmentation_losses))}
+            for plugin in self.plugins:
+                plugin.epoch_end(self, self.epoch, losses)
+            self.segmentation_losses = []
             self.scheduler.step()
             self.epoch += 1
             if self.epoch % t.validate_every == 0 or self.epoch == t.epochs:
@@ -288,15 +306,12 @@ class _Run:
             class_fractions=tuple(float(f) for f in np.mean(fractions, axis=0)),
         )
 
-    def _rank_cases(self, images: list[np.ndarray]) -> list[int]:
-        pdl = self.config.curriculum.pdl
-        reference = None
-        if pdl.reference is not None:
-            if pdl.reference not in self.train_names:
-                raise InputError(f"PDL reference case '{pdl.reference}' is not among the training cases.")
-            reference = self.train_names.index(pdl.reference)
-        order, _ = rank_cases(images, pdl.metric, reference)
-        return order
+    def _epoch_start_events(self) -> list[Event]:
+        """The plug-ins' epoch-start events; their time counts as training time."""
+        start = time.perf_counter()
+        events = [event for plugin in self.plugins for event in plugin.epoch_start(self, self.epoch)]
+        self.training_seconds += time.perf_counter() - start
+        return events
 
     def _train_step(self, patch: tuple[int, int, int], batch_size: int) -> StepDone:
         start = time.perf_counter()
@@ -330,37 +345,21 @@ class _Run:
             class_fractions=batch.class_fractions,
             seconds=seconds,
             learning_rate=float(self.optimizer.param_groups[0]["lr"]),
-            crop_cases=tuple(self.train_names[i] for i in batch.case_indices),
+            crop_cases=tuple(self.training_names[i] for i in batch.case_indices),
             crop_origins=batch.origins,
         )
 
     def _loss(self, images: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-        """Segmentation loss, plus PSP-Seg's decoupling loss for a PRM network; per-epoch means kept for pruning."""
-        if not self.decoupling_weight:
-            segmentation = self.loss(training_outputs(self.model, images), labels)
-            self.epoch_losses.setdefault("segmentation", []).append(float(segmentation.detach()))
-            return segmentation
-        output, encoded, decoded = self.network.forward_with_features(images)
-        segmentation = self.loss(split_outputs(output, images), labels)
-        decoupling = decoupling_loss(self.network, images, labels, encoded, decoded)
-        self.epoch_losses.setdefault("segmentation", []).append(float(segmentation.detach()))
-        self.epoch_losses.setdefault("decoupling", []).append(float(decoupling.detach()))
-        return segmentation + self.decoupling_weight * decoupling
-
-    def _prune(self) -> list[PruningStep]:
-        """Progressive pruning's check at the start of an epoch (its time counts as training time)."""
-        start = time.perf_counter()
-        actions = self.pruner.start_epoch(self.epoch, self._calibration_batches, self.optimizer)
-        self.training_seconds += time.perf_counter() - start
-        if any(a.action == "removed" for a in actions):
-            self.config.model.prm_branches = self.network.branch_kernels()
-        return [PruningStep(epoch=self.epoch, **dataclasses.asdict(a)) for a in actions]
-
-    def _calibration_batches(self) -> Iterator[torch.Tensor]:
-        """Crops at the final patch and batch size for scoring the PRM branches: (B, 1, Z, Y, X)."""
-        for _ in range(self.config.pruning.calibration_batches):
-            batch = self.sampler.sample(self.config.model.patch_size, self.schedule.final_batch, 1)
-            yield torch.from_numpy(batch.images).to(self.device)
+        """Segmentation loss (deep supervision included) plus the plug-ins' terms; the first is kept for the epoch mean."""
+        output = next((o for o in (p.forward(self, images) for p in self.plugins) if o is not None), None)
+        if output is None:
+            output = self.model(images)
+        loss = self.loss(split_outputs(output, images), labels)
+        self.segmentation_losses.append(float(loss.detach()))
+        for plugin in self.plugins:
+            for term in plugin.loss_terms(self, images, labels).values():
+                loss = loss + term
+        return loss
 
     def _validate(self) -> Validated:
         start = time.perf_counter()
@@ -390,7 +389,8 @@ class _Run:
             "optimizer": self.optimizer.state_dict(),
             "scheduler": self.scheduler.state_dict(),
             "scaler": self.scaler.state_dict(),
-            "pruning": self.pruner.state_dict() if self.pruner is not None else None,
+            "plugins": {plugin.name: plugin.state_dict() for plugin in self.plugins},
+            "split": self.split,
             "epoch": self.epoch,
             "step": self.step,
             "training_seconds": self.training_seconds,
@@ -434,8 +434,10 @@ class _Run:
         self.scheduler.load_state_dict(state["scheduler"])
         if state.get("scaler"):
             self.scaler.load_state_dict(state["scaler"])
-        if self.pruner is not None and state.get("pruning"):
-            self.pruner.load_state_dict(state["pruning"])
+        saved = state.get("plugins", {})
+        for plugin in self.plugins:
+            if plugin.name in saved:
+                plugin.load_state_dict(saved[plugin.name])
         self.epoch = int(state["epoch"])
         self.step = int(state["step"])
         self.training_seconds = float(state.get("training_seconds", 0.0))
@@ -471,13 +473,9 @@ def _plain_state(state: dict[str, Any]) -> dict[str, Any]:
 def _schedule(config: RunConfig):
     """The run's patch schedule, from the curriculum settings and the network's poolings."""
     model, curriculum, t = config.model, config.curriculum, config.training
-    if model.architecture == "unetr" and curriculum.schedule != "constant":
-        raise InputError("UNETR takes only its training patch size; use --schedule constant or another network.")
-    divisor = patch_divisor(model)
+    poolings = tuple(int(np.log2(d)) for d in patch_divisor(model))
     options = ScheduleOptions.from_config(curriculum)
-    minimum = (64, 64, 64) if model.architecture == "swinunetr" else (1, 1, 1)
-    poolings = tuple(int(np.log2(d)) for d in divisor)
-    return build_schedule(curriculum.schedule, model.patch_size, poolings, t.epochs, t.batch_size, options, minimum)
+    return build_schedule(curriculum.schedule, model.patch_size, poolings, t.epochs, t.batch_size, options, minimum_patch(model))
 
 
 def _optimizer(network: torch.nn.Module, t) -> torch.optim.Optimizer:

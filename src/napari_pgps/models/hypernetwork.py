@@ -7,7 +7,7 @@ the parameters of every convolution, transposed convolution and normalisation
 layer of the U-Net, bounded by ``tanh * 5``. Trained with patch-size
 augmentation, it gives a network tuned to whatever window it segments with;
 for deployment :meth:`PatchSizeHypernetwork.bake` writes the weights for one
-size into the plain DynUNet of :func:`napari_pgps.models.factory.build_network`,
+size into the plain DynUNet of :func:`napari_pgps.models.dynunet.build_dynunet`,
 which then segments at full speed.
 
 Choices of this implementation (see docs/benchmarks.md):
@@ -26,7 +26,6 @@ Choices of this implementation (see docs/benchmarks.md):
 
 from __future__ import annotations
 
-import dataclasses
 import math
 from typing import Sequence
 
@@ -34,14 +33,10 @@ import torch
 from torch import nn
 
 from ..config import ModelConfig
+from .dynunet import build_dynunet
 
 OUTPUT_BOUND = 5.0
 """Generated parameters lie in (-5, 5) (the paper's ``tanh * 5``)."""
-
-
-def plain_config(model: ModelConfig) -> ModelConfig:
-    """The config of the plain DynUNet a hypernetwork generates (same plan, channels and labels)."""
-    return dataclasses.replace(model, architecture="dynunet")
 
 
 class PatchSizeHypernetwork(nn.Module):
@@ -59,14 +54,12 @@ class PatchSizeHypernetwork(nn.Module):
     """
 
     def __init__(self, model: ModelConfig) -> None:
-        from .factory import build_network
-
         super().__init__()
         if model.patch_size is None:
             raise ValueError("the model config is not resolved (patch_size missing)")
         self.hidden = int(model.hypernet_hidden)
-        self.plain = plain_config(model)
-        self.template = build_network(self.plain)
+        self.model = model
+        self.template = build_dynunet(model)
         self.register_buffer("reference", torch.tensor(model.patch_size, dtype=torch.float32), persistent=False)
         self.mlp = nn.Sequential(
             nn.Linear(3, self.hidden), nn.ReLU(),
@@ -109,13 +102,11 @@ class PatchSizeHypernetwork(nn.Module):
         return functional_call(self.template, self.generate(tuple(x.shape[2:])), (x,))
 
     def bake(self, patch_size: Sequence[int]) -> nn.Module:
-        """A plain DynUNet (``build_network(plain_config(model))``) holding the weights for ``patch_size`` (Z, Y, X).
+        """A plain DynUNet (:func:`build_dynunet` of the same config) holding the weights for ``patch_size`` (Z, Y, X).
 
         It is on this hypernetwork's device, in eval mode, without gradients.
         """
-        from .factory import build_network
-
-        network = build_network(self.plain)
+        network = build_dynunet(self.model)
         generated = self.generate(patch_size)
         with torch.no_grad():
             for name, parameter in network.named_parameters():  # each parameter once (DynUNet aliases its skip layers)

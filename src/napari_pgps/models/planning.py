@@ -80,6 +80,11 @@ def plan_unet(patch_size: Sequence[int], spacing: Sequence[float], max_poolings:
     return UNetPlan(kernel_sizes=kernels, strides=strides)
 
 
+def level_channels(levels: int, base: int, maximum: int) -> list[int]:
+    """Feature maps per level: base, 2*base, ... capped at ``maximum``."""
+    return [min(base * 2**i, maximum) for i in range(levels)]
+
+
 def round_up(patch_size: Sequence[int], divisor: Sequence[int]) -> tuple[int, int, int]:
     """Each axis rounded up to a multiple of its divisor."""
     return tuple(int(math.ceil(p / d) * d) for p, d in zip(patch_size, divisor))

@@ -38,6 +38,10 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
+from ..config import ModelConfig
+from ..errors import InputError
+from .planning import level_channels
+
 Kernel = tuple[int, int, int]
 
 ALL_KERNELS: tuple[Kernel, ...] = ((1, 1, 1), (1, 1, 3), (1, 3, 1), (3, 1, 1), (1, 3, 3), (3, 1, 3), (3, 3, 1))
@@ -299,7 +303,25 @@ def initial_branches(variant: str, levels: int) -> list[list[Kernel]]:
 
 def variant_channels(variant: str, levels: int) -> list[int]:
     v = VARIANTS[variant]
-    return [min(v.base_channels * 2**i, v.max_channels) for i in range(levels)]
+    return level_channels(levels, v.base_channels, v.max_channels)
+
+
+def resolve_prm(model: ModelConfig) -> None:
+    """Fill a planned model config's channels (from the variant) and starting branches (all of the variant's), in place.
+
+    Raises:
+        InputError: unknown variant, or a plan that never pools.
+    """
+    if model.prm_variant not in VARIANTS:
+        raise InputError(f"unknown PRM variant '{model.prm_variant}'; choose one of {', '.join(VARIANTS)}.")
+    levels = len(model.strides)
+    if levels < 2:
+        raise InputError(f"the PRM network needs a patch the plan pools at least once; {tuple(model.patch_size)} is too small.")
+    if model.channels is None:
+        model.channels = variant_channels(model.prm_variant, levels)
+        model.base_channels = model.channels[0]
+    if model.prm_branches is None:
+        model.prm_branches = initial_branches(model.prm_variant, levels)
 
 
 def build_prm_unet(

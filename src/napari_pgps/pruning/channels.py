@@ -7,9 +7,8 @@ channels in ``steps`` equal steps. The output convolutions (the prediction and
 the deep-supervision heads) keep their channels: they are the labels.
 
 A channel-pruned network is saved as an ordinary state dict with
-``ModelConfig.channels_pruned`` set; :func:`fit_to_state_dict` rebuilds it by
-shrinking the planned network's layers to the saved weights' shapes, so
-loading never needs pickled modules.
+``ModelConfig.channels_pruned`` set; :func:`napari_pgps.models.rebuild.fit_to_state_dict`
+rebuilds it from the planned network, so loading never needs pickled modules.
 """
 
 from __future__ import annotations
@@ -19,20 +18,18 @@ from typing import Iterator
 import torch
 from torch import nn
 
-_CONVOLUTIONS = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
-_TRANSPOSED = (nn.ConvTranspose1d, nn.ConvTranspose2d, nn.ConvTranspose3d)
-_NORMS = (nn.modules.batchnorm._NormBase, nn.GroupNorm)
+from ..models.rebuild import CONVOLUTIONS
 
 
 def output_layers(network: nn.Module) -> list[nn.Module]:
     """The convolutions whose outputs are label logits (never pruned)."""
     out_channels = None
     for module in network.modules():
-        if isinstance(module, _CONVOLUTIONS):
+        if isinstance(module, CONVOLUTIONS):
             out_channels = module.out_channels  # the last convolution built is the prediction
     return [
         m for m in network.modules()
-        if isinstance(m, _CONVOLUTIONS) and m.out_channels == out_channels and m.kernel_size == (1,) * len(m.kernel_size)
+        if isinstance(m, CONVOLUTIONS) and m.out_channels == out_channels and m.kernel_size == (1,) * len(m.kernel_size)
     ]
 
 
@@ -87,35 +84,3 @@ def prune_channels(
         for hook in hooks:
             hook.remove()
         network.train(was_training)
-
-
-def fit_to_state_dict(network: nn.Module, state_dict: dict[str, torch.Tensor]) -> nn.Module:
-    """Shrink convolutions and norms in place to the shapes of a (channel-pruned) state dict, then load it."""
-    for prefix, module in network.named_modules():
-        for name, tensor in list(module.named_parameters(recurse=False)) + list(module.named_buffers(recurse=False)):
-            saved = state_dict.get(f"{prefix}.{name}" if prefix else name)
-            if saved is None or saved.shape == tensor.shape:
-                continue
-            replacement = torch.empty(saved.shape, dtype=tensor.dtype, device=tensor.device)
-            if isinstance(tensor, nn.Parameter):
-                setattr(module, name, nn.Parameter(replacement, requires_grad=tensor.requires_grad))
-            else:
-                module.register_buffer(name, replacement)
-        _fix_sizes(module)
-    network.load_state_dict(state_dict)
-    return network
-
-
-def _fix_sizes(module: nn.Module) -> None:
-    """Update a layer's size attributes after its weight changed shape."""
-    if isinstance(module, _TRANSPOSED):
-        module.in_channels = module.weight.shape[0]
-        module.out_channels = module.weight.shape[1] * module.groups
-    elif isinstance(module, _CONVOLUTIONS):
-        module.out_channels = module.weight.shape[0]
-        module.in_channels = module.weight.shape[1] * module.groups
-    elif isinstance(module, _NORMS) and module.weight is not None:
-        if isinstance(module, nn.GroupNorm):
-            module.num_channels = module.weight.shape[0]
-        else:
-            module.num_features = module.weight.shape[0]

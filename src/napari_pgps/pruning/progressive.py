@@ -1,7 +1,8 @@
 """PSP-Seg progressive pruning: mask the least useful PRM branches, keep the cut if the loss holds, then remove them.
 
-The trainer calls :meth:`ProgressivePruner.end_epoch` with each epoch's mean
-losses and :meth:`ProgressivePruner.start_epoch` before each epoch:
+The PSP-Seg plug-in (:mod:`.psp_seg`) calls :meth:`ProgressivePruner.end_epoch`
+with each epoch's mean losses and :meth:`ProgressivePruner.start_epoch` before
+each epoch:
 
 1. A pending mask (from the previous check) is judged: if the lowest loss
    since masking is at least the lowest loss before it plus ``tolerance``,
@@ -27,6 +28,7 @@ import torch
 import torch.nn.functional as F
 
 from ..config import PruningConfig
+from ..models import count_parameters
 from ..models.prm import ParallelRedundantModule, PRMUNet
 
 BranchId = tuple[int, int]
@@ -164,11 +166,6 @@ class ProgressivePruner:
 
     def _action(self, action: str, branches: list[BranchId]) -> PruningAction:
         return PruningAction(action, branch_names(self.network, branches), count_parameters(self.network), self.prune_step)
-
-
-def count_parameters(network: torch.nn.Module) -> int:
-    """Parameters of a network; masked branches still count until they are removed."""
-    return sum(p.numel() for p in network.parameters())
 
 
 def branch_names(network: PRMUNet, branches: Iterable[BranchId]) -> tuple[str, ...]:

@@ -1,8 +1,10 @@
-"""The small typed events a training run yields.
+"""The small typed events a training (or pruning) run yields.
 
 The command line prints and logs them, the widgets turn them into plots and
-overlays, tests iterate them directly. Each is a frozen dataclass with
-:meth:`to_dict` giving one JSON-ready line for the run's metrics log.
+overlays, tests iterate them directly; :class:`napari_pgps.engine.progress.TrainingProgress`
+folds them into what every face shows. Each is a frozen dataclass with
+:meth:`Event.to_dict` giving one JSON-ready line for the run's metrics log
+(``metrics.jsonl``), and :func:`event_from_dict` reads such a line back.
 """
 
 from __future__ import annotations
@@ -11,16 +13,22 @@ import dataclasses
 from dataclasses import dataclass
 from typing import Any, Optional
 
+METRICS_FILE = "metrics.jsonl"
+"""One event per line, as JSON, in a run folder."""
+
 
 @dataclass(frozen=True)
-class _Event:
+class Event:
+    """Base of every event."""
+
     def to_dict(self) -> dict[str, Any]:
+        """``{"event": class name, **fields}``, JSON-ready."""
         values = dataclasses.asdict(self)
         return {"event": type(self).__name__, **values}
 
 
 @dataclass(frozen=True)
-class RunStarted(_Event):
+class RunStarted(Event):
     """Training begins (or resumes at ``start_epoch``)."""
 
     run_dir: Optional[str]
@@ -38,13 +46,13 @@ class RunStarted(_Event):
     volume_class_fractions: tuple[float, ...]
     """Voxel fraction of each label in the whole training volumes."""
     kind: str = "FP"
-    """The model kind (FP, AP, HN, PGPS, RPSS; see :data:`napari_pgps.config.MODEL_KINDS`)."""
+    """The model kind (FP, AP, HN, PGPS, RPSS; see :data:`napari_pgps.models.MODEL_KINDS`)."""
     architecture: str = "dynunet"
     """The network (``model.architecture``: dynunet, unet, unetr, swinunetr, prm, hypernet)."""
 
 
 @dataclass(frozen=True)
-class StageStarted(_Event):
+class StageStarted(Event):
     """A curriculum stage begins: from now on crops have this patch and batch size."""
 
     stage: int
@@ -54,7 +62,7 @@ class StageStarted(_Event):
 
 
 @dataclass(frozen=True)
-class StageFinished(_Event):
+class StageFinished(Event):
     """A curriculum stage ended; ``class_fractions`` is the mean label fraction of its sampled crops."""
 
     stage: int
@@ -66,7 +74,7 @@ class StageFinished(_Event):
 
 
 @dataclass(frozen=True)
-class CasesAdded(_Event):
+class CasesAdded(Event):
     """The PDL data curriculum widened the training pool to the ``cases`` most similar cases."""
 
     epoch: int
@@ -76,7 +84,7 @@ class CasesAdded(_Event):
 
 
 @dataclass(frozen=True)
-class PruningStep(_Event):
+class PruningStep(Event):
     """Progressive pruning masked, restored (rolled back) or removed PRM branches at the start of ``epoch``."""
 
     epoch: int
@@ -91,7 +99,7 @@ class PruningStep(_Event):
 
 
 @dataclass(frozen=True)
-class ChannelPruningStep(_Event):
+class ChannelPruningStep(Event):
     """One of Torch-Pruning's iterative steps on a trained network."""
 
     step: int
@@ -100,8 +108,8 @@ class ChannelPruningStep(_Event):
 
 
 @dataclass(frozen=True)
-class PruningReport(_Event):
-    """Before/after figures of a pruned network (see :class:`napari_pgps.pruning.report.ModelProfile`)."""
+class PruningReport(Event):
+    """Before/after figures of a pruned network (see :class:`napari_pgps.tasks.pruning_report.ModelProfile`)."""
 
     before_name: str
     before: dict[str, Any]
@@ -113,7 +121,7 @@ class PruningReport(_Event):
 
 
 @dataclass(frozen=True)
-class StepDone(_Event):
+class StepDone(Event):
     """One optimisation step.
 
     ``class_fractions`` is the voxel fraction of each label (background first)
@@ -135,7 +143,7 @@ class StepDone(_Event):
 
 
 @dataclass(frozen=True)
-class Validated(_Event):
+class Validated(Event):
     """Dice on the held-out cases by sliding window at the final patch size."""
 
     epoch: int
@@ -147,25 +155,25 @@ class Validated(_Event):
 
 
 @dataclass(frozen=True)
-class CheckpointSaved(_Event):
+class CheckpointSaved(Event):
     epoch: int
     path: str
 
 
 @dataclass(frozen=True)
-class Paused(_Event):
+class Paused(Event):
     epoch: int
     step: int
 
 
 @dataclass(frozen=True)
-class Resumed(_Event):
+class Resumed(Event):
     epoch: int
     step: int
 
 
 @dataclass(frozen=True)
-class Finished(_Event):
+class Finished(Event):
     """The run ended: completed, or ``stopped`` early (the last checkpoint is kept)."""
 
     stopped: bool
@@ -174,3 +182,29 @@ class Finished(_Event):
     training_seconds: float
     final_mean_dice: Optional[float]
     checkpoint: Optional[str]
+
+
+def event_from_dict(values: dict[str, Any]) -> Event:
+    """The event a :meth:`Event.to_dict` line describes (JSON lists become the fields' tuples again).
+
+    Raises:
+        ValueError: the line names no known event or does not fit its fields.
+    """
+    kinds = {kind.__name__: kind for kind in _subclasses(Event)}
+    fields = dict(values)
+    kind = kinds.get(fields.pop("event", None))
+    if kind is None:
+        raise ValueError(f"not a napari-pgps event: {values.get('event')!r}")
+    return kind(**{name: _tuples(value) for name, value in fields.items()})
+
+
+def _subclasses(kind: type) -> list[type]:
+    return [sub for direct in kind.__subclasses__() for sub in (direct, *_subclasses(direct))]
+
+
+def _tuples(value: Any) -> Any:
+    if isinstance(value, list):
+        return tuple(_tuples(v) for v in value)
+    if isinstance(value, dict):
+        return {k: _tuples(v) for k, v in value.items()}
+    return value

@@ -22,8 +22,9 @@ from typing import Any, Optional, Sequence
 
 import numpy as np
 
-from .config import RunConfig, write_text_atomically
-from .errors import InputError
+from ..config import RunConfig
+from ..errors import InputError
+from ..files import write_text_atomically
 
 PROFILES = {
     # CI: a few minutes on 2 CPU cores.
@@ -64,47 +65,38 @@ def run_one(config_dict: dict[str, Any]) -> dict[str, Any]:
     """Train one (schedule, seed) and return its measurements (runs in a child process)."""
     import torch
 
-    from .engine import train
-    from .engine.events import RunStarted, StageFinished, StageStarted, StepDone, Validated
+    from ..engine import fold
+    from .training import train
 
     config = RunConfig.from_dict(config_dict)
-    curve, stages, per_epoch, balance = [], [], {}, []
-    elapsed, device, final = 0.0, "", None
-    volume_fractions, label_names = None, None
-    for event in train(config):
-        if isinstance(event, RunStarted):
-            device, volume_fractions, label_names = event.device, event.volume_class_fractions, event.label_names
-        elif isinstance(event, StepDone):
-            elapsed += event.seconds
-            entry = per_epoch.setdefault(event.epoch, {"voxels": 0, "steps": 0, "patch": event.patch, "batch": event.batch})
-            entry["steps"] += 1
-            entry["voxels"] += event.batch * int(np.prod(event.patch))
-        elif isinstance(event, StageStarted):
-            stages.append({"stage": event.stage, "epoch": event.epoch, "patch": list(event.patch), "batch": event.batch})
-        elif isinstance(event, StageFinished):
-            balance.append({"stage": event.stage, "patch": list(event.patch), "batch": event.batch, "class_fractions": list(event.class_fractions)})
-        elif isinstance(event, Validated):
-            final = event
-            curve.append({"epoch": event.epoch, "training_seconds": elapsed, "mean_dice": event.mean_dice})
-    if device.startswith("CUDA"):
+    progress = fold(train(config))
+    run, final = progress.started, progress.validations[-1]
+    per_epoch: dict[int, dict[str, Any]] = {}
+    for step in progress.steps:
+        entry = per_epoch.setdefault(step.epoch, {"voxels": 0, "steps": 0, "patch": list(step.patch), "batch": step.batch})
+        entry["steps"] += 1
+        entry["voxels"] += step.batch * int(np.prod(step.patch))
+    if run.device.startswith("CUDA"):
         peak = torch.cuda.max_memory_allocated() / 2**20
         memory_kind = "GPU MiB allocated"
     else:
         peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
         memory_kind = "process peak RSS MiB"
     return {
-        "schedule": config.curriculum.schedule,
+        "schedule": run.schedule,
         "seed": config.training.seed,
-        "device": device,
-        "training_seconds": elapsed,
-        "dice_per_label": final.dice_per_label,
-        "mean_dice": final.mean_dice,
-        "curve": curve,
-        "stages": stages,
-        "class_balance": balance,
-        "volume_class_fractions": list(volume_fractions),
-        "label_names": list(label_names),
-        "epochs": [{"epoch": e, **v, "patch": list(v["patch"])} for e, v in sorted(per_epoch.items())],
+        "device": run.device,
+        "training_seconds": progress.training_seconds,
+        "dice_per_label": final.result.dice_per_label,
+        "mean_dice": final.result.mean_dice,
+        "curve": [{"epoch": v.result.epoch, "training_seconds": v.training_seconds, "mean_dice": v.result.mean_dice}
+                  for v in progress.validations],
+        "stages": [{"stage": s.stage, "epoch": s.epoch, "patch": list(s.patch), "batch": s.batch} for s in progress.stages_started],
+        "class_balance": [{"stage": s.stage, "patch": list(s.patch), "batch": s.batch, "class_fractions": list(s.class_fractions)}
+                          for s in progress.stages_finished],
+        "volume_class_fractions": list(run.volume_class_fractions),
+        "label_names": list(run.label_names),
+        "epochs": [{"epoch": e, **v} for e, v in sorted(per_epoch.items())],
         "peak_memory_mib": peak,
         "memory_kind": memory_kind,
     }
@@ -112,8 +104,8 @@ def run_one(config_dict: dict[str, Any]) -> dict[str, Any]:
 
 def run_bench(settings: BenchSettings, out: Path, progress=print) -> dict[str, Any]:
     """Train every schedule for every seed, then write results.json, report.md and the figures."""
-    from .curriculum import SCHEDULES
-    from .data.dataset import read_dataset_info
+    from ..curriculum import SCHEDULES
+    from ..data.dataset import read_dataset_info
 
     unknown = [s for s in settings.schedules if s not in SCHEDULES]
     if unknown:

@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from .config import write_text_atomically
+from ..files import write_text_atomically
 
 # The papers' claims and the thresholds the project holds the bench to (docs/benchmarks.md).
 CLAIMS = {

@@ -5,9 +5,8 @@ the same :class:`ModelProfile`, measured the same way:
 
 - FLOPs: :class:`torch.utils.flop_counter.FlopCounterMode` over one forward
   pass of one patch (B=1) at the final patch size (multiply-add = 2 FLOPs);
-- peak forward memory: on CUDA ``torch.cuda.max_memory_allocated`` during that
-  pass; elsewhere the peak of the bytes held by tensors the pass allocates,
-  tracked op by op (:class:`_TensorBytes`), which excludes the weights;
+- peak forward memory: the tensors that pass creates, weights excluded
+  (:func:`napari_pgps.engine.memory.peak_tensor_bytes`), in MB (10^6 bytes);
 - segmentation time: median wall time of sliding-window segmentation of one
   volume over ``repeats`` runs;
 - Dice: mean over the labels and the validation cases.
@@ -17,15 +16,18 @@ from __future__ import annotations
 
 import statistics
 import time
-import weakref
 from dataclasses import asdict, dataclass
 from typing import Any, Optional, Sequence
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from torch import nn
-from torch.utils._python_dispatch import TorchDispatchMode
-from torch.utils._pytree import tree_flatten
+
+from ..engine.inference import predict_probabilities
+from ..engine.memory import MB, peak_tensor_bytes
+from ..models import count_parameters, split_outputs
+from ..pruning.decoupling import decoupling_loss
 
 
 @dataclass
@@ -45,37 +47,6 @@ class ModelProfile:
         return asdict(self)
 
 
-class _TensorBytes(TorchDispatchMode):
-    """Counts the bytes of the tensors the ops allocate while they are alive; keeps the peak."""
-
-    def __init__(self):
-        super().__init__()
-        self.live = 0
-        self.peak = 0
-        self._storages: set[int] = set()
-
-    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-        output = func(*args, **(kwargs or {}))
-        for tensor in tree_flatten(output)[0]:
-            if isinstance(tensor, torch.Tensor):
-                self._track(tensor)
-        self.peak = max(self.peak, self.live)
-        return output
-
-    def _track(self, tensor: torch.Tensor) -> None:
-        storage = tensor.untyped_storage()
-        key, size = storage.data_ptr(), storage.nbytes()
-        if key in self._storages or size == 0:
-            return
-        self._storages.add(key)
-        self.live += size
-        weakref.finalize(tensor, self._free, key, size)
-
-    def _free(self, key: int, size: int) -> None:
-        self._storages.discard(key)
-        self.live -= size
-
-
 @torch.no_grad()
 def forward_cost(network: nn.Module, patch: Sequence[int], device: torch.device, in_channels: int = 1) -> tuple[float, float]:
     """(GFLOPs, peak forward memory in MB) of one (1, in_channels, Z, Y, X) patch in eval mode."""
@@ -86,19 +57,7 @@ def forward_cost(network: nn.Module, patch: Sequence[int], device: torch.device,
     counter = FlopCounterMode(display=False)
     with counter:
         network(x)
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-        torch.cuda.reset_peak_memory_stats(device)
-        before = torch.cuda.memory_allocated(device)
-        network(x)
-        torch.cuda.synchronize(device)
-        peak = torch.cuda.max_memory_allocated(device) - before
-    else:
-        tracker = _TensorBytes()
-        with tracker:
-            network(x)
-        peak = tracker.peak
-    return counter.get_total_flops() / 1e9, peak / 1e6
+    return counter.get_total_flops() / 1e9, peak_tensor_bytes(lambda: network(x), device) / MB
 
 
 def training_step_memory(network: nn.Module, patch: Sequence[int], batch: int = 2, decoupling: bool = False) -> float:
@@ -108,17 +67,12 @@ def training_step_memory(network: nn.Module, patch: Sequence[int], batch: int = 
     decoupling loss for a PRM network when ``decoupling``; the same for every
     network, so the figure compares activation memory, not the loss.
     """
-    import torch.nn.functional as F
-
-    from ..models.factory import split_outputs
-    from .decoupling import decoupling_loss
-
     network.train()
     generator = torch.Generator().manual_seed(0)
     images = torch.randn(batch, 1, *patch, generator=generator)
     labels = (torch.rand(batch, 1, *patch, generator=generator) > 0.9).long()
-    tracker = _TensorBytes()
-    with tracker:
+
+    def step() -> None:
         if decoupling:
             output, encoded, decoded = network.forward_with_features(images)
         else:
@@ -127,15 +81,15 @@ def training_step_memory(network: nn.Module, patch: Sequence[int], batch: int = 
         if decoupling:
             loss = loss + 0.1 * decoupling_loss(network, images, labels, encoded, decoded)
         loss.backward()
+
+    peak = peak_tensor_bytes(step, torch.device("cpu"))
     network.zero_grad(set_to_none=True)
     network.eval()
-    return tracker.peak / 1e6
+    return peak / MB
 
 
 def segment_seconds(network: nn.Module, image: np.ndarray, patch: Sequence[int], device: torch.device, repeats: int = 3) -> float:
     """Median wall time of sliding-window segmentation of one normalised image (Z, Y, X)."""
-    from ..engine.inference import predict_probabilities
-
     times = []
     for _ in range(repeats):
         start = time.perf_counter()
@@ -154,7 +108,7 @@ def profile_network(
     """Parameters, FLOPs and forward memory; segmentation time too when ``image`` (normalised, Z, Y, X) is given."""
     gflops, memory = forward_cost(network, patch, device)
     seconds = segment_seconds(network, image, patch, device, repeats) if image is not None else None
-    return ModelProfile(sum(p.numel() for p in network.parameters()), gflops, memory, seconds)
+    return ModelProfile(count_parameters(network), gflops, memory, seconds)
 
 
 REPORT_ROWS = (  # ModelProfile field, row name, number format

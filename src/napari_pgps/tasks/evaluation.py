@@ -7,11 +7,11 @@ from typing import Callable, Optional, Sequence
 
 import numpy as np
 
-from .config import model_kind
-from .data.dataset import label_index_lookup, load_cases, read_dataset_info, split_cases
-from .engine.inference import SegmentationModel, segment_volume
-from .engine.metrics import dice_per_label, mean_of, summarize_dice
-from .errors import InputError
+from ..data.dataset import label_index_lookup, load_cases, read_dataset_info
+from ..engine import SegmentationModel, segment_volume
+from ..engine.metrics import dice_per_label, mean_of, summarize_dice
+from ..errors import InputError
+from ..models import check_inference_patch, model_kind
 
 
 def evaluate_model(
@@ -27,7 +27,7 @@ def evaluate_model(
 
     Args:
         split: ``"all"`` cases, or the model's ``"validation"`` / ``"training"``
-            cases, recomputed from the split stored in its configuration.
+            cases, as saved with it (``splits.json`` and the checkpoint).
         progress: called with each case's name and Dice per label name.
 
     Returns:
@@ -55,8 +55,6 @@ def evaluate_patch_sizes(
         "training_patch": [z, y, x], "kind": "FP" | "AP" | "HN" | ..., "model": checkpoint path}``.
         A hypernetwork is baked once per size.
     """
-    from .models import check_inference_patch
-
     sizes = [tuple(int(v) for v in size) for size in patch_sizes]
     for size in sizes:
         check_inference_patch(model.config.model, size)
@@ -82,10 +80,14 @@ def labelled_cases(model: SegmentationModel, data: str | Path, split: str = "all
         )
     names = None
     if split != "all":
-        cfg = model.config
-        trained_on = [f.name for f in info.files][: cfg.data.max_cases]
-        training, validation = split_cases(trained_on, cfg.data.validation_fraction, cfg.training.seed)
-        names = validation if split == "validation" else training
+        if model.split is None:
+            raise InputError(f"{model.checkpoint}: this model has no saved split (it was trained before napari-pgps "
+                             "saved one); evaluate with --split all, or on a folder of its held-out cases.")
+        names = model.split["validation" if split == "validation" else "training"]
+        missing = sorted(set(names) - {f.name for f in info.files})
+        if missing:
+            raise InputError(f"{info.root}: the model's {split} cases {', '.join(missing[:5])} are not in this "
+                             "dataset; evaluate it on the dataset it was trained on, or with --split all.")
     return load_cases(info, require_labels=False, names=names)
 
 

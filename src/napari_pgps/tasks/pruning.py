@@ -20,15 +20,19 @@ from typing import Any, Iterator, Optional
 
 import torch
 
-from ..config import RunConfig, write_text_atomically
+from ..config import RunConfig
 from ..data.normalization import normalize
-from ..engine.control import TrainingControl
-from ..engine.events import ChannelPruningStep, Finished, PruningReport
-from ..engine.inference import SegmentationModel, load_model
+from ..engine import SegmentationModel, TrainingControl, load_model
 from ..errors import InputError
-from ..models import build_network
-from .channels import prune_channels
-from .report import ModelProfile, format_table, profile_network
+from ..events import ChannelPruningStep, Finished, PruningReport
+from ..files import write_text_atomically
+from ..models import ARCHITECTURES, architecture, build_network, count_parameters
+from ..models.architectures import default_architecture
+from ..models.prm import resolve_prm
+from ..pruning.channels import prune_channels
+from .evaluation import evaluate_model, labelled_cases
+from .pruning_report import ModelProfile, format_table, profile_network
+from .training import train
 
 REPORT_JSON = "pruning_report.json"
 REPORT_MARKDOWN = "pruning_report.md"
@@ -38,8 +42,6 @@ FINE_TUNE_SHARE = 0.5
 
 def measure_model(model: SegmentationModel, data: Optional[str | Path], repeats: int = 3) -> ModelProfile:
     """Profile a model at its training patch; with ``data``, segment time and Dice on its validation cases."""
-    from ..evaluation import evaluate_model, labelled_cases
-
     image = None
     cases = labelled_cases(model, data, "validation") if data is not None else []
     if cases:
@@ -74,14 +76,15 @@ def prune_trained_model(
     out = _new_folder(out)
     control = control or TrainingControl()
     source = load_model(model, device)
-    if source.config.model.architecture not in ("dynunet", "unet", "prm"):
-        raise InputError(f"channel pruning supports dynunet, unet and prm networks, not {source.config.model.architecture}.")
+    if not architecture(source.config.model).channel_prunable:
+        prunable = ", ".join(name for name, spec in ARCHITECTURES.items() if spec.channel_prunable)
+        raise InputError(f"channel pruning supports {prunable} networks, not {source.config.model.architecture}.")
     before = measure_model(source, data)
 
     network = source.network.train()
     example = torch.zeros(1, source.config.model.in_channels, *source.patch_size, device=source.device)
     for step in prune_channels(network, example, ratio, steps):
-        yield ChannelPruningStep(step, steps, _parameters(network))
+        yield ChannelPruningStep(step, steps, count_parameters(network))
         if control.stop_requested:
             yield Finished(stopped=True, epochs_completed=0, steps=0, training_seconds=0.0, final_mean_dice=None, checkpoint=None)
             return
@@ -113,8 +116,8 @@ def train_progressively_pruned(
     """
     out = _new_folder(out)
     config = copy.deepcopy(config)
-    config.model.architecture = "prm"
     config.pruning.enabled = True
+    config.model.architecture = default_architecture(config)
     finished = yield from _train_until_finished(config, out, control, None)
     if finished.stopped:
         return
@@ -125,8 +128,6 @@ def train_progressively_pruned(
     else:
         start = copy.deepcopy(pruned.config.model)
         start.prm_branches = None
-        from ..engine.resolve import resolve_prm
-
         resolve_prm(start)
         unpruned = build_network(start).to(pruned.device)
         before_name, before = "unpruned start", profile_network(unpruned, pruned.patch_size, pruned.device)
@@ -141,8 +142,6 @@ def _new_folder(out: str | Path) -> Path:
 
 
 def _train_until_finished(config, out, control, weights) -> Iterator[Any]:
-    from ..engine.trainer import train
-
     finished = None
     for event in train(config, out, control=control, initial_weights=weights):
         if isinstance(event, Finished):
@@ -157,7 +156,3 @@ def _report(out: Path, before_name: str, before: ModelProfile, after: ModelProfi
     path = out / REPORT_JSON
     write_text_atomically(path, json.dumps({"before_name": before_name, "before": before.to_dict(), "after": after.to_dict()}, indent=2))
     return PruningReport(before_name, before.to_dict(), after.to_dict(), table, str(path))
-
-
-def _parameters(network: torch.nn.Module) -> int:
-    return sum(p.numel() for p in network.parameters())

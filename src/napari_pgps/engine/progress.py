@@ -1,0 +1,258 @@
+"""One fold of the event stream: what every face shows of a run, and one text for each event.
+
+    progress = TrainingProgress()
+    for event in train(config, run_dir):
+        progress.update(event)
+        line = describe_event(event, progress)
+
+The command line and the headless demo print :func:`describe_event`'s lines,
+the widgets draw :class:`TrainingProgress`'s curves, the bench and the
+benchmark scripts read their figures from it, and :func:`read_events` turns
+a run folder's ``metrics.jsonl`` back into the same events, so a finished run
+folds the same way as a live one.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import statistics
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Iterable, Iterator, Optional
+
+from ..events import (
+    METRICS_FILE,
+    CasesAdded,
+    ChannelPruningStep,
+    CheckpointSaved,
+    Event,
+    Finished,
+    Paused,
+    PruningReport,
+    PruningStep,
+    Resumed,
+    RunStarted,
+    StageFinished,
+    StageStarted,
+    StepDone,
+    Validated,
+    event_from_dict,
+)
+
+RECENT_STEPS = 10
+"""Steps the "recent class balance" averages over."""
+
+
+@dataclass(frozen=True)
+class ValidationPoint:
+    """A validation and where in the run it happened."""
+
+    step: int
+    """Global step of the last step before it."""
+    training_seconds: float
+    """Summed step times of this run so far (validation excluded)."""
+    result: Validated
+
+
+@dataclass(frozen=True)
+class EpochSummary:
+    """An epoch's mean loss and its last step's time, reported when its checkpoint is written."""
+
+    epoch: int
+    mean_loss: float
+    step_seconds: float
+
+
+@dataclass
+class TrainingProgress:
+    """The state of a run as its events tell it; feed every event to :meth:`update`, in order."""
+
+    started: Optional[RunStarted] = None
+    steps: list[StepDone] = field(default_factory=list)
+    """This run's steps (a resumed run starts a new list)."""
+    stage: Optional[StageStarted] = None
+    stages_started: list[StageStarted] = field(default_factory=list)
+    stages_finished: list[StageFinished] = field(default_factory=list)
+    validations: list[ValidationPoint] = field(default_factory=list)
+    cases: Optional[CasesAdded] = None
+    """The PDL pool after its last widening."""
+    parameters: list[tuple[int, int]] = field(default_factory=list)
+    """(epoch, or channel-pruning step; parameters) each time pruning changed the network, the start first."""
+    report: Optional[PruningReport] = None
+    checkpoint: Optional[str] = None
+    """The last checkpoint written."""
+    epoch_summary: Optional[EpochSummary] = None
+    """Set by the first checkpoint after an epoch's steps, cleared by the next event."""
+    paused: bool = False
+    finished: Optional[Finished] = None
+    training_seconds: float = 0.0
+    """Summed step times of this run (validation excluded)."""
+    _epoch_losses: list[float] = field(default_factory=list)
+    _wall_start: float = field(default_factory=time.perf_counter)
+
+    def update(self, event: Event) -> "TrainingProgress":
+        """Fold one event in; returns self."""
+        self.epoch_summary = None
+        if isinstance(event, RunStarted):
+            self.started = event
+            self.steps = []
+            self.training_seconds = 0.0
+            self._wall_start = time.perf_counter()
+            if not self.parameters:
+                self.parameters.append((event.start_epoch, event.parameters))
+        elif isinstance(event, StepDone):
+            self.steps.append(event)
+            self.training_seconds += event.seconds
+            self._epoch_losses.append(event.loss)
+        elif isinstance(event, StageStarted):
+            self.stage = event
+            self.stages_started.append(event)
+        elif isinstance(event, StageFinished):
+            self.stages_finished.append(event)
+        elif isinstance(event, Validated):
+            self.validations.append(ValidationPoint(self.step, self.training_seconds, event))
+        elif isinstance(event, CheckpointSaved):
+            self.checkpoint = event.path
+            if self._epoch_losses:
+                self.epoch_summary = EpochSummary(event.epoch, statistics.fmean(self._epoch_losses), self.steps[-1].seconds)
+                self._epoch_losses = []
+        elif isinstance(event, CasesAdded):
+            self.cases = event
+        elif isinstance(event, PruningStep):
+            self.parameters.append((event.epoch, event.parameters))
+        elif isinstance(event, ChannelPruningStep):
+            self.parameters.append((event.step, event.parameters))
+        elif isinstance(event, PruningReport):
+            self.report = event
+        elif isinstance(event, Paused):
+            self.paused = True
+        elif isinstance(event, Resumed):
+            self.paused = False
+        elif isinstance(event, Finished):
+            self.finished = event
+            self.paused = False
+            self.checkpoint = event.checkpoint or self.checkpoint
+        return self
+
+    # -- figures every face shows ---------------------------------------------------
+    @property
+    def total_steps(self) -> int:
+        """Steps this run takes, from its start (or resumed) epoch to the end."""
+        if self.started is None:
+            return 0
+        return (self.started.epochs - self.started.start_epoch) * self.started.iterations_per_epoch
+
+    @property
+    def step(self) -> int:
+        """Global step of the last step (0 before the first)."""
+        if self.steps:
+            return self.steps[-1].step
+        return self.started.start_epoch * self.started.iterations_per_epoch if self.started else 0
+
+    @property
+    def steps_done(self) -> int:
+        """Steps this run has taken."""
+        return len(self.steps)
+
+    @property
+    def eta_seconds(self) -> Optional[float]:
+        """Wall time left at this run's pace so far (validations included); ``None`` before the first step."""
+        if not self.steps:
+            return None
+        elapsed = time.perf_counter() - self._wall_start
+        return elapsed / self.steps_done * max(self.total_steps - self.steps_done, 0)
+
+    @property
+    def last_dice(self) -> Optional[float]:
+        """Mean Dice of the last validation."""
+        return self.validations[-1].result.mean_dice if self.validations else None
+
+    def recent_class_fractions(self, steps: int = RECENT_STEPS) -> Optional[tuple[float, ...]]:
+        """Mean label fractions (background first) of the last ``steps`` steps' crops."""
+        recent = self.steps[-steps:]
+        if not recent:
+            return None
+        return tuple(statistics.fmean(fractions) for fractions in zip(*(s.class_fractions for s in recent)))
+
+
+# -- one text per event ----------------------------------------------------------------
+def describe_event(event: Event, progress: TrainingProgress, *, quiet: bool = False) -> Optional[str]:
+    """One line telling a person what ``event`` means, after ``progress.update(event)``; ``None`` if nothing to say.
+
+    ``quiet`` keeps only validations, pruning, reports and the end.
+    """
+    if isinstance(event, RunStarted):
+        resuming = f" (resuming at epoch {event.start_epoch})" if event.start_epoch else ""
+        return (f"training {event.kind} model ({event.architecture} network) on {event.device}: "
+                f"{event.training_cases} training / {event.validation_cases} validation cases, "
+                f"{event.parameters:,} parameters, final patch {size_text(event.final_patch)}, "
+                f"{event.epochs} epochs x {event.iterations_per_epoch} steps{resuming}")
+    if isinstance(event, Validated):
+        dice = ", ".join(f"{name} {value:.4f}" for name, value in event.dice_per_label.items())
+        where = " (on the training cases: none left to hold out)" if event.on_training_cases else ""
+        return f"epoch {event.epoch}: validation Dice {dice} (mean {event.mean_dice:.4f}){where}"
+    if isinstance(event, PruningStep):
+        return f"epoch {event.epoch}: pruning {event.action} {', '.join(event.branches)}; {event.parameters:,} parameters"
+    if isinstance(event, ChannelPruningStep):
+        return f"channel pruning step {event.step}/{event.steps}: {event.parameters:,} parameters"
+    if isinstance(event, PruningReport):
+        return f"\n{event.table}\nreport: {event.path}"
+    if isinstance(event, Finished):
+        state = "stopped" if event.stopped else "finished"
+        dice = f", final mean Dice {event.final_mean_dice:.4f}" if event.final_mean_dice is not None else ""
+        return (f"{state} after {event.epochs_completed} epochs, {event.steps} steps, "
+                f"{duration_text(event.training_seconds)} training{dice}; checkpoint: {event.checkpoint}")
+    if quiet:
+        return None
+    if isinstance(event, StageStarted):
+        return f"stage {event.stage + 1}: patch {size_text(event.patch)}, batch {event.batch} (from epoch {event.epoch + 1})"
+    if isinstance(event, CheckpointSaved) and progress.epoch_summary is not None:
+        summary = progress.epoch_summary
+        eta = progress.eta_seconds
+        return (f"epoch {summary.epoch}: loss {summary.mean_loss:.4f}, {summary.step_seconds:.2f} s/step"
+                + (f", ETA {duration_text(eta)}" if eta is not None else ""))
+    if isinstance(event, CasesAdded):
+        return f"epoch {event.epoch}: PDL trains on the {event.cases} most similar of {event.total} cases"
+    if isinstance(event, Paused):
+        return "paused"
+    if isinstance(event, Resumed):
+        return "resumed"
+    return None
+
+
+def size_text(patch: Iterable[int]) -> str:
+    """``(40, 56, 40)`` -> ``"40x56x40"``."""
+    return "x".join(str(p) for p in patch)
+
+
+def duration_text(seconds: float) -> str:
+    """``754`` -> ``"12m34s"``; under a minute ``"42s"``."""
+    seconds = int(round(seconds))
+    return f"{seconds // 60}m{seconds % 60:02d}s" if seconds >= 60 else f"{seconds}s"
+
+
+# -- reading a run's log back ------------------------------------------------------------
+def read_events(path: str | os.PathLike) -> Iterator[Event]:
+    """The events of a ``metrics.jsonl`` (a run folder's, or the file itself), in order.
+
+    Raises:
+        FileNotFoundError: no such log.
+        ValueError: a line is not an event.
+    """
+    path = Path(path)
+    if path.is_dir():
+        path = path / METRICS_FILE
+    with open(path) as handle:
+        for line in handle:
+            if line.strip():
+                yield event_from_dict(json.loads(line))
+
+
+def fold(events: Iterable[Event]) -> TrainingProgress:
+    """The progress after every one of ``events``."""
+    progress = TrainingProgress()
+    for event in events:
+        progress.update(event)
+    return progress
