@@ -12,6 +12,19 @@ SHARED_DATA = Path(os.environ.get("NAPARI_PGPS_DATA", Path(__file__).resolve().p
 HIPPOCAMPUS = SHARED_DATA / "Task04_Hippocampus"
 
 
+@pytest.fixture(scope="session", autouse=True)
+def preprocessed_cache(tmp_path_factory):
+    """Preprocessed datasets go to a folder of this test session, not the user's cache."""
+    folder = tmp_path_factory.mktemp("cache")
+    previous = os.environ.get("NAPARI_PGPS_CACHE")
+    os.environ["NAPARI_PGPS_CACHE"] = str(folder)
+    yield folder
+    if previous is None:
+        os.environ.pop("NAPARI_PGPS_CACHE", None)
+    else:
+        os.environ["NAPARI_PGPS_CACHE"] = previous
+
+
 @pytest.fixture(scope="session")
 def phantom_dataset(tmp_path_factory) -> Path:
     """Six small anisotropic phantoms; read-only for tests (copy before changing)."""

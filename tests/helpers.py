@@ -40,3 +40,17 @@ def quick_config(data: Path, epochs: int = 2, iterations: int = 3):
     config.training.validate_every = 1
     config.training.device = "cpu"
     return config
+
+
+def run_events(events):
+    """The events a run logs in its metrics.jsonl: all but the data preparation's progress."""
+    from napari_pgps.events import Preparing
+
+    return [e for e in events if not isinstance(e, Preparing)]
+
+
+def first_run_event(events):
+    """The RunStarted of an event stream (after the data preparation's progress), or the error before it."""
+    from napari_pgps.events import RunStarted
+
+    return next(e for e in events if isinstance(e, RunStarted))

@@ -1,13 +1,18 @@
-"""napari reader for NIfTI volumes: the layer's scale comes from the spacing, the affine is kept in its metadata."""
+"""napari reader for NIfTI volumes, placed in world space with their full direction.
+
+Each layer's ``affine`` maps its (Z, Y, X) voxels to the world (z, y, x) the
+file's affine gives (RAS millimetres, axes in napari's order), so a volume
+stored in LPS or obliquely, or at another voxel size, lies where it belongs and
+lines up with any other volume of the same patient. An image of several
+channels (a 4D NIfTI) opens as one layer per channel.
+"""
 
 from __future__ import annotations
 
 from pathlib import Path
 from typing import Callable, Optional, Union
 
-import numpy as np
-
-from .data.volume import NIFTI_SUFFIXES, read_volume
+from .data.volume import NIFTI_SUFFIXES, nifti_codes, read_volume, reverse_axes
 
 _LABEL_HINTS = ("label", "seg", "mask")
 
@@ -27,23 +32,25 @@ def is_label_file(path: Path) -> bool:
 
 
 def read_nifti(path: Union[str, list[str]]) -> list[tuple]:
-    """Layer data tuples (Z, Y, X arrays) for one or more NIfTI files.
+    """Layer data tuples ((Z, Y, X) arrays) for one or more NIfTI files.
 
-    Each layer's ``scale`` is the voxel spacing in mm and its ``translate``
-    the origin, so volumes with different spacings line up; ``metadata``
-    holds the file's ``affine`` and ``path`` for writing results back.
+    ``metadata`` holds the file's NIfTI ``affine``, its ``path`` and its
+    header's sform/qform codes and units (``nifti``), for writing results back
+    as the file was.
     """
     layers = []
     for item in [path] if isinstance(path, str) else path:
         item = Path(item)
         labels = is_label_file(item)
         volume = read_volume(item, kind="labels" if labels else "image")
-        translate = tuple(float(t) for t in np.asarray(volume.affine)[:3, 3][::-1])
         meta = {
             "name": volume.name,
-            "scale": volume.spacing,
-            "translate": translate,
-            "metadata": {"affine": volume.affine, "path": str(item), "spacing": volume.spacing},
+            "affine": reverse_axes(volume.affine),
+            "metadata": {"affine": volume.affine, "path": str(item), "spacing": volume.spacing,
+                         "nifti": nifti_codes(volume.header)},
         }
+        if volume.channels > 1:
+            meta["channel_axis"] = 0
+            meta["name"] = [f"{volume.name} [{c}]" for c in range(volume.channels)]
         layers.append((volume.array, meta, "labels" if labels else "image"))
     return layers

@@ -1,4 +1,4 @@
-"""napari writer: a Labels layer saved as NIfTI with its source image's affine."""
+"""napari writer: a Labels layer saved as NIfTI where it lies in world space, with its source file's header codes."""
 
 from __future__ import annotations
 
@@ -6,21 +6,27 @@ from typing import Any
 
 import numpy as np
 
-from .data.volume import Volume, affine_from_spacing, write_volume
+from .data.volume import Volume, nifti_header, reverse_axes, write_volume
 
 
 def write_labels(path: str, data: Any, meta: dict) -> list[str]:
     """Write a 3D labels layer (Z, Y, X) to ``path`` (``.nii`` or ``.nii.gz``).
 
-    The affine is the one kept in the layer's metadata (the source image's,
-    set by our reader and the Segment widget); without one it is built from
-    the layer's scale and translate.
+    The affine is the layer's placement in the world (its affine, scale,
+    translate, rotation and shear), so the file lines up with the image it was
+    drawn on whatever that image's orientation; the sform/qform codes and unit
+    are the source file's when our reader or the Segment widget kept them.
     """
+    from napari.utils.transforms import Affine
+
     array = np.asarray(data)
-    affine = (meta.get("metadata") or {}).get("affine")
-    if affine is None:
-        scale = tuple(float(s) for s in meta.get("scale", (1.0, 1.0, 1.0)))[-3:]
-        affine = affine_from_spacing(scale)
-        affine[:3, 3] = [float(t) for t in tuple(meta.get("translate", (0.0, 0.0, 0.0)))[-3:][::-1]]
+    given = {key: meta[key] for key in ("scale", "translate", "rotate", "shear") if meta.get(key) is not None}
+    placement = Affine(**given, ndim=array.ndim).affine_matrix
+    layer_affine = meta.get("affine")
+    world = (np.asarray(layer_affine.affine_matrix if hasattr(layer_affine, "affine_matrix") else layer_affine)
+             if layer_affine is not None else np.eye(array.ndim + 1)) @ placement
+    affine = reverse_axes(world[-4:, -4:])
+    codes = (meta.get("metadata") or {}).get("nifti") or {}
     values = array.astype(np.uint8 if array.max(initial=0) < 256 else np.int16)
-    return [str(write_volume(Volume(values, np.asarray(affine, dtype=float)), path))]
+    volume = Volume(values, affine, header=nifti_header(affine, codes))
+    return [str(write_volume(volume, path))]

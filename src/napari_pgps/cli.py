@@ -312,33 +312,53 @@ The pruned model segments like any other (napari-pgps segment --model runs/prune
 
 # -- segment ------------------------------------------------------------------
 def _segment(args: argparse.Namespace) -> int:
-    from .data.volume import is_volume_file, read_volume, write_volume
+    from .data.volume import read_image, write_volume
     from .engine import load_model, segment_volume
     from .models import check_inference_patch
 
     model = load_model(args.model, args.device)
     if args.patch_size:
         check_inference_patch(model.config.model, args.patch_size)
-    source, target = Path(args.input), Path(args.output)
-    if source.is_dir():
-        inputs = sorted(p for p in source.iterdir() if is_volume_file(p))
-        if not inputs:
-            raise InputError(f"{source}: no NIfTI or TIFF volume in this folder.")
-        outputs = [target / _output_name(p) for p in inputs]
-    elif source.exists():
-        inputs = [source]
-        outputs = [target / _output_name(source) if target.is_dir() or args.output.endswith(("/", "\\")) else target]
-    else:
-        raise InputError(f"{source}: input not found.")
-    for path in inputs:  # check every input before writing anything
-        read_volume(path, kind="image")
-    for path, out in zip(inputs, outputs):
-        image = read_volume(path, kind="image")
+    inputs = segment_inputs(Path(args.input), model.config.model.in_channels)
+    target = Path(args.output)
+    many = len(inputs) > 1 or Path(args.input).is_dir() or target.is_dir() or args.output.endswith(("/", "\\"))
+    images = []
+    for paths in inputs:  # read and check every input before writing anything
+        images.append(read_image(paths))
+    for paths, image in zip(inputs, images):
+        out = target / _output_name(paths[0]) if many else target
         result = segment_volume(model, image, patch_size=args.patch_size, mirror=args.tta)
         write_volume(result.labels, out)
         volumes = ", ".join(f"{name} {v['ml']:.3f} mL ({v['voxels']} voxels)" for name, v in result.volumes.items())
-        print(f"{out}: {volumes}", flush=True)
+        notes = "".join(f"; {note}" for note in result.notes)
+        print(f"{out}: {volumes}{notes}", flush=True)
     return 0
+
+
+def segment_inputs(source: Path, channels: int) -> list[list[Path]]:
+    """The images to segment, each as its channel files: a file (4D for several channels), a folder of such files,
+    or a folder of nnU-Net style ``CASE_0000``, ``CASE_0001``, ... files (one per channel)."""
+    from .data.volume import case_name, is_volume_file
+
+    if not source.exists():
+        raise InputError(f"{source}: input not found.")
+    if not source.is_dir():
+        return [[source]]
+    files = sorted(p for p in source.iterdir() if is_volume_file(p))
+    if not files:
+        raise InputError(f"{source}: no NIfTI or TIFF volume in this folder.")
+    firsts = [p for p in files if case_name(p).endswith("_0000")]
+    if channels == 1 or not firsts:
+        return [[p] for p in files]
+    groups = []
+    for first in firsts:
+        stem, suffix = case_name(first)[:-5], first.name[len(case_name(first)):]
+        paths = [first.with_name(f"{stem}_{c:04d}{suffix}") for c in range(channels)]
+        missing = [p.name for p in paths if not p.is_file()]
+        if missing:
+            raise InputError(f"{source}: the model takes {channels} channels; case '{stem}' lacks {', '.join(missing)}.")
+        groups.append(paths)
+    return groups
 
 
 def _output_name(path: Path) -> str:

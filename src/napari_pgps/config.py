@@ -33,23 +33,45 @@ DEVICES = ("auto", "cpu", "cuda", "mps")
 
 @dataclass
 class DataConfig:
-    """Where the training data is and how it is split and sampled."""
+    """Where the training data is, how it is split, sampled, augmented and loaded."""
 
     path: Optional[str] = None
     """Dataset folder (Decathlon or nnU-Net v2 raw layout)."""
     validation_fraction: float = 0.2
     """Share of the cases held out for validation, drawn with ``TrainingConfig.seed``."""
     foreground_oversampling: float = 0.33
-    """Probability that a crop is centred on a foreground voxel (nnU-Net: 0.33)."""
+    """Share of crops forced onto a foreground voxel (nnU-Net: 0.33)."""
+    oversampling: str = "batch"
+    """How the share is applied: "batch" (nnU-Net: the last ``round(B x share)`` crops of each batch, one of two at
+    B = 2) or "crop" (each crop with that probability)."""
     max_cases: Optional[int] = None
     """Use only the first N cases (sorted by name); for quick runs and tests."""
-    mirror_augmentation: bool = True
-    """Flip training crops at random along each axis."""
+    augmentation: Optional[str] = None
+    """"nnunet" (rotation, scaling, noise, blur, brightness, contrast, low resolution, gamma, mirroring, as nnU-Net's
+    defaults), "mirror" (mirroring only) or "none"; from the device profile when ``None``."""
+    loader_workers: Optional[int] = None
+    """Processes that cut and augment crops ahead of the training step (0: in the training process); from the device
+    profile when ``None``."""
+    preprocessed: Optional[str] = None
+    """Folder for preprocessed datasets (reused by later runs); ``$NAPARI_PGPS_CACHE`` or ``~/.cache/napari-pgps``
+    when ``None``."""
+
+
+@dataclass
+class PreprocessingConfig:
+    """How every case is brought to the grid the network trains on (and every input before it is segmented)."""
+
+    orientation: str = "RAS"
+    """The canonical orientation: the axis codes of the NIfTI voxel axes (i, j, k)."""
+    resample: bool = True
+    """Resample to the target spacing (``model.spacing``); off: cases keep their voxel size."""
+    crop_to_nonzero: bool = True
+    """Cut each case to the box around its nonzero voxels (nnU-Net)."""
 
 
 @dataclass
 class NormalizationConfig:
-    """How intensities are normalised; fitted on the training cases.
+    """How one channel's intensities are normalised; fitted on the dataset (see :mod:`napari_pgps.data.normalization`).
 
     ``scheme`` is ``"zscore"`` (each case by its own mean and standard
     deviation) or ``"ct"`` (clip to the dataset's 0.5/99.5 foreground
@@ -58,11 +80,12 @@ class NormalizationConfig:
     """
 
     scheme: Optional[str] = None
-    """``None`` until fitted: then "ct" for CT datasets and "zscore" otherwise."""
     clip_low: Optional[float] = None
     clip_high: Optional[float] = None
     mean: Optional[float] = None
     std: Optional[float] = None
+    nonzero_mask: bool = False
+    """zscore: statistics inside the case's nonzero region only, and 0 outside it."""
 
 
 @dataclass
@@ -79,11 +102,12 @@ class ModelConfig:
     deep_supervision: bool = True
     # Planned (nnU-Net style) from the patch and the median spacing:
     spacing: Optional[tuple[float, float, float]] = None
-    """Median voxel spacing of the training cases in mm (Z, Y, X)."""
+    """The target spacing in mm (Z, Y, X) cases are resampled to: nnU-Net's rule over the dataset's cases."""
     kernel_sizes: Optional[list[tuple[int, int, int]]] = None
     strides: Optional[list[tuple[int, int, int]]] = None
     channels: Optional[list[int]] = None
     in_channels: int = 1
+    """Input channels, set from the dataset; their names, in order, are ``RunConfig.channels``."""
     out_channels: Optional[int] = None
     """Number of labels, background included."""
     hypernet_hidden: int = 50
@@ -190,14 +214,17 @@ class RunConfig:
     """Everything that defines a training run."""
 
     data: DataConfig = field(default_factory=DataConfig)
-    normalization: NormalizationConfig = field(default_factory=NormalizationConfig)
+    preprocessing: PreprocessingConfig = field(default_factory=PreprocessingConfig)
+    normalization: list[NormalizationConfig] = field(default_factory=list)
+    """One per input channel; fitted on the dataset when empty."""
     model: ModelConfig = field(default_factory=ModelConfig)
     curriculum: CurriculumConfig = field(default_factory=CurriculumConfig)
     training: TrainingConfig = field(default_factory=TrainingConfig)
     pruning: PruningConfig = field(default_factory=PruningConfig)
     labels: Optional[dict[int, str]] = None
     """Label value -> name, background (0) included; read from ``dataset.json``."""
-    modality: Optional[str] = None
+    channels: Optional[list[str]] = None
+    """The input channels' names in the order the model takes them (e.g. ["FLAIR", "T1c"]); from ``dataset.json``."""
 
     def to_dict(self) -> dict[str, Any]:
         """Plain dict of lists, numbers and strings (safe for YAML and ``torch.load(weights_only=True)``)."""

@@ -28,6 +28,17 @@ class Event:
 
 
 @dataclass(frozen=True)
+class Preparing(Event):
+    """Before training: ``done`` of ``total`` cases fingerprinted (``task`` "fingerprint") or preprocessed
+    ("preprocessing"). Cases already done by an earlier run are not counted again. Not written to ``metrics.jsonl``:
+    it tells of the dataset's cache, not of the run."""
+
+    task: str
+    done: int
+    total: int
+
+
+@dataclass(frozen=True)
 class RunStarted(Event):
     """Training begins (or resumes at ``start_epoch``)."""
 
@@ -125,7 +136,8 @@ class StepDone(Event):
     """One optimisation step.
 
     ``class_fractions`` is the voxel fraction of each label (background first)
-    in this step's crops; ``seconds`` the wall time of sampling plus the step.
+    in this step's crops; ``seconds`` the wall time of the step, waiting for its
+    batch included (``data_seconds`` of it).
     """
 
     epoch: int
@@ -139,7 +151,11 @@ class StepDone(Event):
     crop_cases: tuple[str, ...] = ()
     """Name of the case each crop was cut from (the overlay draws them over the matching layer)."""
     crop_origins: tuple[tuple[int, int, int], ...] = ()
-    """First voxel (Z, Y, X) of each crop in its case."""
+    """First voxel (Z, Y, X) of each crop on its case's own grid (as stored; nearest voxel where resampled)."""
+    crop_sizes: tuple[tuple[int, int, int], ...] = ()
+    """Each crop's size (Z, Y, X) on its case's own grid (the patch, unless the case is resampled or reoriented)."""
+    data_seconds: float = 0.0
+    """Of ``seconds``, the time the step waited for its batch to be cut and augmented."""
 
 
 @dataclass(frozen=True)

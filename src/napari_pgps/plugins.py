@@ -22,7 +22,7 @@ pruning method is one more module with one more subclass.
 
 from __future__ import annotations
 
-from typing import Any, ClassVar, Iterable, Optional, Protocol
+from typing import Any, ClassVar, Iterable, Optional, Protocol, Sequence
 
 import numpy as np
 import torch
@@ -42,8 +42,8 @@ class TrainingRun(Protocol):
     device: torch.device
     sampler: Any
     """The run's :class:`napari_pgps.data.sampler.PatchSampler` over the training cases."""
-    training_images: list[np.ndarray]
-    """The normalised training images (Z, Y, X), in the sampler's case order."""
+    training_images: Sequence[np.ndarray]
+    """The preprocessed training images (C, Z, Y, X), in the sampler's case order (each read when indexed)."""
     training_names: list[str]
     """Case names in the same order."""
     final_batch: int

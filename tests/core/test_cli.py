@@ -97,7 +97,7 @@ def _break(dataset, kind):
     [
         ("nan", "NaN or infinite"),
         ("2d", "2D"),
-        ("4d", "4D"),
+        ("4d", "2 channel(s), but dataset.json declares 1"),
         ("unreadable", "cannot read"),
         ("missing", "file not found"),
         ("empty", "no training case"),

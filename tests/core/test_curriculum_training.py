@@ -2,7 +2,7 @@
 
 import numpy as np
 import pytest
-from helpers import quick_config
+from helpers import first_run_event, quick_config
 
 from napari_pgps import train
 from napari_pgps.config import RunConfig
@@ -32,7 +32,7 @@ def test_pgps_performance_stages_in_order_with_their_batches(phantom_dataset):
         assert in_stage and all(s.batch == stage.batch for s in in_stage)
         assert stage.batch == max(2, 2 * (8 * 16 * 16) // int(np.prod(stage.patch)))
     assert all(sum(f.class_fractions) == pytest.approx(1) and f.steps > 0 for f in finished)
-    run = events[0]
+    run = first_run_event(events)
     assert isinstance(run, RunStarted) and run.schedule == "pgps-performance"
     assert run.label_names == ("background", "lesion", "vessel")
     assert sum(run.volume_class_fractions) == pytest.approx(1)
@@ -41,7 +41,7 @@ def test_pgps_performance_stages_in_order_with_their_batches(phantom_dataset):
 def test_small_patches_raise_the_foreground_share(phantom_dataset):
     events = _run(phantom_dataset, "pgps-efficiency", epochs=4, iterations=6)
     finished = [e for e in events if isinstance(e, StageFinished)]
-    volume = events[0].volume_class_fractions
+    volume = first_run_event(events).volume_class_fractions
     first_foreground = 1 - finished[0].class_fractions[0]
     assert first_foreground > 1 - volume[0]
 

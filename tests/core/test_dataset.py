@@ -12,7 +12,7 @@ from napari_pgps.errors import InputError
 def test_decathlon_layout(phantom_dataset):
     info = read_dataset_info(phantom_dataset)
     assert info.labels == {0: "background", 1: "lesion", 2: "vessel"}
-    assert info.modality == "MRI"
+    assert info.channels == ["MRI"]
     assert [f.name for f in info.files] == [f"case_{i:03d}" for i in range(6)]
     cases = load_cases(info, max_cases=2)
     assert len(cases) == 2
@@ -32,7 +32,27 @@ def test_nnunet_v2_layout(tmp_path, phantom_dataset):
     data = load_training_set(root)
     assert [c.name for c in data.cases] == ["ph_0", "ph_1"]
     assert data.labels == {0: "background", 1: "lesion", 2: "vessel"}
-    assert data.modality == "CT"
+    assert data.channels == ["CT"]
+
+
+def test_nnunet_v2_layout_with_two_channels(tmp_path, phantom_dataset):
+    root = tmp_path / "Dataset002_TwoChannels"
+    (root / "imagesTr").mkdir(parents=True)
+    (root / "labelsTr").mkdir()
+    source = nib.load(str(phantom_dataset / "imagesTr" / "case_000.nii.gz"))
+    data = np.asanyarray(source.dataobj).astype(np.float32)
+    nib.save(nib.Nifti1Image(data, source.affine), str(root / "imagesTr" / "ph_0000.nii.gz"))
+    nib.save(nib.Nifti1Image(-data, source.affine), str(root / "imagesTr" / "ph_0001.nii.gz"))
+    shutil.copy(phantom_dataset / "labelsTr" / "case_000.nii.gz", root / "labelsTr" / "ph.nii.gz")
+    meta = {"channel_names": {"0": "T2", "1": "ADC"}, "labels": {"background": 0, "lesion": 1, "vessel": 2},
+            "file_ending": ".nii.gz"}
+    (root / "dataset.json").write_text(json.dumps(meta))
+    case = load_training_set(root).cases[0]
+    assert case.image.array.shape == (2, 16, 40, 40) and case.labels.shape == (16, 40, 40)
+    np.testing.assert_array_equal(case.image.array[1], -case.image.array[0])
+    (root / "imagesTr" / "ph_0001.nii.gz").unlink()
+    with pytest.raises(InputError, match="ph_0001.nii.gz: not found; dataset.json declares 2 channel"):
+        read_dataset_info(root)
 
 
 def _rewrite(path, change):

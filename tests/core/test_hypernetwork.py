@@ -5,7 +5,7 @@ import json
 
 import pytest
 import torch
-from helpers import quick_config
+from helpers import first_run_event, quick_config
 
 from napari_pgps.cli import main
 from napari_pgps.config import ModelConfig, RunConfig
@@ -99,12 +99,12 @@ def test_model_kinds_and_the_hypernetwork_needs_varying_patches(phantom_dataset)
     # the engine's rule, for every face: with no schedule named the hypernetwork trains with augment ...
     config = quick_config(phantom_dataset, epochs=1, iterations=1)
     config.model.architecture = "hypernet"
-    started = next(iter(train(config)))
+    started = first_run_event(train(config))
     assert (started.kind, started.schedule) == ("HN", "augment")
     # ... and the constant schedule, named, is refused
     config.curriculum.schedule = "constant"
     with pytest.raises(InputError, match="--schedule augment"):
-        next(iter(train(config)))
+        first_run_event(train(config))
 
 
 def test_augment_range_follows_the_paper():

@@ -1,27 +1,40 @@
 import numpy as np
 import pytest
 
+from napari_pgps.config import NormalizationConfig
 from napari_pgps.data import fit_normalization, normalize
 
 
 def test_zscore_per_case():
-    image = np.random.default_rng(0).normal(500, 40, (8, 9, 10)).astype(np.float32)
-    config = fit_normalization("MRI", [image], [np.zeros_like(image, np.uint8)])
-    out = normalize(image, config)
-    assert config.scheme == "zscore"
+    image = np.random.default_rng(0).normal(500, 40, (1, 8, 9, 10)).astype(np.float32)
+    (config,) = fit_normalization(["MRI"], [np.zeros(0, np.float32)], [1.0])
+    out = normalize(image, [config])
+    assert config.scheme == "zscore" and not config.nonzero_mask
     assert out.mean() == pytest.approx(0, abs=1e-4) and out.std() == pytest.approx(1, abs=1e-4)
-    assert normalize(image * 1000, config) == pytest.approx(out, abs=1e-3)
+    assert normalize(image * 1000, [config]) == pytest.approx(out, abs=1e-3)
 
 
-def test_ct_clips_to_foreground_percentiles():
+def test_zscore_inside_the_nonzero_region_when_cropping_shrinks_the_cases():
+    (config,) = fit_normalization(["FLAIR"], [np.zeros(0, np.float32)], [0.5, 0.6, 0.9])
+    assert config.nonzero_mask
+    image = np.zeros((1, 10, 10, 10), np.float32)
+    image[0, 2:8, 2:8, 2:8] = np.random.default_rng(0).normal(300, 20, (6, 6, 6))
+    mask = image[0] != 0
+    out = normalize(image, [config], mask)
+    assert out[0][mask].mean() == pytest.approx(0, abs=1e-4) and out[0][mask].std() == pytest.approx(1, abs=1e-4)
+    assert (out[0][~mask] == 0).all()
+
+
+def test_ct_clips_to_foreground_percentiles_and_channels_normalise_on_their_own():
     rng = np.random.default_rng(0)
-    image = rng.normal(0, 100, (20, 20, 20)).astype(np.float32)
-    labels = np.zeros(image.shape, np.uint8)
-    labels[5:15, 5:15, 5:15] = 1
-    image[labels == 1] = rng.uniform(40, 80, int(labels.sum()))
-    config = fit_normalization("CT", [image], [labels])
-    assert config.scheme == "ct"
-    assert 40 <= config.clip_low < config.clip_high <= 80
-    out = normalize(image, config)
-    assert out.max() == pytest.approx((config.clip_high - config.mean) / config.std, rel=1e-5)
-    assert out.min() == pytest.approx((config.clip_low - config.mean) / config.std, rel=1e-5)
+    foreground = rng.uniform(40, 80, 5000).astype(np.float32)
+    ct, mri = fit_normalization(["CT", "MRI"], [foreground, foreground], [1.0])
+    assert (ct.scheme, mri.scheme) == ("ct", "zscore")
+    assert 40 <= ct.clip_low < ct.clip_high <= 80
+    image = rng.normal(0, 100, (2, 20, 20, 20)).astype(np.float32)
+    out = normalize(image, [ct, mri])
+    assert out[0].max() == pytest.approx((ct.clip_high - ct.mean) / ct.std, rel=1e-5)
+    assert out[0].min() == pytest.approx((ct.clip_low - ct.mean) / ct.std, rel=1e-5)
+    assert out[1].std() == pytest.approx(1, abs=1e-4)
+    with pytest.raises(ValueError, match="1 normalisation"):
+        normalize(image, [NormalizationConfig("zscore")])

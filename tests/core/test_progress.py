@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import pytest
-from helpers import quick_config
+from helpers import quick_config, run_events
 
 from napari_pgps import train
 from napari_pgps.engine import TrainingProgress, describe_event, fold, read_events
@@ -28,7 +28,7 @@ def pgps_run(tmp_path_factory, phantom_dataset):
     config.curriculum.pdl.groups = 2
     config.training.validate_every = 2
     run_dir = tmp_path_factory.mktemp("progress") / "run"
-    return list(train(config, run_dir)), run_dir
+    return run_events(train(config, run_dir)), run_dir
 
 
 def test_the_log_reads_back_into_the_same_events(pgps_run):

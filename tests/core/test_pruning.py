@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
-from helpers import quick_config
+from helpers import first_run_event, quick_config
 
 from napari_pgps.config import ModelConfig, PruningConfig
 from napari_pgps.models import build_network
@@ -204,8 +204,8 @@ def test_progressive_pruning_trains_the_prm_network_and_refuses_another(phantom_
 
     config = quick_config(phantom_dataset)
     config.pruning.enabled = True
-    started = next(iter(train(config)))
+    started = first_run_event(train(config))
     assert started.architecture == "prm"
     config.model.architecture = "dynunet"
     with pytest.raises(InputError, match="--architecture prm"):
-        next(iter(train(config)))
+        first_run_event(train(config))

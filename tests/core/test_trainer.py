@@ -5,17 +5,22 @@ import time
 import numpy as np
 import pytest
 import torch
-from helpers import quick_config
+from helpers import first_run_event, quick_config, run_events
 
 from napari_pgps import train
 from napari_pgps.engine import TrainingControl, TrainingDiverged, load_checkpoint
 from napari_pgps.errors import InputError
-from napari_pgps.events import CheckpointSaved, Finished, Paused, Resumed, RunStarted, StageStarted, StepDone, Validated
+from napari_pgps.events import CheckpointSaved, Finished, Paused, Preparing, Resumed, RunStarted, StageStarted, StepDone, Validated
 
 
-def test_events_files_and_checkpoint_contents(tmp_path, phantom_dataset):
+def test_events_files_and_checkpoint_contents(tmp_path, phantom_dataset, monkeypatch):
+    monkeypatch.setenv("NAPARI_PGPS_CACHE", str(tmp_path / "cache"))  # a fresh cache: the data is prepared here
     run_dir = tmp_path / "run"
-    events = list(train(quick_config(phantom_dataset, epochs=2, iterations=3), run_dir))
+    everything = list(train(quick_config(phantom_dataset, epochs=2, iterations=3), run_dir))
+    preparing = [e for e in everything if isinstance(e, Preparing)]
+    assert [(e.task, e.done) for e in preparing] == [("fingerprint", i) for i in range(1, 7)] + [
+        ("preprocessing", i) for i in range(1, 7)]
+    events = run_events(everything)
     kinds = [type(e) for e in events]
     assert kinds[0] is RunStarted and kinds[1] is StageStarted and kinds[-1] is Finished
     assert kinds.count(StepDone) == 6 and kinds.count(Validated) == 2
@@ -34,7 +39,7 @@ def test_events_files_and_checkpoint_contents(tmp_path, phantom_dataset):
     assert payload["epoch"] == 2 and payload["step"] == 6
     assert payload["config"]["labels"] == {0: "background", 1: "lesion", 2: "vessel"}
     assert payload["config"]["model"]["spacing"] == pytest.approx([2.5, 0.8, 0.8])
-    assert payload["config"]["normalization"]["scheme"] == "zscore"
+    assert [n["scheme"] for n in payload["config"]["normalization"]] == ["zscore"]
     assert {"optimizer", "scheduler", "rng"} <= set(payload)
 
 
@@ -113,7 +118,7 @@ def test_a_patch_the_network_cannot_take_is_refused_before_writing(tmp_path, pha
     config = quick_config(phantom_dataset)
     config.model.patch_size = (9, 32, 32)
     with pytest.raises(InputError, match="cannot be taken.*Try 10 32 32"):
-        next(iter(train(config, tmp_path / "run")))
+        first_run_event(train(config, tmp_path / "run"))
     assert not (tmp_path / "run").exists()
 
 

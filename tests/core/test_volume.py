@@ -56,15 +56,30 @@ def test_single_channel_4d_is_accepted(tmp_path):
 
 
 @pytest.mark.parametrize(
-    "data, message",
+    "data, kind, message",
     [
-        (np.zeros((4, 5), np.float32), "2D"),
-        (np.zeros((4, 5, 6, 2), np.float32), "4D"),
+        (np.zeros((4, 5), np.float32), "image", "2D"),
+        (np.zeros((4, 5, 6, 2), np.uint8), "labels", "label map is 4D"),
     ],
 )
-def test_wrong_dimensions_are_refused(tmp_path, data, message):
+def test_wrong_dimensions_are_refused(tmp_path, data, kind, message):
     with pytest.raises(InputError, match=message):
-        read_volume(_save(tmp_path / "a.nii.gz", data))
+        read_volume(_save(tmp_path / "a.nii.gz", data), kind=kind)
+
+
+def test_a_4d_image_is_read_as_channels_and_files_per_channel_are_stacked(tmp_path):
+    from napari_pgps.data.volume import read_image
+
+    data = np.random.default_rng(0).random((4, 5, 6, 2)).astype(np.float32)  # (x, y, z, c) on disk
+    volume = read_volume(_save(tmp_path / "a.nii.gz", data))
+    assert volume.array.shape == (2, 6, 5, 4) and volume.shape == (6, 5, 4) and volume.channels == 2
+    assert volume.array[1, 3, 2, 1] == data[1, 2, 3, 1]
+    first, second = (_save(tmp_path / f"b_000{c}.nii.gz", data[..., c]) for c in range(2))
+    stacked = read_image([first, second])
+    np.testing.assert_array_equal(stacked.array, volume.array)
+    _save(tmp_path / "c_0001.nii.gz", data[..., 1], affine=_affine() * 2)
+    with pytest.raises(InputError, match="geometry differs"):
+        read_image([first, tmp_path / "c_0001.nii.gz"])
 
 
 def test_nan_intensities_are_refused(tmp_path):

@@ -50,7 +50,7 @@ def test_chooser_estimates_memory_and_segments_with_the_baked_hypernetwork(make_
     widget.estimate.click()  # cached: filled at once, no worker
     assert widget.estimate_worker is None and widget.sizes.count() == len(texts)
 
-    widget.image.setCurrentText("phantom")
+    widget.image.layer.setCurrentText("phantom")
     widget.segment()
     qtbot.waitUntil(lambda: widget.result_layer is not None and widget.worker is None, timeout=60_000)
     assert widget.result_layer.data.shape == image.data.shape

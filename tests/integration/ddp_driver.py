@@ -24,11 +24,13 @@ import json
 import sys
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from napari_pgps import train
 from napari_pgps.config import RunConfig
 from napari_pgps.engine import TrainingControl, distributed, trainer
+from napari_pgps.data.fingerprint import CaseFingerprint, Fingerprint
 from napari_pgps.engine.resolve import resolve_config
 from napari_pgps.events import Finished, StepDone
 from napari_pgps.models import build_network, training_outputs
@@ -85,8 +87,10 @@ def step_against_single_process(context: distributed.DistributedContext) -> dict
     config = RunConfig()
     config.model.patch_size = (16, 16, 16)
     config.model.base_channels = 8
-    config = resolve_config(config, labels={0: "background", 1: "a", 2: "b"}, modality="MRI",
-                            spacings=[(1.0, 1.0, 1.0)], shapes=[(32, 32, 32)], device=torch.device("cpu"))
+    fingerprint = Fingerprint(["MRI"], {"case": CaseFingerprint((1.0, 1.0, 1.0), (32, 32, 32), 1.0)},
+                              [np.zeros(0, np.float32)])
+    config = resolve_config(config, labels={0: "background", 1: "a", 2: "b"}, channels=["MRI"],
+                            fingerprint=fingerprint, device=torch.device("cpu"))
     torch.manual_seed(0)
     initial = build_network(config.model)
     generator = torch.Generator().manual_seed(1)

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from qtpy.QtWidgets import QSpinBox
+from qtpy.QtWidgets import QComboBox, QHBoxLayout, QLabel, QPushButton, QSpinBox, QVBoxLayout, QWidget
+
+CHANNEL_SEPARATOR = " + "
 
 
 def spin_box(low: int, high: int, value: int) -> QSpinBox:
@@ -11,3 +13,61 @@ def spin_box(low: int, high: int, value: int) -> QSpinBox:
     spin.setRange(low, high)
     spin.setValue(value)
     return spin
+
+
+class ChannelPicker(QWidget):
+    """Pick an image layer, or several as the channels of one image, in the order the model takes them.
+
+    The list offers the open image layers (3D, or channels x 3D); "Add channel"
+    appends the one shown to the channels, "Clear" empties them. Without
+    added channels the image is the layer shown.
+    """
+
+    def __init__(self, viewer, exclude: tuple[str, ...] = ()) -> None:
+        super().__init__()
+        self.viewer, self.exclude = viewer, exclude
+        self.layer = QComboBox()
+        self.add, self.clear = QPushButton("Add channel"), QPushButton("Clear")
+        self.chosen: list[str] = []
+        self.summary = QLabel("")
+        self.summary.setWordWrap(True)
+        row = QHBoxLayout()
+        row.setContentsMargins(0, 0, 0, 0)
+        for widget in (self.layer, self.add, self.clear):
+            row.addWidget(widget)
+        column = QVBoxLayout(self)
+        column.setContentsMargins(0, 0, 0, 0)
+        column.addLayout(row)
+        column.addWidget(self.summary)
+        self.add.clicked.connect(self._add)
+        self.clear.clicked.connect(self.reset)
+        viewer.layers.events.inserted.connect(self.refresh)
+        viewer.layers.events.removed.connect(self.refresh)
+        self.refresh()
+
+    def refresh(self, *_) -> None:
+        from napari.layers import Image
+
+        current = self.layer.currentText()
+        self.layer.clear()
+        self.layer.addItems([layer.name for layer in self.viewer.layers
+                             if isinstance(layer, Image) and layer.ndim in (3, 4) and layer.name not in self.exclude])
+        if current:
+            self.layer.setCurrentText(current)
+
+    def names(self) -> list[str]:
+        """The chosen layers' names in channel order."""
+        return list(self.chosen) or ([self.layer.currentText()] if self.layer.currentText() else [])
+
+    def text(self) -> str:
+        """The chosen layers' names joined by " + "."""
+        return CHANNEL_SEPARATOR.join(self.names())
+
+    def reset(self) -> None:
+        self.chosen = []
+        self.summary.setText("")
+
+    def _add(self) -> None:
+        if self.layer.currentText():
+            self.chosen.append(self.layer.currentText())
+            self.summary.setText("channels: " + ", ".join(f"{i}: {n}" for i, n in enumerate(self.chosen)))

@@ -7,24 +7,40 @@ from typing import Optional
 import numpy as np
 
 from ..data.dataset import Case, TrainingSet, check_case
-from ..data.volume import Volume, affine_from_spacing
+from ..data.volume import Volume, nifti_header, reverse_axes
 from ..errors import InputError
 
 
-def volume_from_layer(layer, kind: str = "image") -> Volume:
-    """A copy of a 3D layer's data as a :class:`Volume` (Z, Y, X).
+def world_matrix(layer) -> np.ndarray:
+    """The 4x4 matrix taking a layer's last three data axes (Z, Y, X) to world (z, y, x): its affine after its
+    scale, translate, rotation and shear."""
+    from napari.utils.transforms import Affine
 
-    The affine is the one our reader kept in the layer's metadata when it
-    still fits the data, else a diagonal one from the layer's scale and
-    translate. The layer itself is never modified.
+    placement = Affine(scale=layer.scale, translate=layer.translate, rotate=layer.rotate, shear=layer.shear,
+                       ndim=layer.ndim).affine_matrix
+    return (layer.affine.affine_matrix @ placement)[-4:, -4:]
+
+
+def placement(layer) -> dict:
+    """Keyword arguments that place a new 3D layer exactly over ``layer`` (whose last three axes are Z, Y, X)."""
+    matrix = world_matrix(layer)
+    return {"affine": matrix}
+
+
+def volume_from_layer(layer, kind: str = "image") -> Volume:
+    """A copy of a layer's data as a :class:`Volume`: (Z, Y, X), or (C, Z, Y, X) for an image layer with a leading
+    channel axis.
+
+    The affine is the layer's placement in the world (:func:`world_matrix`), so
+    a volume read by our reader in any orientation keeps its own. The layer
+    itself is never modified.
     """
     data = np.asarray(layer.data)
-    if data.ndim != 3:
-        raise InputError(f"layer '{layer.name}' is {data.ndim}D (shape {data.shape}); a 3D layer is expected.")
-    affine = (layer.metadata or {}).get("affine")
-    if affine is None or np.asarray(affine).shape != (4, 4):
-        affine = affine_from_spacing(tuple(float(s) for s in layer.scale[-3:]))
-        affine[:3, 3] = [float(t) for t in layer.translate[-3:][::-1]]
+    if data.ndim != 3 and not (kind == "image" and data.ndim == 4):
+        raise InputError(f"layer '{layer.name}' is {data.ndim}D (shape {data.shape}); a 3D layer "
+                         "(or, for an image, channels x 3D) is expected.")
+    affine = reverse_axes(world_matrix(layer))
+    codes = (layer.metadata or {}).get("nifti") or {}
     if kind == "labels":
         if not np.issubdtype(data.dtype, np.integer):
             raise InputError(f"labels layer '{layer.name}' holds {data.dtype} values; labels must be whole numbers.")
@@ -33,7 +49,24 @@ def volume_from_layer(layer, kind: str = "image") -> Volume:
         array = data.astype(np.float32)
         if not np.isfinite(array).all():
             raise InputError(f"image layer '{layer.name}' holds NaN or infinite values; fix or mask them first.")
-    return Volume(array=array, affine=np.asarray(affine, dtype=float))
+    return Volume(array=array, affine=affine, header=nifti_header(affine, codes))
+
+
+def image_from_layers(layers: list) -> Volume:
+    """One image of several channels from image layers (in the order given) that cover the same voxels.
+
+    Raises:
+        InputError: a layer is not 3D, or the layers differ in shape or placement.
+    """
+    volumes = [volume_from_layer(layer) for layer in layers]
+    first = volumes[0]
+    for layer, volume in zip(layers[1:], volumes[1:]):
+        if volume.shape != first.shape or not np.allclose(volume.affine, first.affine, atol=1e-3):
+            raise InputError(f"image layer '{layer.name}' differs from '{layers[0].name}' in shape or placement; the "
+                             "channels of an image must cover the same voxels.")
+    if len(volumes) == 1:
+        return first
+    return Volume(np.concatenate([v.channel_first() for v in volumes]), first.affine, header=first.header)
 
 
 def label_names_of(layer) -> dict[int, str]:
@@ -46,14 +79,15 @@ def label_names_of(layer) -> dict[int, str]:
 
 
 def training_set_from_layers(pairs: list[tuple[object, object]]) -> TrainingSet:
-    """Labelled cases from (image layer, labels layer) pairs; label names merged over all pairs."""
+    """Labelled cases from (image layer or list of channel layers, labels layer) pairs; label names merged."""
     if not pairs:
         raise InputError("no training data: open an image and a labels layer, or choose a dataset folder.")
     cases, labels = [], {}
     for image_layer, labels_layer in pairs:
-        image = volume_from_layer(image_layer, "image")
+        image = image_from_layers(image_layer if isinstance(image_layer, (list, tuple)) else [image_layer])
+        image_layer = image_layer[0] if isinstance(image_layer, (list, tuple)) else image_layer
         label_map = volume_from_layer(labels_layer, "labels")
-        label_map.affine = image.affine.copy()
+        label_map.affine = image.affine.copy()  # labels are taken on their image's voxels (as drawn over it)
         if image.shape != label_map.shape:
             raise InputError(
                 f"labels layer '{labels_layer.name}' has shape {label_map.shape}, image layer '{image_layer.name}' "
@@ -64,7 +98,11 @@ def training_set_from_layers(pairs: list[tuple[object, object]]) -> TrainingSet:
         cases.append(Case(name=image_layer.name, image=image, labels=label_map))
     present = set().union(*(np.unique(c.labels.array).tolist() for c in cases))
     labels.update({int(v): f"label {int(v)}" for v in present if int(v) not in labels})
-    return TrainingSet(cases=cases, labels=dict(sorted(labels.items())), modality="unknown")
+    channels = {case.image.channels for case in cases}
+    if len(channels) > 1:
+        raise InputError("the training images differ in their number of channels; give every case the same channels.")
+    return TrainingSet(cases=cases, labels=dict(sorted(labels.items())),
+                       channels=[f"channel {c}" for c in range(channels.pop())])
 
 
 def box_outlines(shape: tuple[int, int, int], boxes: list[tuple[tuple[int, int, int], tuple[int, int, int]]]) -> np.ndarray:

@@ -23,7 +23,8 @@ from qtpy.QtWidgets import (
     QWidget,
 )
 
-from .layers import find_layer, volume_from_layer
+from .forms import ChannelPicker
+from .layers import find_layer, image_from_layers, placement
 from .state import state_for
 
 
@@ -77,7 +78,7 @@ class SegmentWidget(QWidget):
         self.model.setEditable(True)
         self.model.setToolTip("a run folder or a checkpoint (.pt); the model trained last is offered first")
         browse_dir, browse_file = QPushButton("Run folder..."), QPushButton("Checkpoint...")
-        self.image = QComboBox()
+        self.image = ChannelPicker(napari_viewer)
         self.training_patch = QCheckBox("training patch size")
         self.training_patch.setChecked(True)
         self.patch = [QSpinBox() for _ in range(3)]
@@ -117,7 +118,7 @@ class SegmentWidget(QWidget):
         form = QFormLayout()
         form.addRow("Model", self.model)
         form.addRow("", model_row)
-        form.addRow("Image layer", self.image)
+        form.addRow("Image layer(s)", self.image)
         form.addRow("Patch", patch_row)
         sizes_row = QHBoxLayout()
         sizes_row.addWidget(self.sizes, 1)
@@ -145,9 +146,6 @@ class SegmentWidget(QWidget):
         self.cancel.clicked.connect(self.cancel_segmentation)
         self._progress.advanced.connect(self._advance)
         self.state.model_trained.connect(self.offer_model)
-        self.viewer.layers.events.inserted.connect(self._refresh_images)
-        self.viewer.layers.events.removed.connect(self._refresh_images)
-        self._refresh_images()
         if self.state.last_model is not None:
             self.offer_model(self.state.last_model)
         self.cancel.setEnabled(False)
@@ -234,29 +232,21 @@ class SegmentWidget(QWidget):
         if path:
             self.offer_model(path)
 
-    def _refresh_images(self, *_) -> None:
-        from napari.layers import Image
-
-        current = self.image.currentText()
-        self.image.clear()
-        self.image.addItems([layer.name for layer in self.viewer.layers if isinstance(layer, Image) and layer.ndim == 3])
-        if current:
-            self.image.setCurrentText(current)
-
     def segment(self) -> None:
-        """Segment the chosen image layer in a background thread."""
+        """Segment the chosen image layer (or layers, as channels) in a background thread."""
         from napari.qt.threading import thread_worker
         from napari.utils.notifications import show_error
 
         from ..errors import InputError
 
-        layer = find_layer(self.viewer, self.image.currentText())
+        layers = [find_layer(self.viewer, name) for name in self.image.names()]
+        layer = layers[0] if layers else None
         try:
             if not self.model.currentText().strip():
                 raise InputError("choose a model: a run folder or a checkpoint.")
-            if layer is None:
+            if layer is None or not all(layers):
                 raise InputError("open a 3D image layer to segment.")
-            image = volume_from_layer(layer, "image")
+            image = image_from_layers(layers)
         except InputError as exc:
             show_error(str(exc))
             return
@@ -305,17 +295,17 @@ class SegmentWidget(QWidget):
         labels = model.config.labels
         values = sorted(labels)
         features = pd.DataFrame({"index": values, "name": [labels[v] for v in values]})
-        metadata = {"affine": image.affine, "label_names": labels, "source": layer.name, "model": model.checkpoint}
+        metadata = {"affine": image.affine, "label_names": labels, "source": layer.name, "model": model.checkpoint,
+                    "nifti": (layer.metadata or {}).get("nifti", {})}
         self.result_layer = self.viewer.add_labels(
-            result.labels.array, name=f"{layer.name} segmentation", scale=layer.scale, translate=layer.translate,
-            features=features, metadata=metadata,
+            result.labels.array, name=f"{layer.name} segmentation", features=features, metadata=metadata,
+            **placement(layer),
         )
         if result.probabilities is not None:
             p = np.clip(result.probabilities, 1e-8, 1.0)
             entropy = -(p * np.log(p)).sum(axis=0) / np.log(len(values))
-            self.viewer.add_image(entropy.astype(np.float32), name=f"{layer.name} uncertainty", scale=layer.scale,
-                                  translate=layer.translate, colormap="magma", opacity=0.6, contrast_limits=(0, 1),
-                                  blending="additive")
+            self.viewer.add_image(entropy.astype(np.float32), name=f"{layer.name} uncertainty", colormap="magma",
+                                  opacity=0.6, contrast_limits=(0, 1), blending="additive", **placement(layer))
         self.table.setRowCount(len(result.volumes))
         for row, (name, volume) in enumerate(result.volumes.items()):
             for column, text in enumerate((name, f"{volume['voxels']}", f"{volume['ml']:.3f}")):
@@ -324,4 +314,5 @@ class SegmentWidget(QWidget):
         from ..models import architecture
 
         baked = ", hypernetwork baked for it" if architecture(model.config.model).bakes_to else ""
-        self.status.setText(f"'{self.result_layer.name}' added (patch {size}{baked})")
+        notes = "".join(f"; {note}" for note in result.notes)
+        self.status.setText(f"'{self.result_layer.name}' added (patch {size}{baked}{notes})")

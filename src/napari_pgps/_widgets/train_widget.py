@@ -27,7 +27,8 @@ from ..config import DEVICES, RunConfig
 from ..engine import TrainingControl, TrainingProgress
 from ..engine.progress import duration_text, size_text
 from ..events import CasesAdded, Finished, Paused, Resumed, RunStarted, StageStarted, StepDone, Validated
-from .layers import box_outlines, find_layer, training_set_from_layers
+from .forms import CHANNEL_SEPARATOR, ChannelPicker
+from .layers import box_outlines, find_layer, placement, training_set_from_layers
 from .plots import PlotCanvas
 from .state import state_for
 
@@ -57,7 +58,7 @@ class TrainWidget(QWidget):
         self.from_layers = QRadioButton("open layers")
         self.from_folder = QRadioButton("dataset folder")
         self.from_layers.setChecked(True)
-        self.image_choice, self.labels_choice = QComboBox(), QComboBox()
+        self.image_choice, self.labels_choice = ChannelPicker(napari_viewer, exclude=(OVERLAY_NAME,)), QComboBox()
         self.add_pair, self.remove_pair = QPushButton("Add pair"), QPushButton("Remove")
         self.pairs = QListWidget()
         self.pairs.setMaximumHeight(70)
@@ -116,18 +117,19 @@ class TrainWidget(QWidget):
 
     # -- data -----------------------------------------------------------------
     def _refresh_layer_choices(self, *_) -> None:
-        from napari.layers import Image, Labels
+        from napari.layers import Labels
 
-        for combo, kind in ((self.image_choice, Image), (self.labels_choice, Labels)):
-            current = combo.currentText()
-            combo.clear()
-            combo.addItems([layer.name for layer in self.viewer.layers if isinstance(layer, kind) and layer.name != OVERLAY_NAME])
-            if current:
-                combo.setCurrentText(current)
+        current = self.labels_choice.currentText()
+        self.labels_choice.clear()
+        self.labels_choice.addItems([layer.name for layer in self.viewer.layers
+                                     if isinstance(layer, Labels) and layer.name != OVERLAY_NAME])
+        if current:
+            self.labels_choice.setCurrentText(current)
 
     def _add_pair(self) -> None:
-        if self.image_choice.currentText() and self.labels_choice.currentText():
-            self.pairs.addItem(f"{self.image_choice.currentText()} | {self.labels_choice.currentText()}")
+        if self.image_choice.text() and self.labels_choice.currentText():
+            self.pairs.addItem(f"{self.image_choice.text()} | {self.labels_choice.currentText()}")
+            self.image_choice.reset()
 
     def _browse(self) -> None:
         folder = QFileDialog.getExistingDirectory(self, "Dataset folder")
@@ -135,12 +137,17 @@ class TrainWidget(QWidget):
             self.folder.setText(folder)
             self.from_folder.setChecked(True)
 
-    def layer_pairs(self) -> list[tuple[object, object]]:
-        """The (image, labels) layer pairs to train on: the list, else the two layers chosen above."""
+    def layer_pairs(self) -> list[tuple[list, object]]:
+        """The (image channel layers, labels layer) pairs to train on: the list, else the layers chosen above."""
         names = [self.pairs.item(i).text().split(" | ") for i in range(self.pairs.count())]
-        if not names and self.image_choice.currentText() and self.labels_choice.currentText():
-            names = [[self.image_choice.currentText(), self.labels_choice.currentText()]]
-        return [(find_layer(self.viewer, a), find_layer(self.viewer, b)) for a, b in names if find_layer(self.viewer, a) and find_layer(self.viewer, b)]
+        if not names and self.image_choice.text() and self.labels_choice.currentText():
+            names = [[self.image_choice.text(), self.labels_choice.currentText()]]
+        pairs = []
+        for images, labels in names:
+            channels = [find_layer(self.viewer, name) for name in images.split(CHANNEL_SEPARATOR)]
+            if all(channels) and find_layer(self.viewer, labels):
+                pairs.append((channels, find_layer(self.viewer, labels)))
+        return pairs
 
     # -- control ----------------------------------------------------------------
     def start_training(self) -> None:
@@ -253,13 +260,14 @@ class TrainWidget(QWidget):
         image = find_layer(self.viewer, step.crop_cases[0]) if step.crop_cases else None
         if image is None:
             return
-        boxes = [(origin, step.patch) for case, origin in zip(step.crop_cases, step.crop_origins) if case == image.name][:8]
+        boxes = [(origin, size) for case, origin, size in zip(step.crop_cases, step.crop_origins, step.crop_sizes)
+                 if case == image.name][:8]
         data = box_outlines(image.data.shape[-3:], boxes)
         overlay = find_layer(self.viewer, OVERLAY_NAME)
         if overlay is None or overlay.data.shape != data.shape:
             if overlay is not None:
                 self.viewer.layers.remove(overlay)
-            self.viewer.add_labels(data, name=OVERLAY_NAME, scale=image.scale, translate=image.translate, opacity=0.9)
+            self.viewer.add_labels(data, name=OVERLAY_NAME, opacity=0.9, **placement(image))
         else:
             overlay.data = data
 

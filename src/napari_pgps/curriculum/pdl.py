@@ -24,9 +24,13 @@ GRID = (32, 32, 32)
 
 
 def _on_grid(images: Sequence[np.ndarray]) -> torch.Tensor:
-    """(N, 1, *GRID) float32 tensor of the images resampled to the common grid."""
-    out = [torch.nn.functional.interpolate(torch.as_tensor(i, dtype=torch.float32)[None, None], size=GRID,
-                                           mode="trilinear", align_corners=False) for i in images]
+    """(N, C, *GRID) float32 tensor of the images ((Z, Y, X) or (C, Z, Y, X)) resampled to the common grid,
+    read one at a time."""
+    out = []
+    for index in range(len(images)):
+        image = torch.as_tensor(np.asarray(images[index]), dtype=torch.float32)
+        image = image[None, None] if image.dim() == 3 else image[None]
+        out.append(torch.nn.functional.interpolate(image, size=GRID, mode="trilinear", align_corners=False))
     return torch.cat(out)
 
 
@@ -49,7 +53,7 @@ def rank_cases(images: Sequence[np.ndarray], metric: str = "ssim", reference: Op
     """Order training cases from most to least similar to a reference.
 
     Args:
-        images: normalised volumes (Z, Y, X), any shapes.
+        images: normalised volumes (Z, Y, X) or (C, Z, Y, X), any shapes (indexed one at a time).
         metric: "mse", "psnr" or "ssim".
         reference: index of the reference case; by default the case with the
             smallest MSE to the mean of all cases.

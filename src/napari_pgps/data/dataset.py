@@ -1,9 +1,11 @@
 """Datasets of labelled volumes: the Decathlon and nnU-Net v2 raw layouts.
 
-Decathlon: ``dataset.json`` with ``labels`` and ``training`` entries,
-``imagesTr/CASE.nii.gz`` and ``labelsTr/CASE.nii.gz``.
+Decathlon: ``dataset.json`` with ``labels``, ``modality`` (one name per
+channel) and ``training`` entries, ``imagesTr/CASE.nii.gz`` (4D (x, y, z, c)
+when there are several channels) and ``labelsTr/CASE.nii.gz``.
 nnU-Net v2: ``dataset.json`` with ``channel_names``, ``labels`` (name -> value)
-and ``file_ending``; ``imagesTr/CASE_0000.nii.gz`` and ``labelsTr/CASE.nii.gz``.
+and ``file_ending``; ``imagesTr/CASE_0000.nii.gz``, ``CASE_0001.nii.gz``, ...
+(one file per channel) and ``labelsTr/CASE.nii.gz``.
 
 Cases are validated as they load (see :func:`check_case`) so a problem is
 reported with the file it comes from before anything is written.
@@ -14,12 +16,12 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Optional, Sequence
+from typing import Optional, Sequence
 
 import numpy as np
 
 from ..errors import InputError
-from .volume import Volume, case_name, is_volume_file, read_volume
+from .volume import Volume, case_name, is_volume_file, read_image, read_volume
 
 AFFINE_TOLERANCE = 1e-3
 
@@ -30,7 +32,7 @@ class Case:
 
     Attributes:
         name: the case identifier (file name without suffix and channel tag).
-        image: the intensities, array (Z, Y, X) float32.
+        image: the intensities, array (Z, Y, X), or (C, Z, Y, X) with several channels, float32.
         labels: the label map, array (Z, Y, X) integer, or ``None``.
     """
 
@@ -41,18 +43,20 @@ class Case:
 
 @dataclass
 class CaseFiles:
+    """A case's files: its image (one file, or one per channel) and its label map."""
+
     name: str
-    image: Path
+    images: list[Path]
     labels: Optional[Path]
 
 
 @dataclass
 class DatasetInfo:
-    """What ``dataset.json`` says: label names and modality."""
+    """What ``dataset.json`` says: label names, channel names, the case files."""
 
     root: Path
     labels: dict[int, str]
-    modality: str
+    channels: list[str]
     files: list[CaseFiles]
 
 
@@ -78,14 +82,14 @@ def read_dataset_info(root: str | Path) -> DatasetInfo:
     if not isinstance(meta, dict):
         raise InputError(f"{meta_path}: expected a JSON object.")
     labels = _parse_labels(meta.get("labels"), meta_path)
-    modality = _parse_modality(meta)
+    channels = _parse_channels(meta, meta_path)
     if "channel_names" in meta or "file_ending" in meta:
-        files = _nnunet_files(root, meta, meta_path)
+        files = _nnunet_files(root, meta, len(channels))
     else:
         files = _decathlon_files(root, meta)
     if not files:
         raise InputError(f"{root}: the dataset holds no training case (imagesTr/ is empty or missing).")
-    return DatasetInfo(root=root, labels=labels, modality=modality, files=files)
+    return DatasetInfo(root=root, labels=labels, channels=channels, files=files)
 
 
 def _parse_labels(raw: object, where: Path) -> dict[int, str]:
@@ -107,11 +111,18 @@ def _parse_labels(raw: object, where: Path) -> dict[int, str]:
     return dict(sorted(labels.items()))
 
 
-def _parse_modality(meta: dict) -> str:
-    channels = meta.get("channel_names") or meta.get("modality") or {}
-    if isinstance(channels, dict) and channels:
-        return str(next(iter(channels.values())))
-    return "unknown"
+def _parse_channels(meta: dict, where: Path) -> list[str]:
+    """Channel names in channel order (``channel_names`` of nnU-Net v2, ``modality`` of the Decathlon)."""
+    channels = meta.get("channel_names") or meta.get("modality") or {"0": "unknown"}
+    if not isinstance(channels, dict):
+        raise InputError(f"{where}: 'channel_names' / 'modality' must map channel numbers to names.")
+    try:
+        ordered = sorted(channels.items(), key=lambda item: int(item[0]))
+    except ValueError:
+        raise InputError(f"{where}: channel numbers {sorted(channels)} are not 0, 1, 2, ...") from None
+    if [int(k) for k, _ in ordered] != list(range(len(ordered))):
+        raise InputError(f"{where}: channel numbers {[k for k, _ in ordered]} are not 0, 1, 2, ...")
+    return [str(name) for _, name in ordered]
 
 
 def _decathlon_files(root: Path, meta: dict) -> list[CaseFiles]:
@@ -123,11 +134,11 @@ def _decathlon_files(root: Path, meta: dict) -> list[CaseFiles]:
                 raise InputError(f"{root / 'dataset.json'}: training entry {entry!r} has no 'image'.")
             image = _resolve(root, str(entry["image"]))
             label = entry.get("label")
-            files.append(CaseFiles(case_name(image), image, _resolve(root, str(label)) if label else None))
+            files.append(CaseFiles(case_name(image), [image], _resolve(root, str(label)) if label else None))
         return sorted(files, key=lambda f: f.name)
     for image in sorted(p for p in (root / "imagesTr").glob("*") if is_volume_file(p)):
         label = root / "labelsTr" / image.name
-        files.append(CaseFiles(case_name(image), image, label if label.exists() else None))
+        files.append(CaseFiles(case_name(image), [image], label if label.exists() else None))
     return files
 
 
@@ -135,16 +146,18 @@ def _resolve(root: Path, relative: str) -> Path:
     return root / (relative[2:] if relative.startswith("./") else relative)
 
 
-def _nnunet_files(root: Path, meta: dict, where: Path) -> list[CaseFiles]:
+def _nnunet_files(root: Path, meta: dict, channels: int) -> list[CaseFiles]:
     ending = str(meta.get("file_ending", ".nii.gz"))
-    channels = meta.get("channel_names") or {"0": "image"}
-    if len(channels) != 1:
-        raise InputError(f"{where}: {len(channels)} input channels are declared; napari-pgps trains on one channel.")
     files = []
-    for image in sorted((root / "imagesTr").glob(f"*_0000{ending}")):
-        name = image.name[: -len(f"_0000{ending}")]
+    for first in sorted((root / "imagesTr").glob(f"*_0000{ending}")):
+        name = first.name[: -len(f"_0000{ending}")]
+        images = [root / "imagesTr" / f"{name}_{c:04d}{ending}" for c in range(channels)]
+        missing = [p for p in images if not p.is_file()]
+        if missing:
+            raise InputError(f"{missing[0]}: not found; dataset.json declares {channels} channel(s), so case '{name}' "
+                             f"needs {', '.join(p.name for p in images)}.")
         label = root / "labelsTr" / f"{name}{ending}"
-        files.append(CaseFiles(name, image, label if label.exists() else None))
+        files.append(CaseFiles(name, images, label if label.exists() else None))
     return files
 
 
@@ -176,59 +189,68 @@ def check_case(image: Volume, labels: Optional[Volume], declared: Optional[dict[
             )
 
 
+def case_files(
+    info: DatasetInfo, *, require_labels: bool = True, max_cases: Optional[int] = None,
+    names: Optional[Sequence[str]] = None,
+) -> list[CaseFiles]:
+    """The files of the labelled cases of a dataset.
+
+    Args:
+        require_labels: a case without a label file is an error when true, left out otherwise.
+        max_cases: keep the first N cases (sorted by name).
+        names: keep only these cases.
+    """
+    files = [f for f in info.files if names is None or f.name in set(names)]
+    if max_cases is not None:
+        files = files[:max_cases]
+    absent = next((path for f in files for path in f.images if not path.is_file()), None)
+    if absent is not None:
+        raise InputError(f"{absent}: file not found.")
+    missing = [f for f in files if f.labels is None]
+    if missing and require_labels:
+        raise InputError(f"{missing[0].images[0]}: no label file for case '{missing[0].name}' in {info.root / 'labelsTr'}.")
+    files = [f for f in files if f.labels is not None]
+    if not files:
+        raise InputError(f"{info.root}: the dataset holds no labelled case.")
+    return files
+
+
+def read_case(info: DatasetInfo, entry: CaseFiles) -> Case:
+    """Read and check one case: image (C, Z, Y, X) with the dataset's channels, and its labels."""
+    image = read_image(entry.images)
+    if image.channels != len(info.channels):
+        raise InputError(f"{entry.images[0]}: {image.channels} channel(s), but dataset.json declares "
+                         f"{len(info.channels)} ({', '.join(info.channels)}).")
+    labels = read_volume(entry.labels, kind="labels") if entry.labels is not None else None
+    check_case(image, labels, info.labels)
+    return Case(entry.name, image, labels)
+
+
 def load_cases(
     info: DatasetInfo,
     *,
     require_labels: bool = True,
     max_cases: Optional[int] = None,
     names: Optional[Sequence[str]] = None,
-    progress: Optional[Callable[[int, int], None]] = None,
 ) -> list[Case]:
-    """Read and check the cases of a dataset.
-
-    Args:
-        info: from :func:`read_dataset_info`.
-        require_labels: a case without a label file is an error when true, skipped otherwise.
-        max_cases: keep the first N cases (sorted by name).
-        names: keep only these cases.
-        progress: called as ``progress(done, total)`` after each case.
-    """
-    files = [f for f in info.files if names is None or f.name in set(names)]
-    if max_cases is not None:
-        files = files[:max_cases]
-    cases = []
-    for index, entry in enumerate(files):
-        if entry.labels is None:
-            if require_labels:
-                raise InputError(f"{entry.image}: no label file for case '{entry.name}' in {info.root / 'labelsTr'}.")
-            continue
-        image = read_volume(entry.image, kind="image")
-        labels = read_volume(entry.labels, kind="labels")
-        check_case(image, labels, info.labels)
-        cases.append(Case(entry.name, image, labels))
-        if progress is not None:
-            progress(index + 1, len(files))
-    if not cases:
-        raise InputError(f"{info.root}: the dataset holds no labelled case.")
-    return cases
+    """Read and check the labelled cases of a dataset (all in memory; see :mod:`.store` for large datasets)."""
+    return [read_case(info, entry) for entry in case_files(info, require_labels=require_labels, max_cases=max_cases,
+                                                           names=names)]
 
 
 @dataclass
 class TrainingSet:
-    """Labelled cases with the dataset's label names (value -> name) and modality."""
+    """Labelled cases in memory (e.g. from napari layers) with their label names (value -> name) and channel names."""
 
     cases: list[Case]
     labels: dict[int, str]
-    modality: str = "unknown"
+    channels: list[str]
 
 
-def load_training_set(
-    root: str | Path, max_cases: Optional[int] = None, progress: Optional[Callable[[int, int], None]] = None
-) -> TrainingSet:
-    """Read and check every labelled case of a dataset folder."""
+def load_training_set(root: str | Path, max_cases: Optional[int] = None) -> TrainingSet:
+    """Read and check every labelled case of a dataset folder into memory."""
     info = read_dataset_info(root)
-    cases = load_cases(info, require_labels=True, max_cases=max_cases, progress=progress)
-    return TrainingSet(cases=cases, labels=info.labels, modality=info.modality)
+    return TrainingSet(cases=load_cases(info, max_cases=max_cases), labels=info.labels, channels=info.channels)
 
 
 def label_index_lookup(labels: dict[int, str]) -> np.ndarray:

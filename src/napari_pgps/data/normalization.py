@@ -1,53 +1,86 @@
-"""Intensity normalisation, fitted on the training cases and stored with the model."""
+"""Intensity normalisation per channel, fitted on the dataset and stored with the model (nnU-Net's rules).
+
+* A channel named "CT" is clipped to the 0.5 and 99.5 percentiles of the
+  foreground intensities of the dataset's cases, then the dataset's foreground
+  mean is subtracted and its standard deviation divided out.
+* Every other channel is z-scored per case. When cropping to the nonzero
+  region shrinks the cases markedly (the median case keeps less than 3/4 of its
+  voxels, as for skull-stripped brains), the mean and deviation are taken
+  inside the nonzero region only and the outside is set to 0.
+"""
 
 from __future__ import annotations
 
-from typing import Sequence
+from typing import Optional, Sequence
 
 import numpy as np
 
 from ..config import NormalizationConfig
 
 CT_PERCENTILES = (0.5, 99.5)
-_SAMPLES_PER_CASE = 10_000
+SAMPLES_PER_CASE = 10_000
+"""Foreground intensities sampled from each case for CT statistics."""
+MASK_FRACTION = 0.75
+"""Z-score inside the nonzero region when the median case keeps less than this share of its voxels after cropping."""
 
 
-def fit_normalization(modality: str, images: Sequence[np.ndarray], labels: Sequence[np.ndarray], seed: int = 0) -> NormalizationConfig:
-    """Choose and fit the normalisation for a dataset.
+def is_ct(channel: str) -> bool:
+    return channel.strip().upper() == "CT"
 
-    CT (modality named "CT"): foreground voxels of every training case are
-    sampled; the clip range is their 0.5/99.5 percentiles and mean/std are
-    taken after clipping. Every other modality: per-case z-score.
+
+def fit_normalization(
+    channels: Sequence[str], foreground_samples: Sequence[np.ndarray], crop_fractions: Sequence[float]
+) -> list[NormalizationConfig]:
+    """The normalisation of each channel.
 
     Args:
-        modality: the modality named in ``dataset.json``.
-        images, labels: arrays (Z, Y, X) of the training cases.
+        channels: the channel names ("CT", "MRI", "FLAIR", ...).
+        foreground_samples: per channel, foreground intensities sampled from the cases (used for CT channels).
+        crop_fractions: per case, the share of its voxels inside its nonzero region.
     """
-    if modality.strip().upper() != "CT":
-        return NormalizationConfig(scheme="zscore")
-    rng = np.random.default_rng(seed)
+    use_mask = bool(crop_fractions) and float(np.median(crop_fractions)) < MASK_FRACTION
+    configs = []
+    for channel, samples in zip(channels, foreground_samples):
+        if is_ct(channel) and samples.size:
+            low, high = (float(v) for v in np.percentile(samples, CT_PERCENTILES))
+            clipped = np.clip(samples, low, high)
+            configs.append(NormalizationConfig("ct", low, high, float(clipped.mean()), float(clipped.std())))
+        else:
+            configs.append(NormalizationConfig("zscore", nonzero_mask=use_mask))
+    return configs
+
+
+def foreground_sample(image: np.ndarray, labels: np.ndarray, rng: np.random.Generator) -> list[np.ndarray]:
+    """Up to :data:`SAMPLES_PER_CASE` foreground intensities of each channel of ``image`` (C, Z, Y, X)."""
+    foreground = labels > 0
     samples = []
-    for image, label in zip(images, labels):
-        values = image[label > 0]
-        if values.size > _SAMPLES_PER_CASE:
-            values = rng.choice(values, _SAMPLES_PER_CASE, replace=False)
-        samples.append(values)
-    values = np.concatenate(samples) if samples else np.zeros(1)
-    if values.size == 0:
-        values = np.concatenate([np.ravel(i) for i in images])
-    low, high = (float(v) for v in np.percentile(values, CT_PERCENTILES))
-    clipped = np.clip(values, low, high)
-    return NormalizationConfig(scheme="ct", clip_low=low, clip_high=high, mean=float(clipped.mean()), std=float(clipped.std()))
+    for channel in image:
+        values = channel[foreground]
+        if values.size > SAMPLES_PER_CASE:
+            values = rng.choice(values, SAMPLES_PER_CASE, replace=False)
+        samples.append(values.astype(np.float32))
+    return samples
 
 
-def normalize(image: np.ndarray, config: NormalizationConfig) -> np.ndarray:
-    """Normalised copy of ``image`` (any shape) as float32."""
-    image = np.asarray(image, dtype=np.float32)
-    if config.scheme not in ("ct", "zscore"):
-        raise ValueError(f"normalisation not fitted (scheme {config.scheme!r})")
-    if config.scheme == "ct":
-        out = np.clip(image, config.clip_low, config.clip_high)
-        return ((out - config.mean) / max(config.std, 1e-8)).astype(np.float32)
-    mean = float(image.mean(dtype=np.float64))
-    std = float(image.std(dtype=np.float64))
-    return ((image - mean) / max(std, 1e-8)).astype(np.float32)
+def normalize(image: np.ndarray, configs: Sequence[NormalizationConfig], mask: Optional[np.ndarray] = None) -> np.ndarray:
+    """Normalised copy of ``image`` (C, Z, Y, X) as float32, one config per channel.
+
+    ``mask`` (Z, Y, X) bool is the nonzero region, used by channels whose config says ``nonzero_mask``.
+    """
+    if len(configs) != image.shape[0]:
+        raise ValueError(f"{len(configs)} normalisation(s) for an image of {image.shape[0]} channel(s)")
+    out = np.empty(image.shape, dtype=np.float32)
+    for c, (channel, config) in enumerate(zip(image, configs)):
+        channel = np.asarray(channel, dtype=np.float32)
+        if config.scheme == "ct":
+            out[c] = (np.clip(channel, config.clip_low, config.clip_high) - config.mean) / max(config.std, 1e-8)
+        elif config.scheme == "zscore":
+            inside = mask if config.nonzero_mask and mask is not None else None
+            values = channel[inside] if inside is not None else channel
+            mean, std = float(values.mean(dtype=np.float64)), float(values.std(dtype=np.float64))
+            out[c] = (channel - mean) / max(std, 1e-8)
+            if inside is not None:
+                out[c][~inside] = 0.0
+        else:
+            raise ValueError(f"normalisation not fitted (scheme {config.scheme!r})")
+    return out

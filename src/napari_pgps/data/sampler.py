@@ -1,13 +1,32 @@
-"""Random patch crops with foreground oversampling and class-balance statistics."""
+"""Random patch crops from a preprocessed dataset, with foreground oversampling and class-balance statistics.
+
+Drawing a batch has two halves, so the second can run in background
+processes and still give the same batches:
+
+* :meth:`PatchSampler.plan` (in the training process, with the run's random
+  state): which cases the crops come from, which crops must be centred on
+  foreground, and a seed;
+* :meth:`PatchSampler.cut` (anywhere): the crops themselves, cut from the
+  memory-mapped store and augmented, from that seed alone.
+
+Foreground oversampling follows nnU-Net by default: the last ``round(B x p)``
+crops of a batch of B are centred on a foreground voxel (p = 0.33: one of
+two at B = 2), the label chosen at random among those the case holds. With
+``oversampling="crop"`` each crop is forced with probability p instead.
+Crops reaching past a case's border are padded (image 0, labels background).
+"""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Sequence
+from typing import Optional, Sequence
 
 import numpy as np
 
-_MAX_FOREGROUND_LOCATIONS = 20_000
+from .augmentation import Augmentation
+from .store import PreprocessedDataset
+
+OVERSAMPLING_RULES = ("batch", "crop")
 
 
 @dataclass(frozen=True)
@@ -15,11 +34,11 @@ class PatchBatch:
     """A batch of crops.
 
     Attributes:
-        images: float32 array (B, 1, Z, Y, X).
-        labels: int64 array (B, 1, Z, Y, X) of label *indices* 0..K-1.
+        images: float32 array (B, C, Z, Y, X).
+        labels: uint8 (int16 beyond 256 labels) array (B, 1, Z, Y, X) of label *indices* 0..K-1.
         class_fractions: voxel fraction of each label index in this batch (length K, sums to 1).
-        case_indices: which case each crop came from.
-        origins: each crop's first voxel (Z, Y, X) in its case (negative or past the end where padded).
+        case_indices: which case (index into the sampler's names) each crop came from.
+        origins: each crop's first voxel (Z, Y, X) in its preprocessed case (negative or past the end where padded).
     """
 
     images: np.ndarray
@@ -27,6 +46,18 @@ class PatchBatch:
     class_fractions: tuple[float, ...]
     case_indices: tuple[int, ...]
     origins: tuple[tuple[int, int, int], ...] = ()
+
+
+@dataclass(frozen=True)
+class BatchPlan:
+    """What :meth:`PatchSampler.cut` needs to cut one batch: a plain, picklable description."""
+
+    patch: tuple[int, int, int]
+    case_indices: tuple[int, ...]
+    """One per crop."""
+    foreground: tuple[bool, ...]
+    """Whether each crop is centred on foreground."""
+    seed: int
 
 
 def class_fractions(labels: np.ndarray, num_labels: int) -> tuple[float, ...]:
@@ -37,42 +68,45 @@ def class_fractions(labels: np.ndarray, num_labels: int) -> tuple[float, ...]:
 
 
 class PatchSampler:
-    """Draws random crops of any patch size from in-memory volumes.
-
-    With probability ``foreground_probability`` a crop is centred on a voxel of
-    a foreground label (the label chosen at random among those the case holds,
-    as nnU-Net does), otherwise its position is uniform. Volumes smaller than
-    the patch are padded (image with 0, the mean after z-scoring; labels with
-    background) at a random offset.
+    """Draws random crops of any patch size from the cases of a preprocessed dataset.
 
     Args:
-        images: normalised arrays (Z, Y, X) float32, one per case.
-        labels: label-index arrays (Z, Y, X), same shapes.
+        store: the preprocessed dataset.
+        names: the cases to draw from (their order gives the case indices).
         num_labels: K, background included.
-        foreground_probability: share of crops centred on foreground.
-        mirror: flip each crop along each axis with probability 0.5.
-        rng: the generator all randomness is drawn from (saved in checkpoints).
+        rng: the generator :meth:`plan` draws from (saved in checkpoints).
+        foreground_probability: the share p of crops forced onto foreground.
+        oversampling: "batch" (the last ``round(B x p)`` crops of each batch) or "crop" (each with probability p).
+        augmentation: what is done to each crop (its spatial part needs a larger crop, see
+            :meth:`Augmentation.crop_size`).
     """
 
     def __init__(
         self,
-        images: Sequence[np.ndarray],
-        labels: Sequence[np.ndarray],
+        store: PreprocessedDataset,
+        names: Sequence[str],
         num_labels: int,
         rng: np.random.Generator,
         foreground_probability: float = 0.33,
-        mirror: bool = True,
+        oversampling: str = "batch",
+        augmentation: Optional[Augmentation] = None,
     ) -> None:
-        if not images:
+        if not names:
             raise ValueError("the sampler needs at least one case")
-        self.images = list(images)
-        self.labels = list(labels)
+        if oversampling not in OVERSAMPLING_RULES:
+            raise ValueError(f"oversampling must be one of {OVERSAMPLING_RULES}, not {oversampling!r}")
+        self.store = store
+        self.names = list(names)
         self.num_labels = num_labels
         self.rng = rng
         self.foreground_probability = foreground_probability
-        self.mirror = mirror
-        self._foreground = [self._foreground_locations(lab) for lab in self.labels]
-        self.active = list(range(len(self.images)))
+        self.oversampling = oversampling
+        self.augmentation = augmentation or Augmentation("none")
+        self.active = list(range(len(self.names)))
+
+    def __getstate__(self) -> dict:
+        """Background workers get everything but the random state, which stays with :meth:`plan`."""
+        return {**self.__dict__, "rng": None}
 
     def set_active(self, indices: Sequence[int]) -> None:
         """Draw crops only from these cases (the PDL data curriculum)."""
@@ -80,66 +114,66 @@ class PatchSampler:
             raise ValueError("at least one case must stay active")
         self.active = [int(i) for i in indices]
 
-    def _foreground_locations(self, labels: np.ndarray) -> dict[int, np.ndarray]:
-        """Per foreground label index, up to 20k voxel coordinates (N, 3)."""
-        picker = np.random.default_rng(0)
-        found = {}
-        for index in range(1, self.num_labels):
-            coords = np.argwhere(labels == index)
-            if len(coords) > _MAX_FOREGROUND_LOCATIONS:
-                coords = coords[picker.choice(len(coords), _MAX_FOREGROUND_LOCATIONS, replace=False)]
-            if len(coords):
-                found[index] = coords
-        return found
-
-    def sample(self, patch: Sequence[int], batch_size: int, crops_per_case: int = 1) -> PatchBatch:
-        """Draw ``batch_size`` crops of shape ``patch`` (Z, Y, X).
+    def plan(self, patch: Sequence[int], batch_size: int, crops_per_case: int = 1) -> BatchPlan:
+        """Draw the cases and foreground crops of a batch of ``batch_size`` crops of ``patch`` (Z, Y, X).
 
         ``crops_per_case`` crops come from each case drawn, so a large batch of
         small patches reads only ``ceil(batch_size / crops_per_case)`` cases.
         """
-        patch = tuple(int(p) for p in patch)
-        images = np.empty((batch_size, 1) + patch, dtype=np.float32)
-        labels = np.empty((batch_size, 1) + patch, dtype=np.int64)
-        cases, origins = [], []
         drawn = [self.active[int(self.rng.integers(len(self.active)))] for _ in range(-(-batch_size // crops_per_case))]
-        for b in range(batch_size):
-            case = drawn[b // crops_per_case]
-            start = self._crop_start(case, patch)
-            image = _crop(self.images[case], start, patch, 0.0)
-            label = _crop(self.labels[case], start, patch, 0)
-            if self.mirror:
-                axes = tuple(a for a in range(3) if self.rng.random() < 0.5)
-                if axes:
-                    image = np.flip(image, axes)
-                    label = np.flip(label, axes)
-            images[b, 0] = image
-            labels[b, 0] = label
-            cases.append(case)
-            origins.append(tuple(int(v) for v in start))
-        return PatchBatch(images, labels, class_fractions(labels, self.num_labels), tuple(cases), tuple(origins))
+        cases = tuple(drawn[b // crops_per_case] for b in range(batch_size))
+        if self.oversampling == "batch":
+            forced = int(round(batch_size * self.foreground_probability))
+            foreground = tuple(b >= batch_size - forced for b in range(batch_size))
+        else:
+            foreground = tuple(bool(self.rng.random() < self.foreground_probability) for _ in range(batch_size))
+        return BatchPlan(tuple(int(p) for p in patch), cases, foreground, int(self.rng.integers(2**63)))
 
-    def _crop_start(self, case: int, patch: tuple[int, ...]) -> np.ndarray:
-        shape = np.array(self.images[case].shape)
-        size = np.array(patch)
-        low = np.minimum(0, shape - size)
-        high = np.maximum(0, shape - size)
-        foreground = self._foreground[case]
-        if foreground and self.rng.random() < self.foreground_probability:
-            keys = sorted(foreground)
-            coords = foreground[keys[int(self.rng.integers(len(keys)))]]
-            centre = coords[int(self.rng.integers(len(coords)))]
+    def cut(self, plan: BatchPlan) -> PatchBatch:
+        """The crops of a planned batch, augmented; depends on ``plan`` alone."""
+        rng = np.random.default_rng(plan.seed)
+        size = self.augmentation.crop_size(plan.patch)
+        images, labels, origins = [], [], []
+        for case, foreground in zip(plan.case_indices, plan.foreground):
+            name = self.names[case]
+            image, label_map = self.store.image(name), self.store.labels(name)
+            start = self._crop_start(name, label_map.shape, size, foreground, rng)
+            image_crop = _crop(image, start, size, 0.0)
+            label_crop = _crop(label_map[None], start, size, 0)
+            del image, label_map  # close the memory maps: their pages do not stay in this process
+            image_crop, label_crop = self.augmentation(image_crop, label_crop, plan.patch, rng)
+            images.append(image_crop)
+            labels.append(label_crop)
+            offset = [(s - p) // 2 for s, p in zip(size, plan.patch)]
+            origins.append(tuple(int(a + o) for a, o in zip(start, offset)))
+        label_batch = np.stack(labels)
+        return PatchBatch(np.stack(images), label_batch, class_fractions(label_batch, self.num_labels),
+                          plan.case_indices, tuple(origins))
+
+    def sample(self, patch: Sequence[int], batch_size: int, crops_per_case: int = 1) -> PatchBatch:
+        """:meth:`plan` and :meth:`cut` in one go (in this process)."""
+        return self.cut(self.plan(patch, batch_size, crops_per_case))
+
+    def _crop_start(self, name: str, shape: Sequence[int], size: Sequence[int], foreground: bool,
+                    rng: np.random.Generator) -> np.ndarray:
+        """First voxel (Z, Y, X) of a crop of ``size``: centred on a foreground voxel, or uniform."""
+        shape, size = np.array(shape), np.array(size)
+        low, high = np.minimum(0, shape - size), np.maximum(0, shape - size)
+        rows = self.store.info(name)["foreground"] if foreground else {}
+        if rows:
+            first, last = rows[sorted(rows)[int(rng.integers(len(rows)))]]
+            centre = np.asarray(self.store.foreground(name)[int(rng.integers(first, last)), 1:])
             return np.clip(centre - size // 2, low, high)
-        return np.array([int(self.rng.integers(lo, hi + 1)) for lo, hi in zip(low, high)])
+        return np.array([int(rng.integers(lo, hi + 1)) for lo, hi in zip(low, high)])
 
 
-def _crop(array: np.ndarray, start: np.ndarray, patch: tuple[int, ...], fill: float) -> np.ndarray:
-    """Crop ``patch`` from ``array`` at ``start`` (may lie outside: the outside is ``fill``)."""
-    out = np.full(patch, fill, dtype=array.dtype)
-    src, dst = [], []
-    for s, p, n in zip(start, patch, array.shape):
-        lo, hi = max(s, 0), min(s + p, n)
+def _crop(array: np.ndarray, start: np.ndarray, size: Sequence[int], fill: float) -> np.ndarray:
+    """Crop ``size`` (Z, Y, X) from ``array`` (C, Z, Y, X) at ``start`` (may lie outside: the outside is ``fill``)."""
+    out = np.full((array.shape[0],) + tuple(int(s) for s in size), fill, dtype=array.dtype)
+    src, dst = [slice(None)], [slice(None)]
+    for s, p, n in zip(start, size, array.shape[1:]):
+        lo, hi = max(int(s), 0), min(int(s) + int(p), n)
         src.append(slice(lo, hi))
-        dst.append(slice(lo - s, hi - s))
+        dst.append(slice(lo - int(s), hi - int(s)))
     out[tuple(dst)] = array[tuple(src)]
     return out

@@ -5,8 +5,10 @@ spacing and the affine, so nothing downstream loses the geometry.
 
 Conventions:
 
-* ``array`` has shape (Z, Y, X). For NIfTI this is the file's (i, j, k) voxel
-  order reversed, which puts the slowest-varying axis first as napari expects.
+* ``array`` has shape (Z, Y, X), or (C, Z, Y, X) for an image of several
+  channels (a 4D NIfTI stores them as (x, y, z, c)). For NIfTI this is the
+  file's (i, j, k) voxel order reversed, which puts the slowest-varying axis
+  first as napari expects.
 * ``spacing`` is (sz, sy, sx) in millimetres.
 * ``affine`` is the 4x4 NIfTI affine of the file, mapping a voxel index
   (i, j, k, 1) = (x, y, z, 1) to world coordinates in mm (RAS+). It is kept as
@@ -18,7 +20,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Optional, Sequence
 
 import numpy as np
 
@@ -34,7 +36,7 @@ class Volume:
     """A 3D image or label map with its geometry.
 
     Attributes:
-        array: voxel values, shape (Z, Y, X).
+        array: voxel values, shape (Z, Y, X); an image of several channels (C, Z, Y, X).
         affine: 4x4 NIfTI-style voxel-to-world matrix for index order (x, y, z).
         path: where the volume was read from, if anywhere.
         header: the source NIfTI header, kept to write results with the same geometry.
@@ -53,17 +55,53 @@ class Volume:
 
     @property
     def shape(self) -> tuple[int, int, int]:
-        return tuple(int(s) for s in self.array.shape)
+        """The spatial shape (Z, Y, X), whatever the channels."""
+        return tuple(int(s) for s in self.array.shape[-3:])
+
+    @property
+    def channels(self) -> int:
+        """1 for a (Z, Y, X) array, C for (C, Z, Y, X)."""
+        return 1 if self.array.ndim == 3 else int(self.array.shape[0])
+
+    def channel_first(self) -> np.ndarray:
+        """The array as (C, Z, Y, X) (a view)."""
+        return self.array if self.array.ndim == 4 else self.array[None]
 
     @property
     def name(self) -> str:
         return case_name(self.path) if self.path else "volume"
 
     def with_array(self, array: np.ndarray) -> "Volume":
-        """A new volume with the same geometry and another array of the same shape."""
-        if array.shape != self.array.shape:
-            raise ValueError(f"shape {array.shape} differs from {self.array.shape}")
+        """A new volume with the same geometry (affine and header) and another array of the same spatial shape."""
+        if tuple(array.shape[-3:]) != self.shape:
+            raise ValueError(f"spatial shape {tuple(array.shape[-3:])} differs from {self.shape}")
         return Volume(array=array, affine=self.affine.copy(), path=self.path, header=self.header)
+
+
+def reverse_axes(affine: np.ndarray) -> np.ndarray:
+    """A NIfTI affine (voxel (i, j, k) -> world (x, y, z)) as the affine of our (Z, Y, X) arrays to world (z, y, x),
+    as napari takes it; and back (the operation is its own inverse)."""
+    flip = np.eye(4)[[2, 1, 0, 3]]
+    return flip @ np.asarray(affine, dtype=float) @ flip
+
+
+def nifti_codes(header: Any) -> dict[str, Any]:
+    """A NIfTI header's sform and qform codes and spatial unit (``{}`` without a header)."""
+    if header is None:
+        return {}
+    return {"sform_code": int(header["sform_code"]), "qform_code": int(header["qform_code"]),
+            "unit": header.get_xyzt_units()[0]}
+
+
+def nifti_header(affine: np.ndarray, codes: dict[str, Any]) -> Any:
+    """A NIfTI header holding ``affine`` with the given sform/qform codes and unit (scanner, mm by default)."""
+    import nibabel as nib
+
+    header = nib.Nifti1Header()
+    header.set_sform(affine, code=int(codes.get("sform_code", 1)))
+    header.set_qform(affine, code=int(codes.get("qform_code", 1)))
+    header.set_xyzt_units(codes.get("unit") or "mm")
+    return header
 
 
 def affine_from_spacing(spacing: tuple[float, float, float]) -> np.ndarray:
@@ -87,16 +125,17 @@ def is_volume_file(path: Path) -> bool:
 
 
 def read_volume(path: str | os.PathLike, *, kind: str = "image") -> Volume:
-    """Read a 3D NIfTI (``.nii``, ``.nii.gz``) or TIFF volume.
+    """Read a 3D NIfTI (``.nii``, ``.nii.gz``) or TIFF volume; an image may be 4D (channels).
 
     Args:
         path: the file.
-        kind: ``"image"`` (intensities must be finite; returned as float32) or
-            ``"labels"`` (values must be whole numbers; returned as uint8/int16).
+        kind: ``"image"`` (intensities must be finite; returned as float32,
+            (Z, Y, X) or (C, Z, Y, X)) or ``"labels"`` (values must be whole
+            numbers; returned as uint8/int16, (Z, Y, X)).
 
     Raises:
-        InputError: missing or unreadable file, not 3D, NaN or infinite
-            intensities, or labels that are not whole numbers.
+        InputError: missing or unreadable file, not 3D (or 4D for an image),
+            NaN or infinite intensities, or labels that are not whole numbers.
     """
     path = Path(path)
     if not path.is_file():
@@ -109,7 +148,7 @@ def read_volume(path: str | os.PathLike, *, kind: str = "image") -> Volume:
         header = None
     else:
         raise InputError(f"{path}: unsupported file type; use NIfTI (.nii, .nii.gz) or TIFF (.tif, .tiff).")
-    array = _squeeze_to_3d(array, path)
+    array = _spatial_array(array, path, channels_allowed=kind != "labels")
     if kind == "labels":
         array = _as_labels(array, path)
     else:
@@ -167,21 +206,43 @@ def _tiff_spacing(tif: Any) -> tuple[float, float, float]:
     return sz, sy, sx
 
 
-def _squeeze_to_3d(array: np.ndarray, path: Path) -> np.ndarray:
+def _spatial_array(array: np.ndarray, path: Path, channels_allowed: bool) -> np.ndarray:
+    """(Z, Y, X), or (C, Z, Y, X) when several channels are allowed and present (leading axes of size 1 dropped)."""
     if array.ndim > 3:
-        leading = array.shape[: array.ndim - 3]
-        if int(np.prod(leading)) == 1:
+        leading = int(np.prod(array.shape[: array.ndim - 3]))
+        if leading == 1:
             array = array.reshape(array.shape[-3:])
+        elif channels_allowed:
+            array = array.reshape((leading,) + array.shape[-3:])
         else:
             raise InputError(
-                f"{path}: the volume is {array.ndim}D (shape {array.shape}); one 3D channel is expected. "
-                "Split multi-channel or time series data into one file per 3D volume."
+                f"{path}: the label map is {array.ndim}D (shape {array.shape}); one 3D label map is expected."
             )
-    if array.ndim != 3:
+    if array.ndim not in (3, 4):
         raise InputError(f"{path}: the volume is {array.ndim}D (shape {array.shape}); a 3D volume is expected.")
     if min(array.shape) < 1:
         raise InputError(f"{path}: the volume is empty (shape {array.shape}).")
     return array
+
+
+def read_image(paths: Sequence[str | os.PathLike]) -> Volume:
+    """One image from one file per channel (nnU-Net's ``CASE_0000``, ``CASE_0001``, ...), as (C, Z, Y, X).
+
+    A single path is read as it is (3D, or 4D with its channels).
+
+    Raises:
+        InputError: a file cannot be read, or the channels differ in shape or geometry.
+    """
+    volumes = [read_volume(path, kind="image") for path in paths]
+    if len(volumes) == 1:
+        return volumes[0]
+    first = volumes[0]
+    for volume in volumes[1:]:
+        if volume.shape != first.shape or not np.allclose(volume.affine, first.affine, atol=1e-3):
+            raise InputError(f"{volume.path}: its shape or geometry differs from {first.path}; the channels of a case "
+                             "must cover the same voxels.")
+    array = np.concatenate([v.channel_first() for v in volumes])
+    return Volume(array=array, affine=first.affine, path=first.path, header=first.header)
 
 
 def _as_labels(array: np.ndarray, path: Path) -> np.ndarray:
@@ -217,7 +278,7 @@ def write_volume(volume: Volume, path: str | os.PathLike) -> Path:
         raise InputError(f"{path}: choose an output ending in .nii.gz, .nii, .tif or .tiff.")
     with atomic_path(path, suffix=suffix) as tmp:
         if name.endswith(NIFTI_SUFFIXES):
-            data = np.transpose(volume.array, (2, 1, 0))
+            data = np.transpose(volume.array, tuple(range(volume.array.ndim))[::-1])  # (x, y, z[, c])
             header = volume.header.copy() if volume.header is not None else None
             image = nib.Nifti1Image(data, volume.affine, header=header)
             image.set_data_dtype(data.dtype)

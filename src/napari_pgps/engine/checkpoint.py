@@ -28,7 +28,8 @@ from ..errors import CheckpointError, InputError
 from ..files import atomic_write
 
 FORMAT = "napari-pgps-checkpoint"
-VERSION = 1
+VERSION = 2
+"""2: models train on preprocessed cases (canonical orientation, target spacing, per-channel normalisation)."""
 LAST = "checkpoint_last.pt"
 BEST = "checkpoint_best.pt"
 FINAL = "checkpoint_final.pt"
@@ -65,8 +66,12 @@ def load_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
         ) from None
     if not isinstance(payload, dict) or payload.get("format") != FORMAT:
         raise CheckpointError(f"{path}: not a napari-pgps checkpoint (no '{FORMAT}' marker).")
-    if int(payload.get("version", 0)) > VERSION:
-        raise CheckpointError(f"{path}: written by a newer napari-pgps (format {payload['version']}); upgrade napari-pgps.")
+    version = int(payload.get("version", 0))
+    if version > VERSION:
+        raise CheckpointError(f"{path}: written by a newer napari-pgps (format {version}); upgrade napari-pgps.")
+    if version < VERSION:
+        raise CheckpointError(f"{path}: written by an earlier napari-pgps (format {version}), whose models saw their "
+                              "cases as stored, without reorientation or resampling; train the model again.")
     for key in ("config", "model"):
         if key not in payload:
             raise CheckpointError(f"{path}: damaged checkpoint ('{key}' missing).")

@@ -23,7 +23,7 @@ from torch import nn
 from torch.overrides import TorchFunctionMode
 
 from ..config import RunConfig
-from ..data.normalization import normalize
+from ..data.preprocessing import PreprocessingPlan, preprocess_image, restore_probabilities
 from ..data.volume import Volume
 from ..errors import CheckpointError, InputError
 from ..models import build_network, check_inference_patch
@@ -114,10 +114,10 @@ def predict_probabilities(
     progress: Optional[Progress] = None,
     cancel: Optional[Callable[[], bool]] = None,
 ) -> np.ndarray:
-    """Softmax probabilities of a normalised image.
+    """Softmax probabilities of a preprocessed image.
 
     Args:
-        image: normalised intensities (Z, Y, X).
+        image: preprocessed intensities (C, Z, Y, X), or (Z, Y, X) for one channel.
         patch_size: window (Z, Y, X); the image is padded where smaller.
         mirror: average over all 8 axis flips.
         progress: called as ``progress(windows_done, windows_total)``.
@@ -145,7 +145,8 @@ def predict_probabilities(
             progress(min(done, total), total)
         return logits.float()
 
-    tensor = torch.as_tensor(np.ascontiguousarray(image, dtype=np.float32), device=device)[None, None]
+    tensor = torch.as_tensor(np.ascontiguousarray(image, dtype=np.float32), device=device)
+    tensor = tensor[None, None] if tensor.dim() == 3 else tensor[None]
     was_training = network.training
     network.eval()
     try:
@@ -209,14 +210,16 @@ class Segmentation:
     """The result of segmenting one volume.
 
     Attributes:
-        labels: label values (Z, Y, X) with the input's geometry.
-        volumes: per label name, ``{"voxels": int, "ml": float}``.
-        probabilities: softmax (K, Z, Y, X) if asked for, else ``None``.
+        labels: label values (Z, Y, X) on the input's own grid, with its affine and header.
+        volumes: per label name, ``{"voxels": int, "ml": float}``, measured on the input's grid.
+        probabilities: softmax (K, Z, Y, X) on the input's grid if asked for, else ``None``.
+        notes: what was done to the input to meet the model, e.g. "reoriented from LPS to RAS".
     """
 
     labels: Volume
     volumes: dict[str, dict[str, float]]
     probabilities: Optional[np.ndarray] = None
+    notes: list[str] = field(default_factory=list)
 
 
 def segment_volume(
@@ -231,17 +234,30 @@ def segment_volume(
 ) -> Segmentation:
     """Segment one volume with a trained model.
 
+    The image is preprocessed as the training cases were (reoriented to the
+    model's orientation, cut to its nonzero region, normalised, resampled to
+    the model's spacing); the probabilities go back to the input's own grid
+    before the argmax.
+
     Args:
-        image: the raw intensities (Z, Y, X), normalised here as in training.
+        image: the raw intensities, (Z, Y, X) or (C, Z, Y, X) with the channels the model takes, in its order.
         patch_size: sliding-window size (Z, Y, X); the training patch when ``None``.
         mirror: mirroring test-time augmentation.
+
+    Raises:
+        InputError: the image has another number of channels than the model takes.
     """
     patch = tuple(int(p) for p in (patch_size or model.patch_size))
     check_inference_patch(model.config.model, patch)
-    normalised = normalize(image.array, model.config.normalization)
+    channels = model.config.channels or ["image"] * model.config.model.in_channels
+    if image.channels != len(channels):
+        raise InputError(f"{image.path or 'the image'}: {image.channels} channel(s), but the model takes "
+                         f"{len(channels)} ({', '.join(channels)}), in that order.")
+    plan = PreprocessingPlan.of(model.config)
+    preprocessed, geometry = preprocess_image(image, plan)
     probabilities = predict_probabilities(
         model.network_for(patch),
-        normalised,
+        preprocessed,
         patch,
         model.device,
         mirror=mirror,
@@ -250,9 +266,11 @@ def segment_volume(
         progress=progress,
         cancel=cancel,
     )
+    probabilities = restore_probabilities(probabilities, geometry, plan)
     values = np.array(model.label_values)
     label_map = values[np.argmax(probabilities, axis=0)]
     dtype = np.uint8 if values.max() < 256 else np.int16
     labels = image.with_array(label_map.astype(dtype))
     volumes = label_volumes(labels.array, image.spacing, model.config.labels)
-    return Segmentation(labels=labels, volumes=volumes, probabilities=probabilities if keep_probabilities else None)
+    return Segmentation(labels=labels, volumes=volumes, probabilities=probabilities if keep_probabilities else None,
+                        notes=geometry.describe(plan))

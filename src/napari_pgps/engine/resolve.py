@@ -21,6 +21,11 @@ import torch
 
 from ..config import OPTIMIZERS, RunConfig
 from ..curriculum import SCHEDULES
+from ..data.augmentation import AUGMENTATIONS
+from ..data.fingerprint import Fingerprint
+from ..data.geometry import resampled_shape, target_spacing
+from ..data.normalization import fit_normalization
+from ..data.sampler import OVERSAMPLING_RULES
 from ..errors import InputError
 from ..models import architecture, check_patch_size, level_channels, patch_divisor, plan_patch_size, plan_unet
 from ..models.architectures import check_minimum_patch, default_architecture, schedule_of
@@ -36,42 +41,56 @@ class DeviceProfile:
     max_patch_voxels: int
     optimizer: str
     validate_every: int
+    augmentation: str
+    """Chosen by measured Dice (docs/benchmarks.md)."""
+    loader_workers: int
+    """Chosen by measured step time (docs/benchmarks.md)."""
 
 
 # CPU: 1250 steps of a 16-channel DynUNet. At that budget AdamW (1e-3) reached a
 # mean Dice of 0.865 on the hippocampus validation cases where nnU-Net's SGD
 # reached 0.851 (docs/benchmarks.md), so short CPU runs default to AdamW.
 PROFILES = {
-    "cpu": DeviceProfile(16, epochs=25, iterations_per_epoch=50, max_patch_voxels=96**3, optimizer="adamw", validate_every=5),
-    "mps": DeviceProfile(32, epochs=50, iterations_per_epoch=100, max_patch_voxels=128**3, optimizer="adamw", validate_every=5),
-    "cuda": DeviceProfile(32, epochs=50, iterations_per_epoch=250, max_patch_voxels=128**3, optimizer="sgd", validate_every=5),
+    "cpu": DeviceProfile(16, epochs=25, iterations_per_epoch=50, max_patch_voxels=96**3, optimizer="adamw",
+                         validate_every=5, augmentation="mirror", loader_workers=0),
+    "mps": DeviceProfile(32, epochs=50, iterations_per_epoch=100, max_patch_voxels=128**3, optimizer="adamw",
+                         validate_every=5, augmentation="mirror", loader_workers=2),
+    "cuda": DeviceProfile(32, epochs=50, iterations_per_epoch=250, max_patch_voxels=128**3, optimizer="sgd",
+                          validate_every=5, augmentation="mirror", loader_workers=4),
 }
 
 
-def median_spacing_and_shape(
-    spacings: Sequence[Sequence[float]], shapes: Sequence[Sequence[int]]
-) -> tuple[tuple[float, float, float], tuple[int, int, int]]:
-    """Median spacing (mm) and the median shape of the cases (Z, Y, X)."""
-    spacing = tuple(float(s) for s in np.median(np.asarray(spacings, dtype=float), axis=0))
-    shape = tuple(int(round(s)) for s in np.median(np.asarray(shapes, dtype=float), axis=0))
-    return spacing, shape
+def planned_spacing_and_shape(config: RunConfig, fingerprint: Fingerprint) -> tuple[tuple[float, float, float], tuple[int, int, int]]:
+    """The target spacing (mm) and the median case shape (Z, Y, X) at that spacing.
+
+    The spacing is ``model.spacing`` when given, else nnU-Net's rule over the
+    cases (with ``preprocessing.resample`` off: their median spacing).
+    """
+    spacings = [c.spacing for c in fingerprint.cases.values()]
+    shapes = [c.shape for c in fingerprint.cases.values()]
+    spacing = config.model.spacing
+    if spacing is None:
+        median = tuple(float(s) for s in np.median(np.asarray(spacings, dtype=float), axis=0))
+        spacing = target_spacing(spacings, shapes) if config.preprocessing.resample else median
+    resampled = [resampled_shape(n, s, spacing) for n, s in zip(shapes, spacings)] if config.preprocessing.resample else shapes
+    median_shape = tuple(int(round(v)) for v in np.median(np.asarray(resampled, dtype=float), axis=0))
+    return tuple(float(s) for s in spacing), median_shape
 
 
 def resolve_config(
     config: RunConfig,
     *,
     labels: dict[int, str],
-    modality: str,
-    spacings: Sequence[Sequence[float]],
-    shapes: Sequence[Sequence[int]],
+    channels: Sequence[str],
+    fingerprint: Fingerprint,
     device: torch.device,
 ) -> RunConfig:
     """A copy of ``config`` with every automatic value filled and every choice checked.
 
     Args:
         labels: label value -> name, background included.
-        modality: from ``dataset.json``.
-        spacings, shapes: (Z, Y, X) of each training case.
+        channels: the input channels' names (``dataset.json``), in order.
+        fingerprint: of the dataset's cases (spacing and shape in the canonical orientation, foreground intensities).
 
     Raises:
         InputError: an unknown choice or a patch size the network cannot take.
@@ -100,8 +119,20 @@ def resolve_config(
         raise InputError(f"hypernet_hidden {model.hypernet_hidden} must be at least 1.")
     if training.batch_size < 1:
         raise InputError(f"batch size {training.batch_size} must be at least 1.")
-    if not 0.0 <= resolved.data.foreground_oversampling <= 1.0:
+    data = resolved.data
+    if not 0.0 <= data.foreground_oversampling <= 1.0:
         raise InputError("foreground oversampling must be a probability between 0 and 1.")
+    if data.oversampling not in OVERSAMPLING_RULES:
+        raise InputError(f"unknown oversampling rule '{data.oversampling}'; choose one of {', '.join(OVERSAMPLING_RULES)}.")
+    data.augmentation = data.augmentation or profile.augmentation
+    if data.augmentation not in AUGMENTATIONS:
+        raise InputError(f"unknown augmentation '{data.augmentation}'; choose one of {', '.join(AUGMENTATIONS)}.")
+    if data.loader_workers is None:
+        data.loader_workers = profile.loader_workers
+    if data.loader_workers < 0:
+        raise InputError("loader workers must be 0 (cut crops in the training process) or more.")
+    if len(resolved.preprocessing.orientation) != 3 or set(resolved.preprocessing.orientation.upper()) - set("RLAPSI"):
+        raise InputError(f"orientation '{resolved.preprocessing.orientation}' is not three axis codes such as RAS or LPS.")
     if training.validate_every < 1:
         raise InputError("validate every N epochs needs N of at least 1.")
     if resolved.pruning.enabled and not spec.branch_prunable:
@@ -110,10 +141,17 @@ def resolve_config(
         raise InputError("pruning needs a stop fraction in [0, 1], a prune step of at least 1 and min branches of at least 0.")
 
     resolved.labels = dict(sorted(labels.items()))
-    resolved.modality = modality
-    spacing, median_shape = median_spacing_and_shape(spacings, shapes)
-    if model.spacing is None:
-        model.spacing = spacing
+    if resolved.channels is not None and list(resolved.channels) != list(channels):
+        raise InputError(f"the data has channels {list(channels)}, the configuration {list(resolved.channels)}; "
+                         "give the channels in the order the model takes them.")
+    resolved.channels = list(channels)
+    model.in_channels = len(channels)
+    if not resolved.normalization:
+        resolved.normalization = fit_normalization(channels, fingerprint.foreground,
+                                                   [c.crop_fraction for c in fingerprint.cases.values()])
+    if len(resolved.normalization) != len(channels):
+        raise InputError(f"{len(resolved.normalization)} normalisation(s) configured for {len(channels)} channel(s).")
+    model.spacing, median_shape = planned_spacing_and_shape(resolved, fingerprint)
     if model.patch_size is None:
         model.patch_size, plan = plan_patch_size(median_shape, model.spacing, profile.max_patch_voxels)
     else:

@@ -32,9 +32,13 @@ import torch
 
 from ..config import CONFIG_FILE, RunConfig, training_methods
 from ..curriculum import ScheduleOptions, build_schedule, crops_per_case, stage_at
-from ..data.dataset import TrainingSet, label_index_lookup, load_training_set, split_cases
-from ..data.normalization import fit_normalization, normalize
+from ..data.augmentation import Augmentation
+from ..data.dataset import TrainingSet, split_cases
+from ..data.loader import BatchLoader
+from ..data.preprocessing import PreprocessingPlan
 from ..data.sampler import PatchSampler
+from ..data.source import folder_source, memory_source
+from ..data.store import PreprocessedDataset, StoredImages
 from ..errors import InputError
 from ..events import (
     METRICS_FILE,
@@ -42,6 +46,7 @@ from ..events import (
     Event,
     Finished,
     Paused,
+    Preparing,
     Resumed,
     RunStarted,
     StageFinished,
@@ -123,43 +128,49 @@ def train(
     if missing:
         raise InputError(f"the configuration asks for {', '.join(missing)}, which this training loop was not given; "
                          "train with napari_pgps.train (or the command line), which plugs in every method.")
-    if dataset is None:
-        if not config.data.path:
-            raise InputError("no training data: give a dataset folder (--data DIR).")
-        dataset = load_training_set(config.data.path, max_cases=config.data.max_cases)
+    if dataset is None and not config.data.path:
+        raise InputError("no training data: give a dataset folder (--data DIR).")
+    source = memory_source(dataset) if dataset is not None else folder_source(
+        config.data.path, config.data.max_cases, config.data.preprocessed)
+    try:
+        if state is not None and state.get("split"):
+            train_names, val_names = state["split"]["training"], state["split"]["validation"]
+            unknown = sorted(set(train_names + val_names) - set(source.names))
+            if unknown:
+                raise InputError(f"the run was trained on cases that are not in its data now: {', '.join(unknown[:5])}.")
+        else:
+            train_names, val_names = split_cases(source.names, config.data.validation_fraction, config.training.seed)
+        prep = config.preprocessing
+        fingerprint = yield from _reporting("fingerprint", source.fingerprint(prep.orientation, prep.crop_to_nonzero))
+        config = resolve_config(config, labels=source.labels, channels=source.channels, fingerprint=fingerprint,
+                                device=device)
+        store = yield from _reporting("preprocessing", source.preprocessed(PreprocessingPlan.of(config)))
+        with distributed.process_group(device) as (context, device):
+            run = _Run(config, run_dir, store, train_names, val_names, device, control, state, context,
+                       initial_weights, plugins)
+            try:
+                yield from run.run()
+            finally:
+                run.loader.close()
+    finally:
+        source.close()
 
-    by_name = {case.name: case for case in dataset.cases}
-    if state is not None and state.get("split"):
-        train_names, val_names = state["split"]["training"], state["split"]["validation"]
-        unknown = sorted(set(train_names + val_names) - set(by_name))
-        if unknown:
-            raise InputError(f"the run was trained on cases that are not in its data now: {', '.join(unknown[:5])}.")
-    else:
-        train_names, val_names = split_cases(list(by_name), config.data.validation_fraction, config.training.seed)
-    train_cases = [by_name[n] for n in train_names]
-    val_cases = [by_name[n] for n in val_names]
-    config = resolve_config(
-        config,
-        labels=dataset.labels,
-        modality=dataset.modality,
-        spacings=[c.image.spacing for c in train_cases],
-        shapes=[c.image.shape for c in train_cases],
-        device=device,
-    )
-    if config.normalization.scheme is None:
-        config.normalization = fit_normalization(
-            dataset.modality, [c.image.array for c in train_cases], [c.labels.array for c in train_cases], config.training.seed
-        )
-    with distributed.process_group(device) as (context, device):
-        run = _Run(config, run_dir, train_cases, val_cases, device, control, state, context, initial_weights, plugins)
-        yield from run.run()
+
+def _reporting(task: str, work):
+    """Run a (done, total)-yielding generator, yielding a Preparing event for each; returns its result."""
+    while True:
+        try:
+            done, total = next(work)
+        except StopIteration as stop:
+            return stop.value
+        yield Preparing(task=task, done=done, total=total)
 
 
 class _Run:
     """One training run's state (what plug-ins see, :class:`napari_pgps.plugins.TrainingRun`); :meth:`run` yields the events."""
 
-    def __init__(self, config, run_dir, train_cases, val_cases, device, control, state, context=distributed.SINGLE,
-                 initial_weights=None, plugins=()):
+    def __init__(self, config, run_dir, store: PreprocessedDataset, train_names, val_names, device, control, state,
+                 context=distributed.SINGLE, initial_weights=None, plugins=()):
         self.config: RunConfig = config
         self.run_dir: Optional[Path] = run_dir
         self.context: distributed.DistributedContext = context
@@ -169,26 +180,30 @@ class _Run:
         t = config.training
         self.label_names = [config.labels[v] for v in sorted(config.labels)][1:]
         self.num_labels = len(config.labels)
-        lookup = label_index_lookup(config.labels)
         torch.manual_seed(t.seed)
         self.rng, self.draw_rng = distributed.generators(t.seed, context)
-        self.training_images = [normalize(c.image.array, config.normalization) for c in train_cases]
-        label_maps = [lookup[c.labels.array] for c in train_cases]
-        self.training_names = [c.name for c in train_cases]
-        self.split = {"training": self.training_names, "validation": [c.name for c in val_cases]}
-        counts = sum(np.bincount(m.ravel(), minlength=self.num_labels)[: self.num_labels] for m in label_maps)
+        self.store = store
+        self._geometries: dict[str, Any] = {}
+        self.training_names = list(train_names)
+        self.training_images = StoredImages(store, self.training_names)
+        self.split = {"training": self.training_names, "validation": list(val_names)}
+        counts = np.zeros(self.num_labels, dtype=np.int64)
+        for name in self.training_names:
+            found = store.info(name)["label_counts"][: self.num_labels]
+            counts[: len(found)] += found
         self.volume_fractions = tuple(float(c) / max(int(counts.sum()), 1) for c in counts)
         self.sampler = PatchSampler(
-            self.training_images,
-            label_maps,
+            store,
+            self.training_names,
             num_labels=self.num_labels,
             rng=self.rng,
             foreground_probability=config.data.foreground_oversampling,
-            mirror=config.data.mirror_augmentation,
+            oversampling=config.data.oversampling,
+            augmentation=Augmentation(config.data.augmentation),
         )
-        self.validating_on_training = not val_cases
-        held_out = val_cases or train_cases
-        self.validation = [(normalize(c.image.array, config.normalization), lookup[c.labels.array]) for c in held_out]
+        self.loader = BatchLoader(self.sampler, config.data.loader_workers)
+        self.validating_on_training = not val_names
+        self.validation_names = list(val_names) or self.training_names
         self.network = build_network(config.model, state["model"] if state is not None else initial_weights).to(device)
         self.model = distributed.wrap(self.network, device, context)
         self.optimizer = _optimizer(self.network, t)
@@ -212,7 +227,7 @@ class _Run:
         self.last_mean_dice: Optional[float] = None
         if state is not None:
             self._restore(state)
-        self.train_count, self.val_count = len(train_cases), len(val_cases)
+        self.train_count, self.val_count = len(train_names), len(val_names)
 
     # -- the loop ---------------------------------------------------------
     def run(self) -> Iterator[Any]:
@@ -251,7 +266,9 @@ class _Run:
                 yield self._log(StageStarted(stage=index, epoch=self.epoch, patch=stage.patch, batch=stage.batch))
             for event in self._epoch_start_events():
                 yield self._log(event)
-            for _ in range(t.iterations_per_epoch):
+            plans = [self._plan(stage) for _ in range(t.iterations_per_epoch)]
+            batches = self.loader.batches(plan for plan, _ in plans)
+            for _, batch_size in plans:
                 if self.control.paused and not self.control.stop_requested:
                     yield self._log(Paused(epoch=self.epoch, step=self.step))
                     while not self.control.wait_until_resumed(0.1):
@@ -261,10 +278,10 @@ class _Run:
                 if distributed.any_rank(self.control.stop_requested, self.context):
                     stopped = True
                     break
-                patch, batch = self.schedule.draw(stage, self.draw_rng)
-                step = self._train_step(patch, batch)
+                step = self._train_step(batches, batch_size)
                 stage_fractions.append(step.class_fractions)
                 yield self._log(step)
+            batches.close()
             if stopped:
                 break
             if self.epoch + 1 == t.epochs or stage_at(self.stages, self.epoch + 1) != current_stage:
@@ -313,12 +330,21 @@ class _Run:
         self.training_seconds += time.perf_counter() - start
         return events
 
-    def _train_step(self, patch: tuple[int, int, int], batch_size: int) -> StepDone:
+    def _plan(self, stage) -> tuple[Any, int]:
+        """One step's batch plan (this rank's share of the global batch) and the global batch size."""
+        patch, batch_size = self.schedule.draw(stage, self.draw_rng)
+        local = distributed.split_batch(batch_size, self.context)
+        return self.sampler.plan(patch, local, crops_per_case(batch_size, self.schedule.final_batch)), batch_size
+
+    def _train_step(self, batches: Iterator[Any], batch_size: int) -> StepDone:
         start = time.perf_counter()
-        local_batch = distributed.split_batch(batch_size, self.context)
-        batch = self.sampler.sample(patch, local_batch, crops_per_case(batch_size, self.schedule.final_batch))
-        images = torch.from_numpy(batch.images).to(self.device, non_blocking=True)
-        labels = torch.from_numpy(batch.labels).to(self.device, non_blocking=True)
+        batch = next(batches)
+        waited = time.perf_counter() - start
+        images, labels = torch.from_numpy(batch.images), torch.from_numpy(batch.labels.astype(np.int64))
+        if self.device.type == "cuda":
+            images, labels = images.pin_memory(), labels.pin_memory()
+        images = images.to(self.device, non_blocking=True)
+        labels = labels.to(self.device, non_blocking=True)
         self.optimizer.zero_grad(set_to_none=True)
         with torch.autocast(device_type="cuda", dtype=torch.float16, enabled=self.amp):
             loss = self._loss(images, labels)
@@ -336,18 +362,28 @@ class _Run:
         seconds = time.perf_counter() - start
         self.step += 1
         self.training_seconds += seconds
+        boxes = [self._input_box(i, origin, batch.images.shape[2:]) for i, origin in zip(batch.case_indices, batch.origins)]
         return StepDone(
             epoch=self.epoch,
             step=self.step,
             loss=value,
-            patch=tuple(patch),
+            patch=tuple(int(p) for p in batch.images.shape[2:]),
             batch=batch_size,
             class_fractions=batch.class_fractions,
             seconds=seconds,
             learning_rate=float(self.optimizer.param_groups[0]["lr"]),
             crop_cases=tuple(self.training_names[i] for i in batch.case_indices),
-            crop_origins=batch.origins,
+            crop_origins=tuple(box[0] for box in boxes),
+            crop_sizes=tuple(box[1] for box in boxes),
+            data_seconds=waited,
         )
+
+    def _input_box(self, case: int, origin, size) -> tuple[tuple[int, ...], tuple[int, ...]]:
+        """A crop's (first voxel, size) on its case's own grid."""
+        name = self.training_names[case]
+        if name not in self._geometries:
+            self._geometries[name] = self.store.geometry(name)
+        return self._geometries[name].input_box(origin, size, self.config.preprocessing.orientation)
 
     def _loss(self, images: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         """Segmentation loss (deep supervision included) plus the plug-ins' terms; the first is kept for the epoch mean."""
@@ -364,10 +400,11 @@ class _Run:
     def _validate(self) -> Validated:
         start = time.perf_counter()
         per_case = []
-        for image, truth in distributed.shard(self.validation, self.context):
+        for name in distributed.shard(self.validation_names, self.context):
+            truth = np.asarray(self.store.labels(name))
             probabilities = predict_probabilities(
                 self.network,
-                image,
+                np.array(self.store.image(name)),
                 self.config.model.patch_size,
                 self.device,
                 batch_size=self.config.training.batch_size,

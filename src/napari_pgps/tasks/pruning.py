@@ -21,7 +21,7 @@ from typing import Any, Iterator, Optional
 import torch
 
 from ..config import RunConfig
-from ..data.normalization import normalize
+from ..data.preprocessing import PreprocessingPlan, preprocess_image
 from ..engine import SegmentationModel, TrainingControl, load_model
 from ..errors import InputError
 from ..events import ChannelPruningStep, Finished, PruningReport
@@ -45,7 +45,7 @@ def measure_model(model: SegmentationModel, data: Optional[str | Path], repeats:
     image = None
     cases = labelled_cases(model, data, "validation") if data is not None else []
     if cases:
-        image = normalize(cases[0].image.array, model.config.normalization)
+        image, _ = preprocess_image(cases[0].image, PreprocessingPlan.of(model.config))
     profile = profile_network(model.network, model.patch_size, model.device, image, repeats)
     if cases:
         profile.mean_dice = evaluate_model(model, data, split="validation")["mean_dice"]

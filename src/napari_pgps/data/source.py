@@ -1,0 +1,110 @@
+"""Where a run's cases come from, and where their fingerprint and preprocessed copies are kept.
+
+A dataset folder's cases are read file by file when needed; its fingerprint
+and preprocessed datasets are kept in the cache folder under a name made of
+the folder's name and a digest of its files (names, sizes, modification
+times), so a later run, another fold or another DDP rank on the same files
+reuses them, and a changed file makes new ones. Cases given in memory (napari
+layers) are preprocessed into a temporary folder that lives as long as the run.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Generator, Optional
+
+from ..errors import InputError
+from .dataset import Case, TrainingSet, case_files, read_case, read_dataset_info
+from .fingerprint import Fingerprint, fingerprint_cases, signature
+from .preprocessing import PreprocessingPlan
+from .store import PreprocessedDataset, cache_folder, load_fingerprint, prepare_store, save_fingerprint
+
+COMPLETE = "complete"
+"""Written in a preprocessed dataset's folder once every case is in it."""
+WAIT_SECONDS = 3600.0
+"""How long a DDP rank waits for the rank that preprocesses its node's dataset."""
+
+
+@dataclass
+class DataSource:
+    """The labelled cases of a run, each read on demand, and the folder for their derived data."""
+
+    cases: list[tuple[str, Callable[[], Case]]]
+    labels: dict[int, str]
+    channels: list[str]
+    folder: Path
+    """Fingerprint and preprocessed datasets (temporary for cases in memory)."""
+    temporary: bool = False
+
+    @property
+    def names(self) -> list[str]:
+        return [name for name, _ in self.cases]
+
+    def fingerprint(self, orientation: str, crop_to_nonzero: bool) -> Generator[tuple[int, int], None, Fingerprint]:
+        """The cases' fingerprint, kept in :attr:`folder`; yields (done, total) while it is made."""
+        folder = self.folder / f"fingerprint-{orientation}-{'crop' if crop_to_nonzero else 'whole'}"
+        found = load_fingerprint(folder)
+        if found is not None and set(found.cases) == set(self.names):
+            return found
+        made = yield from fingerprint_cases(self.cases, self.channels, orientation, crop_to_nonzero)
+        save_fingerprint(folder, made)
+        return made
+
+    def preprocessed(self, plan: PreprocessingPlan) -> Generator[tuple[int, int], None, PreprocessedDataset]:
+        """The cases preprocessed with ``plan`` (built where missing); yields (done, total) while it is built.
+
+        Under torchrun only each node's local rank 0 builds; the others wait for it.
+        """
+        root = self.folder / f"plan-{plan.key()}"
+        if (root / COMPLETE).is_file():
+            return PreprocessedDataset(root)
+        if int(os.environ.get("LOCAL_RANK", "0")) > 0:
+            return _wait_for(root)
+        store = yield from prepare_store(root, self.cases, plan)
+        (root / COMPLETE).write_text("")
+        return store
+
+    def close(self) -> None:
+        """Remove a temporary folder."""
+        if self.temporary:
+            shutil.rmtree(self.folder, ignore_errors=True)
+
+
+def folder_source(path: str | os.PathLike, max_cases: Optional[int] = None, cache: Optional[str] = None) -> DataSource:
+    """The labelled cases of a dataset folder (the first ``max_cases`` by name)."""
+    info = read_dataset_info(path)
+    files = case_files(info, max_cases=max_cases)
+    parts = [str(info.root.resolve())]
+    for entry in files:
+        for file in (*entry.images, entry.labels):
+            stat = file.stat()
+            parts.append((entry.name, file.name, stat.st_size, stat.st_mtime_ns))
+    folder = cache_folder(cache) / f"{info.root.resolve().name}-{signature(parts)}"
+    cases = [(entry.name, lambda entry=entry: read_case(info, entry)) for entry in files]
+    return DataSource(cases, info.labels, info.channels, folder)
+
+
+def memory_source(dataset: TrainingSet) -> DataSource:
+    """Cases given in memory (e.g. napari layers), preprocessed into a temporary folder."""
+    names = [case.name for case in dataset.cases]
+    if len(set(names)) != len(names):
+        raise InputError(f"two training cases share a name ({', '.join(sorted(n for n in set(names) if names.count(n) > 1))}); "
+                         "rename the layers.")
+    folder = Path(tempfile.mkdtemp(prefix="napari-pgps-"))
+    cases = [(case.name, lambda case=case: case) for case in dataset.cases]
+    return DataSource(cases, dataset.labels, dataset.channels, folder, temporary=True)
+
+
+def _wait_for(root: Path) -> PreprocessedDataset:
+    deadline = time.monotonic() + WAIT_SECONDS
+    while not (root / COMPLETE).is_file():
+        if time.monotonic() > deadline:
+            raise InputError(f"{root}: the preprocessed dataset was not finished by local rank 0 within "
+                             f"{WAIT_SECONDS:.0f} s.")
+        time.sleep(1.0)
+    return PreprocessedDataset(root)
