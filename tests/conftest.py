@@ -10,6 +10,7 @@ from helpers import quick_config, write_dataset
 
 SHARED_DATA = Path(os.environ.get("NAPARI_PGPS_DATA", Path(__file__).resolve().parents[1] / ".." / "shared" / "data")).resolve()
 HIPPOCAMPUS = SHARED_DATA / "Task04_Hippocampus"
+BRATS = SHARED_DATA / "BraTS2015_2ch"
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -42,6 +43,26 @@ def hippocampus() -> Path:
     if not (HIPPOCAMPUS / "dataset.json").is_file():
         pytest.skip(f"real data not found at {HIPPOCAMPUS}; put ../shared/data beside the project or set NAPARI_PGPS_DATA")
     return HIPPOCAMPUS
+
+
+@pytest.fixture(scope="session")
+def brats() -> Path:
+    if not (BRATS / "dataset.json").is_file():
+        pytest.skip(f"real data not found at {BRATS}; put ../shared/data beside the project or set NAPARI_PGPS_DATA")
+    return BRATS
+
+
+@pytest.fixture(scope="session")
+def brats_run(tmp_path_factory, brats) -> Path:
+    """A BraTS model trained from the command line for two steps (64^3 patches, 8 base channels)."""
+    from napari_pgps.cli import main
+
+    run_dir = tmp_path_factory.mktemp("brats") / "run"
+    config = tmp_path_factory.mktemp("brats-config") / "config.yaml"
+    config.write_text("model: {base_channels: 8}\n")
+    assert main(["train", "--data", str(brats), "--out", str(run_dir), "--config", str(config), "--epochs", "1",
+                 "--iterations-per-epoch", "2", "--patch-size", "64", "64", "64", "--device", "cpu", "--quiet"]) == 0
+    return run_dir
 
 
 @pytest.fixture(scope="session")

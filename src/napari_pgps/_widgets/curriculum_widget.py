@@ -20,9 +20,12 @@ from qtpy.QtWidgets import (
 
 from ..config import RunConfig
 from ..curriculum import SCHEDULES, Schedule, ScheduleOptions, build_schedule
+from ..data.geometry import canonical_grid
+from ..data.volume import reverse_axes
 from ..errors import InputError
 from ..models.planning import check_patch_size, plan_patch_size, plan_unet
 from .forms import spin_box
+from .layers import world_matrix
 from .plots import PlotCanvas
 from .state import state_for
 
@@ -168,8 +171,9 @@ class CurriculumWidget(QWidget):
 
             show_warning("Select an image layer to propose a patch size from.")
             return
-        shape = layer.data.shape[-3:]
-        self.spacing = tuple(float(s) for s in layer.scale[-3:])
+        # as training will see it: in the canonical orientation, with its own spacing
+        shape, self.spacing = canonical_grid(layer.data.shape[-3:], reverse_axes(world_matrix(layer)),
+                                             self.state.config.preprocessing.orientation)
         patch, _ = plan_patch_size(shape, self.spacing, max_voxels=96**3)
         for spin, value in zip(self.patch, patch):
             spin.setValue(int(value))

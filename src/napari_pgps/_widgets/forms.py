@@ -39,7 +39,7 @@ class ChannelPicker(QWidget):
         column.setContentsMargins(0, 0, 0, 0)
         column.addLayout(row)
         column.addWidget(self.summary)
-        self.add.clicked.connect(self._add)
+        self.add.clicked.connect(self.add_channel)
         self.clear.clicked.connect(self.reset)
         viewer.layers.events.inserted.connect(self.refresh)
         viewer.layers.events.removed.connect(self.refresh)
@@ -67,7 +67,8 @@ class ChannelPicker(QWidget):
         self.chosen = []
         self.summary.setText("")
 
-    def _add(self) -> None:
+    def add_channel(self) -> None:
+        """Append the layer shown to the channels."""
         if self.layer.currentText():
             self.chosen.append(self.layer.currentText())
             self.summary.setText("channels: " + ", ".join(f"{i}: {n}" for i, n in enumerate(self.chosen)))

@@ -26,7 +26,7 @@ from qtpy.QtWidgets import (
 from ..config import DEVICES, RunConfig
 from ..engine import TrainingControl, TrainingProgress
 from ..engine.progress import duration_text, size_text
-from ..events import CasesAdded, Finished, Paused, Resumed, RunStarted, StageStarted, StepDone, Validated
+from ..events import CasesAdded, Finished, Paused, Preparing, Resumed, RunStarted, StageStarted, StepDone, Validated
 from .forms import CHANNEL_SEPARATOR, ChannelPicker
 from .layers import box_outlines, find_layer, placement, training_set_from_layers
 from .plots import PlotCanvas
@@ -209,7 +209,12 @@ class TrainWidget(QWidget):
 
     def _on_event(self, event) -> None:
         history = self.history.update(event)
-        if isinstance(event, RunStarted):
+        if isinstance(event, Preparing):
+            self.progress.setRange(0, event.total)
+            self.progress.setValue(event.done)
+            what = "reading the cases" if event.task == "fingerprint" else "preprocessing the cases"
+            self.progress.setFormat(f"{what}: %v / %m")
+        elif isinstance(event, RunStarted):
             self.device_label.setText(f"device: {event.device}")
             self.progress.setRange(0, max(history.total_steps, 1))
             self.status.setText(f"{event.training_cases} training / {event.validation_cases} validation case(s), "

@@ -63,6 +63,19 @@ def reorient(array: np.ndarray, affine: np.ndarray, codes: str) -> tuple[np.ndar
     return _apply(array, transform), affine @ nio.inv_ornt_aff(transform, array.shape[::-1][:3])
 
 
+def canonical_grid(shape: Sequence[int], affine: np.ndarray, codes: str) -> tuple[tuple[int, int, int], tuple[float, float, float]]:
+    """The shape (Z, Y, X) and spacing (sz, sy, sx) a volume of ``shape`` and ``affine`` has once reoriented to ``codes``."""
+    import nibabel.orientations as nio
+
+    affine = np.asarray(affine, dtype=float)
+    transform = nio.ornt_transform(nio.io_orientation(affine), nio.axcodes2ornt(tuple(codes)))
+    shape_xyz = list(shape)[::-1]
+    new_xyz = [0, 0, 0]
+    for axis, (target, _) in enumerate(transform):
+        new_xyz[int(target)] = int(shape_xyz[axis])
+    return tuple(new_xyz[::-1]), spacing_of(affine @ nio.inv_ornt_aff(transform, shape_xyz))
+
+
 def reorient_array(array: np.ndarray, from_codes: str, to_codes: str) -> np.ndarray:
     """``array`` (..., Z, Y, X) whose voxel axes (i, j, k) point to ``from_codes``, with them pointing to ``to_codes``."""
     import nibabel.orientations as nio

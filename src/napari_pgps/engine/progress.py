@@ -30,6 +30,7 @@ from ..events import (
     Event,
     Finished,
     Paused,
+    Preparing,
     PruningReport,
     PruningStep,
     Resumed,
@@ -69,6 +70,8 @@ class EpochSummary:
 class TrainingProgress:
     """The state of a run as its events tell it; feed every event to :meth:`update`, in order."""
 
+    preparing: Optional[Preparing] = None
+    """The data preparation's last progress (before the run starts)."""
     started: Optional[RunStarted] = None
     steps: list[StepDone] = field(default_factory=list)
     """This run's steps (a resumed run starts a new list)."""
@@ -95,7 +98,9 @@ class TrainingProgress:
     def update(self, event: Event) -> "TrainingProgress":
         """Fold one event in; returns self."""
         self.epoch_summary = None
-        if isinstance(event, RunStarted):
+        if isinstance(event, Preparing):
+            self.preparing = event
+        elif isinstance(event, RunStarted):
             self.started = event
             self.steps = []
             self.training_seconds = 0.0
@@ -165,6 +170,13 @@ class TrainingProgress:
         return elapsed / self.steps_done * max(self.total_steps - self.steps_done, 0)
 
     @property
+    def data_wait_share(self) -> Optional[float]:
+        """Share of this run's step time spent waiting for batches to be cut and augmented."""
+        if not self.training_seconds:
+            return None
+        return sum(s.data_seconds for s in self.steps) / self.training_seconds
+
+    @property
     def last_dice(self) -> Optional[float]:
         """Mean Dice of the last validation."""
         return self.validations[-1].result.mean_dice if self.validations else None
@@ -183,6 +195,11 @@ def describe_event(event: Event, progress: TrainingProgress, *, quiet: bool = Fa
 
     ``quiet`` keeps only validations, pruning, reports and the end.
     """
+    if isinstance(event, Preparing):
+        if event.done != event.total:
+            return None
+        return (f"data: {event.total} cases fingerprinted" if event.task == "fingerprint" else
+                f"data: {event.total} cases preprocessed (kept for later runs on these files)")
     if isinstance(event, RunStarted):
         resuming = f" (resuming at epoch {event.start_epoch})" if event.start_epoch else ""
         return (f"training {event.kind} model ({event.architecture} network) on {event.device}: "
