@@ -19,6 +19,7 @@ from typing import Iterator, Optional, Sequence
 from . import __version__
 from .config import DEVICES, OPTIMIZERS, RunConfig
 from .curriculum import SCHEDULES
+from .engine.metrics import SURFACE_TOLERANCE_MM
 from .engine.progress import size_text
 from .errors import InputError
 from .files import write_text_atomically
@@ -85,35 +86,57 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--learning-rate", type=float, metavar="LR", help="initial learning rate (default 1e-2 SGD, 1e-3 AdamW)")
     p.add_argument("--max-cases", type=int, metavar="N", help="use only the first N cases (quick runs)")
     p.add_argument("--seed", type=int, metavar="S", help="random seed for the split, sampling and weights (default 0)")
+    p.add_argument("--fold", type=int, metavar="K",
+                   help="train fold K (0-based) of a cross-validation instead of the 80/20 held-out split")
+    p.add_argument("--folds", type=int, metavar="N", help="folds of the cross-validation (default 5)")
     p.add_argument("--device", choices=DEVICES, help="compute device (default auto: CUDA, else MPS, else CPU)")
     p.add_argument("--resume", action="store_true", help="continue the run in RUN_DIR from its last checkpoint")
     p.add_argument("--quiet", action="store_true", help="print only validation results and the summary")
     p.set_defaults(run=_train)
 
     p = sub.add_parser("segment", help="segment a volume or a folder of volumes",
-                       description="Segment NIfTI or TIFF volumes with a trained model; prints each label's volume.")
-    p.add_argument("--model", required=True, metavar="RUN_DIR_OR_CHECKPOINT")
+                       description="Segment NIfTI or TIFF volumes with a trained model (several: an ensemble, their "
+                       "probabilities averaged); prints each label's volume.")
+    p.add_argument("--model", required=True, nargs="+", metavar="RUN_DIR_OR_CHECKPOINT")
     p.add_argument("--input", required=True, metavar="FILE_OR_DIR")
     p.add_argument("--output", required=True, metavar="FILE_OR_DIR")
     p.add_argument("--patch-size", type=int, nargs=3, metavar=("Z", "Y", "X"), help="sliding-window size (default: the training patch)")
     p.add_argument("--tta", action="store_true", help="mirroring test-time augmentation (8 flips; slower)")
+    p.add_argument("--no-postprocessing", action="store_true", help="leave out the post-processing chosen for the model")
     p.add_argument("--device", choices=DEVICES, default="auto")
     p.set_defaults(run=_segment)
 
-    p = sub.add_parser("evaluate", help="Dice of a model on the labelled cases of a dataset",
-                       description="Segment every labelled case of a dataset folder and report Dice per label.")
-    p.add_argument("--model", required=True, metavar="RUN_DIR_OR_CHECKPOINT")
+    p = sub.add_parser("evaluate", help="score a model, an ensemble, the folds of a cross-validation, or a folder of "
+                       "segmentations against a dataset's labels",
+                       description=_EVALUATE_HELP, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--model", nargs="+", metavar="RUN_DIR_OR_CHECKPOINT",
+                   help="model(s) to segment with; several: the folds of a cross-validation (with --split "
+                        "validation) or an ensemble (with --ensemble)")
+    p.add_argument("--predictions", metavar="DIR", help="a folder of segmentation files (CASE.nii.gz) made by any tool")
     p.add_argument("--data", required=True, metavar="DIR")
     p.add_argument("--json", metavar="FILE", help="write the results as JSON")
     p.add_argument("--split", choices=("all", "validation", "training"), default="all",
                    help="evaluate all cases, or only the model's held-out (validation) or training cases")
+    p.add_argument("--ensemble", action="store_true", help="average the models' probabilities")
+    p.add_argument("--tolerance", type=float, default=SURFACE_TOLERANCE_MM, metavar="MM",
+                   help=f"surface Dice tolerance in mm (default {SURFACE_TOLERANCE_MM:g})")
     p.add_argument("--patch-size", type=int, nargs=3, metavar=("Z", "Y", "X"))
     p.add_argument("--patch-sizes", nargs="+", metavar="SIZE",
                    help="evaluate at each inference patch size: N (isotropic), ZxYxX, or START:STOP:STEP (isotropic, "
                         "inclusive); e.g. --patch-sizes 16:64:8 or 32 40x56x40")
     p.add_argument("--tta", action="store_true")
+    p.add_argument("--no-postprocessing", action="store_true", help="leave out the post-processing chosen for the model")
     p.add_argument("--device", choices=DEVICES, default="auto")
     p.set_defaults(run=_evaluate)
+
+    p = sub.add_parser("postprocess", help="choose a model's post-processing on its validation cases",
+                       description="Segment the validation cases of a model (or of every fold of a cross-validation, "
+                       "pooled), decide which largest-connected-component steps raise their Dice (nnU-Net's rule) and "
+                       "write postprocessing.json into each run folder; segment and evaluate then apply it.")
+    p.add_argument("--model", required=True, nargs="+", metavar="RUN_DIR")
+    p.add_argument("--data", required=True, metavar="DIR")
+    p.add_argument("--device", choices=DEVICES, default="auto")
+    p.set_defaults(run=_postprocess)
 
     p = sub.add_parser("schedule", help="print a patch-size schedule without training",
                        description="Print the stages of a schedule: patch (Z Y X), batch and epochs per stage, and the "
@@ -202,7 +225,8 @@ def _train(args: argparse.Namespace) -> int:
     from .tasks.training import train
 
     overrides = [name for name in ("data", "config", "schedule", "epochs", "iterations_per_epoch", "batch_size",
-                                   "patch_size", "architecture", "optimizer", "learning_rate", "max_cases", "seed")
+                                   "patch_size", "architecture", "optimizer", "learning_rate", "max_cases", "seed",
+                                   "fold", "folds")
                  if getattr(args, name) is not None] + (["pdl"] if args.pdl else [])
     if args.resume:
         if overrides:
@@ -262,8 +286,9 @@ def _request_stop(control, previous) -> None:
 def _apply_train_flags(config: RunConfig, args: argparse.Namespace) -> None:
     if args.data is not None:
         config.data.path = str(args.data)
-    if args.max_cases is not None:
-        config.data.max_cases = args.max_cases
+    for name in ("max_cases", "fold", "folds"):
+        if getattr(args, name) is not None:
+            setattr(config.data, name, getattr(args, name))
     if args.schedule is not None:
         config.curriculum.schedule = args.schedule
     if args.pdl:
@@ -310,15 +335,33 @@ The pruned model segments like any other (napari-pgps segment --model runs/prune
 """
 
 
+_EVALUATE_HELP = """Score segmentations against the labels of a dataset folder, per case and per label:
+Dice (nnU-Net's convention: a label absent from both is not counted, a label
+predicted where the reference has none scores 0), the 95th-percentile Hausdorff
+distance and the surface Dice at --tolerance mm (both in the reference's
+spacing), precision and recall.
+
+  napari-pgps evaluate --model RUN --data DIR [--split validation]
+  napari-pgps evaluate --model RUN_F0 RUN_F1 ... --data DIR --split validation
+      the folds of a cross-validation: each on its own validation cases, then pooled
+  napari-pgps evaluate --model RUN_A RUN_B --ensemble --data DIR
+  napari-pgps evaluate --predictions DIR --data DIR
+      a folder of CASE.nii.gz files made by any tool (nnU-Net's included), each on its
+      reference's grid
+"""
+
+
 # -- segment ------------------------------------------------------------------
 def _segment(args: argparse.Namespace) -> int:
     from .data.volume import read_image, write_volume
     from .engine import load_model, segment_volume
     from .models import check_inference_patch
 
-    model = load_model(args.model, args.device)
+    models = [load_model(path, args.device) for path in args.model]
+    model = models[0]
     if args.patch_size:
-        check_inference_patch(model.config.model, args.patch_size)
+        for each in models:
+            check_inference_patch(each.config.model, args.patch_size)
     inputs = segment_inputs(Path(args.input), model.config.model.in_channels)
     target = Path(args.output)
     many = len(inputs) > 1 or Path(args.input).is_dir() or target.is_dir() or args.output.endswith(("/", "\\"))
@@ -327,7 +370,8 @@ def _segment(args: argparse.Namespace) -> int:
         images.append(read_image(paths))
     for paths, image in zip(inputs, images):
         out = target / _output_name(paths[0]) if many else target
-        result = segment_volume(model, image, patch_size=args.patch_size, mirror=args.tta)
+        result = segment_volume(models, image, patch_size=args.patch_size, mirror=args.tta,
+                                postprocess=not args.no_postprocessing)
         write_volume(result.labels, out)
         volumes = ", ".join(f"{name} {v['ml']:.3f} mL ({v['voxels']} voxels)" for name, v in result.volumes.items())
         notes = "".join(f"; {note}" for note in result.notes)
@@ -395,22 +439,66 @@ def parse_patch_sizes(tokens: Sequence[str]) -> list[tuple[int, int, int]]:
 
 def _evaluate(args: argparse.Namespace) -> int:
     from .engine import load_model
-    from .tasks.evaluation import evaluate_model, evaluate_patch_sizes
+    from .tasks.evaluation import evaluate_folder, evaluate_folds, evaluate_model, evaluate_patch_sizes
 
-    model = load_model(args.model, args.device)
-    if args.patch_sizes:
-        sizes = parse_patch_sizes(args.patch_sizes)
-        report = evaluate_patch_sizes(model, args.data, sizes, split=args.split, mirror=args.tta,
-                                      progress=lambda size, row: print(f"patch {size_text(size)}: mean Dice {row['mean_dice']:.4f}", flush=True))
-        if args.json:
-            write_text_atomically(Path(args.json), json.dumps(report, indent=2) + "\n")
-        return 0
-    report = evaluate_model(model, args.data, split=args.split, patch_size=args.patch_size, mirror=args.tta,
-                            progress=lambda name, dice: print(f"{name}: " + ", ".join(f"{k} {v:.4f}" for k, v in dice.items()), flush=True))
-    per_label = ", ".join(f"{k} {v:.4f}" for k, v in report["dice_per_label"].items())
-    print(f"{len(report['cases'])} cases: mean Dice {report['mean_dice']:.4f} ({per_label})")
+    if (args.model is None) == (args.predictions is None):
+        raise InputError("give either --model RUN [RUN ...] (segment, then score) or --predictions DIR (score a folder).")
+
+    def tell(name, dice):
+        print(f"{name}: " + ", ".join(f"{k} {v:.4f}" for k, v in dice.items()), flush=True)
+
+    if args.predictions is not None:
+        report = evaluate_folder(args.predictions, args.data, tolerance_mm=args.tolerance, progress=tell)
+        _print_scores(report)
+    else:
+        models = [load_model(path, args.device) for path in args.model]
+        postprocess = not args.no_postprocessing
+        if args.patch_sizes:
+            sizes = parse_patch_sizes(args.patch_sizes)
+            report = evaluate_patch_sizes(models[0], args.data, sizes, split=args.split, mirror=args.tta,
+                                          progress=lambda size, row: print(f"patch {size_text(size)}: mean Dice "
+                                                                           f"{row['mean_dice']:.4f}", flush=True))
+        elif len(models) > 1 and not args.ensemble:
+            if args.split != "validation":
+                raise InputError("several models are the folds of a cross-validation (add --split validation) or an "
+                                 "ensemble (add --ensemble).")
+            report = evaluate_folds(models, args.data, mirror=args.tta, postprocess=postprocess,
+                                    tolerance_mm=args.tolerance, progress=tell)
+            for fold in report["folds"]:
+                print(f"fold {fold['fold']} ({len(fold['cases'])} cases): mean Dice {fold['mean_dice']:.4f}", flush=True)
+            print("pooled over the folds:")
+            _print_scores(report["pooled"])
+        else:
+            report = evaluate_model(models, args.data, split=args.split, patch_size=args.patch_size, mirror=args.tta,
+                                    postprocess=postprocess, tolerance_mm=args.tolerance, progress=tell)
+            _print_scores(report)
     if args.json:
         write_text_atomically(Path(args.json), json.dumps(report, indent=2) + "\n")
+    return 0
+
+
+def _print_scores(report: dict) -> None:
+    """The per-label means of every metric, and the mean Dice."""
+    metrics = report["metrics"]
+    print(f"{len(report['cases'])} cases: mean Dice {report['mean_dice']:.4f}")
+    header = ["label", "Dice", "HD95 (mm)", f"surface Dice ({report['tolerance_mm']:g} mm)", "precision", "recall"]
+    print("  " + " | ".join(header))
+    for name in report["dice_per_label"]:
+        cells = [f"{metrics[m][name]:.4f}" if metrics[m][name] == metrics[m][name] else "-"
+                 for m in ("dice", "hd95", "surface_dice", "precision", "recall")]
+        print("  " + " | ".join([name, *cells]))
+
+
+def _postprocess(args: argparse.Namespace) -> int:
+    from .engine import load_model
+    from .tasks.postprocessing import choose_for_models
+
+    models = [load_model(path, args.device) for path in args.model]
+    chosen, evidence = choose_for_models(models, args.data, progress=lambda name: print(f"{name} segmented", flush=True))
+    print(f"post-processing chosen on {evidence['cases']} validation cases: {chosen.describe(models[0].config.labels)}")
+    for step, dice in evidence.items():
+        if isinstance(dice, dict):
+            print(f"  {step}: " + ", ".join(f"{k} {v:.4f}" for k, v in dice.items() if v is not None))
     return 0
 
 

@@ -38,7 +38,11 @@ class DataConfig:
     path: Optional[str] = None
     """Dataset folder (Decathlon or nnU-Net v2 raw layout)."""
     validation_fraction: float = 0.2
-    """Share of the cases held out for validation, drawn with ``TrainingConfig.seed``."""
+    """Share of the cases held out for validation, drawn with ``TrainingConfig.seed`` (when ``fold`` is ``None``)."""
+    fold: Optional[int] = None
+    """Train fold K (0-based) of a ``folds``-fold cross-validation instead of the single held-out split."""
+    folds: int = 5
+    """Folds of the cross-validation; the cases are shuffled with ``TrainingConfig.seed`` and cut into this many."""
     foreground_oversampling: float = 0.33
     """Share of crops forced onto a foreground voxel (nnU-Net: 0.33)."""
     oversampling: str = "batch"

@@ -40,7 +40,7 @@ def test_train_segment_evaluate(tmp_path, phantom_dataset, capsys):
     report_path = tmp_path / "eval.json"
     assert main(["evaluate", "--model", str(tmp_path / "run"), "--data", str(phantom_dataset), "--json", str(report_path)]) == 0
     report = json.loads(report_path.read_text())
-    assert set(report) == {"mean_dice", "dice_per_label", "cases"}
+    assert set(report) == {"mean_dice", "dice_per_label", "metrics", "means", "tolerance_mm", "cases"}
     assert set(report["dice_per_label"]) == {"lesion", "vessel"}
     assert len(report["cases"]) == 6 and report["cases"][0]["case"] == "case_000"
     assert f"mean Dice {report['mean_dice']:.4f}" in capsys.readouterr().out

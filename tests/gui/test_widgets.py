@@ -145,3 +145,30 @@ def test_reader_and_writer_round_trip_keep_the_affine(make_napari_viewer, tmp_pa
     saved = nib.load(str(out))
     np.testing.assert_allclose(saved.affine, original.affine)
     np.testing.assert_array_equal(np.asanyarray(saved.dataobj), np.asanyarray(nib.load(str(labels_file)).dataobj))
+
+
+def test_the_segment_widget_averages_an_ensemble_and_can_leave_out_postprocessing(viewer_with_phantom, qtbot,
+                                                                                   trained_phantom_run):
+    from napari_pgps.engine import load_model, segment_volume
+    from napari_pgps.engine.postprocessing import Postprocessing
+
+    segmenter = SegmentWidget(viewer_with_phantom)
+    segmenter.offer_model(trained_phantom_run)
+    segmenter.add_to_ensemble()
+    segmenter.add_to_ensemble()  # the same model twice is added once
+    assert segmenter.models() == [str(trained_phantom_run)] and "ensemble of 1" in segmenter.ensemble_label.text()
+    segmenter.image.layer.setCurrentText("phantom")
+    segmenter.device.setCurrentText("cpu")
+    Postprocessing(foreground=True).save(trained_phantom_run, {"test": True})
+    try:
+        segmenter.postprocess.setChecked(False)
+        segmenter.segment()
+        qtbot.waitUntil(lambda: segmenter.result_layer is not None and segmenter.worker is None, timeout=60_000)
+        assert "post-processed" not in segmenter.status.text()
+        image = viewer_with_phantom.layers["phantom"]
+        from napari_pgps._widgets.layers import volume_from_layer
+
+        plain = segment_volume(load_model(trained_phantom_run, "cpu"), volume_from_layer(image), postprocess=False)
+        np.testing.assert_array_equal(segmenter.result_layer.data, plain.labels.array)
+    finally:
+        (trained_phantom_run / "postprocessing.json").unlink()

@@ -34,13 +34,14 @@ class _Progress(QObject):
     advanced = Signal(int, int)
 
 
-def _segment(model_path: str, image, patch, mirror: bool, uncertainty: bool, device: str, report, cancel):
+def _segment(model_paths: list[str], image, patch, mirror: bool, uncertainty: bool, postprocess: bool, device: str,
+             report, cancel):
     from ..engine import load_model, segment_volume
 
-    model = load_model(model_path, device)
-    result = segment_volume(model, image, patch_size=patch, mirror=mirror, keep_probabilities=uncertainty,
-                            progress=report, cancel=cancel)
-    return model, result
+    models = [load_model(path, device) for path in model_paths]
+    result = segment_volume(models, image, patch_size=patch, mirror=mirror, keep_probabilities=uncertainty,
+                            postprocess=postprocess, progress=report, cancel=cancel)
+    return models[0], result
 
 
 def _estimate(model_path: str, device: str):
@@ -98,6 +99,14 @@ class SegmentWidget(QWidget):
         self._estimates: dict[tuple[str, str], list] = {}
         self.tta = QCheckBox("test-time augmentation (8 mirrored passes)")
         self.uncertainty = QCheckBox("uncertainty (entropy) layer")
+        self.postprocess = QCheckBox("post-processing (as chosen on the validation cases)")
+        self.postprocess.setChecked(True)
+        self.postprocess.setToolTip("largest-connected-component steps chosen by napari-pgps postprocess; "
+                                    "without postprocessing.json beside the model there is none")
+        self.add_model, self.clear_models = QPushButton("Add to ensemble"), QPushButton("Clear")
+        self.ensemble: list[str] = []
+        self.ensemble_label = QLabel("")
+        self.ensemble_label.setWordWrap(True)
         self.device = QComboBox()
         self.device.addItems(["auto", "cpu", "cuda", "mps"])
         self.run, self.cancel = QPushButton("Segment"), QPushButton("Cancel")
@@ -108,8 +117,8 @@ class SegmentWidget(QWidget):
         self.table.setHorizontalHeaderLabels(["label", "voxels", "volume (mL)"])
 
         model_row = QHBoxLayout()
-        model_row.addWidget(browse_dir)
-        model_row.addWidget(browse_file)
+        for button in (browse_dir, browse_file, self.add_model, self.clear_models):
+            model_row.addWidget(button)
         patch_row = QHBoxLayout()
         patch_row.addWidget(self.training_patch)
         for label, spin in zip("ZYX", self.patch):
@@ -118,6 +127,7 @@ class SegmentWidget(QWidget):
         form = QFormLayout()
         form.addRow("Model", self.model)
         form.addRow("", model_row)
+        form.addRow("", self.ensemble_label)
         form.addRow("Image layer(s)", self.image)
         form.addRow("Patch", patch_row)
         sizes_row = QHBoxLayout()
@@ -126,6 +136,7 @@ class SegmentWidget(QWidget):
         form.addRow("Memory", sizes_row)
         form.addRow("", self.tta)
         form.addRow("", self.uncertainty)
+        form.addRow("", self.postprocess)
         form.addRow("Device", self.device)
         buttons = QHBoxLayout()
         buttons.addWidget(self.run)
@@ -138,6 +149,8 @@ class SegmentWidget(QWidget):
         layout.addWidget(self.table)
 
         browse_dir.clicked.connect(self._browse_dir)
+        self.add_model.clicked.connect(self.add_to_ensemble)
+        self.clear_models.clicked.connect(self.clear_ensemble)
         browse_file.clicked.connect(self._browse_file)
         self.training_patch.toggled.connect(lambda on: [s.setEnabled(not on) for s in self.patch])
         self.run.clicked.connect(self.segment)
@@ -227,6 +240,21 @@ class SegmentWidget(QWidget):
         if folder:
             self.offer_model(folder)
 
+    def models(self) -> list[str]:
+        """The models to segment with: the ensemble when one was put together, else the model shown."""
+        return list(self.ensemble) or ([self.model.currentText().strip()] if self.model.currentText().strip() else [])
+
+    def add_to_ensemble(self) -> None:
+        """Add the model shown to the ensemble (their probabilities are averaged)."""
+        text = self.model.currentText().strip()
+        if text and text not in self.ensemble:
+            self.ensemble.append(text)
+            self.ensemble_label.setText(f"ensemble of {len(self.ensemble)}: " + ", ".join(Path(p).name for p in self.ensemble))
+
+    def clear_ensemble(self) -> None:
+        self.ensemble = []
+        self.ensemble_label.setText("")
+
     def _browse_file(self) -> None:
         path, _ = QFileDialog.getOpenFileName(self, "Checkpoint", "", "Checkpoints (*.pt)")
         if path:
@@ -242,7 +270,7 @@ class SegmentWidget(QWidget):
         layers = [find_layer(self.viewer, name) for name in self.image.names()]
         layer = layers[0] if layers else None
         try:
-            if not self.model.currentText().strip():
+            if not self.models():
                 raise InputError("choose a model: a run folder or a checkpoint.")
             if layer is None or not all(layers):
                 raise InputError("open a 3D image layer to segment.")
@@ -257,7 +285,7 @@ class SegmentWidget(QWidget):
         handlers = {"returned": lambda out: self._show(layer, image, patch, *out), "errored": self._on_error,
                     "finished": self._on_finished}
         self.worker = thread_worker(_segment, connect=handlers, start_thread=False)(
-            self.model.currentText().strip(), image, patch, self.tta.isChecked(), self.uncertainty.isChecked(),
+            self.models(), image, patch, self.tta.isChecked(), self.uncertainty.isChecked(), self.postprocess.isChecked(),
             self.device.currentText(), self._progress.advanced.emit, lambda: self._cancel,
         )
         self.run.setEnabled(False)

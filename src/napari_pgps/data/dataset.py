@@ -281,3 +281,23 @@ def split_cases(names: Sequence[str], validation_fraction: float, seed: int) -> 
     validation = sorted(ordered[i] for i in order[:n_val])
     training = sorted(ordered[i] for i in order[n_val:])
     return training, validation
+
+
+def fold_splits(names: Sequence[str], folds: int, seed: int) -> list[dict[str, list[str]]]:
+    """A ``folds``-fold cross-validation of the cases: disjoint validation sets that cover every case once.
+
+    The names are sorted, shuffled with ``seed`` and cut into ``folds`` parts of
+    nearly equal size (as nnU-Net's 5-fold split); fold k validates on part k and
+    trains on the others.
+
+    Returns:
+        per fold ``{"training": [...], "validation": [...]}``, each sorted.
+    """
+    ordered = sorted(names)
+    if folds < 2 or folds > len(ordered):
+        raise InputError(f"a cross-validation of {len(ordered)} case(s) needs between 2 and {len(ordered)} folds, "
+                         f"not {folds}.")
+    order = np.random.default_rng(seed).permutation(len(ordered))
+    parts = np.array_split(order, folds)
+    return [{"training": sorted(ordered[i] for i in order if i not in set(part)),
+             "validation": sorted(ordered[i] for i in part)} for part in parts]

@@ -10,6 +10,7 @@ layers) are preprocessed into a temporary folder that lives as long as the run.
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import tempfile
@@ -19,7 +20,8 @@ from pathlib import Path
 from typing import Callable, Generator, Optional
 
 from ..errors import InputError
-from .dataset import Case, TrainingSet, case_files, read_case, read_dataset_info
+from ..files import write_text_atomically
+from .dataset import Case, TrainingSet, case_files, fold_splits, read_case, read_dataset_info, split_cases
 from .fingerprint import Fingerprint, fingerprint_cases, signature
 from .preprocessing import PreprocessingPlan
 from .store import PreprocessedDataset, cache_folder, load_fingerprint, prepare_store, save_fingerprint
@@ -68,6 +70,26 @@ class DataSource:
         store = yield from prepare_store(root, self.cases, plan)
         (root / COMPLETE).write_text("")
         return store
+
+    def split(self, fold: Optional[int], folds: int, validation_fraction: float, seed: int) -> dict:
+        """The run's split: ``{"training", "validation"}`` names, and for a cross-validation fold its ``fold``,
+        ``folds`` and every fold's split (``all_folds``).
+
+        A cross-validation's folds are written once beside the dataset's fingerprint
+        (``splits-<folds>-seed<seed>.json``) and read back by every later fold, so
+        the folds of one dataset always share them.
+        """
+        if fold is None:
+            training, validation = split_cases(self.names, validation_fraction, seed)
+            return {"training": training, "validation": validation}
+        path = self.folder / f"splits-{folds}-seed{seed}.json"
+        splits = json.loads(path.read_text()) if path.is_file() else None
+        if splits is None or sorted(n for s in splits for n in s["validation"]) != sorted(self.names):
+            splits = fold_splits(self.names, folds, seed)
+            write_text_atomically(path, json.dumps(splits, indent=1))
+        if not 0 <= fold < folds:
+            raise InputError(f"fold {fold} does not exist; a {folds}-fold cross-validation has folds 0 to {folds - 1}.")
+        return {**splits[fold], "fold": fold, "folds": folds, "all_folds": splits}
 
     def close(self) -> None:
         """Remove a temporary folder."""

@@ -31,6 +31,7 @@ from ..models.hypernetwork import PatchSizeHypernetwork
 from .checkpoint import find_checkpoint, load_checkpoint
 from .device import pick_device
 from .metrics import label_volumes
+from .postprocessing import Postprocessing
 
 OVERLAP = 0.5
 GAUSSIAN_SIGMA = 0.125
@@ -52,8 +53,10 @@ class SegmentationModel:
     device: torch.device
     checkpoint: Optional[str] = None
     split: Optional[dict[str, list[str]]] = None
-    """The case names it was trained and validated on, ``{"training": [...], "validation": [...]}``, as saved in its
-    checkpoint (and in ``splits.json`` beside it); ``None`` for checkpoints written before splits were saved."""
+    """The case names it was trained and validated on, ``{"training": [...], "validation": [...]}`` (a
+    cross-validation fold adds ``fold`` and ``folds``), as saved in its checkpoint and in ``splits.json``."""
+    postprocessing: Optional[Postprocessing] = None
+    """The post-processing chosen on its validation predictions (``postprocessing.json`` beside the checkpoint)."""
     _baked: Optional[tuple[tuple[int, int, int], nn.Module]] = field(default=None, init=False, repr=False)
 
     @property
@@ -90,7 +93,7 @@ def load_model(model: str | os.PathLike, device: str | torch.device = "auto") ->
     device = device if isinstance(device, torch.device) else pick_device(device)
     network.to(device).eval()
     return SegmentationModel(network=network, config=config, device=device, checkpoint=str(path),
-                             split=payload.get("split"))
+                             split=payload.get("split"), postprocessing=Postprocessing.load(path.parent))
 
 
 def window_count(shape: Sequence[int], patch: Sequence[int], overlap: float = OVERLAP) -> int:
@@ -223,36 +226,71 @@ class Segmentation:
 
 
 def segment_volume(
-    model: SegmentationModel,
+    models: SegmentationModel | Sequence[SegmentationModel],
     image: Volume,
     *,
     patch_size: Optional[Sequence[int]] = None,
     mirror: bool = False,
     keep_probabilities: bool = False,
+    postprocess: bool = True,
     progress: Optional[Progress] = None,
     cancel: Optional[Callable[[], bool]] = None,
 ) -> Segmentation:
-    """Segment one volume with a trained model.
+    """Segment one volume with a trained model, or an ensemble of models (their probabilities averaged).
 
-    The image is preprocessed as the training cases were (reoriented to the
-    model's orientation, cut to its nonzero region, normalised, resampled to
-    the model's spacing); the probabilities go back to the input's own grid
-    before the argmax.
+    The image is preprocessed as each model's training cases were (reoriented
+    to its orientation, cut to its nonzero region, normalised, resampled to its
+    spacing); the probabilities go back to the input's own grid before they
+    are averaged and the argmax is taken. The first model's post-processing
+    (chosen on validation predictions) is applied unless ``postprocess`` is false.
 
     Args:
-        image: the raw intensities, (Z, Y, X) or (C, Z, Y, X) with the channels the model takes, in its order.
-        patch_size: sliding-window size (Z, Y, X); the training patch when ``None``.
+        image: the raw intensities, (Z, Y, X) or (C, Z, Y, X) with the channels the models take, in their order.
+        patch_size: sliding-window size (Z, Y, X); each model's training patch when ``None``.
         mirror: mirroring test-time augmentation.
 
     Raises:
-        InputError: the image has another number of channels than the model takes.
+        InputError: the image has another number of channels than the models take, or the models differ in
+            their labels or channels.
     """
-    patch = tuple(int(p) for p in (patch_size or model.patch_size))
-    check_inference_patch(model.config.model, patch)
-    channels = model.config.channels or ["image"] * model.config.model.in_channels
+    models = [models] if isinstance(models, SegmentationModel) else list(models)
+    first = models[0]
+    for model in models[1:]:
+        if model.config.labels != first.config.labels or model.config.channels != first.config.channels:
+            raise InputError(f"{model.checkpoint}: its labels or channels differ from {first.checkpoint}'s; an "
+                             "ensemble averages models of the same labels and channels.")
+    channels = first.config.channels or ["image"] * first.config.model.in_channels
     if image.channels != len(channels):
         raise InputError(f"{image.path or 'the image'}: {image.channels} channel(s), but the model takes "
                          f"{len(channels)} ({', '.join(channels)}), in that order.")
+    probabilities, notes = None, []
+    for index, model in enumerate(models):
+        def advanced(done: int, total: int, index: int = index) -> None:
+            if progress is not None:
+                progress(index * total + done, len(models) * total)
+
+        one, said = _probabilities(model, image, patch_size, mirror, advanced, cancel)
+        probabilities = one if probabilities is None else probabilities + one
+        notes += [note for note in said if note not in notes]
+    probabilities /= len(models)
+    values = np.array(first.label_values)
+    label_map = values[np.argmax(probabilities, axis=0)]
+    if postprocess and first.postprocessing is not None:
+        label_map = first.postprocessing.apply(label_map)
+        notes.append(f"post-processed: {first.postprocessing.describe(first.config.labels)}")
+    if len(models) > 1:
+        notes.append(f"ensemble of {len(models)} models")
+    dtype = np.uint8 if values.max() < 256 else np.int16
+    labels = image.with_array(label_map.astype(dtype))
+    volumes = label_volumes(labels.array, image.spacing, first.config.labels)
+    return Segmentation(labels=labels, volumes=volumes, probabilities=probabilities if keep_probabilities else None,
+                        notes=notes)
+
+
+def _probabilities(model: SegmentationModel, image: Volume, patch_size, mirror: bool, progress, cancel):
+    """One model's class probabilities (K, Z, Y, X) on the image's own grid, and what was done to meet the model."""
+    patch = tuple(int(p) for p in (patch_size or model.patch_size))
+    check_inference_patch(model.config.model, patch)
     plan = PreprocessingPlan.of(model.config)
     preprocessed, geometry = preprocess_image(image, plan)
     probabilities = predict_probabilities(
@@ -266,11 +304,4 @@ def segment_volume(
         progress=progress,
         cancel=cancel,
     )
-    probabilities = restore_probabilities(probabilities, geometry, plan)
-    values = np.array(model.label_values)
-    label_map = values[np.argmax(probabilities, axis=0)]
-    dtype = np.uint8 if values.max() < 256 else np.int16
-    labels = image.with_array(label_map.astype(dtype))
-    volumes = label_volumes(labels.array, image.spacing, model.config.labels)
-    return Segmentation(labels=labels, volumes=volumes, probabilities=probabilities if keep_probabilities else None,
-                        notes=geometry.describe(plan))
+    return restore_probabilities(probabilities, geometry, plan), geometry.describe(plan)

@@ -33,7 +33,7 @@ import torch
 from ..config import CONFIG_FILE, RunConfig, training_methods
 from ..curriculum import ScheduleOptions, build_schedule, crops_per_case, stage_at
 from ..data.augmentation import Augmentation
-from ..data.dataset import TrainingSet, split_cases
+from ..data.dataset import TrainingSet
 from ..data.loader import BatchLoader
 from ..data.preprocessing import PreprocessingPlan
 from ..data.sampler import PatchSampler
@@ -134,20 +134,20 @@ def train(
         config.data.path, config.data.max_cases, config.data.preprocessed)
     try:
         if state is not None and state.get("split"):
-            train_names, val_names = state["split"]["training"], state["split"]["validation"]
-            unknown = sorted(set(train_names + val_names) - set(source.names))
+            split = state["split"]
+            unknown = sorted(set(split["training"] + split["validation"]) - set(source.names))
             if unknown:
                 raise InputError(f"the run was trained on cases that are not in its data now: {', '.join(unknown[:5])}.")
         else:
-            train_names, val_names = split_cases(source.names, config.data.validation_fraction, config.training.seed)
+            data = config.data
+            split = source.split(data.fold, data.folds, data.validation_fraction, config.training.seed)
         prep = config.preprocessing
         fingerprint = yield from _reporting("fingerprint", source.fingerprint(prep.orientation, prep.crop_to_nonzero))
         config = resolve_config(config, labels=source.labels, channels=source.channels, fingerprint=fingerprint,
                                 device=device)
         store = yield from _reporting("preprocessing", source.preprocessed(PreprocessingPlan.of(config)))
         with distributed.process_group(device) as (context, device):
-            run = _Run(config, run_dir, store, train_names, val_names, device, control, state, context,
-                       initial_weights, plugins)
+            run = _Run(config, run_dir, store, split, device, control, state, context, initial_weights, plugins)
             try:
                 yield from run.run()
             finally:
@@ -169,7 +169,7 @@ def _reporting(task: str, work):
 class _Run:
     """One training run's state (what plug-ins see, :class:`napari_pgps.plugins.TrainingRun`); :meth:`run` yields the events."""
 
-    def __init__(self, config, run_dir, store: PreprocessedDataset, train_names, val_names, device, control, state,
+    def __init__(self, config, run_dir, store: PreprocessedDataset, split: dict, device, control, state,
                  context=distributed.SINGLE, initial_weights=None, plugins=()):
         self.config: RunConfig = config
         self.run_dir: Optional[Path] = run_dir
@@ -184,9 +184,10 @@ class _Run:
         self.rng, self.draw_rng = distributed.generators(t.seed, context)
         self.store = store
         self._geometries: dict[str, Any] = {}
-        self.training_names = list(train_names)
+        self.training_names = list(split["training"])
         self.training_images = StoredImages(store, self.training_names)
-        self.split = {"training": self.training_names, "validation": list(val_names)}
+        self.split = split
+        val_names = split["validation"]
         counts = np.zeros(self.num_labels, dtype=np.int64)
         for name in self.training_names:
             found = store.info(name)["label_counts"][: self.num_labels]
@@ -227,7 +228,7 @@ class _Run:
         self.last_mean_dice: Optional[float] = None
         if state is not None:
             self._restore(state)
-        self.train_count, self.val_count = len(train_names), len(val_names)
+        self.train_count, self.val_count = len(self.training_names), len(val_names)
 
     # -- the loop ---------------------------------------------------------
     def run(self) -> Iterator[Any]:

@@ -1,4 +1,9 @@
-"""Evaluating a trained model on the labelled cases of a dataset folder."""
+"""Scoring segmentations against references: a trained model on a dataset, or a folder of any tool's results.
+
+Every score comes from :func:`napari_pgps.engine.metrics.scores_per_label`, so
+napari-pgps and, say, nnU-Net predictions are scored by the same code. Cases
+are read one at a time.
+"""
 
 from __future__ import annotations
 
@@ -7,36 +12,111 @@ from typing import Callable, Optional, Sequence
 
 import numpy as np
 
-from ..data.dataset import label_index_lookup, load_cases, read_dataset_info
+from ..data.dataset import Case, case_files, label_index_lookup, read_case, read_dataset_info
+from ..data.volume import Volume, read_volume
 from ..engine import SegmentationModel, segment_volume
-from ..engine.metrics import dice_per_label, mean_of, summarize_dice
+from ..engine.metrics import METRICS, SURFACE_TOLERANCE_MM, mean_of, scores_per_label, summarize_dice
 from ..errors import InputError
 from ..models import check_inference_patch, model_kind
 
+AFFINE_TOLERANCE = 1e-3
+
 
 def evaluate_model(
-    model: SegmentationModel,
+    model: SegmentationModel | Sequence[SegmentationModel],
     data: str | Path,
     *,
     split: str = "all",
     patch_size: Optional[Sequence[int]] = None,
     mirror: bool = False,
+    postprocess: bool = True,
+    tolerance_mm: float = SURFACE_TOLERANCE_MM,
     progress: Optional[Callable[[str, dict[str, float]], None]] = None,
 ) -> dict:
-    """Segment every labelled case of ``data`` and compute Dice per label.
+    """Segment every labelled case of ``data`` with a model (or an ensemble) and score it.
 
     Args:
-        split: ``"all"`` cases, or the model's ``"validation"`` / ``"training"``
+        split: ``"all"`` cases, or the (first) model's ``"validation"`` / ``"training"``
             cases, as saved with it (``splits.json`` and the checkpoint).
+        postprocess: apply the post-processing chosen for the model.
         progress: called with each case's name and Dice per label name.
 
     Returns:
-        ``{"mean_dice": float, "dice_per_label": {name: float},
-        "cases": [{"case": str, "dice_per_label": {name: float}}]}``; a label
-        absent from both prediction and truth of a case is left out of that
-        case and of the mean.
+        the report of :func:`score_cases`.
     """
-    return _score(model, labelled_cases(model, data, split), patch_size, mirror, progress)
+    models = [model] if isinstance(model, SegmentationModel) else list(model)
+    cases = labelled_cases(models[0], data, split)
+    pairs = ((case, segment_volume(models, case.image, patch_size=patch_size, mirror=mirror,
+                                   postprocess=postprocess).labels) for case in cases)
+    return score_cases(pairs, models[0].config.labels, tolerance_mm=tolerance_mm, progress=progress)
+
+
+def evaluate_folds(
+    models: Sequence[SegmentationModel],
+    data: str | Path,
+    *,
+    mirror: bool = False,
+    postprocess: bool = True,
+    tolerance_mm: float = SURFACE_TOLERANCE_MM,
+    progress: Optional[Callable[[str, dict[str, float]], None]] = None,
+) -> dict:
+    """A cross-validation: each fold's model on its own validation cases, and all of them pooled.
+
+    Returns:
+        ``{"folds": [{"fold": k, "model": checkpoint, **report}], "pooled": report}`` (reports of
+        :func:`score_cases`; the pooled one over every fold's validation cases).
+
+    Raises:
+        InputError: a model has no saved split, or two folds share a validation case.
+    """
+    folds, rows, seen = [], [], set()
+    for model in models:
+        report = evaluate_model(model, data, split="validation", mirror=mirror, postprocess=postprocess,
+                                tolerance_mm=tolerance_mm, progress=progress)
+        names = {row["case"] for row in report["cases"]}
+        if names & seen:
+            raise InputError(f"{model.checkpoint}: its validation cases overlap another model's; give the folds of one "
+                             "cross-validation (napari-pgps train --fold K).")
+        seen |= names
+        folds.append({"fold": (model.split or {}).get("fold"), "model": model.checkpoint, **report})
+        rows += report["cases"]
+    labels = models[0].config.labels
+    return {"folds": folds, "pooled": summarize_rows(rows, labels, folds[0]["tolerance_mm"])}
+
+
+def evaluate_folder(
+    predictions: str | Path,
+    data: str | Path,
+    *,
+    tolerance_mm: float = SURFACE_TOLERANCE_MM,
+    progress: Optional[Callable[[str, dict[str, float]], None]] = None,
+) -> dict:
+    """Score a folder of segmentation files (``CASE.nii.gz``, any tool's) against the labelled cases of ``data``.
+
+    Every labelled case needs its prediction, on the reference's grid (same
+    shape and affine); checked for all cases before any is scored.
+
+    Raises:
+        InputError: a prediction is missing, or lies on another grid than its reference.
+    """
+    info = read_dataset_info(data)
+    folder = Path(predictions)
+    if not folder.is_dir():
+        raise InputError(f"{folder}: predictions folder not found.")
+    files = case_files(info, require_labels=False)
+    found = {}
+    for entry in files:
+        suffix = entry.labels.name[len(entry.name):]
+        path = folder / f"{entry.name}{suffix}"
+        if not path.is_file():
+            raise InputError(f"{path}: no prediction for case '{entry.name}'; a prediction folder holds one "
+                             f"CASE{suffix} per labelled case of {info.root}.")
+        found[entry.name] = path
+    for entry in files:  # geometry first, so a mismatch is told before minutes of scoring
+        prediction, reference = read_volume(found[entry.name], kind="labels"), read_volume(entry.labels, kind="labels")
+        _check_same_grid(prediction, reference)
+    pairs = ((read_volume(entry.labels, kind="labels"), read_volume(found[entry.name], kind="labels")) for entry in files)
+    return score_cases(pairs, info.labels, tolerance_mm=tolerance_mm, progress=progress, references_given=True)
 
 
 def evaluate_patch_sizes(
@@ -61,7 +141,8 @@ def evaluate_patch_sizes(
     cases = labelled_cases(model, data, split)
     rows = []
     for size in sizes:
-        report = _score(model, cases, size, mirror, None)
+        pairs = ((case, segment_volume(model, case.image, patch_size=size, mirror=mirror).labels) for case in cases)
+        report = score_cases(pairs, model.config.labels)
         row = {"patch": list(size), "mean_dice": report["mean_dice"], "dice_per_label": report["dice_per_label"]}
         rows.append(row)
         if progress is not None:
@@ -70,8 +151,9 @@ def evaluate_patch_sizes(
             "model": model.checkpoint}
 
 
-def labelled_cases(model: SegmentationModel, data: str | Path, split: str = "all") -> list:
-    """The labelled cases of ``data`` (all, or the model's validation / training split), checked against its labels."""
+def labelled_cases(model: SegmentationModel, data: str | Path, split: str = "all") -> "LabelledCases":
+    """The labelled cases of ``data`` (all, or the model's validation / training split), checked against its labels,
+    read one at a time as they are used."""
     info = read_dataset_info(data)
     if info.labels != model.config.labels:
         raise InputError(
@@ -88,21 +170,81 @@ def labelled_cases(model: SegmentationModel, data: str | Path, split: str = "all
         if missing:
             raise InputError(f"{info.root}: the model's {split} cases {', '.join(missing[:5])} are not in this "
                              "dataset; evaluate it on the dataset it was trained on, or with --split all.")
-    return load_cases(info, require_labels=False, names=names)
+    return LabelledCases(info, case_files(info, require_labels=False, names=names))
 
 
-def _score(model: SegmentationModel, cases: list, patch_size, mirror: bool, progress) -> dict:
-    values = sorted(model.config.labels)
-    label_names = [model.config.labels[v] for v in values][1:]
-    lookup = label_index_lookup(model.config.labels)
-    per_case, rows = [], []
-    for case in cases:
-        result = segment_volume(model, case.image, patch_size=patch_size, mirror=mirror)
-        dice = dice_per_label(lookup[result.labels.array], lookup[case.labels.array], len(values))
-        per_case.append(dice)
-        case_dice = {n: float(d) for n, d in zip(label_names, dice) if np.isfinite(d)}
-        rows.append({"case": case.name, "dice_per_label": case_dice})
+class LabelledCases(Sequence[Case]):
+    """Cases of a dataset, each read when it is indexed."""
+
+    def __init__(self, info, files) -> None:
+        self.info, self.files = info, files
+
+    def __len__(self) -> int:
+        return len(self.files)
+
+    def __getitem__(self, index):
+        if isinstance(index, slice):
+            return [self[i] for i in range(*index.indices(len(self)))]
+        return read_case(self.info, self.files[index])
+
+    @property
+    def names(self) -> list[str]:
+        return [f.name for f in self.files]
+
+
+def score_cases(
+    pairs,
+    labels: dict[int, str],
+    *,
+    tolerance_mm: float = SURFACE_TOLERANCE_MM,
+    progress: Optional[Callable[[str, dict[str, float]], None]] = None,
+    references_given: bool = False,
+) -> dict:
+    """Score (case, prediction) pairs, or (reference, prediction) label volumes with ``references_given``.
+
+    Returns:
+        ``{"mean_dice": float, "dice_per_label": {name: float}, "metrics": {metric: {name: float}},
+        "means": {metric: float}, "tolerance_mm": float, "cases": [{"case": str, "dice_per_label": {...},
+        metric: {name: float}, ...}]}`` with the metrics of
+        :data:`napari_pgps.engine.metrics.METRICS`; NaN values (undefined, see
+        there) are left out of the means and written as ``null``.
+    """
+    values = sorted(labels)
+    names = [labels[v] for v in values][1:]
+    lookup = label_index_lookup(labels)
+    rows = []
+    for first, prediction in pairs:
+        reference = first if references_given else first.labels
+        name = reference.name if references_given else first.name
+        scores = scores_per_label(lookup[prediction.array], lookup[reference.array], len(values), reference.spacing,
+                                  tolerance_mm)
+        row = {"case": name}
+        for metric, per_label in scores.items():
+            row[metric] = {n: (float(v) if np.isfinite(v) else None) for n, v in zip(names, per_label)}
+        row["dice_per_label"] = {n: v for n, v in row["dice"].items() if v is not None}
+        rows.append(row)
         if progress is not None:
-            progress(case.name, case_dice)
-    summary = summarize_dice(per_case, label_names)
-    return {"mean_dice": mean_of(summary), "dice_per_label": summary, "cases": rows}
+            progress(name, row["dice_per_label"])
+    return summarize_rows(rows, labels, tolerance_mm)
+
+
+def summarize_rows(rows: list[dict], labels: dict[int, str], tolerance_mm: float) -> dict:
+    """The report of :func:`score_cases` from its per-case rows (e.g. several folds' rows pooled)."""
+    names = [labels[v] for v in sorted(labels)][1:]
+    metrics = {}
+    for metric in METRICS:
+        per_case = [np.array([np.nan if row[metric][n] is None else row[metric][n] for n in names]) for row in rows]
+        metrics[metric] = summarize_dice(per_case, names)
+    return {"mean_dice": mean_of(metrics["dice"]), "dice_per_label": metrics["dice"], "metrics": metrics,
+            "means": {metric: mean_of(metrics[metric]) for metric in METRICS}, "tolerance_mm": float(tolerance_mm),
+            "cases": rows}
+
+
+def _check_same_grid(prediction: Volume, reference: Volume) -> None:
+    if prediction.shape != reference.shape or not np.allclose(prediction.affine, reference.affine,
+                                                              atol=AFFINE_TOLERANCE):
+        raise InputError(
+            f"{prediction.path}: its grid (shape {prediction.shape}, affine\n{np.round(prediction.affine, 4)}) is not "
+            f"its reference's ({reference.path}: shape {reference.shape}, affine\n{np.round(reference.affine, 4)}); "
+            "a prediction must be written on its image's own grid."
+        )
