@@ -52,15 +52,11 @@ is reused, so a rerun after a failure goes on where it stopped):
    window, step 0.5, Gaussian weighting, on the CPU; mirroring test-time augmentation off, to keep it cheap:
    recorded as ``use_mirroring: false``), ``CASE.nii.gz`` per case in ``OUT/predictions/nnunet_budgetNNN``.
 6. **napari-pgps training** for each of ``--schedules``: ``napari-pgps train --data DIR --out RUN --schedule S
-   --epochs E --seed SEED --device cpu``. It has no time budget, so a probe (``--epochs 1
-   --iterations-per-epoch 8``, constant schedule) measures its seconds per step at the final patch and
-   gives the planned patch, poolings, batch and steps per epoch; E is then the number of epochs whose
-   voxels (the schedule's ``relative_voxels``: on a CPU napari-pgps's step time follows the voxels,
-   docs/benchmarks.md section 3) take about the budget. ``--pgps-seconds-per-step`` skips the timing part of
-   the probe. Dice against time comes from its validations (``metrics.jsonl``: step, training seconds,
-   mean Dice on the run's validation cases, every 5 epochs and at the end); the final model segments the
-   held-out images with ``napari-pgps segment --model RUN --input OUT/heldout/images --output
-   OUT/predictions/napari-pgps_S``.
+   --time-budget M --seed SEED --device cpu``: napari-pgps plans its own run to the budget (its step cost at
+   every stage size measured, validations included in the budget) and otherwise keeps its CPU defaults.
+   Dice against time comes from its validations (``metrics.jsonl``: step, training seconds, mean Dice on the
+   run's validation cases); the final model segments the held-out images with ``napari-pgps segment --model RUN
+   --input OUT/heldout/images --output OUT/predictions/napari-pgps_S``.
 7. **Scoring**: every prediction folder by ``napari_pgps.tasks.evaluation.evaluate_folder`` against
    ``OUT/heldout/data``, a Decathlon-layout folder of symlinks to the held-out cases' original files (Dice,
    HD95, surface Dice at 1 mm, precision, recall).
@@ -81,7 +77,6 @@ import os
 import platform
 import re
 import shutil
-import statistics
 import subprocess
 import sys
 import time
@@ -102,9 +97,6 @@ SETTINGS_FILE = "settings.json"
 DEFAULT_SCHEDULES = "constant,pgps-efficiency,pgps-performance"
 VALIDATION_FRACTION = 0.2
 """napari-pgps's held-out share (``data.validation_fraction``)."""
-PROBE_STEPS = 8
-PROBE_SKIP = 2
-"""Probe steps left out of the seconds per step (start-up)."""
 
 
 class PeerError(RuntimeError):
@@ -652,59 +644,7 @@ def run_finished(run: Path) -> bool:
     return (run / "metrics.jsonl").is_file() and fold(read_events(run)).finished is not None
 
 
-def probe_pgps(data: Path, run: Path, seed: int, recorder: Recorder) -> dict:
-    """A short napari-pgps run (constant schedule): its seconds per step and its resolved plan."""
-    import yaml
-
-    from napari_pgps.engine import fold, read_events
-
-    if not run_finished(run):
-        if run.exists():
-            shutil.rmtree(run)
-        recorder.run("napari-pgps-probe", pgps_command() + ["train", "--data", data, "--out", run, "--epochs", "1",
-                                                            "--iterations-per-epoch", str(PROBE_STEPS), "--seed",
-                                                            str(seed), "--device", "cpu", "--quiet"])
-    config = yaml.safe_load((run / "config.yaml").read_text())
-    steps = [s.seconds for s in fold(read_events(run)).steps]
-    strides = config["model"]["strides"]
-    poolings = [sum(round(math.log2(level[axis])) for level in strides) for axis in range(3)]
-    return {"step_seconds": steps, "seconds_per_step": statistics.median(steps[PROBE_SKIP:] or steps),
-            "final_patch": config["model"]["patch_size"], "poolings": poolings,
-            "batch_size": config["training"]["batch_size"]}
-
-
-def default_pgps_steps_per_epoch() -> int:
-    """napari-pgps's steps per epoch on a CPU (its device profile; 50)."""
-    from napari_pgps.engine.resolve import PROFILES
-
-    return PROFILES["cpu"].iterations_per_epoch
-
-
-def pgps_epochs(schedule: str, probe: dict, seconds_per_step: float, steps_per_epoch: int,
-                budget_s: float) -> tuple[int, float]:
-    """The epochs whose steps take about ``budget_s`` under ``schedule``, and the seconds predicted for them."""
-    from napari_pgps.curriculum import build_schedule
-    from napari_pgps.errors import InputError
-
-    per_epoch = steps_per_epoch * seconds_per_step
-    best: tuple[int, float] | None = None
-    for epochs in range(1, 2000):
-        try:
-            relative = build_schedule(schedule, probe["final_patch"], probe["poolings"], epochs,
-                                      probe["batch_size"]).relative_voxels()
-        except InputError:
-            continue
-        predicted = epochs * per_epoch * relative
-        if best is None or abs(predicted - budget_s) < abs(best[1] - budget_s):
-            best = (epochs, predicted)
-        if predicted > 1.5 * budget_s:
-            break
-    if best is None:
-        raise PeerError(f"no number of epochs builds the schedule '{schedule}'.")
-    return best
-
-
-def train_pgps(data: Path, run: Path, schedule: str, epochs: int, steps_per_epoch: int, seed: int, split: dict,
+def train_pgps(data: Path, run: Path, schedule: str, budget_minutes: float, seed: int, split: dict,
                recorder: Recorder) -> dict:
     """``napari-pgps train`` for one schedule (reused when finished); its validations and times."""
     from napari_pgps.engine import fold, read_events
@@ -714,16 +654,19 @@ def train_pgps(data: Path, run: Path, schedule: str, epochs: int, steps_per_epoc
             raise PeerError(f"{run}: an unfinished napari-pgps run is there; remove it (or finish it with "
                             f"napari-pgps train --out {run} --resume) and rerun.")
         recorder.run(f"napari-pgps-train-{schedule}",
-                     pgps_command() + ["train", "--data", data, "--out", run, "--schedule", schedule, "--epochs",
-                                       str(epochs), "--iterations-per-epoch", str(steps_per_epoch), "--seed",
-                                       str(seed), "--device", "cpu", "--quiet"])
+                     pgps_command() + ["train", "--data", data, "--out", run, "--schedule", schedule,
+                                       "--time-budget", f"{budget_minutes:g}m", "--seed", str(seed), "--device",
+                                       "cpu", "--quiet"])
     wall = recorder.seconds(f"napari-pgps-train-{schedule}")
     own = json.loads((run / "splits.json").read_text())
     if sorted(own["training"]) != split["training"] or sorted(own["validation"]) != split["validation"]:
         raise PeerError(f"{run}/splits.json differs from the split nnU-Net was given ({split['source']}); "
                         "pass the same --seed as the run of --split-from.")
     progress = fold(read_events(run))
-    return {"process_wall_seconds": wall, "epochs": epochs, "training_seconds": progress.training_seconds,
+    started = progress.started
+    return {"process_wall_seconds": wall, "epochs": started.epochs if started else None,
+            "expected_seconds": started.expected_seconds if started else None,
+            "training_seconds": progress.training_seconds,
             "steps": len(progress.steps),
             "validations": [{"step": v.step, "training_seconds": v.training_seconds, "epoch": v.result.epoch,
                              "mean_dice": v.result.mean_dice} for v in progress.validations],
@@ -829,8 +772,8 @@ def write_report(results: dict, path: Path) -> None:
          "rate) with epochs and iterations per epoch fitted to the budget; predictions without mirroring test-time "
          "augmentation. Rows at a fraction of the budget are checkpoints of the same run (its learning rate not yet "
          "decayed), not separate runs."),
-        ("napari-pgps: `napari-pgps train` with the epochs that fill the budget (estimated from a probe run's seconds "
-         "per step and the schedule's voxels); segmented without test-time augmentation. The dashed lines of the "
+        ("napari-pgps: `napari-pgps train --time-budget` (its own planner: the step cost at every stage size measured, "
+         "validations counted inside the budget); segmented without test-time augmentation. The dashed lines of the "
          f"figure are its own validations during training (Dice on all {len(split['validation'])} validation "
          "cases), the squares the held-out scores above."),
         (f"nnU-Net's environment: `python -m venv {results['nnunet_venv']}`, then `pip install -c CONSTRAINTS "
@@ -849,12 +792,6 @@ def write_report(results: dict, path: Path) -> None:
                      f"{_fmt(plan.get('seconds_per_iteration'), 2)} s; planned {plan.get('epochs')} epochs x "
                      f"{plan.get('iterations_per_epoch')} iterations ({plan.get('val_iterations')} validation "
                      f"iterations per epoch){then}.")
-    if results.get("napari_pgps"):
-        pgps = results["napari_pgps"]
-        probe = pgps["probe"]
-        lines.append(f"napari-pgps seconds per step (constant, final patch): {_fmt(pgps['seconds_per_step'], 3)} s "
-                     f"({'given' if pgps['seconds_per_step_given'] else 'measured by the probe'}); final patch "
-                     f"{probe['final_patch']}, batch {probe['batch_size']}, {pgps['steps_per_epoch']} steps per epoch.")
     lines += ["", "## Commands", "", "```bash"]
     for command in (c for c in results["commands"] if c.get("exit") == 0):
         env = " ".join(f"{k}={_quote(v)}" for k, v in command["env"].items())
@@ -940,10 +877,6 @@ def main() -> int:
     parser.add_argument("--nnunet-iterations-per-epoch", type=int, default=None,
                         help="fix nnU-Net's iterations per epoch (default: 5-25 from the budget)")
     parser.add_argument("--nnunet-val-iterations", type=int, default=2, help="nnU-Net validation batches per epoch")
-    parser.add_argument("--pgps-seconds-per-step", type=float, default=None,
-                        help="napari-pgps seconds per step at the final patch (default: measured by a probe run)")
-    parser.add_argument("--pgps-steps-per-epoch", type=int, default=None,
-                        help="napari-pgps steps per epoch (default: its CPU default, 50)")
     parser.add_argument("--processes", type=int, default=os.cpu_count() or 1,
                         help="processes for nnU-Net's preprocessing and prediction (default: the cores)")
     args = parser.parse_args()
@@ -1027,26 +960,19 @@ def run_comparison(args: argparse.Namespace) -> None:
 
     if "napari-pgps" in tools:
         pgps_root = out / "napari-pgps"
-        probe = probe_pgps(data, pgps_root / "probe", args.seed, recorder)
-        given = args.pgps_seconds_per_step is not None
-        seconds_per_step = args.pgps_seconds_per_step if given else probe["seconds_per_step"]
-        steps_per_epoch = args.pgps_steps_per_epoch or default_pgps_steps_per_epoch()
-        results["napari_pgps"] = {"probe": probe, "seconds_per_step": seconds_per_step,
-                                  "seconds_per_step_given": given, "steps_per_epoch": steps_per_epoch, "runs": {}}
+        results["napari_pgps"] = {"runs": {}}
         for schedule in schedules:
-            epochs, predicted = pgps_epochs(schedule, probe, seconds_per_step, steps_per_epoch, budget_s)
-            print(f"napari-pgps {schedule}: {epochs} epochs, predicted {predicted:.0f} s of training", flush=True)
             run = pgps_root / schedule
-            training = train_pgps(data, run, schedule, epochs, steps_per_epoch, args.seed, split, recorder)
+            training = train_pgps(data, run, schedule, args.budget_minutes, args.seed, split, recorder)
             folder = predictions / f"napari-pgps_{schedule}"
             seconds = segment_pgps(run, heldout_images, folder, len(heldout), recorder)
-            results["napari_pgps"]["runs"][schedule] = {"training": training, "predicted_seconds": predicted,
-                                                        "segment_seconds": seconds}
+            results["napari_pgps"]["runs"][schedule] = {"training": training, "segment_seconds": seconds}
             results["rows"].append({
                 "tool": "napari-pgps", "name": f"napari-pgps / {schedule}", "budget_fraction": 1.0,
                 "training_seconds": training["training_seconds"],
                 "process_wall_seconds": training["process_wall_seconds"],
-                "notes": f"{epochs} epochs x {steps_per_epoch} steps",
+                "notes": f"{training['epochs']} epochs x {training['started']['iterations_per_epoch']} steps, "
+                         f"planned {training['expected_seconds']:.0f} s",
                 "score": score(folder, heldout_data)})
 
     results["load_average_end"] = list(os.getloadavg())

@@ -19,6 +19,7 @@ from typing import Iterator, Optional, Sequence
 from . import __version__
 from .config import DEVICES, OPTIMIZERS, RunConfig
 from .curriculum import SCHEDULES
+from .engine.budget import parse_duration
 from .engine.metrics import SURFACE_TOLERANCE_MM
 from .engine.progress import size_text
 from .errors import InputError
@@ -72,6 +73,10 @@ def _parser() -> argparse.ArgumentParser:
                    help="patch-size schedule (default: constant, model kind FP, or the network's own: augment for "
                         "hypernet; augment: AP; pgps-*: PGPS)")
     p.add_argument("--pdl", action="store_true", help="add the Progressive Deep Learning data curriculum (cases by similarity)")
+    p.add_argument("--time-budget", metavar="DURATION",
+                   help="plan the run to end within this time (15m, 1h30m, 90s; a number is minutes): epochs from "
+                        "step times measured at each stage size, validations included; --epochs then caps them "
+                        "(default on a CPU: 25 epochs within 15m)")
     p.add_argument("--epochs", type=int, metavar="N", help="epochs (default: from the device; CPU 25)")
     p.add_argument("--iterations-per-epoch", type=int, metavar="N", help="steps per epoch (default: from the device; CPU 50)")
     p.add_argument("--batch-size", type=int, metavar="N", help="crops per step at the final patch size (default 2)")
@@ -226,7 +231,7 @@ def _train(args: argparse.Namespace) -> int:
 
     overrides = [name for name in ("data", "config", "schedule", "epochs", "iterations_per_epoch", "batch_size",
                                    "patch_size", "architecture", "optimizer", "learning_rate", "max_cases", "seed",
-                                   "fold", "folds")
+                                   "fold", "folds", "time_budget")
                  if getattr(args, name) is not None] + (["pdl"] if args.pdl else [])
     if args.resume:
         if overrides:
@@ -304,6 +309,8 @@ def _apply_train_flags(config: RunConfig, args: argparse.Namespace) -> None:
     for name in ("epochs", "iterations_per_epoch", "batch_size", "optimizer", "learning_rate", "seed"):
         if getattr(args, name) is not None:
             setattr(config.training, name, getattr(args, name))
+    if args.time_budget is not None:
+        config.training.time_budget = parse_duration(args.time_budget)
 
 
 def _print_events(events, quiet: bool) -> int:

@@ -175,6 +175,10 @@ class TrainingConfig:
 
     epochs: Optional[int] = None
     iterations_per_epoch: Optional[int] = None
+    time_budget: Optional[float] = None
+    """Seconds the run may take (steps and validations; the data's one-time preparation aside). With a budget the
+    epochs (and, if even one would not fit, the steps per epoch) are planned from measured step times; ``epochs``
+    then caps them. From the device profile when ``None`` and ``epochs`` is not given either."""
     batch_size: int = 2
     optimizer: Optional[str] = None
     """"sgd" (Nesterov, as nnU-Net) or "adamw"; chosen from the device when ``None``."""
@@ -187,7 +191,9 @@ class TrainingConfig:
     seed: int = 0
     device: str = "auto"
     mixed_precision: bool = True
-    """Automatic mixed precision; used on CUDA only."""
+    """Train in lower precision where it is native: fp16 autocast with loss scaling on CUDA, bf16 autocast with
+    channels-last memory on a CPU with AVX512-BF16 or AMX (decided at run time), fp32 elsewhere. Validation and
+    segmentation stay in fp32 on the CPU."""
     validate_every: Optional[int] = None
     """Validate on the held-out cases every N epochs (and after the last); from the device when ``None``."""
 

@@ -60,6 +60,10 @@ class RunStarted(Event):
     """The model kind (FP, AP, HN, PGPS, RPSS; see :data:`napari_pgps.models.MODEL_KINDS`)."""
     architecture: str = "dynunet"
     """The network (``model.architecture``: dynunet, unet, unetr, swinunetr, prm, hypernet)."""
+    time_budget: Optional[float] = None
+    """Seconds the run was planned to fit, if it was planned to a budget."""
+    expected_seconds: Optional[float] = None
+    """The planned run's predicted duration (steps and validations), when planned to a budget."""
 
 
 @dataclass(frozen=True)
@@ -198,6 +202,7 @@ class Finished(Event):
     training_seconds: float
     final_mean_dice: Optional[float]
     checkpoint: Optional[str]
+    steps_redone_in_fp32: int = 0  # bf16 steps whose gradient was not finite, computed again in fp32
 
 
 def event_from_dict(values: dict[str, Any]) -> Event:

@@ -202,10 +202,14 @@ def describe_event(event: Event, progress: TrainingProgress, *, quiet: bool = Fa
                 f"data: {event.total} cases preprocessed (kept for later runs on these files)")
     if isinstance(event, RunStarted):
         resuming = f" (resuming at epoch {event.start_epoch})" if event.start_epoch else ""
+        planned = ""
+        if event.expected_seconds is not None:
+            planned = (f"; planned from measured step times to fit {duration_text(event.time_budget)}: "
+                       f"expected {duration_text(event.expected_seconds)}")
         return (f"training {event.kind} model ({event.architecture} network) on {event.device}: "
                 f"{event.training_cases} training / {event.validation_cases} validation cases, "
                 f"{event.parameters:,} parameters, final patch {size_text(event.final_patch)}, "
-                f"{event.epochs} epochs x {event.iterations_per_epoch} steps{resuming}")
+                f"{event.epochs} epochs x {event.iterations_per_epoch} steps{resuming}{planned}")
     if isinstance(event, Validated):
         dice = ", ".join(f"{name} {value:.4f}" for name, value in event.dice_per_label.items())
         where = " (on the training cases: none left to hold out)" if event.on_training_cases else ""
@@ -219,7 +223,8 @@ def describe_event(event: Event, progress: TrainingProgress, *, quiet: bool = Fa
     if isinstance(event, Finished):
         state = "stopped" if event.stopped else "finished"
         dice = f", final mean Dice {event.final_mean_dice:.4f}" if event.final_mean_dice is not None else ""
-        return (f"{state} after {event.epochs_completed} epochs, {event.steps} steps, "
+        redone = f" ({event.steps_redone_in_fp32} bf16 steps redone in fp32)" if event.steps_redone_in_fp32 else ""
+        return (f"{state} after {event.epochs_completed} epochs, {event.steps} steps{redone}, "
                 f"{duration_text(event.training_seconds)} training{dice}; checkpoint: {event.checkpoint}")
     if quiet:
         return None

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import copy
 from dataclasses import dataclass
-from typing import Sequence
+from typing import Optional, Sequence
 
 import numpy as np
 import torch
@@ -41,22 +41,27 @@ class DeviceProfile:
     max_patch_voxels: int
     optimizer: str
     validate_every: int
+    time_budget: Optional[float]
+    """Seconds a run with no epochs given is planned to fit (epochs capped at ``epochs``); ``None``: no budget."""
     augmentation: str
     """Chosen by measured Dice (docs/benchmarks.md)."""
     loader_workers: int
     """Chosen by measured step time (docs/benchmarks.md)."""
 
 
-# CPU: 1250 steps of a 16-channel DynUNet. At that budget AdamW (1e-3) reached a
-# mean Dice of 0.865 on the hippocampus validation cases where nnU-Net's SGD
-# reached 0.851 (docs/benchmarks.md), so short CPU runs default to AdamW.
+# CPU: at most 1250 steps of a 16-channel DynUNet, planned to fit 15 minutes. At
+# that budget AdamW (1e-3) reached a mean Dice of 0.865 on the hippocampus
+# validation cases where nnU-Net's SGD reached 0.851, and no augmentation beat
+# mirroring and nnU-Net's augmentation (0.876 / 0.858 / 0.826; docs/benchmarks.md):
+# a short run learns more from plain crops. The GPU profiles' augmentation is not
+# measured yet (no GPU lent) and keeps mirroring.
 PROFILES = {
     "cpu": DeviceProfile(16, epochs=25, iterations_per_epoch=50, max_patch_voxels=96**3, optimizer="adamw",
-                         validate_every=5, augmentation="mirror", loader_workers=0),
+                         validate_every=5, time_budget=15 * 60, augmentation="none", loader_workers=0),
     "mps": DeviceProfile(32, epochs=50, iterations_per_epoch=100, max_patch_voxels=128**3, optimizer="adamw",
-                         validate_every=5, augmentation="mirror", loader_workers=2),
+                         validate_every=5, time_budget=None, augmentation="mirror", loader_workers=2),
     "cuda": DeviceProfile(32, epochs=50, iterations_per_epoch=250, max_patch_voxels=128**3, optimizer="sgd",
-                          validate_every=5, augmentation="mirror", loader_workers=4),
+                          validate_every=5, time_budget=None, augmentation="mirror", loader_workers=4),
 }
 
 
@@ -169,12 +174,15 @@ def resolve_config(
     check_patch_size(model.patch_size, patch_divisor(model), what="final patch size")
     check_minimum_patch(model, model.patch_size)
 
-    if training.epochs is None:
-        training.epochs = profile.epochs
+    if training.time_budget is None and training.epochs is None:
+        # the device's defaults: its epochs, within its budget
+        training.time_budget, training.epochs = profile.time_budget, profile.epochs
+    if training.time_budget is not None and training.time_budget <= 0:
+        raise InputError("the time budget must be longer than zero.")
     if training.iterations_per_epoch is None:
         training.iterations_per_epoch = profile.iterations_per_epoch
     if training.learning_rate is None:
         training.learning_rate = 1e-2 if training.optimizer == "sgd" else 1e-3
-    if training.epochs < 1 or training.iterations_per_epoch < 1:
+    if (training.epochs is not None and training.epochs < 1) or training.iterations_per_epoch < 1:
         raise InputError("epochs and iterations per epoch must be at least 1.")
     return resolved

@@ -22,7 +22,9 @@ fractions are its own (its ``batch`` and ``loss`` are the global ones).
 
 from __future__ import annotations
 
+import copy
 import json
+import math
 import time
 from pathlib import Path
 from typing import Any, Iterator, Optional, Sequence
@@ -59,10 +61,11 @@ from ..models import build_network, count_parameters, deep_supervision_heads, mo
 from ..models.architectures import minimum_patch
 from ..plugins import TrainingPlugin
 from . import distributed
+from .budget import RunCost, measure_step_cost, plan_epochs
 from .checkpoint import BEST, FINAL, LAST, SPLITS_FILE, load_checkpoint, save_checkpoint
 from .control import TrainingControl
-from .device import describe, pick_device
-from .inference import predict_probabilities
+from .device import autocast_dtype, describe, pick_device
+from .inference import predict_probabilities, window_count
 from .losses import BatchDiceCELoss
 from .metrics import dice_per_label, mean_of, summarize_dice
 from .resolve import resolve_config
@@ -206,12 +209,19 @@ class _Run:
         self.validating_on_training = not val_names
         self.validation_names = list(val_names) or self.training_names
         self.network = build_network(config.model, state["model"] if state is not None else initial_weights).to(device)
+        self.low_precision = autocast_dtype(device, t.mixed_precision)
+        self.amp = self.low_precision is torch.float16
+        self.channels_last = self.low_precision is torch.bfloat16  # measured faster together (docs/benchmarks.md)
+        if self.channels_last:
+            self.network.to(memory_format=torch.channels_last_3d)
         self.model = distributed.wrap(self.network, device, context)
+        self.loss = _loss(deep_supervision=deep_supervision_heads(config.model) > 0, across_ranks=context.enabled)
+        self.started_at = time.perf_counter()
+        self._probe_sampler: Optional[PatchSampler] = None
+        self.expected_seconds = self._plan_to_budget() if t.time_budget and state is None else None
         self.optimizer = _optimizer(self.network, t)
         self.scheduler = torch.optim.lr_scheduler.PolynomialLR(self.optimizer, total_iters=t.epochs, power=t.poly_exponent)
-        self.amp = t.mixed_precision and device.type == "cuda"
         self.scaler = torch.amp.GradScaler("cuda", enabled=self.amp)
-        self.loss = _loss(deep_supervision=deep_supervision_heads(config.model) > 0, across_ranks=context.enabled)
         self.schedule = _schedule(config)
         self.final_batch = self.schedule.final_batch
         self.distributed = context.enabled
@@ -223,6 +233,7 @@ class _Run:
             plugin.start(self)
         self.epoch = 0
         self.step = 0
+        self.steps_redone_in_fp32 = 0
         self.training_seconds = 0.0
         self.best_mean_dice = -1.0
         self.last_mean_dice: Optional[float] = None
@@ -253,6 +264,8 @@ class _Run:
                 architecture=self.config.model.architecture,
                 label_names=tuple(self.config.labels[v] for v in sorted(self.config.labels)),
                 volume_class_fractions=self.volume_fractions,
+                time_budget=t.time_budget,
+                expected_seconds=self.expected_seconds,
             )
         )
         stopped = False
@@ -294,10 +307,13 @@ class _Run:
             self.segmentation_losses = []
             self.scheduler.step()
             self.epoch += 1
-            if self.epoch % t.validate_every == 0 or self.epoch == t.epochs:
+            out_of_time = bool(t.time_budget) and time.perf_counter() - self.started_at > t.time_budget
+            if self.epoch % t.validate_every == 0 or self.epoch == t.epochs or out_of_time:
                 yield self._log(self._validate())
             for saved in self._save_checkpoints():
                 yield self._log(saved)
+            if out_of_time:  # slower than planned (e.g. a busy machine): the budget holds, the last epochs go
+                break
         final = None
         if not stopped and self.run_dir is not None:
             final = self._write(FINAL, self._payload())
@@ -309,6 +325,7 @@ class _Run:
                 steps=self.step,
                 training_seconds=self.training_seconds,
                 final_mean_dice=self.last_mean_dice,
+                steps_redone_in_fp32=self.steps_redone_in_fp32,
                 checkpoint=final or (str(self.run_dir / LAST) if self.run_dir and (self.run_dir / LAST).exists() else None),
             )
         )
@@ -347,11 +364,15 @@ class _Run:
         images = images.to(self.device, non_blocking=True)
         labels = labels.to(self.device, non_blocking=True)
         self.optimizer.zero_grad(set_to_none=True)
-        with torch.autocast(device_type="cuda", dtype=torch.float16, enabled=self.amp):
-            loss = self._loss(images, labels)
-        self.scaler.scale(loss).backward()
-        self.scaler.unscale_(self.optimizer)
-        torch.nn.utils.clip_grad_norm_(self.network.parameters(), self.config.training.gradient_clip)
+        if self.channels_last:
+            images = images.to(memory_format=torch.channels_last_3d)
+        loss, norm = self._backward(images, labels)
+        if self.low_precision is torch.bfloat16 and not bool(torch.isfinite(norm)):
+            # bf16 convolutions on the CPU now and then return a non-finite gradient (a few short phantom
+            # runs in ten, not reproducible with the same seed): that step is computed again in fp32.
+            self.optimizer.zero_grad(set_to_none=True)
+            loss, norm = self._backward(images, labels, low_precision=False)
+            self.steps_redone_in_fp32 += 1
         self.scaler.step(self.optimizer)
         self.scaler.update()
         value = distributed.mean_over_ranks(loss.detach(), self.context)
@@ -379,6 +400,85 @@ class _Run:
             data_seconds=waited,
         )
 
+    def _plan_to_budget(self) -> float:
+        """Set ``training.epochs`` (and, when even one epoch would not fit, the steps per epoch) so the run fits its
+        time budget, from steps and a validation window batch timed on this machine; returns the predicted seconds.
+
+        The timed steps (a warm-up and two per probed size, on real crops) change no weight.
+        """
+        t, model = self.config.training, self.config.model
+        cap = t.epochs
+        t.epochs = max(cap or 0, 1000)  # every stage size of the schedule
+        probe = _schedule(self.config)
+        sizes = _probe_sizes(probe, np.random.default_rng(t.seed))
+        cost = measure_step_cost(self._timed_step, sizes)
+        windows = sum(math.ceil(window_count(self.store.image(name).shape[1:], model.patch_size) / t.batch_size)
+                      for name in self.validation_names)
+        validation = windows * self._timed_windows()
+
+        def stages_for(epochs: int):
+            t.epochs = epochs
+            schedule = _schedule(self.config)
+            final = schedule.final_batch * math.prod(schedule.final_patch)
+            if schedule.choices or schedule.axis_sizes:
+                return [(epochs, cost.seconds(schedule.relative_voxels() * final))]
+            return [(stage.epochs, cost.seconds(stage.voxels_per_step)) for stage in schedule.stages]
+
+        run_cost = RunCost(stages_for, validation, t.validate_every)
+        plan = plan_epochs(t.time_budget - (time.perf_counter() - self.started_at), run_cost, t.iterations_per_epoch)
+        t.epochs = min(plan.epochs, cap) if cap else plan.epochs
+        t.iterations_per_epoch = plan.iterations_per_epoch
+        return time.perf_counter() - self.started_at + run_cost(t.epochs, t.iterations_per_epoch)
+
+    def _timed_step(self, patch: tuple[int, int, int], batch_size: int) -> None:
+        """A forward and backward pass on real crops, gradients dropped: what a training step costs, no update.
+
+        The crops come from a copy of the sampler with its own random state, so the run's own draws are not moved.
+        """
+        if self._probe_sampler is None:
+            self._probe_sampler = copy.copy(self.sampler)
+            self._probe_sampler.rng = np.random.default_rng(self.config.training.seed + 1)
+        batch = self._probe_sampler.sample(patch, batch_size)
+        images = torch.from_numpy(batch.images).to(self.device)
+        labels = torch.from_numpy(batch.labels.astype(np.int64)).to(self.device)
+        if self.channels_last:
+            images = images.to(memory_format=torch.channels_last_3d)
+        with self._autocast():
+            loss = self.loss(split_outputs(self.model(images).float(), images), labels)
+        loss.backward()
+        self.network.zero_grad(set_to_none=True)
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+
+    def _backward(self, images: torch.Tensor, labels: torch.Tensor, low_precision: bool = True):
+        """The loss of one batch and its clipped gradient norm (fp32 throughout when not `low_precision`)."""
+        with self._autocast(low_precision):
+            loss = self._loss(images, labels)
+        self.scaler.scale(loss).backward()
+        self.scaler.unscale_(self.optimizer)
+        return loss, torch.nn.utils.clip_grad_norm_(self.network.parameters(), self.config.training.gradient_clip)
+
+    def _autocast(self, low_precision: bool = True):
+        """The training step's precision (see ``TrainingConfig.mixed_precision``); fp32 when not `low_precision`."""
+        return torch.autocast(device_type=self.device.type, dtype=self.low_precision or torch.float32,
+                              enabled=low_precision and self.low_precision is not None)
+
+    def _timed_windows(self) -> float:
+        """Seconds of one sliding-window batch at the final patch (the median of two after a warm-up)."""
+        model, t = self.config.model, self.config.training
+        windows = torch.zeros((t.batch_size, model.in_channels, *model.patch_size), device=self.device)
+        times = []
+        self.network.eval()
+        with torch.inference_mode(), torch.autocast("cuda", dtype=torch.float16, enabled=self.amp):
+            for _ in range(3):
+                start = time.perf_counter()
+                self.network(windows)
+                if self.device.type == "cuda":
+                    torch.cuda.synchronize(self.device)
+                times.append(time.perf_counter() - start)
+        self.network.train()
+        return float(np.median(times[1:]))
+
     def _input_box(self, case: int, origin, size) -> tuple[tuple[int, ...], tuple[int, ...]]:
         """A crop's (first voxel, size) on its case's own grid."""
         name = self.training_names[case]
@@ -391,7 +491,7 @@ class _Run:
         output = next((o for o in (p.forward(self, images) for p in self.plugins) if o is not None), None)
         if output is None:
             output = self.model(images)
-        loss = self.loss(split_outputs(output, images), labels)
+        loss = self.loss(split_outputs(output.float(), images), labels)
         self.segmentation_losses.append(float(loss.detach()))
         for plugin in self.plugins:
             for term in plugin.loss_terms(self, images, labels).values():
@@ -514,6 +614,18 @@ def _schedule(config: RunConfig):
     poolings = tuple(int(np.log2(d)) for d in patch_divisor(model))
     options = ScheduleOptions.from_config(curriculum)
     return build_schedule(curriculum.schedule, model.patch_size, poolings, t.epochs, t.batch_size, options, minimum_patch(model))
+
+
+def _probe_sizes(schedule, rng: np.random.Generator) -> list[tuple[tuple[int, int, int], int]]:
+    """The (patch, batch) sizes whose step time is measured: the final one and, when the patch changes, the
+    smallest and a middle one by voxels per step."""
+    final = (tuple(schedule.final_patch), schedule.final_batch)
+    if schedule.axis_sizes:
+        options = {schedule.draw(schedule.stages[0], rng) for _ in range(50)}
+    else:
+        options = {(tuple(s.patch), s.batch) for s in schedule.stages + schedule.choices}
+    by_voxels = sorted(options | {final}, key=lambda o: o[1] * math.prod(o[0]))
+    return list(dict.fromkeys([final, by_voxels[0], by_voxels[len(by_voxels) // 2]]))
 
 
 def _optimizer(network: torch.nn.Module, t) -> torch.optim.Optimizer:

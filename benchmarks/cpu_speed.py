@@ -1,0 +1,138 @@
+"""Training-step time of the default CPU network under each speed-up, side by side in one run.
+
+    python benchmarks/cpu_speed.py [--patch 40 56 40] [--batch 2] [--rounds 5] [--steps 5] [--threads 2]
+
+The default CPU network (16-channel DynUNet planned for the hippocampus patch) takes full training steps
+(forward, Dice + cross-entropy with deep supervision, backward, AdamW) on random crops under each variant; the
+variants run in turn, ``--steps`` steps each, for ``--rounds`` rounds, so load falls on all alike, and the
+median step of each is reported with its speed-up over fp32 and the share of the machine's peak it reaches (the
+step's convolution FLOPs, counted once with ``FlopCounterMode``, over its time, against a large matmul timed in
+the same run, fp32 and bf16). Variants:
+
+* ``fp32``: what training does today;
+* ``channels-last``: network and crops in ``torch.channels_last_3d``;
+* ``bf16``: ``torch.autocast("cpu", dtype=torch.bfloat16)`` (native on CPUs with AVX512-BF16 or AMX);
+* ``bf16-channels-last``: both;
+* ``onednn``: every 3D convolution forced through oneDNN (``torch.mkldnn_convolution``), as CPU inference does;
+* ``compile``: ``torch.compile`` (inductor), compile time reported apart.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import statistics
+import time
+
+import torch
+
+from napari_pgps.config import ModelConfig
+from napari_pgps.engine.device import norms_in_fp32
+from napari_pgps.engine.inference import cpu_convolutions
+from napari_pgps.models import build_network, level_channels, plan_unet, split_outputs
+
+
+def network(patch, channels_last: bool):
+    plan = plan_unet(patch, (1.0, 1.0, 1.0))
+    model = ModelConfig(architecture="dynunet", patch_size=tuple(patch), spacing=(1.0, 1.0, 1.0),
+                        kernel_sizes=plan.kernel_sizes, strides=plan.strides, base_channels=16, out_channels=3,
+                        channels=level_channels(len(plan.strides), 16, 320))
+    torch.manual_seed(0)
+    net = build_network(model).train()
+    return net.to(memory_format=torch.channels_last_3d) if channels_last else net
+
+
+def make_step(patch, batch, variant):
+    from napari_pgps.engine.trainer import _loss
+
+    channels_last = "channels-last" in variant
+    net = network(patch, channels_last)
+    if variant.startswith("bf16"):
+        norms_in_fp32(net)  # as training does
+    if variant == "compile":
+        net = torch.compile(net)
+    optimizer = torch.optim.AdamW(net.parameters(), lr=1e-3)
+    loss_fn = _loss(deep_supervision=True)
+    generator = torch.Generator().manual_seed(0)
+    images = torch.randn(batch, 1, *patch, generator=generator)
+    labels = torch.randint(0, 3, (batch, 1, *patch), generator=generator)
+    if channels_last:
+        images = images.to(memory_format=torch.channels_last_3d)
+    bf16 = variant.startswith("bf16")
+    convolutions = cpu_convolutions(torch.device("cpu")) if variant == "onednn" else contextlib.nullcontext()
+
+    def step() -> float:
+        start = time.perf_counter()
+        optimizer.zero_grad(set_to_none=True)
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16), convolutions:
+            loss = loss_fn(split_outputs(net(images).float(), images), labels)
+        loss.backward()
+        optimizer.step()
+        float(loss.detach())
+        return time.perf_counter() - start
+
+    return step
+
+
+def step_flops(patch, batch) -> float:
+    from torch.utils.flop_counter import FlopCounterMode
+
+    net = network(patch, False)
+    images = torch.randn(batch, 1, *patch)
+    counter = FlopCounterMode(display=False)
+    with counter:
+        outputs = split_outputs(net(images), images)
+        sum(o.float().mean() for o in outputs).backward()
+    return float(counter.get_total_flops())
+
+
+def matmul_peak(dtype, size: int = 2048, repeats: int = 5) -> float:
+    """FLOP/s of a large matmul in ``dtype``: the machine's practical peak."""
+    a, b = torch.randn(size, size, dtype=dtype), torch.randn(size, size, dtype=dtype)
+    a @ b
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        a @ b
+        times.append(time.perf_counter() - start)
+    return 2 * size**3 / statistics.median(times)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--patch", type=int, nargs=3, default=(40, 56, 40))
+    parser.add_argument("--batch", type=int, default=2)
+    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--steps", type=int, default=5)
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--variants", default="fp32,channels-last,bf16,bf16-channels-last,onednn,compile")
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    variants = [v.strip() for v in args.variants.split(",") if v.strip()]
+    steps, warm = {}, {}
+    for variant in variants:
+        start = time.perf_counter()
+        steps[variant] = make_step(tuple(args.patch), args.batch, variant)
+        steps[variant]()  # first step: allocation, or compilation
+        warm[variant] = time.perf_counter() - start
+    times = {v: [] for v in variants}
+    for _ in range(args.rounds):
+        for variant in variants:
+            times[variant] += [steps[variant]() for _ in range(args.steps)]
+    flops = step_flops(tuple(args.patch), args.batch)
+    peaks = {"fp32": matmul_peak(torch.float32), "bf16": matmul_peak(torch.bfloat16)}
+    base = statistics.median(times[variants[0]])
+    print(f"patch {tuple(args.patch)}, batch {args.batch}, {args.threads} threads, torch {torch.__version__}; "
+          f"{flops / 1e9:.1f} GFLOP per step; matmul peak fp32 {peaks['fp32'] / 1e9:.0f} GFLOP/s, "
+          f"bf16 {peaks['bf16'] / 1e9:.0f} GFLOP/s")
+    print("| variant | median step (s) | speed-up | share of peak | first step (s) |")
+    print("|---|---|---|---|---|")
+    for variant in variants:
+        median = statistics.median(times[variant])
+        peak = peaks["bf16" if variant.startswith("bf16") else "fp32"]
+        print(f"| {variant} | {median:.3f} | {base / median:.2f}x | {100 * flops / median / peak:.1f}% | "
+              f"{warm[variant]:.1f} |")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,55 @@
+"""Training to a time budget: durations, the planner, and a planned run on phantoms."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+
+from helpers import quick_config
+from napari_pgps.engine.budget import RunCost, parse_duration, plan_epochs
+from napari_pgps.errors import InputError
+from napari_pgps.events import Finished, RunStarted, StepDone
+
+
+@pytest.mark.parametrize("text, seconds", [("15m", 900), ("1h30m", 5400), ("90s", 90), ("2.5", 150), ("1h", 3600),
+                                           ("2 min", 120)])
+def test_durations(text, seconds):
+    assert parse_duration(text) == seconds
+
+
+@pytest.mark.parametrize("text", ["", "soon", "-5m", "0", "5 parsecs"])
+def test_bad_durations_are_refused(text):
+    with pytest.raises(InputError):
+        parse_duration(text)
+
+
+def test_the_planner_takes_the_most_epochs_that_fit_steps_and_validations():
+    # two stages of E/2 epochs each, 0.1 s and 0.3 s a step, 10 steps an epoch; a validation takes 2 s, every 5 epochs
+    cost = RunCost(lambda e: [(e // 2, 0.1), (e - e // 2, 0.3)], validation_seconds=2.0, validate_every=5)
+    assert cost(10, 10) == pytest.approx(5 * 1 + 5 * 3 + 2 * 2)
+    plan = plan_epochs(60.0, cost, 10)
+    assert cost(plan.epochs, 10) <= 60.0 < cost(plan.epochs + 1, 10)
+    small = plan_epochs(2.5, cost, 10)  # not even one epoch of 10 steps: fewer steps
+    assert small.epochs == 1 and small.iterations_per_epoch == 1
+
+
+def test_a_budget_plans_the_run_to_end_within_it(phantom_dataset):
+    from napari_pgps import train
+
+    config = quick_config(phantom_dataset, epochs=None, iterations=5)
+    config.training.time_budget = 25.0
+    config.curriculum.schedule = "pgps-performance"
+    started_at, started, steps = None, None, []
+    for event in train(config):
+        if isinstance(event, RunStarted):
+            started, started_at = event, time.perf_counter()
+        elif isinstance(event, StepDone):
+            steps.append(event)
+        elif isinstance(event, Finished):
+            took = time.perf_counter() - started_at
+    assert started.time_budget == 25.0 and started.expected_seconds <= 25.0
+    planned = started.epochs * started.iterations_per_epoch
+    assert started.epochs >= 2 and 0 < len(steps) <= planned  # a slower machine than measured loses the last epochs
+    assert len({s.patch for s in steps}) >= 2  # the stages are kept
+    assert took <= 25.0 * 1.3
