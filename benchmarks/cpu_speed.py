@@ -27,7 +27,6 @@ import time
 import torch
 
 from napari_pgps.config import ModelConfig
-from napari_pgps.engine.device import norms_in_fp32
 from napari_pgps.engine.inference import cpu_convolutions
 from napari_pgps.models import build_network, level_channels, plan_unet, split_outputs
 
@@ -47,8 +46,6 @@ def make_step(patch, batch, variant):
 
     channels_last = "channels-last" in variant
     net = network(patch, channels_last)
-    if variant.startswith("bf16"):
-        norms_in_fp32(net)  # as training does
     if variant == "compile":
         net = torch.compile(net)
     optimizer = torch.optim.AdamW(net.parameters(), lr=1e-3)

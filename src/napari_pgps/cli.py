@@ -188,6 +188,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--epochs", type=int, metavar="N")
     p.add_argument("--iterations-per-epoch", type=int, metavar="N")
     p.add_argument("--device", choices=DEVICES, default="auto")
+    p.add_argument("--time-budget", metavar="DURATION",
+                   help="train every schedule for the same wall-clock time (e.g. 15m), its epochs planned to it")
     p.set_defaults(run=_bench)
 
     p = sub.add_parser("demo", help="open napari with sample data, the widgets and a quick schedule",
@@ -540,7 +542,8 @@ def _bench(args: argparse.Namespace) -> int:
 
     settings = BenchSettings(data=str(args.data), schedules=[s.strip() for s in args.schedules.split(",") if s.strip()],
                              seeds=args.seeds, profile=args.profile, epochs=args.epochs,
-                             iterations_per_epoch=args.iterations_per_epoch, device=args.device)
+                             iterations_per_epoch=args.iterations_per_epoch, device=args.device,
+                             time_budget=parse_duration(args.time_budget) if args.time_budget else None)
     run_bench(settings, Path(args.out), progress=lambda line: print(line, flush=True))
     print((Path(args.out) / "report.md").read_text())
     return 0

@@ -10,16 +10,18 @@ import numpy as np
 from ._sample_data import PHANTOM_SPACING, make_phantom, write_phantom_dataset
 from .config import RunConfig
 
+DEMO_MINUTES = 2
+
 
 def demo_config(data: Path | None = None, device: str = "auto") -> RunConfig:
-    """A PGPS Performance schedule that shows the patch growing and gives a usable phantom segmentation
-    in about two minutes on a laptop CPU."""
+    """A PGPS Performance schedule planned to two minutes of training (on any machine): it shows the patch
+    growing and gives a usable phantom segmentation."""
     config = RunConfig()
     config.data.path = str(data) if data else None
     config.model.patch_size = (16, 64, 64)
     config.model.spacing = PHANTOM_SPACING
     config.curriculum.schedule = "pgps-performance"
-    config.training.epochs = 12
+    config.training.time_budget = DEMO_MINUTES * 60.0  # the planner sets the epochs
     config.training.iterations_per_epoch = 20
     config.training.validate_every = 3
     config.training.device = device
@@ -46,6 +48,7 @@ def open_demo_viewer(device: str = "auto"):
     state_for(viewer).set_config(demo_config(device=device))
     curriculum, trainer, segmenter = CurriculumWidget(viewer), TrainWidget(viewer), SegmentWidget(viewer)
     trainer.device.setCurrentText(device)
+    trainer.time_budget.setValue(DEMO_MINUTES)
     docks = (
         viewer.window.add_dock_widget(curriculum, name="Curriculum", area="right"),
         viewer.window.add_dock_widget(trainer, name="Train", area="right", tabify=True),

@@ -53,3 +53,16 @@ def test_a_budget_plans_the_run_to_end_within_it(phantom_dataset):
     assert started.epochs >= 2 and 0 < len(steps) <= planned  # a slower machine than measured loses the last epochs
     assert len({s.patch for s in steps}) >= 2  # the stages are kept
     assert took <= 25.0 * 1.3
+
+
+def test_the_bench_at_equal_time_plans_every_schedule_to_the_budget(phantom_dataset, tmp_path):
+    from napari_pgps.tasks.bench import BenchSettings, run_bench
+
+    settings = BenchSettings(data=str(phantom_dataset), schedules=["constant", "pgps-efficiency"], seeds=1,
+                             profile="quick", iterations_per_epoch=2, device="cpu", time_budget=8.0)
+    results = run_bench(settings, tmp_path / "bench", progress=lambda line: None)
+    assert {r["schedule"] for r in results["runs"]} == {"constant", "pgps-efficiency"}
+    assert all(r["time_budget"] == 8.0 and r["planned_epochs"] >= 1 for r in results["runs"])
+    report = (tmp_path / "bench" / "report.md").read_text()
+    assert "equal wall time" in report and "pgps-efficiency** at equal wall time" in report
+    assert (tmp_path / "bench" / "dice_vs_time.png").is_file()

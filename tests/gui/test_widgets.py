@@ -100,6 +100,24 @@ def test_train_watch_stop_then_segment(viewer_with_phantom, qtbot, tmp_path):
     np.testing.assert_array_equal(image.data, before)
 
 
+def test_a_time_budget_plans_the_run_and_the_eta_counts_down_to_it(viewer_with_phantom, qtbot, tmp_path):
+    viewer = viewer_with_phantom
+    trainer = TrainWidget(viewer)
+    viewer.window.add_dock_widget(trainer)
+    state_for(viewer).config.model.base_channels = 8
+    state_for(viewer).config.model.patch_size = (16, 64, 64)
+    trainer.run_root.setText(str(tmp_path))
+    trainer.device.setCurrentText("cpu")
+    trainer.time_budget.setValue(1)
+    trainer.start_training()
+    qtbot.waitUntil(lambda: len(trainer.history.steps) >= 2, timeout=120_000)
+    started = trainer.history.started
+    assert started.time_budget == 60.0 and started.expected_seconds <= 60.0
+    assert trainer.history.eta_seconds <= 60.0 and "ETA" in trainer.progress.format()
+    trainer.stop_training()
+    qtbot.waitUntil(lambda: trainer.worker is None, timeout=20_000)
+
+
 def test_segmentation_can_be_cancelled(viewer_with_phantom, qtbot, tmp_path, trained_phantom_run):
     segmenter = SegmentWidget(viewer_with_phantom)
     segmenter.offer_model(trained_phantom_run)

@@ -27,7 +27,7 @@ from ..config import DEVICES, RunConfig
 from ..engine import TrainingControl, TrainingProgress
 from ..engine.progress import duration_text, size_text
 from ..events import CasesAdded, Finished, Paused, Preparing, Resumed, RunStarted, StageStarted, StepDone, Validated
-from .forms import CHANNEL_SEPARATOR, ChannelPicker
+from .forms import CHANNEL_SEPARATOR, ChannelPicker, spin_box
 from .layers import box_outlines, find_layer, placement, training_set_from_layers
 from .plots import PlotCanvas
 from .state import state_for
@@ -68,6 +68,11 @@ class TrainWidget(QWidget):
         self.run_root = QLineEdit(str(Path.home() / "napari-pgps-runs"))
         self.device = QComboBox()
         self.device.addItems(list(DEVICES))
+        self.time_budget = spin_box(0, 24 * 60, 0)
+        self.time_budget.setSuffix(" min")
+        self.time_budget.setSpecialValueText("the schedule's epochs")
+        self.time_budget.setToolTip("Plan the run to end within this many minutes (its step cost is measured first); "
+                                    "0 trains the epochs set in the Curriculum widget.")
         self.device_label = QLabel("device: not started")
         self.start, self.pause, self.stop = QPushButton("Start"), QPushButton("Pause"), QPushButton("Stop")
         self.progress = QProgressBar()
@@ -92,6 +97,7 @@ class TrainWidget(QWidget):
         form.addRow("Folder", folder_row)
         form.addRow("Runs folder", self.run_root)
         form.addRow("Device", self.device)
+        form.addRow("Time budget", self.time_budget)
         buttons = QHBoxLayout()
         for b in (self.start, self.pause, self.stop):
             buttons.addWidget(b)
@@ -159,6 +165,10 @@ class TrainWidget(QWidget):
 
         config = copy.deepcopy(self.state.config)
         config.training.device = self.device.currentText()
+        if self.time_budget.value():
+            config.training.time_budget, config.training.epochs = 60.0 * self.time_budget.value(), None
+        else:
+            config.training.time_budget = None
         dataset = None
         try:
             if self.from_folder.isChecked():
@@ -217,8 +227,11 @@ class TrainWidget(QWidget):
         elif isinstance(event, RunStarted):
             self.device_label.setText(f"device: {event.device}")
             self.progress.setRange(0, max(history.total_steps, 1))
+            planned = (f"; planned to {duration_text(event.expected_seconds)} of the "
+                       f"{duration_text(event.time_budget)} budget" if event.time_budget else "")
             self.status.setText(f"{event.training_cases} training / {event.validation_cases} validation case(s), "
-                                f"{event.parameters:,} parameters, final patch {size_text(event.final_patch)}")
+                                f"{event.parameters:,} parameters, final patch {size_text(event.final_patch)}"
+                                f"{planned}")
         elif isinstance(event, StepDone):
             self.progress.setValue(history.steps_done)
             self.progress.setFormat(f"%v / %m steps, ETA {duration_text(history.eta_seconds)}")

@@ -163,11 +163,14 @@ class TrainingProgress:
 
     @property
     def eta_seconds(self) -> Optional[float]:
-        """Wall time left at this run's pace so far (validations included); ``None`` before the first step."""
+        """Wall time left at this run's pace so far (validations included), never past the end of a run planned
+        to a time budget (it stops there); ``None`` before the first step."""
         if not self.steps:
             return None
         elapsed = time.perf_counter() - self._wall_start
-        return elapsed / self.steps_done * max(self.total_steps - self.steps_done, 0)
+        left = elapsed / self.steps_done * max(self.total_steps - self.steps_done, 0)
+        budget = self.started.time_budget if self.started is not None else None
+        return min(left, max(budget - elapsed, 0.0)) if budget else left
 
     @property
     def data_wait_share(self) -> Optional[float]:

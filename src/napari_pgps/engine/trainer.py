@@ -74,6 +74,9 @@ RUN_FILES = (CONFIG_FILE, METRICS_FILE, LAST)
 """A folder holding any of these holds a run."""
 
 
+RANDOM_PATCH_SCHEDULES = ("rpss", "augment")  # a new patch shape at every step
+
+
 class TrainingDiverged(RuntimeError):
     """The loss became NaN or infinite; the last good checkpoint is kept."""
 
@@ -218,6 +221,11 @@ class _Run:
         self.loss = _loss(deep_supervision=deep_supervision_heads(config.model) > 0, across_ranks=context.enabled)
         self.started_at = time.perf_counter()
         self._probe_sampler: Optional[PatchSampler] = None
+        if device.type == "cuda":
+            # cuDNN picks its fastest kernels once per input shape (before the budget's timed steps, which then
+            # include it): worth it for the handful of PGPS stage shapes, as nnU-Net does for its one, not for
+            # a patch drawn anew every step
+            torch.backends.cudnn.benchmark = config.curriculum.schedule not in RANDOM_PATCH_SCHEDULES
         self.expected_seconds = self._plan_to_budget() if t.time_budget and state is None else None
         self.optimizer = _optimizer(self.network, t)
         self.scheduler = torch.optim.lr_scheduler.PolynomialLR(self.optimizer, total_iters=t.epochs, power=t.poly_exponent)

@@ -1,4 +1,5 @@
-"""``napari-pgps bench``: every schedule trained with the same seeds, split and epochs, side by side.
+"""``napari-pgps bench``: every schedule trained with the same seeds and split, side by side, for the same
+number of epochs or (``time_budget``) for the same wall-clock time.
 
 Each (schedule, seed) run trains in a fresh process, so warm-up and memory
 peaks do not leak from one run into the next. Measured per run: Dice per
@@ -43,6 +44,8 @@ class BenchSettings:
     epochs: Optional[int] = None
     iterations_per_epoch: Optional[int] = None
     device: str = "auto"
+    time_budget: Optional[float] = None
+    """Seconds: every run planned to this wall-clock time (its epochs set by the planner) instead of equal epochs."""
 
 
 def bench_config(settings: BenchSettings, schedule: str, seed: int) -> RunConfig:
@@ -56,6 +59,9 @@ def bench_config(settings: BenchSettings, schedule: str, seed: int) -> RunConfig
     config.training.seed = seed
     config.training.device = settings.device
     config.training.epochs = settings.epochs or profile["epochs"]
+    if settings.time_budget is not None:
+        config.training.time_budget = settings.time_budget
+        config.training.epochs = settings.epochs  # a cap only when given
     config.training.iterations_per_epoch = settings.iterations_per_epoch or profile["iterations_per_epoch"]
     config.training.validate_every = profile["validate_every"]
     return config
@@ -86,6 +92,8 @@ def run_one(config_dict: dict[str, Any]) -> dict[str, Any]:
         "schedule": run.schedule,
         "seed": config.training.seed,
         "device": run.device,
+        "planned_epochs": run.epochs,
+        "time_budget": run.time_budget,
         "training_seconds": progress.training_seconds,
         "dice_per_label": final.result.dice_per_label,
         "mean_dice": final.result.mean_dice,
@@ -114,6 +122,8 @@ def run_bench(settings: BenchSettings, out: Path, progress=print) -> dict[str, A
         raise InputError("the bench compares against the constant schedule: include 'constant' in --schedules.")
     if settings.seeds < 1:
         raise InputError("--seeds must be at least 1.")
+    if settings.time_budget is not None and settings.time_budget <= 0:
+        raise InputError("--time-budget must be longer than zero.")
     read_dataset_info(settings.data)
     out.mkdir(parents=True, exist_ok=True)
     runs = []

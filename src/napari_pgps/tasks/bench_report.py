@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from ..engine.progress import duration_text
 from ..files import write_text_atomically
 
 # The papers' claims and the thresholds the project holds the bench to (docs/benchmarks.md).
@@ -89,6 +90,18 @@ def _save(fig, path: Path) -> Path:
     return path
 
 
+def _length(results: dict[str, Any]) -> str:
+    """"28 epochs", or for a bench at equal time the budget and each schedule's planned epochs."""
+    budget = results["settings"].get("time_budget")
+    if budget is None:
+        return f"{results['runs'][0]['epochs'][-1]['epoch'] + 1} epochs"
+    planned: dict[str, set] = {}
+    for run in results["runs"]:
+        planned.setdefault(run["schedule"], set()).add(run.get("planned_epochs"))
+    each = ", ".join(f"{name} {'/'.join(str(e) for e in sorted(epochs))}" for name, epochs in planned.items())
+    return f"equal wall time: every run planned to {duration_text(budget)} (epochs: {each})"
+
+
 def write_report(results: dict[str, Any], out: Path) -> Path:
     """report.md: settings, the table, the verdict on each claim."""
     settings = results["settings"]
@@ -97,7 +110,7 @@ def write_report(results: dict[str, Any], out: Path) -> Path:
         "# napari-pgps bench",
         "",
         f"Data: `{settings['data']}`; profile `{settings['profile']}` ({settings['seeds']} seed(s), "
-        f"{results['runs'][0]['epochs'][-1]['epoch'] + 1} epochs); device: {results['device']}.",
+        f"{_length(results)}); device: {results['device']}.",
         "Dice: held-out (validation) cases, sliding window at the final patch size. Time: training steps only, "
         "validation excluded; ratios are medians over seeds of each seed's ratio to its constant run.",
         "",
@@ -112,6 +125,13 @@ def write_report(results: dict[str, Any], out: Path) -> Path:
             f"{s['peak_memory_mib_median']:.0f} |"
         )
     lines += ["", "## What it shows", ""]
+    if settings.get("time_budget") is not None:
+        lines += _equal_time_verdicts(results)
+        lines += ["", "Figures: `dice_vs_time.png`, `patch_and_batch.png`, `class_balance.png`; raw numbers: "
+                  "`results.json`.", ""]
+        path = out / "report.md"
+        write_text_atomically(path, "\n".join(lines))
+        return path
     for name, (paper, rule, holds) in CLAIMS.items():
         if name not in summary:
             continue
@@ -126,3 +146,19 @@ def write_report(results: dict[str, Any], out: Path) -> Path:
     path = out / "report.md"
     write_text_atomically(path, "\n".join(lines))
     return path
+
+
+def _equal_time_verdicts(results: dict[str, Any]) -> list[str]:
+    """At equal wall time: is each schedule ahead of constant, by how much, and in how many seeds."""
+    by_seed = {r["seed"]: r["mean_dice"] for r in results["runs"] if r["schedule"] == "constant"}
+    lines = []
+    for name, entry in results["summary"].items():
+        if name == "constant":
+            continue
+        differences = [100 * (r["mean_dice"] - by_seed[r["seed"]]) for r in results["runs"] if r["schedule"] == name]
+        ahead = sum(d > 0 for d in differences)
+        verdict = "ahead of" if entry["dice_points_vs_constant"] > 0 else "behind"
+        lines.append(f"- **{name}** at equal wall time: {verdict} constant by {abs(entry['dice_points_vs_constant']):.2f} "
+                     f"Dice points on average (per seed: {', '.join(f'{d:+.2f}' for d in differences)}; ahead in "
+                     f"{ahead} of {len(differences)} seeds).")
+    return lines
