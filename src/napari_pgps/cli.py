@@ -153,6 +153,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--mode", required=True, choices=SCHEDULES, metavar="MODE", help="one of " + ", ".join(SCHEDULES))
     p.add_argument("--growth", choices=("journal", "miccai"), default="journal", help="PGPS growth rule (default journal)")
     p.add_argument("--max-batch", type=int, metavar="N", help="cap on the Performance mode's batch")
+    p.add_argument("--performance-batch", choices=("voxels", "miccai"), default="voxels",
+                   help="Performance batch rule: voxels (the journal's, the default) or miccai (PGPS+, backwards from the last stage)")
     p.add_argument("--single-voxel-bottleneck", action="store_true",
                    help="start from the reference's minimum patch (1-voxel bottleneck), as in the paper's worked example")
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
@@ -518,7 +520,7 @@ def _schedule(args: argparse.Namespace) -> int:
 
     check_patch_size(args.final_patch, [2**p for p in args.poolings], what="final patch")
     schedule = build_schedule(args.mode, args.final_patch, args.poolings, args.epochs, args.batch_size,
-                              ScheduleOptions(growth=args.growth, max_batch=args.max_batch,
+                              ScheduleOptions(growth=args.growth, max_batch=args.max_batch, performance_batch=args.performance_batch,
                                                               single_voxel_bottleneck=args.single_voxel_bottleneck))
     if args.json:
         print(json.dumps(schedule.to_dict()))

@@ -44,7 +44,8 @@ class DataConfig:
     folds: int = 5
     """Folds of the cross-validation; the cases are shuffled with ``TrainingConfig.seed`` and cut into this many."""
     foreground_oversampling: float = 0.33
-    """Share of crops forced onto a foreground voxel (nnU-Net: 0.33)."""
+    """Share of crops forced onto a foreground voxel, applied as ``oversampling`` says (nnU-Net's setting: 0.33,
+    which its per-batch rule turns into one crop of two at B = 2, not a third of the crops)."""
     oversampling: str = "batch"
     """How the share is applied: "batch" (nnU-Net: the last ``round(B x share)`` crops of each batch, one of two at
     B = 2) or "crop" (each crop with that probability)."""
@@ -130,7 +131,7 @@ class PDLConfig:
 
     enabled: bool = False
     metric: str = "ssim"
-    """Similarity to the reference case: "mse", "psnr" or "ssim"."""
+    """Similarity to the reference case: "mse", "psnr", "ssim" or "uqi" (Wang & Bovik's Universal Quality Index)."""
     groups: int = 4
     """The ranked cases are split into this many groups."""
     every_epochs: Optional[int] = None
@@ -154,6 +155,9 @@ class CurriculumConfig:
     """Share of the epochs the growing stages take; the final size trains for the rest."""
     max_batch: Optional[int] = None
     """Cap on the Performance mode's batch size (memory budget)."""
+    performance_batch: str = "voxels"
+    """Performance mode's batch rule: "voxels" (the journal's, floor(B x final voxels / patch voxels)) or "miccai"
+    (PGPS+, the MICCAI paper's: backwards from the last stage, each batch the next one's x the voxel ratio, rounded down)."""
     single_voxel_bottleneck: bool = False
     """Start from the reference's minimum patch with a 1-voxel bottleneck."""
     augment_range: tuple[float, float] = (0.25, 1.5)

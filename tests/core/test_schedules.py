@@ -8,6 +8,7 @@ import sys
 import numpy as np
 import pytest
 
+from napari_pgps.config import RunConfig
 from napari_pgps.curriculum import ScheduleOptions, build_schedule, crops_per_case, growth_sizes
 from napari_pgps.errors import InputError
 
@@ -54,6 +55,54 @@ def test_paper_worked_example():
     assert performance.relative_voxels() == pytest.approx(0.94, abs=0.01)
     efficiency = build_schedule("pgps-efficiency", (128,) * 3, (5,) * 3, 1000, 2, options)
     assert efficiency.relative_voxels() == pytest.approx(0.34, abs=0.01)
+
+
+def test_voxels_is_the_default_performance_batch_and_unchanged():
+    assert ScheduleOptions().performance_batch == "voxels" and RunConfig().curriculum.performance_batch == "voxels"
+    for growth in ("journal", "miccai"):
+        default = build_schedule("pgps-performance", (128,) * 3, (5,) * 3, 1000, 2, ScheduleOptions(growth=growth))
+        voxels_options = ScheduleOptions(growth=growth, performance_batch="voxels")
+        voxels = build_schedule("pgps-performance", (128,) * 3, (5,) * 3, 1000, 2, voxels_options)
+        assert default == voxels
+        assert [s.batch for s in default.stages] == [max(2, 2 * 128**3 // math.prod(s.patch)) for s in default.stages]
+
+
+def test_pgps_plus_batches_of_the_miccai_worked_example():
+    """PGPS+ (compai-lab/2024-miccai-fischer, training/nnUNetTrainer/variants/sampling/nnUNetTrainer_PGPS+.py,
+    ``plan_batch_size``): the last stage takes 2; going backwards each stage takes int(voxel ratio to the next
+    stage x the next stage's batch). Final 128^3, 5 poolings, MICCAI growth from 64x32x32 (32-voxel steps, Y, X, Z, ...):
+    128^3 -> 2; 128x128x96 -> int(4/3 x 2) = 2; 128x96x96 -> 2; 96^3 -> 2; 96x96x64 -> int(3/2 x 2) = 3;
+    96x64x64 -> int(3/2 x 3) = 4; 64^3 -> int(3/2 x 4) = 6; 64x64x32 -> 2 x 6 = 12; 64x32x32 -> 2 x 12 = 24."""
+    options = ScheduleOptions(growth="miccai", performance_batch="miccai")
+    schedule = build_schedule("pgps-performance", (128,) * 3, (5,) * 3, 1000, 2, options)
+    assert [s.patch for s in schedule.stages] == [(64, 32, 32), (64, 64, 32), (64, 64, 64), (96, 64, 64), (96, 96, 64),
+                                                  (96, 96, 96), (128, 96, 96), (128, 128, 96), (128, 128, 128)]
+    assert [s.batch for s in schedule.stages] == [24, 12, 6, 4, 3, 2, 2, 2, 2]
+    assert [s.epochs for s in schedule.stages] == [111] * 8 + [112]
+    # the same rule on the journal's growth (the journal worked example's sizes, whose voxels rule gives 128, 64, ...)
+    journal = ScheduleOptions(single_voxel_bottleneck=True, performance_batch="miccai")
+    schedule = build_schedule("pgps-performance", (128,) * 3, (5,) * 3, 1000, 2, journal)
+    assert [s.batch for s in schedule.stages] == [48, 24, 12, 6, 4, 3, 2, 2, 2, 2]
+    # the batch is worked out on every size before fewer epochs thin them, then capped
+    thinned = build_schedule("pgps-performance", (128,) * 3, (5,) * 3, 3, 2, options)
+    assert [(s.patch, s.batch) for s in thinned.stages] == [((64, 32, 32), 24), ((96, 96, 64), 3), ((128, 128, 128), 2)]
+    capped_options = ScheduleOptions(growth="miccai", performance_batch="miccai", max_batch=8)
+    capped = build_schedule("pgps-performance", (128,) * 3, (5,) * 3, 1000, 2, capped_options)
+    assert [s.batch for s in capped.stages] == [8, 8, 6, 4, 3, 2, 2, 2, 2]
+    efficiency = build_schedule("pgps-efficiency", (128,) * 3, (5,) * 3, 1000, 2, options)
+    assert all(s.batch == 2 for s in efficiency.stages)
+
+
+def test_performance_batch_from_the_configuration_and_unknown_rules():
+    config = RunConfig.from_dict({"curriculum": {"growth": "miccai", "performance_batch": "miccai"}})
+    schedule = build_schedule("pgps-performance", (128,) * 3, (5,) * 3, 1000, 2, ScheduleOptions.from_config(config.curriculum))
+    assert schedule.stages[0].batch == 24
+    config.curriculum.rpss_mode = "performance"
+    rpss = build_schedule("rpss", (128,) * 3, (5,) * 3, 1000, 2, ScheduleOptions.from_config(config.curriculum))
+    assert [c.batch for c in rpss.choices] == [24, 12, 6, 4, 3, 2, 2, 2, 2]
+    for name in ("pgps-performance", "constant"):
+        with pytest.raises(InputError, match="Performance batch rule 'journal'; choose one of voxels, miccai"):
+            build_schedule(name, (128,) * 3, (5,) * 3, 1000, 2, ScheduleOptions(performance_batch="journal"))
 
 
 def test_miccai_round_robin_starts_at_2x1x1_and_grows_axis_1_first():
@@ -147,6 +196,11 @@ def test_schedule_command_json():
     assert set(result) == {"stages", "relative_voxels"}
     assert result["stages"][0] == {"patch": [32, 32, 32], "batch": 128, "epochs": 100}
     assert result["relative_voxels"] == pytest.approx(0.936, abs=1e-3)
+    plus = subprocess.run([sys.executable, "-m", "napari_pgps", "schedule", "--final-patch", "128", "128", "128", "--poolings", "5", "5", "5",
+                           "--epochs", "1000", "--batch-size", "2", "--mode", "pgps-performance", "--growth", "miccai",
+                           "--performance-batch", "miccai", "--json"], capture_output=True, text=True)
+    assert plus.returncode == 0, plus.stderr
+    assert [s["batch"] for s in json.loads(plus.stdout)["stages"]] == [24, 12, 6, 4, 3, 2, 2, 2, 2]
     bad = subprocess.run([sys.executable, "-m", "napari_pgps", "schedule", "--final-patch", "30", "32", "32", "--poolings", "3", "3", "3",
                           "--epochs", "10", "--batch-size", "2", "--mode", "constant"], capture_output=True, text=True)
     assert bad.returncode == 2 and "Try 32 32 32" in bad.stderr

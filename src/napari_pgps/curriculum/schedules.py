@@ -13,8 +13,9 @@ arXiv 2510.23241; patch-size augmentation: Balle Sanchez et al., MIDL 2025):
   Size. The patch grows one axis at a time (journal rule: the axis with the
   smallest ``current + step``, ties to the lowest axis; or the MICCAI
   round-robin from axis 1). Efficiency keeps the batch size; Performance keeps
-  the voxels per step, ``floor(B * prod(final) / prod(patch))``, optionally
-  capped.
+  the voxels per step, ``floor(B * prod(final) / prod(patch))`` (the journal
+  rule), or derives the batches backwards from the last stage by the voxel
+  ratio of consecutive stages (PGPS+, the MICCAI rule); optionally capped.
 * ``rpss``: every step draws one of the PGPS stages at random.
 * ``augment``: every step draws each axis uniformly from the sizes the
   network takes within a range (optionally the final patch for a share of the
@@ -34,6 +35,7 @@ from ..errors import InputError
 
 SCHEDULES = ("constant", "pgps-efficiency", "pgps-performance", "rpss", "augment")
 GROWTH_RULES = ("journal", "miccai")
+PERFORMANCE_BATCH_RULES = ("voxels", "miccai")
 
 
 @dataclass(frozen=True)
@@ -138,6 +140,9 @@ class ScheduleOptions:
     """Share of the epochs the growing stages take; the final size trains for the rest (stop earlier)."""
     max_batch: Optional[int] = None
     """Cap on the Performance mode's batch size (a memory budget)."""
+    performance_batch: str = "voxels"
+    """The Performance mode's batch rule: ``voxels`` (the journal's, :func:`performance_batch`) or ``miccai``
+    (PGPS+, :func:`miccai_batches`). ``augment`` keeps the voxels whatever this is: its patches are not stages."""
     single_voxel_bottleneck: bool = False
     """Start from the reference's minimum patch (a 1-voxel bottleneck); by default growth starts one step later,
     where the bottleneck holds 2 voxels, because instance normalisation cannot normalise a single voxel."""
@@ -158,6 +163,7 @@ class ScheduleOptions:
             start_fraction=curriculum.start_fraction,
             growth_fraction=curriculum.growth_fraction,
             max_batch=curriculum.max_batch,
+            performance_batch=curriculum.performance_batch,
             single_voxel_bottleneck=curriculum.single_voxel_bottleneck,
             augment_range=tuple(curriculum.augment_range),
             augment_final_share=curriculum.augment_final_share,
@@ -190,6 +196,9 @@ def build_schedule(
     final = tuple(int(p) for p in final_patch)
     if epochs < 1 or batch < 1:
         raise InputError("a schedule needs at least 1 epoch and a batch of at least 1.")
+    if options.performance_batch not in PERFORMANCE_BATCH_RULES:
+        raise InputError(f"unknown Performance batch rule '{options.performance_batch}'; "
+                         f"choose one of {', '.join(PERFORMANCE_BATCH_RULES)}.")
     if name == "constant":
         return Schedule(name, (Stage(final, batch, epochs),), final, batch)
     if name in ("pgps-efficiency", "pgps-performance"):
@@ -277,28 +286,38 @@ def pgps_stages(
     the remainder. With fewer epochs than sizes (E < S), E evenly spaced sizes
     (the smallest and the final one included) train one epoch each, so the
     patch then grows by more than one step at a time.
+
+    Batches: ``batch`` in Efficiency mode; in Performance mode per
+    ``options.performance_batch``, worked out on every size before the sizes
+    are thinned to the epochs, then capped by ``options.max_batch``.
     """
     if mode not in ("efficiency", "performance"):
         raise InputError(f"unknown PGPS mode '{mode}'; choose efficiency or performance.")
     if not 0 < options.growth_fraction <= 1 or not 0 <= options.start_fraction <= 1:
         raise InputError("growth fraction must be in (0, 1] and start fraction in [0, 1].")
     sizes = growth_sizes(final, poolings, options, minimum_patch)
+    if mode == "efficiency":
+        batches = [batch] * len(sizes)
+    elif options.performance_batch == "voxels":
+        batches = [int(performance_batch(batch, math.prod(final), math.prod(size), options.max_batch)) for size in sizes]
+    else:
+        batches = miccai_batches(sizes, batch)
+        if options.max_batch is not None:
+            batches = [max(batch, min(b, options.max_batch)) for b in batches]
     if epochs < len(sizes):
         keep = sorted({int(round(i)) for i in np.linspace(0, len(sizes) - 1, epochs)})
         sizes = [sizes[i] for i in keep]
+        batches = [batches[i] for i in keep]
     count = len(sizes)
     if options.growth_fraction < 1 and count > 1:
         each = int(options.growth_fraction * epochs) // (count - 1)
     else:
         each = epochs // count
     stages = []
-    for index, size in enumerate(sizes):
+    for index, (size, stage_batch) in enumerate(zip(sizes, batches)):
         span = each if index < count - 1 else epochs - each * (count - 1)
         if span <= 0:
             continue
-        stage_batch = batch
-        if mode == "performance":
-            stage_batch = int(performance_batch(batch, math.prod(final), math.prod(size), options.max_batch))
         stages.append(Stage(tuple(size), stage_batch, span))
     return stages
 
@@ -308,6 +327,25 @@ def performance_batch(batch: int, final_voxels: int, patch_voxels, max_batch: Op
     ``floor(batch * final_voxels / patch_voxels)``, at least ``batch``, at most ``max_batch`` (when given)."""
     keep = np.maximum(batch, batch * final_voxels // patch_voxels)
     return keep if max_batch is None else np.maximum(batch, np.minimum(keep, max_batch))
+
+
+def miccai_batches(sizes: Sequence[Sequence[int]], batch: int) -> list[int]:
+    """PGPS+ batches (the Performance mode of the MICCAI 2024 paper), one per size of ``sizes``.
+
+    ``sizes`` are the stages' patches (Z, Y, X), smallest first, ending with
+    the final one. The last stage takes ``batch``; going backwards, each stage
+    takes ``floor(next batch * prod(next patch) / prod(patch))``, so the
+    rounding down compounds and early batches are smaller than the journal's
+    ``floor(B * prod(final) / prod(patch))`` (final 128^3, 5 poolings per axis,
+    B = 2, MICCAI growth: 24, 12, 6, 4, 3, 2, 2, 2, 2 against 64, 32, 16, ...).
+    The reference code (``plan_batch_size`` of its PGPS+ trainer) starts the
+    chain from 2, nnU-Net's usual batch size, and raises every batch to at
+    least B; starting from B is the same for B = 2.
+    """
+    batches = [batch]
+    for index in range(len(sizes) - 2, -1, -1):
+        batches.insert(0, batches[0] * math.prod(sizes[index + 1]) // math.prod(sizes[index]))
+    return batches
 
 
 def augment_sizes(final: Sequence[int], poolings: Sequence[int], size_range: tuple[float, float]) -> tuple[tuple[int, ...], ...]:
