@@ -96,6 +96,11 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--folds", type=int, metavar="N", help="folds of the cross-validation (default 5)")
     p.add_argument("--device", choices=DEVICES, help="compute device (default auto: CUDA, else MPS, else CPU)")
     p.add_argument("--resume", action="store_true", help="continue the run in RUN_DIR from its last checkpoint")
+    p.add_argument("--init-from", metavar="MODEL",
+                   help="start from the weights of a trained model (run folder, checkpoint or model package .zip): its "
+                        "network, patch, spacing and preprocessing are taken (--patch-size may differ if the network "
+                        "still takes the weights), its labels and channels must be the data's; a new run from epoch 0 "
+                        "with a fresh optimiser, not a resume")
     p.add_argument("--quiet", action="store_true", help="print only validation results and the summary")
     p.set_defaults(run=_train)
 
@@ -110,6 +115,14 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--no-postprocessing", action="store_true", help="leave out the post-processing chosen for the model")
     p.add_argument("--device", choices=DEVICES, default="auto")
     p.set_defaults(run=_segment)
+
+    p = sub.add_parser("export", help="write a trained model as one .zip file to share (a model package)",
+                       description=_EXPORT_HELP, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--model", required=True, metavar="RUN_DIR_OR_CHECKPOINT",
+                   help="run folder (its final, else last checkpoint), checkpoint or model package")
+    p.add_argument("--out", required=True, metavar="MODEL.zip", help="the package to write")
+    p.add_argument("--force", action="store_true", help="replace MODEL.zip if it exists")
+    p.set_defaults(run=_export)
 
     p = sub.add_parser("evaluate", help="score a model, an ensemble, the folds of a cross-validation, or a folder of "
                        "segmentations against a dataset's labels",
@@ -235,7 +248,7 @@ def _train(args: argparse.Namespace) -> int:
 
     overrides = [name for name in ("data", "config", "schedule", "epochs", "iterations_per_epoch", "batch_size",
                                    "patch_size", "architecture", "optimizer", "learning_rate", "max_cases", "seed",
-                                   "fold", "folds", "time_budget")
+                                   "fold", "folds", "time_budget", "init_from")
                  if getattr(args, name) is not None] + (["pdl"] if args.pdl else [])
     if args.resume:
         if overrides:
@@ -315,6 +328,8 @@ def _apply_train_flags(config: RunConfig, args: argparse.Namespace) -> None:
             setattr(config.training, name, getattr(args, name))
     if args.time_budget is not None:
         config.training.time_budget = parse_duration(args.time_budget)
+    if args.init_from is not None:
+        config.training.init_from = str(args.init_from)
 
 
 def _print_events(events, quiet: bool) -> int:
@@ -360,6 +375,32 @@ spacing), precision and recall.
       a folder of CASE.nii.gz files made by any tool (nnU-Net's included), each on its
       reference's grid
 """
+
+
+_EXPORT_HELP = """Write a trained model as one .zip file (a model package) to share or archive.
+
+It holds the weights (a plain file of tensors, read with torch.load(weights_only=True),
+which refuses any pickled object but tensors: nothing in the file is run), the run's resolved configuration
+(config.yaml: network plan, patch, spacing, orientation, channels, labels,
+normalisation), the split (splits.json), the post-processing choice when the run
+has one, a model card (model_card.md) and a manifest (napari-pgps-model.json).
+segment, evaluate, the Segment widget and train --init-from take the .zip
+wherever they take a run folder.
+
+  napari-pgps export --model runs/hippocampus --out hippocampus.zip
+"""
+
+
+def _export(args: argparse.Namespace) -> int:
+    from .engine.package import read_model_package
+    from .tasks.export import export_model
+
+    path = export_model(args.model, args.out, overwrite=args.force)
+    manifest = read_model_package(path)["package"]
+    members = ", ".join(manifest["members"])
+    print(f"{path}: {manifest['architecture']} ({manifest['parameters']:,} parameters, kind {manifest['kind']}), "
+          f"{path.stat().st_size / 1e6:.1f} MB: {members}", flush=True)
+    return 0
 
 
 # -- segment ------------------------------------------------------------------

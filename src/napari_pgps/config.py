@@ -200,6 +200,10 @@ class TrainingConfig:
     segmentation stay in fp32 on the CPU."""
     validate_every: Optional[int] = None
     """Validate on the held-out cases every N epochs (and after the last); from the device when ``None``."""
+    init_from: Optional[str] = None
+    """A trained model (run folder, checkpoint or model package) whose weights the run starts from (``train
+    --init-from``): its network, preprocessing and normalisation are taken, its labels and channels must be the
+    data's. Not a resume: a fresh optimiser and schedule from epoch 0. Resolved to the checkpoint or package read."""
 
 
 @dataclass

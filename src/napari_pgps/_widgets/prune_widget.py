@@ -144,7 +144,7 @@ class PruneWidget(QWidget):
         self.mode.currentIndexChanged.connect(self._show_mode)
         browse_run.clicked.connect(lambda: self._browse_model(QFileDialog.getExistingDirectory(self, "Run folder")))
         browse_checkpoint.clicked.connect(
-            lambda: self._browse_model(QFileDialog.getOpenFileName(self, "Checkpoint", "", "Checkpoints (*.pt)")[0])
+            lambda: self._browse_model(QFileDialog.getOpenFileName(self, "Checkpoint", "", "Models (*.pt *.zip)")[0])
         )
         self.start.clicked.connect(self.start_pruning)
         self.stop.clicked.connect(self.stop_pruning)

@@ -256,7 +256,7 @@ class SegmentWidget(QWidget):
         self.ensemble_label.setText("")
 
     def _browse_file(self) -> None:
-        path, _ = QFileDialog.getOpenFileName(self, "Checkpoint", "", "Checkpoints (*.pt)")
+        path, _ = QFileDialog.getOpenFileName(self, "Checkpoint", "", "Models (*.pt *.zip)")
         if path:
             self.offer_model(path)
 

@@ -82,7 +82,8 @@ class SegmentationModel:
 
 
 def load_model(model: str | os.PathLike, device: str | torch.device = "auto") -> SegmentationModel:
-    """Load a run folder or checkpoint for segmentation (safe loading, no pickled code)."""
+    """Load a run folder, checkpoint or model package (``napari-pgps export``) for segmentation (safe loading, no
+    pickled code)."""
     path = find_checkpoint(model)
     payload = load_checkpoint(path)
     try:
@@ -92,8 +93,13 @@ def load_model(model: str | os.PathLike, device: str | torch.device = "auto") ->
         raise CheckpointError(f"{path}: the checkpoint's network cannot be rebuilt ({exc}).") from None
     device = device if isinstance(device, torch.device) else pick_device(device)
     network.to(device).eval()
+    if "package" in payload:  # a model package carries its own post-processing choice
+        chosen = payload.get("postprocessing")
+        postprocessing = Postprocessing(chosen["foreground"], list(chosen["labels"])) if chosen else None
+    else:
+        postprocessing = Postprocessing.load(path.parent)
     return SegmentationModel(network=network, config=config, device=device, checkpoint=str(path),
-                             split=payload.get("split"), postprocessing=Postprocessing.load(path.parent))
+                             split=payload.get("split"), postprocessing=postprocessing)
 
 
 def window_count(shape: Sequence[int], patch: Sequence[int], overlap: float = OVERLAP) -> int:

@@ -62,7 +62,7 @@ from ..models.architectures import minimum_patch
 from ..plugins import TrainingPlugin
 from . import distributed
 from .budget import RunCost, measure_step_cost, plan_epochs
-from .checkpoint import BEST, FINAL, LAST, SPLITS_FILE, load_checkpoint, save_checkpoint
+from .checkpoint import BEST, FINAL, LAST, SPLITS_FILE, load_checkpoint, save_checkpoint, start_from_model
 from .control import TrainingControl
 from .device import autocast_dtype, describe, pick_device
 from .inference import predict_probabilities, window_count
@@ -106,7 +106,8 @@ def train(
         control: stop / pause requests from another thread.
         resume: continue the run in ``run_dir`` from its last checkpoint, on its saved split.
         initial_weights: a state dict to start from instead of random weights
-            (fine-tuning, e.g. a channel-pruned network; ``config.model`` must describe it).
+            (fine-tuning, e.g. a channel-pruned network; ``config.model`` must describe it). Without them,
+            ``config.training.init_from`` names a trained model to start from (its network and weights).
         plugins: training-loop plug-ins (:class:`napari_pgps.plugins.TrainingPlugin`), called in this order;
             every method :func:`napari_pgps.config.training_methods` names must be among them.
 
@@ -147,6 +148,13 @@ def train(
         else:
             data = config.data
             split = source.split(data.fold, data.folds, data.validation_fraction, config.training.seed)
+        if state is None and config.training.init_from:
+            if initial_weights is None:  # train --init-from: the model's network, weights and preprocessing
+                config, initial_weights = start_from_model(config, config.training.init_from, source.labels,
+                                                           source.channels)
+            else:  # the weights given are where this run starts (e.g. a pruned copy of a model)
+                config = copy.deepcopy(config)
+                config.training.init_from = None
         prep = config.preprocessing
         fingerprint = yield from _reporting("fingerprint", source.fingerprint(prep.orientation, prep.crop_to_nonzero))
         config = resolve_config(config, labels=source.labels, channels=source.channels, fingerprint=fingerprint,

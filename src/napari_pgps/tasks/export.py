@@ -1,0 +1,197 @@
+"""Exporting a trained model as one file to share: ``napari-pgps export --model RUN_DIR --out MODEL.zip``.
+
+The package (its members: :mod:`napari_pgps.engine.package`) holds the
+weights as a plain file of tensors, the resolved configuration, the split,
+the post-processing choice when the run has one, a model card and a
+manifest; ``segment``, ``evaluate``, the Segment widget and ``train
+--init-from`` read it like a run folder, without unpickling anything.
+"""
+
+from __future__ import annotations
+
+import datetime
+import json
+import os
+from pathlib import Path
+from typing import Any, Optional
+
+import yaml
+
+from .. import __version__
+from ..config import RunConfig
+from ..engine.checkpoint import SPLITS_FILE, find_checkpoint, load_checkpoint
+from ..engine.package import (
+    CONFIG,
+    MODEL_CARD,
+    POSTPROCESSING,
+    SPLITS,
+    WEIGHTS,
+    manifest_training,
+    weights_bytes,
+    write_model_package,
+)
+from ..engine.postprocessing import POSTPROCESSING_FILE
+from ..engine.progress import duration_text, read_events
+from ..errors import CheckpointError, InputError
+from ..events import METRICS_FILE, Validated
+from ..models import build_network, count_parameters, model_kind
+
+
+def export_model(model: str | os.PathLike, out: str | os.PathLike, *, overwrite: bool = False) -> Path:
+    """Write ``model`` (a run folder, a checkpoint or a package) as a model package ``out`` (a ``.zip`` file).
+
+    The file is written beside ``out`` and renamed over it when complete.
+
+    Raises:
+        InputError: ``out`` is not a ``.zip`` name, or exists (unless ``overwrite``); the model cannot be read.
+    """
+    out = Path(out)
+    if out.suffix.lower() != ".zip":
+        raise InputError(f"{out}: a model package is one .zip file; name it e.g. {out.with_suffix('.zip').name}.")
+    if out.is_dir():
+        raise InputError(f"{out}: is a folder; give the name of the .zip file to write.")
+    if out.exists() and not overwrite:
+        raise InputError(f"{out}: exists; choose another name or replace it (--force).")
+    path = find_checkpoint(model)
+    payload = load_checkpoint(path)
+    try:
+        config = RunConfig.from_dict(payload["config"], source=str(path))
+        parameters = count_parameters(build_network(config.model, payload["model"]))
+    except (InputError, ValueError, RuntimeError, KeyError, TypeError) as exc:
+        raise CheckpointError(f"{path}: the checkpoint's network cannot be rebuilt ({exc}).") from None
+    split = _split(payload, path)
+    postprocessing = _postprocessing(payload, path)
+    validation = _last_validation(payload, path)
+    created = datetime.datetime.now(datetime.timezone.utc).replace(microsecond=0)
+    kind = str(payload.get("kind") or model_kind(config))
+    members = {
+        WEIGHTS: weights_bytes(payload["model"]),
+        CONFIG: yaml.safe_dump(config.to_dict(), sort_keys=False).encode(),
+        SPLITS: (json.dumps(split, indent=1) + "\n").encode(),
+        MODEL_CARD: model_card(config, payload, split, validation, parameters, kind, postprocessing, created).encode(),
+    }
+    if postprocessing is not None:
+        members[POSTPROCESSING] = (json.dumps(postprocessing, indent=1) + "\n").encode()
+    manifest = {
+        "napari_pgps": __version__,
+        "created": created.isoformat(),
+        "kind": kind,
+        "architecture": config.model.architecture,
+        "parameters": parameters,
+        "exported_from": path.name,
+        "training": manifest_training(payload),
+    }
+    return write_model_package(out, members, manifest)
+
+
+def _split(payload: dict[str, Any], path: Path) -> dict[str, Any]:
+    split = payload.get("split")
+    if not split and (path.parent / SPLITS_FILE).is_file() and "package" not in payload:
+        try:
+            split = json.loads((path.parent / SPLITS_FILE).read_text())
+        except (OSError, ValueError) as exc:
+            raise InputError(f"{path.parent / SPLITS_FILE}: not readable ({exc}).") from None
+    if not split:
+        return {"training": [], "validation": [], "recorded": False}
+    return split
+
+
+def _postprocessing(payload: dict[str, Any], path: Path) -> Optional[dict[str, Any]]:
+    """The post-processing choice: a package's own, else the run folder's ``postprocessing.json`` (with its evidence)."""
+    if "package" in payload:
+        return payload.get("postprocessing")
+    file = path.parent / POSTPROCESSING_FILE
+    if not file.is_file():
+        return None
+    try:
+        values = json.loads(file.read_text())
+        chosen = {"foreground": bool(values.get("foreground", False)), "labels": [int(v) for v in values.get("labels", [])]}
+    except (OSError, ValueError, TypeError, AttributeError) as exc:
+        raise InputError(f"{file}: not a readable post-processing choice ({exc}); run napari-pgps postprocess again "
+                         "or remove the file.") from None
+    if isinstance(values.get("evidence"), dict):
+        chosen["evidence"] = values["evidence"]
+    return chosen
+
+
+def _last_validation(payload: dict[str, Any], path: Path) -> Optional[Validated]:
+    """The checkpoint's last validation from its run's ``metrics.jsonl`` (the last one up to its epoch), if logged."""
+    log = path.parent / METRICS_FILE
+    if "package" in payload or not log.is_file():
+        return None
+    epoch = payload.get("epoch")
+    found = None
+    try:
+        for event in read_events(log):
+            if isinstance(event, Validated) and (not isinstance(epoch, int) or event.epoch <= epoch):
+                found = event
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    return found
+
+
+def model_card(config: RunConfig, payload: dict[str, Any], split: dict[str, Any], validation: Optional[Validated],
+               parameters: int, kind: str, postprocessing: Optional[dict[str, Any]],
+               created: datetime.datetime) -> str:
+    """A short Markdown description of a model for the people it is shared with."""
+    model, training, curriculum = config.model, config.training, config.curriculum
+    labels = config.labels or {}
+    data = config.data.path
+    lines = [
+        "# napari-pgps model",
+        "",
+        f"- **Data**: {Path(data).name if data else 'cases given in memory (napari layers)'}"
+        + (f" (`{data}`)" if data else "")
+        + (f", fold {config.data.fold} of {config.data.folds}" if config.data.fold is not None else ""),
+        "- **Labels**: " + ", ".join(f"{v} {labels[v]}" for v in sorted(labels)),
+        f"- **Channels**: {', '.join(config.channels or ['image'] * model.in_channels)}",
+        f"- **Preprocessing**: orientation {config.preprocessing.orientation}, spacing "
+        + " x ".join(f"{s:g}" for s in (model.spacing or ())) + " mm (Z x Y x X)"
+        + (", cropped to the nonzero region" if config.preprocessing.crop_to_nonzero else "")
+        + ", normalisation " + ", ".join(n.scheme or "?" for n in config.normalization),
+        f"- **Network**: {model.architecture}, {parameters:,} parameters, patch "
+        + " x ".join(map(str, model.patch_size or ())) + f", kind {kind}",
+        f"- **Schedule**: {curriculum.schedule}"
+        + (" with PDL" if curriculum.pdl.enabled else "") + (", progressive pruning" if config.pruning.enabled else "")
+        + f", {payload.get('epoch', '?')} of {training.epochs} epochs of {training.iterations_per_epoch} steps, batch "
+        f"{training.batch_size}, {training.optimizer} at learning rate {training.learning_rate:g}"
+        + (f", {duration_text(payload['training_seconds'])} of training"
+           if isinstance(payload.get("training_seconds"), (int, float)) else ""),
+    ]
+    if training.init_from:
+        lines.append(f"- **Started from**: the weights of `{training.init_from}`")
+    lines.append(f"- **Last validation**: {_dice_text(payload, split, validation)}")
+    if isinstance(payload.get("best_mean_dice"), (int, float)) and payload["best_mean_dice"] >= 0:
+        lines.append(f"- **Best validation mean Dice**: {payload['best_mean_dice']:.4f}")
+    if postprocessing is not None:
+        steps = (["largest foreground component"] if postprocessing.get("foreground") else []) + [
+            f"largest {labels.get(v, v)} component" for v in postprocessing.get("labels", [])]
+        lines.append(f"- **Post-processing**: {', '.join(steps) or 'none'} (chosen on the validation cases)")
+    lines += [
+        f"- **Split**: {len(split.get('training', []))} training, {len(split.get('validation', []))} validation cases"
+        + ("" if split.get("recorded", True) else " (not recorded with this model)") + f" ({SPLITS})",
+        f"- **Written by**: napari-pgps {__version__}, {created.strftime('%Y-%m-%d %H:%M')} UTC",
+        "",
+        "Segment with `napari-pgps segment --model THIS.zip --input IMAGE --output SEG`; the weights load with "
+        "`torch.load(weights_only=True)` (tensors only: nothing in this file is run).",
+        "",
+    ]
+    return "\n".join(lines)
+
+
+def _dice_text(payload: dict[str, Any], split: dict[str, Any], validation: Optional[Validated]) -> str:
+    held_out = len(split.get("validation", []))
+    if validation is not None:
+        where = ("on the training cases (no case was held out)" if validation.on_training_cases
+                 else f"on the {_cases(held_out)} held out for validation")
+        per_label = ", ".join(f"{name} {dice:.4f}" for name, dice in validation.dice_per_label.items())
+        return f"mean Dice {validation.mean_dice:.4f} {where}, after epoch {validation.epoch} ({per_label})"
+    last = payload.get("last_mean_dice")
+    if isinstance(last, (int, float)):
+        where = f"on the {_cases(held_out)} held out for validation" if held_out else "on the training cases (no case was held out)"
+        return f"mean Dice {last:.4f} {where}"
+    return "not recorded"
+
+
+def _cases(count: int) -> str:
+    return f"{count} case" if count == 1 else f"{count} cases"
