@@ -195,8 +195,8 @@ class TrainingConfig:
     seed: int = 0
     device: str = "auto"
     mixed_precision: bool = True
-    """Train in lower precision where it is native: fp16 autocast with loss scaling on CUDA, bf16 autocast with
-    channels-last memory on a CPU with AVX512-BF16 or AMX (decided at run time), fp32 elsewhere. Validation and
+    """Train in lower precision where it is native: fp16 autocast with loss scaling on CUDA, bf16 autocast on a
+    CPU with AVX512-BF16 or AMX (decided at run time; channels-last memory measured slower with it), fp32 elsewhere. Validation and
     segmentation stay in fp32 on the CPU."""
     validate_every: Optional[int] = None
     """Validate on the held-out cases every N epochs (and after the last); from the device when ``None``."""

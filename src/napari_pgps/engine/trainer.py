@@ -222,9 +222,6 @@ class _Run:
         self.network = build_network(config.model, state["model"] if state is not None else initial_weights).to(device)
         self.low_precision = autocast_dtype(device, t.mixed_precision)
         self.amp = self.low_precision is torch.float16
-        self.channels_last = self.low_precision is torch.bfloat16  # measured faster together (docs/benchmarks.md)
-        if self.channels_last:
-            self.network.to(memory_format=torch.channels_last_3d)
         self.model = distributed.wrap(self.network, device, context)
         self.loss = _loss(deep_supervision=deep_supervision_heads(config.model) > 0, across_ranks=context.enabled)
         self.started_at = time.perf_counter()
@@ -380,8 +377,6 @@ class _Run:
         images = images.to(self.device, non_blocking=True)
         labels = labels.to(self.device, non_blocking=True)
         self.optimizer.zero_grad(set_to_none=True)
-        if self.channels_last:
-            images = images.to(memory_format=torch.channels_last_3d)
         loss, norm = self._backward(images, labels)
         if self.low_precision is torch.bfloat16 and not bool(torch.isfinite(norm)):
             # bf16 convolutions on the CPU now and then return a non-finite gradient (a few short phantom
@@ -457,8 +452,6 @@ class _Run:
         batch = self._probe_sampler.sample(patch, batch_size)
         images = torch.from_numpy(batch.images).to(self.device)
         labels = torch.from_numpy(batch.labels.astype(np.int64)).to(self.device)
-        if self.channels_last:
-            images = images.to(memory_format=torch.channels_last_3d)
         with self._autocast():
             loss = self.loss(split_outputs(self.model(images).float(), images), labels)
         loss.backward()
