@@ -2,7 +2,20 @@
 
 from __future__ import annotations
 
-from qtpy.QtWidgets import QComboBox, QHBoxLayout, QLabel, QPushButton, QSpinBox, QVBoxLayout, QWidget
+from typing import Optional
+
+from qtpy.QtWidgets import (
+    QComboBox,
+    QFileDialog,
+    QHBoxLayout,
+    QLabel,
+    QLineEdit,
+    QMenu,
+    QPushButton,
+    QSpinBox,
+    QVBoxLayout,
+    QWidget,
+)
 
 CHANNEL_SEPARATOR = " + "
 
@@ -72,3 +85,48 @@ class ChannelPicker(QWidget):
         if self.layer.currentText():
             self.chosen.append(self.layer.currentText())
             self.summary.setText("channels: " + ", ".join(f"{i}: {n}" for i, n in enumerate(self.chosen)))
+
+
+class PathField(QWidget):
+    """A path typed in a line edit or chosen with its "..." button.
+
+    Without ``file_filter`` the button picks a folder; with one (e.g. ``"Models (*.pt *.zip)"``) it offers a
+    menu: a file of that filter, or a folder. ``edited`` is the line edit's ``textChanged``.
+    """
+
+    def __init__(self, placeholder: str = "", file_filter: Optional[str] = None, caption: str = "Choose") -> None:
+        super().__init__()
+        self.caption, self.file_filter = caption, file_filter
+        self.edit = QLineEdit()
+        self.edit.setPlaceholderText(placeholder)
+        self.browse = QPushButton("...")
+        self.browse.setMaximumWidth(36)
+        self.edited = self.edit.textChanged
+        row = QHBoxLayout(self)
+        row.setContentsMargins(0, 0, 0, 0)
+        row.addWidget(self.edit)
+        row.addWidget(self.browse)
+        if file_filter:
+            menu = QMenu(self.browse)
+            menu.addAction(f"File ({file_filter})...", self.choose_file)
+            menu.addAction("Folder...", self.choose_folder)
+            self.browse.setMenu(menu)
+        else:
+            self.browse.clicked.connect(self.choose_folder)
+
+    def text(self) -> str:
+        """The path as typed, without surrounding spaces ("" when empty)."""
+        return self.edit.text().strip()
+
+    def setText(self, text: str) -> None:  # Qt's spelling, as QLineEdit's
+        self.edit.setText(text)
+
+    def choose_file(self) -> None:
+        path, _ = QFileDialog.getOpenFileName(self, self.caption, self.text(), self.file_filter or "")
+        if path:
+            self.edit.setText(path)
+
+    def choose_folder(self) -> None:
+        folder = QFileDialog.getExistingDirectory(self, self.caption, self.text())
+        if folder:
+            self.edit.setText(folder)

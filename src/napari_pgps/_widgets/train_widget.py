@@ -23,24 +23,77 @@ from qtpy.QtWidgets import (
     QWidget,
 )
 
-from ..config import DEVICES, RunConfig
+from ..config import CONFIG_FILE, DEVICES, RunConfig
 from ..engine import TrainingControl, TrainingProgress
-from ..engine.progress import duration_text, size_text
+from ..engine.checkpoint import FINAL, LAST, SPLITS_FILE
+from ..engine.progress import duration_text, read_events, size_text
+from ..errors import InputError
 from ..events import CasesAdded, Finished, Paused, Preparing, Resumed, RunStarted, StageStarted, StepDone, Validated
-from .forms import CHANNEL_SEPARATOR, ChannelPicker, spin_box
+from .forms import CHANNEL_SEPARATOR, ChannelPicker, PathField, spin_box
 from .layers import box_outlines, find_layer, placement, training_set_from_layers
 from .plots import PlotCanvas
 from .state import state_for
 
 OVERLAY_NAME = "training patches"
 OVERLAY_INTERVAL_S = 0.5
+MODEL_FILES = "Models (*.pt *.zip)"
 
 
-def _train_events(config: RunConfig, run_dir: Path, dataset, control: TrainingControl):
+def _train_events(config: RunConfig, run_dir: Path, dataset, control: TrainingControl, resume: bool = False):
     """The training generator (every method plugged in), run by napari's thread worker off the GUI thread."""
     from ..tasks.training import train
 
-    yield from train(config, run_dir, dataset=dataset, control=control)
+    yield from train(config, run_dir, dataset=dataset, control=control, resume=resume)
+
+
+def resumable(run_dir: Optional[Path]) -> bool:
+    """Whether ``run_dir`` holds a run that can be continued: a last checkpoint and no final one."""
+    return run_dir is not None and (run_dir / LAST).is_file() and not (run_dir / FINAL).exists()
+
+
+def stored_config(run_dir: Path) -> RunConfig:
+    """The configuration a run folder was trained with: its ``config.yaml``, else its last checkpoint's."""
+    try:
+        return RunConfig.load(run_dir / CONFIG_FILE)
+    except InputError:
+        from ..engine.checkpoint import load_checkpoint
+
+        return RunConfig.from_dict(load_checkpoint(run_dir / LAST)["config"], source=str(run_dir / LAST))
+
+
+def trained_case_names(run_dir: Path) -> Optional[list[str]]:
+    """The training and validation case names of a run (its ``splits.json``); ``None`` when unreadable."""
+    import json
+
+    try:
+        split = json.loads((run_dir / SPLITS_FILE).read_text())
+        return list(dict.fromkeys([*split["training"], *split["validation"]]))
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
+def _until(steps: list, dice: list, started: RunStarted) -> tuple[list, list]:
+    """Steps and (step, mean Dice) points up to the epoch ``started`` resumes at (later ones are taken again)."""
+    last = started.start_epoch * started.iterations_per_epoch
+    return [s for s in steps if s.step <= last], [(step, d) for step, d in dice if step <= last]
+
+
+def logged_curves(run_dir: Path) -> tuple[list[StepDone], list[tuple[int, float]]]:
+    """The steps and the (step, mean Dice) validations a run folder's ``metrics.jsonl`` holds, for the curves of
+    a run resumed from it; steps that a later resume took again are left out. Empty when there is no log."""
+    steps: list[StepDone] = []
+    dice: list[tuple[int, float]] = []
+    try:
+        for event in read_events(run_dir):
+            if isinstance(event, RunStarted):
+                steps, dice = _until(steps, dice, event)
+            elif isinstance(event, StepDone):
+                steps.append(event)
+            elif isinstance(event, Validated):
+                dice.append((steps[-1].step if steps else 0, event.mean_dice))
+    except (OSError, ValueError, KeyError, TypeError):
+        return [], []
+    return steps, dice
 
 
 class TrainWidget(QWidget):
@@ -73,8 +126,16 @@ class TrainWidget(QWidget):
         self.time_budget.setSpecialValueText("the schedule's epochs")
         self.time_budget.setToolTip("Plan the run to end within this many minutes (its step cost is measured first); "
                                     "0 trains the epochs set in the Curriculum widget.")
+        self.init_from = PathField("empty: fresh weights", MODEL_FILES, "Model to start from")
+        self.init_from.setToolTip("A trained model (run folder, checkpoint .pt or model package .zip) whose network "
+                                  "and weights the new run starts from; its labels and channels must be the data's.")
+        self.resume_from = PathField("run folder of a stopped run", caption="Run folder to resume")
+        self.resume_from.setToolTip("A run folder with a checkpoint_last.pt and no checkpoint_final.pt: Resume run "
+                                    "continues it there with its own settings.")
         self.device_label = QLabel("device: not started")
         self.start, self.pause, self.stop = QPushButton("Start"), QPushButton("Pause"), QPushButton("Stop")
+        self.resume = QPushButton("Resume run")
+        self.resume.setToolTip("Continue the stopped run chosen above from its last checkpoint, in its own folder.")
         self.progress = QProgressBar()
         self.status = QLabel("idle")
         self.status.setWordWrap(True)
@@ -98,8 +159,10 @@ class TrainWidget(QWidget):
         form.addRow("Runs folder", self.run_root)
         form.addRow("Device", self.device)
         form.addRow("Time budget", self.time_budget)
+        form.addRow("Start from model", self.init_from)
+        form.addRow("Stopped run", self.resume_from)
         buttons = QHBoxLayout()
-        for b in (self.start, self.pause, self.stop):
+        for b in (self.start, self.resume, self.pause, self.stop):
             buttons.addWidget(b)
         layout = QVBoxLayout(self)
         layout.addLayout(form)
@@ -114,6 +177,8 @@ class TrainWidget(QWidget):
         self.remove_pair.clicked.connect(lambda: self.pairs.takeItem(self.pairs.currentRow()))
         browse.clicked.connect(self._browse)
         self.start.clicked.connect(self.start_training)
+        self.resume.clicked.connect(self.resume_training)
+        self.resume_from.edited.connect(self._update_resume_button)
         self.pause.clicked.connect(self.toggle_pause)
         self.stop.clicked.connect(self.stop_training)
         self.viewer.layers.events.inserted.connect(self._refresh_layer_choices)
@@ -158,13 +223,11 @@ class TrainWidget(QWidget):
     # -- control ----------------------------------------------------------------
     def start_training(self) -> None:
         """Start a run in a background thread with the Curriculum widget's settings."""
-        from napari.qt.threading import thread_worker
         from napari.utils.notifications import show_error
-
-        from ..errors import InputError
 
         config = copy.deepcopy(self.state.config)
         config.training.device = self.device.currentText()
+        config.training.init_from = str(Path(self.init_from.text()).expanduser()) if self.init_from.text() else None
         if self.time_budget.value():
             config.training.time_budget, config.training.epochs = 60.0 * self.time_budget.value(), None
         else:
@@ -180,16 +243,62 @@ class TrainWidget(QWidget):
         except InputError as exc:
             show_error(str(exc))
             return
-        self.run_dir = Path(self.run_root.text()).expanduser() / time.strftime("run-%Y%m%d-%H%M%S")
-        self.control = TrainingControl()
         self._reset_history()
+        self._launch(config, Path(self.run_root.text()).expanduser() / time.strftime("run-%Y%m%d-%H%M%S"), dataset)
+        self.status.setText("reading data and planning the network"
+                            + (f" (starting from {Path(config.training.init_from).name})..."
+                               if config.training.init_from else "..."))
+
+    def resume_training(self) -> None:
+        """Continue the stopped run chosen under "Stopped run" from its last checkpoint, in its own folder.
+
+        The run keeps its stored settings (schedule, epochs, time budget; only the device is this widget's) and
+        its data: its dataset folder, or, for a run trained on layers, the layers chosen above, which must hold
+        the cases it was trained on.
+        """
+        from napari.utils.notifications import show_error
+
+        run_dir = Path(self.resume_from.text()).expanduser() if self.resume_from.text() else None
+        dataset, data_text = None, ""
+        try:
+            if run_dir is None or not resumable(run_dir):
+                raise InputError(f"{run_dir or 'no run folder'}: nothing to resume; choose the folder of a stopped run "
+                                 f"(one with {LAST} and without {FINAL}).")
+            trained = stored_config(run_dir)
+            if trained.data.path:
+                data_text = f"its dataset folder {trained.data.path}"
+            else:  # trained on napari layers: they are not in the run folder, the same layers must be chosen again
+                pairs = self.layer_pairs()
+                needed = trained_case_names(run_dir) or []
+                missing = [name for name in needed if name not in {channels[0].name for channels, _ in pairs}]
+                if missing:
+                    raise InputError(f"{run_dir.name} was trained on the layers {', '.join(missing)}, which are not "
+                                     "chosen under Image / labels; choose the same image and labels layers to resume "
+                                     "it.")
+                dataset = training_set_from_layers(pairs)
+                data_text = "the layers chosen above"
+        except InputError as exc:
+            show_error(f"Cannot resume: {exc}")
+            return
+        config = copy.deepcopy(self.state.config)  # the run's stored settings are used; only the device is ours
+        config.training.device = self.device.currentText()
+        self._reset_history()
+        self._earlier_steps, self._earlier_dice = logged_curves(run_dir)
+        self._launch(config, run_dir, dataset, resume=True)
+        self.status.setText(f"resuming {run_dir.name} from its last checkpoint (its own settings) on {data_text}...")
+
+    def _launch(self, config: RunConfig, run_dir: Path, dataset, resume: bool = False) -> None:
+        """Train in napari's thread worker (a new run, or ``resume`` the one in ``run_dir``)."""
+        from napari.qt.threading import thread_worker
+
+        self.run_dir = run_dir
+        self.control = TrainingControl()
         # handlers given at creation: an "errored" handler connected later would not stop the default re-raise
         handlers = {"yielded": self._on_event, "errored": self._on_error, "finished": self._on_finished}
         self.worker = thread_worker(_train_events, connect=handlers, start_thread=False)(
-            config, self.run_dir, dataset, self.control
+            config, run_dir, dataset, self.control, resume
         )
         self._set_running(True)
-        self.status.setText("reading data and planning the network...")
         self.worker.start()
 
     def toggle_pause(self) -> None:
@@ -211,11 +320,19 @@ class TrainWidget(QWidget):
         self.pause.setEnabled(running)
         self.stop.setEnabled(running)
         self.pause.setText("Pause")
+        self._update_resume_button()
+
+    def _update_resume_button(self, *_) -> None:
+        """Resume run is offered, while idle, for a run folder with a last checkpoint and no final one."""
+        run_dir = Path(self.resume_from.text()).expanduser() if self.resume_from.text() else None
+        self.resume.setEnabled(self.worker is None and resumable(run_dir))
 
     # -- events -------------------------------------------------------------------
     def _reset_history(self) -> None:
         self.history = TrainingProgress()
         self._last_overlay = 0.0
+        self._earlier_steps: list[StepDone] = []  # a resumed run's steps and validations before it stopped
+        self._earlier_dice: list[tuple[int, float]] = []
 
     def _on_event(self, event) -> None:
         history = self.history.update(event)
@@ -226,14 +343,19 @@ class TrainWidget(QWidget):
             self.progress.setFormat(f"{what}: %v / %m")
         elif isinstance(event, RunStarted):
             self.device_label.setText(f"device: {event.device}")
-            self.progress.setRange(0, max(history.total_steps, 1))
+            # the whole run's steps: a resumed run's bar and curves go on from the step it stopped at
+            self._earlier_steps, self._earlier_dice = _until(self._earlier_steps, self._earlier_dice, event)
+            self.progress.setRange(0, max(event.epochs * event.iterations_per_epoch, 1))
+            self.progress.setValue(history.step)
+            self.progress.setFormat("%v / %m steps")
+            resumed = f"resumed at epoch {event.start_epoch} of {event.epochs}; " if event.start_epoch else ""
             planned = (f"; planned to {duration_text(event.expected_seconds)} of the "
                        f"{duration_text(event.time_budget)} budget" if event.time_budget else "")
-            self.status.setText(f"{event.training_cases} training / {event.validation_cases} validation case(s), "
-                                f"{event.parameters:,} parameters, final patch {size_text(event.final_patch)}"
+            self.status.setText(f"{resumed}{event.training_cases} training / {event.validation_cases} validation "
+                                f"case(s), {event.parameters:,} parameters, final patch {size_text(event.final_patch)}"
                                 f"{planned}")
         elif isinstance(event, StepDone):
-            self.progress.setValue(history.steps_done)
+            self.progress.setValue(history.step)
             self.progress.setFormat(f"%v / %m steps, ETA {duration_text(history.eta_seconds)}")
             self.curves.mark_stale()
             self.balance.mark_stale()
@@ -255,7 +377,10 @@ class TrainWidget(QWidget):
         elif isinstance(event, Finished):
             state = "stopped" if event.stopped else "finished"
             dice = f", mean Dice {event.final_mean_dice:.3f}" if event.final_mean_dice is not None else ""
-            self.status.setText(f"{state} after {event.steps} steps{dice}; checkpoint {event.checkpoint}")
+            resume = "; Resume run continues it" if event.stopped and resumable(self.run_dir) else ""
+            self.status.setText(f"{state} after {event.steps} steps{dice}; checkpoint {event.checkpoint}{resume}")
+            if resume:
+                self.resume_from.setText(str(self.run_dir))
             if event.checkpoint:
                 self.state.set_last_model(self.run_dir)
 
@@ -266,8 +391,8 @@ class TrainWidget(QWidget):
         self.status.setText(f"failed: {exc}")
 
     def _on_finished(self) -> None:
-        self._set_running(False)
         self.worker = None
+        self._set_running(False)
         self.curves.redraw_now()
         self.balance.redraw_now()
 
@@ -308,12 +433,14 @@ class TrainWidget(QWidget):
             self._curve_axes = (loss_ax, size_ax, batch_ax)
             self._curve_lines = lines
         lines, history = self._curve_lines, self.history
-        steps = [s.step for s in history.steps]
-        lines["loss"].set_data(steps, [s.loss for s in history.steps])
-        lines["dice"].set_data([v.step for v in history.validations], [v.result.mean_dice for v in history.validations])
+        done = self._earlier_steps + history.steps
+        steps = [s.step for s in done]
+        dice = self._earlier_dice + [(v.step, v.result.mean_dice) for v in history.validations]
+        lines["loss"].set_data(steps, [s.loss for s in done])
+        lines["dice"].set_data([step for step, _ in dice], [value for _, value in dice])
         for axis, name in enumerate("ZYX"):
-            lines[name].set_data(steps, [s.patch[axis] for s in history.steps])
-        lines["batch"].set_data(steps, [s.batch for s in history.steps])
+            lines[name].set_data(steps, [s.patch[axis] for s in done])
+        lines["batch"].set_data(steps, [s.batch for s in done])
         for ax in self._curve_axes:
             ax.relim()
             ax.autoscale_view()
