@@ -113,6 +113,9 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--patch-size", type=int, nargs=3, metavar=("Z", "Y", "X"), help="sliding-window size (default: the training patch)")
     p.add_argument("--tta", action="store_true", help="mirroring test-time augmentation (8 flips; slower)")
     p.add_argument("--no-postprocessing", action="store_true", help="leave out the post-processing chosen for the model")
+    p.add_argument("--uncertainty", action="store_true",
+                   help="also write each segmentation's uncertainty beside it, NAME_uncertainty.nii.gz: the entropy of "
+                        "the label probabilities per voxel (float32, 0 certain .. 1 uniform over the labels), same affine")
     p.add_argument("--device", choices=DEVICES, default="auto")
     p.set_defaults(run=_segment)
 
@@ -407,6 +410,7 @@ def _export(args: argparse.Namespace) -> int:
 def _segment(args: argparse.Namespace) -> int:
     from .data.volume import read_image, write_volume
     from .engine import load_model, segment_volume
+    from .engine.metrics import entropy_map
     from .models import check_inference_patch
 
     models = [load_model(path, args.device) for path in args.model]
@@ -423,12 +427,23 @@ def _segment(args: argparse.Namespace) -> int:
     for paths, image in zip(inputs, images):
         out = target / _output_name(paths[0]) if many else target
         result = segment_volume(models, image, patch_size=args.patch_size, mirror=args.tta,
-                                postprocess=not args.no_postprocessing)
+                                keep_probabilities=args.uncertainty, postprocess=not args.no_postprocessing)
         write_volume(result.labels, out)
         volumes = ", ".join(f"{name} {v['ml']:.3f} mL ({v['voxels']} voxels)" for name, v in result.volumes.items())
         notes = "".join(f"; {note}" for note in result.notes)
+        if args.uncertainty:
+            written = write_volume(result.labels.with_array(entropy_map(result.probabilities)), _uncertainty_path(out))
+            notes += f"; uncertainty in {written.name}"
         print(f"{out}: {volumes}{notes}", flush=True)
     return 0
+
+
+def _uncertainty_path(output: Path) -> Path:
+    """``CASE.nii.gz`` -> ``CASE_uncertainty.nii.gz`` beside it (the output's own suffix is kept)."""
+    from .data.volume import case_name
+
+    name = case_name(output)
+    return output.with_name(f"{name}_uncertainty{output.name[len(name):]}")
 
 
 def segment_inputs(source: Path, channels: int) -> list[list[Path]]:

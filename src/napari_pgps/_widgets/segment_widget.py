@@ -27,6 +27,13 @@ from .forms import ChannelPicker
 from .layers import find_layer, image_from_layers, placement
 from .state import state_for
 
+NO_REFERENCE = "(none)"
+DERIVED = "napari_pgps_derived"
+"""Metadata key of the layers the widget derives from a result (uncertainty, disagreement); "Segment all open
+images" leaves such image layers out."""
+VOLUME_COLUMNS = ["label", "voxels", "volume (mL)"]
+REVIEW_COLUMNS = VOLUME_COLUMNS + ["Dice", "HD95 (mm)", "volume difference (mL)"]
+
 
 class _Progress(QObject):
     """Carries progress from the worker thread to the GUI thread (queued signal)."""
@@ -42,6 +49,40 @@ def _segment(model_paths: list[str], image, patch, mirror: bool, uncertainty: bo
     result = segment_volume(models, image, patch_size=patch, mirror=mirror, keep_probabilities=uncertainty,
                             postprocess=postprocess, progress=report, cancel=cancel)
     return models[0], result
+
+
+def _segment_each(model_paths: list[str], images: list, patch, mirror: bool, uncertainty: bool, postprocess: bool,
+                  device: str, report, cancelled):
+    """Segment each image in turn with models loaded once; yields ``("case", i, None, None)`` as case i starts and
+    ``("done", i, model, result)`` when it is done. A cancel is honoured between cases: the case under way is
+    finished first. Returns how many cases were segmented."""
+    from ..engine import load_model, segment_volume
+    from ..errors import InputError
+
+    models = [load_model(path, device) for path in model_paths]
+    channels = models[0].config.model.in_channels
+    wrong = [f"'{name}' ({image.channels})" for name, image in images if image.channels != channels]
+    if wrong:
+        raise InputError(f"the model takes {channels} channel(s); each open image is segmented as one image, and "
+                         f"{', '.join(wrong)} differ. Segment them one by one, choosing their channels.")
+    for index, (_, image) in enumerate(images):
+        if index and cancelled():
+            return index
+
+        def advanced(done: int, total: int, index: int = index) -> None:
+            report(index * total + done, len(images) * total)
+
+        yield "case", index, None, None
+        result = segment_volume(models, image, patch_size=patch, mirror=mirror, keep_probabilities=uncertainty,
+                                postprocess=postprocess, progress=advanced)
+        yield "done", index, models[0], result
+    return len(images)
+
+
+def _review(result: np.ndarray, reference: np.ndarray, spacing, labels: dict[int, str]):
+    from .review import review_labels
+
+    return review_labels(result, reference, spacing, labels)
 
 
 def _estimate(model_path: str, device: str):
@@ -63,7 +104,12 @@ def _estimate(model_path: str, device: str):
 
 
 class SegmentWidget(QWidget):
-    """Model, image layer, patch size, test-time augmentation; a Labels layer and a table of volumes."""
+    """Model, image layer, patch size, test-time augmentation; a Labels layer and a table of volumes.
+
+    "Segment all open images" segments every open image layer in turn with the model loaded once. "Compare with"
+    reviews a result against a reference labels layer: Dice, HD95 and volume difference per label in the table,
+    and a disagreement layer (1 false positive, 2 false negative) placed as the result.
+    """
 
     def __init__(self, napari_viewer, parent: Optional[QWidget] = None) -> None:
         super().__init__(parent)
@@ -71,9 +117,16 @@ class SegmentWidget(QWidget):
         self.state = state_for(napari_viewer)
         self.worker = None
         self.estimate_worker = None
+        self.review_worker = None
+        self.results: list = []
+        """The Labels layers of the last run (one, or one per image of "Segment all open images")."""
         self._cancel = False
+        self._batch = False
         self._progress = _Progress()
         self.result_layer = None
+        self.review = None
+        """The last comparison with a reference (:class:`~napari_pgps._widgets.review.Review`)."""
+        self.disagreement_layer = None
 
         self.model = QComboBox()
         self.model.setEditable(True)
@@ -110,11 +163,20 @@ class SegmentWidget(QWidget):
         self.device = QComboBox()
         self.device.addItems(["auto", "cpu", "cuda", "mps"])
         self.run, self.cancel = QPushButton("Segment"), QPushButton("Cancel")
+        self.run_all = QPushButton("Segment all open images")
+        self.run_all.setToolTip("load the model once and segment every open image layer in turn (not the uncertainty "
+                                "layers), each as one image; Cancel stops after the case under way")
+        self.compare_with = QComboBox()
+        self.compare_with.setToolTip("a labels layer to review the result against (same shape and placement): per "
+                                     "label Dice, HD95 and volume difference, and a disagreement layer")
+        self.compare_result = QComboBox()
+        self.compare_result.setToolTip("the segmentation to compare with the reference")
+        self.compare_button = QPushButton("Compare")
         self.progress = QProgressBar()
         self.status = QLabel("")
         self.status.setWordWrap(True)
-        self.table = QTableWidget(0, 3)
-        self.table.setHorizontalHeaderLabels(["label", "voxels", "volume (mL)"])
+        self.table = QTableWidget(0, len(VOLUME_COLUMNS))
+        self.table.setHorizontalHeaderLabels(VOLUME_COLUMNS)
 
         model_row = QHBoxLayout()
         for button in (browse_dir, browse_file, self.add_model, self.clear_models):
@@ -138,8 +200,14 @@ class SegmentWidget(QWidget):
         form.addRow("", self.uncertainty)
         form.addRow("", self.postprocess)
         form.addRow("Device", self.device)
+        form.addRow("Compare with", self.compare_with)
+        compare_row = QHBoxLayout()
+        compare_row.addWidget(self.compare_result, 1)
+        compare_row.addWidget(self.compare_button)
+        form.addRow("Result layer", compare_row)
         buttons = QHBoxLayout()
         buttons.addWidget(self.run)
+        buttons.addWidget(self.run_all)
         buttons.addWidget(self.cancel)
         layout = QVBoxLayout(self)
         layout.addLayout(form)
@@ -154,6 +222,11 @@ class SegmentWidget(QWidget):
         browse_file.clicked.connect(self._browse_file)
         self.training_patch.toggled.connect(lambda on: [s.setEnabled(not on) for s in self.patch])
         self.run.clicked.connect(self.segment)
+        self.run_all.clicked.connect(self.segment_all)
+        self.compare_button.clicked.connect(self.compare)
+        napari_viewer.layers.events.inserted.connect(self._refresh_labels_layers)
+        napari_viewer.layers.events.removed.connect(self._refresh_labels_layers)
+        self._refresh_labels_layers()
         self.estimate.clicked.connect(self.estimate_memory)
         self.sizes.activated.connect(self._choose_size)
         self.cancel.clicked.connect(self.cancel_segmentation)
@@ -260,6 +333,20 @@ class SegmentWidget(QWidget):
         if path:
             self.offer_model(path)
 
+    def _patch(self):
+        return None if self.training_patch.isChecked() else tuple(s.value() for s in self.patch)
+
+    def _start(self, worker, status: str, batch: bool) -> None:
+        self._cancel, self._batch = False, batch
+        self.progress.setRange(0, 0)
+        self.progress.setFormat("%p%")
+        self.status.setText(status)
+        self.worker = worker
+        self.run.setEnabled(False)
+        self.run_all.setEnabled(False)
+        self.cancel.setEnabled(True)
+        worker.start()
+
     def segment(self) -> None:
         """Segment the chosen image layer (or layers, as channels) in a background thread."""
         from napari.qt.threading import thread_worker
@@ -278,22 +365,76 @@ class SegmentWidget(QWidget):
         except InputError as exc:
             show_error(str(exc))
             return
-        patch = None if self.training_patch.isChecked() else tuple(s.value() for s in self.patch)
-        self._cancel = False
-        self.progress.setRange(0, 0)
-        self.status.setText(f"segmenting '{layer.name}'...")
+        patch = self._patch()
         handlers = {"returned": lambda out: self._show(layer, image, patch, *out), "errored": self._on_error,
                     "finished": self._on_finished}
-        self.worker = thread_worker(_segment, connect=handlers, start_thread=False)(
+        worker = thread_worker(_segment, connect=handlers, start_thread=False)(
             self.models(), image, patch, self.tta.isChecked(), self.uncertainty.isChecked(), self.postprocess.isChecked(),
             self.device.currentText(), self._progress.advanced.emit, lambda: self._cancel,
         )
-        self.run.setEnabled(False)
-        self.cancel.setEnabled(True)
-        self.worker.start()
+        self._start(worker, f"segmenting '{layer.name}'...", batch=False)
+
+    def images_to_segment(self) -> list:
+        """The open image layers "Segment all open images" takes: 3D (or channels x 3D), not derived from a result."""
+        from napari.layers import Image
+
+        return [layer for layer in self.viewer.layers
+                if isinstance(layer, Image) and layer.ndim in (3, 4) and not getattr(layer, "rgb", False)
+                and not (layer.metadata or {}).get(DERIVED)]
+
+    def segment_all(self) -> None:
+        """Segment every open image layer in turn (model loaded once) in a background thread; a Labels layer each."""
+        from napari.qt.threading import thread_worker
+        from napari.utils.notifications import show_error
+
+        from ..errors import InputError
+
+        layers = self.images_to_segment()
+        try:
+            if not self.models():
+                raise InputError("choose a model: a run folder or a checkpoint.")
+            if not layers:
+                raise InputError("open a 3D image layer to segment.")
+            # copies: the layers stay as they are
+            images = [(layer.name, image_from_layers([layer])) for layer in layers]
+        except InputError as exc:
+            show_error(str(exc))
+            return
+        patch = self._patch()
+        self.results = []
+        self._show_columns(VOLUME_COLUMNS)
+        handlers = {"yielded": lambda item: self._case(layers, images, patch, *item),
+                    "returned": lambda count: self._all_done(count, len(images)), "errored": self._on_error,
+                    "finished": self._on_finished}
+        worker = thread_worker(_segment_each, connect=handlers, start_thread=False)(
+            self.models(), images, patch, self.tta.isChecked(), self.uncertainty.isChecked(),
+            self.postprocess.isChecked(), self.device.currentText(), self._progress.advanced.emit, lambda: self._cancel,
+        )
+        self._start(worker, f"segmenting {len(images)} image(s): loading the model...", batch=True)
+
+    def _case(self, layers, images, patch, kind: str, index: int, model, result) -> None:
+        name, total = images[index][0], len(images)
+        if kind == "case":
+            self.progress.setFormat(f"case {index + 1} of {total}: %p%")
+            stopping = "; stopping after this case" if self._cancel else ""
+            self.status.setText(f"case {index + 1} of {total}: segmenting '{name}'...{stopping}")
+            return
+        layer = self._add_result(layers[index], images[index][1], model, result)
+        self.result_layer = layer
+        self.results.append(layer)
+        self._add_volume_rows(result.volumes, prefix=f"{name}: ")
+
+    def _all_done(self, count: int, total: int) -> None:
+        names = ", ".join(f"'{layer.name}'" for layer in self.results)
+        if count < total:
+            self.status.setText(f"cancelled after case {count} of {total}; kept {names}")
+        else:
+            self.status.setText(f"{count} of {total} images segmented: {names}")
 
     def cancel_segmentation(self) -> None:
         self._cancel = True
+        if self.worker is not None and self._batch:
+            self.status.setText(self.status.text() + "; stopping after this case")
 
     def _advance(self, done: int, total: int) -> None:
         self.progress.setRange(0, total)
@@ -306,41 +447,183 @@ class SegmentWidget(QWidget):
 
         if isinstance(exc, Cancelled):
             self.status.setText("cancelled; nothing was added")
-        else:
-            show_error(f"Segmentation failed: {exc}")
-            self.status.setText(f"failed: {exc}")
+            return
+        kept = ""
+        if self._batch and self.results:
+            kept = "; kept " + ", ".join(f"'{layer.name}'" for layer in self.results)
+        show_error(f"Segmentation failed: {exc}")
+        self.status.setText(f"failed: {exc}{kept}")
 
     def _on_finished(self) -> None:
         self.run.setEnabled(True)
+        self.run_all.setEnabled(True)
         self.cancel.setEnabled(False)
         self.progress.setRange(0, 1)
+        self.progress.setFormat("%p%")
         self.worker = None
+        self._batch = False
 
-    def _show(self, layer, image, patch, model, result) -> None:
-        """Add the Labels layer (same scale and translate as the image) and fill the volumes table."""
+    def _add_result(self, layer, image, model, result):
+        """Add the Labels layer of ``result`` placed over ``layer`` (and its uncertainty layer if asked for)."""
         import pandas as pd
+
+        from ..engine.metrics import entropy_map
 
         labels = model.config.labels
         values = sorted(labels)
         features = pd.DataFrame({"index": values, "name": [labels[v] for v in values]})
         metadata = {"affine": image.affine, "label_names": labels, "source": layer.name, "model": model.checkpoint,
                     "nifti": (layer.metadata or {}).get("nifti", {})}
-        self.result_layer = self.viewer.add_labels(
+        added = self.viewer.add_labels(
             result.labels.array, name=f"{layer.name} segmentation", features=features, metadata=metadata,
             **placement(layer),
         )
         if result.probabilities is not None:
-            p = np.clip(result.probabilities, 1e-8, 1.0)
-            entropy = -(p * np.log(p)).sum(axis=0) / np.log(len(values))
-            self.viewer.add_image(entropy.astype(np.float32), name=f"{layer.name} uncertainty", colormap="magma",
-                                  opacity=0.6, contrast_limits=(0, 1), blending="additive", **placement(layer))
-        self.table.setRowCount(len(result.volumes))
-        for row, (name, volume) in enumerate(result.volumes.items()):
-            for column, text in enumerate((name, f"{volume['voxels']}", f"{volume['ml']:.3f}")):
+            self.viewer.add_image(entropy_map(result.probabilities), name=f"{layer.name} uncertainty",
+                                  colormap="magma", opacity=0.6, contrast_limits=(0, 1), blending="additive",
+                                  metadata={DERIVED: "uncertainty", "source": layer.name}, **placement(layer))
+        self.compare_result.setCurrentText(added.name)
+        return added
+
+    def _show_columns(self, columns: list[str]) -> None:
+        self.table.setRowCount(0)
+        self.table.setColumnCount(len(columns))
+        self.table.setHorizontalHeaderLabels(columns)
+
+    def _add_volume_rows(self, volumes: dict, prefix: str = "") -> None:
+        for name, volume in volumes.items():
+            row = self.table.rowCount()
+            self.table.insertRow(row)
+            for column, text in enumerate((prefix + name, f"{volume['voxels']}", f"{volume['ml']:.3f}")):
                 self.table.setItem(row, column, QTableWidgetItem(text))
+
+    def _show(self, layer, image, patch, model, result) -> None:
+        """Add the Labels layer (placed as the image) and fill the volumes table; review it if a reference is chosen."""
+        self.result_layer = self._add_result(layer, image, model, result)
+        self.results = [self.result_layer]
+        self._show_columns(VOLUME_COLUMNS)
+        self._add_volume_rows(result.volumes)
         size = " x ".join(str(s) for s in (patch or model.patch_size))
         from ..models import architecture
 
         baked = ", hypernetwork baked for it" if architecture(model.config.model).bakes_to else ""
         notes = "".join(f"; {note}" for note in result.notes)
         self.status.setText(f"'{self.result_layer.name}' added (patch {size}{baked}{notes})")
+        reference = self.reference_layer()
+        if reference is not None:
+            self.compare_layers(self.result_layer, reference)
+
+    # -- review against a reference --------------------------------------------------------------------------
+    def _refresh_labels_layers(self, *_) -> None:
+        """Offer the open Labels layers as references and as results to compare (not the disagreement layers)."""
+        from napari.layers import Labels
+
+        names = [layer.name for layer in self.viewer.layers
+                 if isinstance(layer, Labels) and not (layer.metadata or {}).get(DERIVED)]
+        for combo, first in ((self.compare_with, [NO_REFERENCE]), (self.compare_result, [])):
+            current = combo.currentText()
+            combo.blockSignals(True)
+            combo.clear()
+            combo.addItems(first + names)
+            if current and combo.findText(current) >= 0:
+                combo.setCurrentText(current)
+            combo.blockSignals(False)
+
+    def reference_layer(self):
+        """The labels layer chosen under "Compare with", or ``None``."""
+        name = self.compare_with.currentText()
+        return None if name in ("", NO_REFERENCE) else find_layer(self.viewer, name)
+
+    def compare(self) -> None:
+        """Compare the chosen result layer with the reference chosen under "Compare with"."""
+        from napari.utils.notifications import show_error
+
+        result, reference = find_layer(self.viewer, self.compare_result.currentText()), self.reference_layer()
+        if result is None or reference is None:
+            show_error("choose a result layer and a reference labels layer under 'Compare with'.")
+            return
+        self.compare_layers(result, reference)
+
+    def compare_layers(self, result_layer, reference_layer) -> None:
+        """Per-label Dice, HD95 and volume difference of ``result_layer`` against ``reference_layer`` into the
+        table, and a disagreement layer placed as the result (background thread). Layers that differ in shape or
+        placement are refused with a notification; neither layer is changed."""
+        from napari.qt.threading import thread_worker
+        from napari.utils.notifications import show_error
+
+        from .layers import label_names_of, world_matrix
+        from .review import placement_difference, spacing_of
+
+        problem = placement_difference(result_layer, reference_layer)
+        if problem is None and result_layer is reference_layer:
+            problem = f"'{result_layer.name}' is the reference itself; choose another layer to compare."
+        if problem is None and self.review_worker is not None:
+            problem = "a comparison is under way; wait for it to finish."
+        if problem is None:
+            for layer in (result_layer, reference_layer):
+                if not np.issubdtype(np.asarray(layer.data).dtype, np.integer):
+                    problem = f"'{layer.name}' holds {np.asarray(layer.data).dtype} values; labels are whole numbers."
+        if problem is not None:
+            show_error(problem)
+            self.status.setText(problem)
+            return
+        result = np.array(result_layer.data, copy=True)  # copies: the layers are read, never changed
+        reference = np.array(reference_layer.data, copy=True)
+        labels = label_names_of(reference_layer) | label_names_of(result_layer)
+        spacing = spacing_of(world_matrix(result_layer))
+
+        def done() -> None:
+            self.compare_button.setEnabled(True)
+            self.review_worker = None
+
+        def errored(exc: Exception) -> None:
+            show_error(f"Comparison failed: {exc}")
+            self.status.setText(f"comparison failed: {exc}")
+
+        self.compare_button.setEnabled(False)
+        self.status.setText(f"comparing '{result_layer.name}' with '{reference_layer.name}'...")
+        self.review_worker = thread_worker(
+            _review, connect={"returned": lambda review: self._show_review(result_layer, reference_layer, review),
+                              "errored": errored, "finished": done},
+            start_thread=False,
+        )(result, reference, spacing, labels)
+        self.review_worker.start()
+
+    def _show_review(self, result_layer, reference_layer, review) -> None:
+        import pandas as pd
+        from napari.utils.colormaps import DirectLabelColormap
+
+        from .review import DISAGREEMENT_COLORS, DISAGREEMENT_NAMES
+
+        self.review = review
+        self._show_columns(REVIEW_COLUMNS)
+
+        def number(value: float, digits: int) -> str:
+            return f"{value:.{digits}f}" if np.isfinite(value) else "n/a"
+
+        for row, label in enumerate(review.labels):
+            self.table.insertRow(row)
+            texts = (label.name, f"{label.voxels}", f"{label.ml:.3f}", number(label.dice, 3), number(label.hd95, 2),
+                     f"{label.ml_difference:+.3f}")
+            for column, text in enumerate(texts):
+                self.table.setItem(row, column, QTableWidgetItem(text))
+        source = (result_layer.metadata or {}).get("source") or result_layer.name
+        name = f"{source} disagreement"
+        old = find_layer(self.viewer, name)
+        if old is not None and (old.metadata or {}).get(DERIVED) == "disagreement":
+            self.viewer.layers.remove(old)
+        values = sorted(DISAGREEMENT_NAMES)
+        features = pd.DataFrame({"index": values, "name": [DISAGREEMENT_NAMES[v] for v in values]})
+        self.disagreement_layer = self.viewer.add_labels(
+            review.disagreement, name=name, features=features, opacity=0.7,
+            colormap=DirectLabelColormap(color_dict=DISAGREEMENT_COLORS),
+            metadata={DERIVED: "disagreement", "source": source, "result": result_layer.name,
+                      "reference": reference_layer.name, "label_names": DISAGREEMENT_NAMES},
+            **placement(result_layer),
+        )
+        self.status.setText(
+            f"'{result_layer.name}' against '{reference_layer.name}' (spacing "
+            + " x ".join(f"{s:g}" for s in review.spacing)
+            + f" mm): {review.false_positives} false-positive and {review.false_negatives} false-negative voxels in "
+            f"'{self.disagreement_layer.name}'"
+        )

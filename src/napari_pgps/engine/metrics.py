@@ -16,6 +16,11 @@ same grid (MONAI's implementations; distances in mm at the given spacing):
 
 Means over cases and labels leave NaNs out. Validation during training,
 ``napari-pgps evaluate``, the bench and the widgets all use these functions.
+
+Per voxel, :func:`entropy_map` measures how unsure a prediction is: the entropy
+of its label probabilities divided by its largest possible value, so 0 means
+certain and 1 uniform over the labels (the Segment widget's uncertainty layer
+and ``napari-pgps segment --uncertainty``).
 """
 
 from __future__ import annotations
@@ -118,3 +123,17 @@ def label_volumes(label_map: np.ndarray, spacing: tuple[float, float, float], la
         for value, name in labels.items()
         if value != 0
     }
+
+
+def entropy_map(probabilities: np.ndarray) -> np.ndarray:
+    """Normalised entropy per voxel of label probabilities (K, Z, Y, X): float32 (Z, Y, X) in [0, 1].
+
+    ``-sum_k p_k log p_k / log K``: 0 where one label has all the probability,
+    1 where every label has 1/K. Probabilities are clipped to [1e-8, 1] first
+    so that a zero contributes nothing.
+    """
+    p = np.clip(np.asarray(probabilities, dtype=np.float32), 1e-8, 1.0)
+    labels = p.shape[0]
+    if labels < 2:
+        return np.zeros(p.shape[1:], dtype=np.float32)
+    return (-(p * np.log(p)).sum(axis=0) / np.log(labels)).astype(np.float32)

@@ -1,0 +1,89 @@
+"""Reviewing a result against a reference (no viewer), the entropy map and `segment --uncertainty`."""
+
+import nibabel as nib
+import numpy as np
+import pytest
+
+from napari_pgps.cli import main
+from napari_pgps.engine.metrics import entropy_map
+from napari_pgps._widgets.review import FALSE_NEGATIVE, FALSE_POSITIVE, disagreement_map, review_labels
+
+SPACING = (2.0, 1.0, 0.5)
+"""(sz, sy, sx) mm: one voxel is 1 mm^3 = 0.001 mL."""
+NAMES = {0: "background", 1: "lesion", 2: "vessel"}
+
+
+def shifted_cubes():
+    """Label 1: a 4x6x6 box (144 voxels) against a 4x6x8 box (192) starting 2 voxels further along X (overlap 96);
+    label 2: a 2x4x6 box (48) against the same box 2 voxels further along Y (overlap 24)."""
+    result = np.zeros((10, 16, 24), np.uint8)
+    reference = np.zeros_like(result)
+    result[2:6, 3:9, 4:10] = 1
+    reference[2:6, 3:9, 6:14] = 1
+    result[7:9, 10:14, 14:20] = 2
+    reference[7:9, 12:16, 14:20] = 2
+    return result, reference
+
+
+def test_review_of_shifted_cubes_matches_the_hand_count():
+    result, reference = shifted_cubes()
+    kept = result.copy(), reference.copy()
+    review = review_labels(result, reference, SPACING, NAMES)
+    lesion, vessel = review.labels
+    assert (lesion.name, vessel.name) == ("lesion", "vessel")
+    assert (lesion.voxels, vessel.voxels) == (144, 48)
+    assert lesion.ml == pytest.approx(0.144) and vessel.ml == pytest.approx(0.048)
+    assert lesion.dice == pytest.approx(2 * 96 / (144 + 192), abs=1e-6)
+    assert vessel.dice == pytest.approx(2 * 24 / (48 + 48), abs=1e-6)
+    # the vessel moved 2 voxels along Y (1 mm each); the lesion's far X faces are 4 voxels (0.5 mm each) apart
+    assert vessel.hd95 == pytest.approx(2.0) and lesion.hd95 == pytest.approx(2.0)
+    assert lesion.ml_difference == pytest.approx((144 - 192) / 1000) and vessel.ml_difference == pytest.approx(0.0)
+    assert review.false_positives == (144 - 96) + (48 - 24)
+    assert review.false_negatives == (192 - 96) + (48 - 24)
+    expected = np.zeros_like(result)
+    expected[2:6, 3:9, 4:6] = FALSE_POSITIVE
+    expected[2:6, 3:9, 10:14] = FALSE_NEGATIVE
+    expected[7:9, 10:12, 14:20] = FALSE_POSITIVE
+    expected[7:9, 14:16, 14:20] = FALSE_NEGATIVE
+    np.testing.assert_array_equal(review.disagreement, expected)
+    np.testing.assert_array_equal(result, kept[0])
+    np.testing.assert_array_equal(reference, kept[1])
+
+
+def test_disagreement_counts_another_label_as_a_false_positive_and_names_unknown_values():
+    result = np.array([[[0, 1, 2, 2, 0]]], np.uint8)
+    reference = np.array([[[1, 1, 1, 0, 0]]], np.uint8)
+    np.testing.assert_array_equal(disagreement_map(result, reference), [[[FALSE_NEGATIVE, 0, FALSE_POSITIVE,
+                                                                          FALSE_POSITIVE, 0]]])
+    review = review_labels(np.where(result == 2, 5, result), reference, (1, 1, 1), {0: "background", 1: "a"})
+    assert [row.name for row in review.labels] == ["a", "label 5"]
+    assert np.isnan(review.labels[1].hd95) and review.labels[1].dice == 0.0
+
+
+def test_entropy_map_is_0_when_certain_and_1_when_uniform():
+    certain = np.zeros((3, 2, 2, 2), np.float32)
+    certain[1] = 1
+    np.testing.assert_allclose(entropy_map(certain), 0.0, atol=1e-5)
+    uniform = np.full((3, 2, 2, 2), 1 / 3, np.float32)
+    out = entropy_map(uniform)
+    assert out.dtype == np.float32 and out.shape == (2, 2, 2)
+    np.testing.assert_allclose(out, 1.0, atol=1e-5)
+
+
+def test_segment_writes_the_uncertainty_with_the_input_affine(tmp_path, trained_phantom_run, phantom_dataset, capsys):
+    source = phantom_dataset / "imagesTr" / "case_000.nii.gz"
+    out = tmp_path / "seg.nii.gz"
+    assert main(["segment", "--model", str(trained_phantom_run), "--input", str(source), "--output", str(out),
+                 "--device", "cpu", "--uncertainty"]) == 0
+    assert "seg_uncertainty.nii.gz" in capsys.readouterr().out
+    written, original = nib.load(str(tmp_path / "seg_uncertainty.nii.gz")), nib.load(str(source))
+    assert written.shape == original.shape
+    np.testing.assert_allclose(written.affine, original.affine)
+    assert written.get_data_dtype() == np.float32
+    values = np.asanyarray(written.dataobj)
+    assert values.dtype == np.float32 and 0.0 <= values.min() and values.max() <= 1.0 + 1e-6
+    assert nib.load(str(out)).shape == original.shape
+
+    assert main(["segment", "--model", str(trained_phantom_run), "--input", str(source), "--output",
+                 str(tmp_path / "plain.nii.gz"), "--device", "cpu"]) == 0
+    assert not (tmp_path / "plain_uncertainty.nii.gz").exists()
