@@ -20,6 +20,7 @@ from . import __version__
 from .config import DEVICES, OPTIMIZERS, RunConfig
 from .curriculum import SCHEDULES
 from .engine.budget import parse_duration
+from .engine.inference import RUNTIMES
 from .engine.metrics import SURFACE_TOLERANCE_MM
 from .engine.progress import size_text
 from .errors import InputError
@@ -117,6 +118,9 @@ def _parser() -> argparse.ArgumentParser:
                    help="also write each segmentation's uncertainty beside it, NAME_uncertainty.nii.gz: the entropy of "
                         "the label probabilities per voxel (float32, 0 certain .. 1 uniform over the labels), same affine")
     p.add_argument("--device", choices=DEVICES, default="auto")
+    p.add_argument("--runtime", choices=RUNTIMES, default="torch",
+                   help="what runs the network in the sliding window: torch (default) or onnx, ONNX Runtime on the CPU "
+                        "with the ONNX network of a package written by export --onnx (MODEL.onnx beside MODEL.zip)")
     p.set_defaults(run=_segment)
 
     p = sub.add_parser("export", help="write a trained model as one .zip file to share (a model package)",
@@ -124,7 +128,13 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--model", required=True, metavar="RUN_DIR_OR_CHECKPOINT",
                    help="run folder (its final, else last checkpoint), checkpoint or model package")
     p.add_argument("--out", required=True, metavar="MODEL.zip", help="the package to write")
-    p.add_argument("--force", action="store_true", help="replace MODEL.zip if it exists")
+    p.add_argument("--force", action="store_true", help="replace MODEL.zip (and MODEL.onnx) if it exists")
+    p.add_argument("--onnx", action="store_true",
+                   help="also write the network as MODEL.onnx beside MODEL.zip (dynamic batch, windows of the patch "
+                        "size; checked against torch), for segment --runtime onnx")
+    p.add_argument("--patch-size", type=int, nargs=3, metavar=("Z", "Y", "X"),
+                   help="with --onnx: the ONNX network's window; a hypernetwork is baked at it (default: the "
+                        "training patch)")
     p.set_defaults(run=_export)
 
     p = sub.add_parser("evaluate", help="score a model, an ensemble, the folds of a cross-validation, or a folder of "
@@ -391,6 +401,15 @@ segment, evaluate, the Segment widget and train --init-from take the .zip
 wherever they take a run folder.
 
   napari-pgps export --model runs/hippocampus --out hippocampus.zip
+
+--onnx also writes the network as MODEL.onnx beside MODEL.zip (opset 17, input "image" of
+preprocessed windows of --patch-size, default the training patch, with a dynamic batch axis;
+output "logits"; a hypernetwork is baked at that window), after checking that ONNX Runtime's
+logits are within 1e-4 of torch's on a window of one of the model's cases; the manifest
+records its size and SHA-256. segment --runtime onnx runs it on the CPU; keep the two files
+together.
+
+  napari-pgps export --model runs/hippocampus --out hippocampus.zip --onnx
 """
 
 
@@ -398,11 +417,15 @@ def _export(args: argparse.Namespace) -> int:
     from .engine.package import read_model_package
     from .tasks.export import export_model
 
-    path = export_model(args.model, args.out, overwrite=args.force)
+    path = export_model(args.model, args.out, overwrite=args.force, onnx=args.onnx, patch_size=args.patch_size)
     manifest = read_model_package(path)["package"]
     members = ", ".join(manifest["members"])
     print(f"{path}: {manifest['architecture']} ({manifest['parameters']:,} parameters, kind {manifest['kind']}), "
           f"{path.stat().st_size / 1e6:.1f} MB: {members}", flush=True)
+    if "onnx" in manifest:
+        from .engine.onnx_runtime import describe
+
+        print(f"{path.parent / manifest['onnx']['file']}: {describe(manifest['onnx'])}", flush=True)
     return 0
 
 
@@ -413,7 +436,7 @@ def _segment(args: argparse.Namespace) -> int:
     from .engine.metrics import entropy_map
     from .models import check_inference_patch
 
-    models = [load_model(path, args.device) for path in args.model]
+    models = [load_model(path, args.device, runtime=args.runtime) for path in args.model]
     model = models[0]
     if args.patch_size:
         for each in models:

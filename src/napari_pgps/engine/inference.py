@@ -35,6 +35,8 @@ from .postprocessing import Postprocessing
 
 OVERLAP = 0.5
 GAUSSIAN_SIGMA = 0.125
+RUNTIMES = ("torch", "onnx")
+"""What runs the network in the sliding window: torch, or ONNX Runtime on the CPU (a package exported with --onnx)."""
 
 Progress = Callable[[int, int], None]
 
@@ -57,6 +59,9 @@ class SegmentationModel:
     cross-validation fold adds ``fold`` and ``folds``), as saved in its checkpoint and in ``splits.json``."""
     postprocessing: Optional[Postprocessing] = None
     """The post-processing chosen on its validation predictions (``postprocessing.json`` beside the checkpoint)."""
+    onnx: Optional[Callable[[torch.Tensor], torch.Tensor]] = None
+    """The ONNX Runtime predictor that segments in place of the network (``load_model(..., runtime="onnx")``; an
+    :class:`~napari_pgps.engine.onnx_runtime.OnnxNetwork`, which takes windows of its ``patch_size`` only)."""
     _baked: Optional[tuple[tuple[int, int, int], nn.Module]] = field(default=None, init=False, repr=False)
 
     @property
@@ -67,12 +72,24 @@ class SegmentationModel:
     def patch_size(self) -> tuple[int, int, int]:
         return tuple(self.config.model.patch_size)
 
-    def network_for(self, patch_size: Sequence[int]) -> nn.Module:
+    @property
+    def segmenting_patch(self) -> tuple[int, int, int]:
+        """The window segmentation takes by default: the ONNX network's when there is one, else the training patch."""
+        return tuple(self.onnx.patch_size) if self.onnx is not None else self.patch_size
+
+    def network_for(self, patch_size: Sequence[int]) -> nn.Module | Callable[[torch.Tensor], torch.Tensor]:
         """The network that segments with windows of ``patch_size`` (Z, Y, X).
 
         For a hypernetwork, the plain DynUNet baked for that size: baked once
         and kept until another size is asked for. Any other model is returned as is.
+        With an ONNX Runtime predictor (:attr:`onnx`), that predictor, for its own window only.
         """
+        if self.onnx is not None:
+            if tuple(int(p) for p in patch_size) != tuple(self.onnx.patch_size):
+                raise InputError(f"{self.checkpoint}: its ONNX network takes windows of "
+                                 f"{' x '.join(map(str, self.onnx.patch_size))} only; segment without --patch-size, "
+                                 "or export it again with --onnx --patch-size Z Y X.")
+            return self.onnx
         if not isinstance(self.network, PatchSizeHypernetwork):
             return self.network
         patch = tuple(int(p) for p in patch_size)
@@ -81,9 +98,19 @@ class SegmentationModel:
         return self._baked[1]
 
 
-def load_model(model: str | os.PathLike, device: str | torch.device = "auto") -> SegmentationModel:
+def load_model(model: str | os.PathLike, device: str | torch.device = "auto", runtime: str = "torch") -> SegmentationModel:
     """Load a run folder, checkpoint or model package (``napari-pgps export``) for segmentation (safe loading, no
-    pickled code)."""
+    pickled code).
+
+    ``runtime="onnx"`` segments with the package's ONNX network (``export --onnx``) in ONNX Runtime on the CPU
+    (:mod:`.onnx_runtime`) instead of the torch network.
+    """
+    if runtime not in RUNTIMES:
+        raise InputError(f"unknown runtime '{runtime}'; choose one of {', '.join(RUNTIMES)}.")
+    if runtime == "onnx":
+        if str(device) not in ("auto", "cpu"):
+            raise InputError(f"the ONNX runtime runs on the CPU; segment with --device cpu (or auto), not {device}.")
+        device = "cpu"
     path = find_checkpoint(model)
     payload = load_checkpoint(path)
     try:
@@ -98,8 +125,17 @@ def load_model(model: str | os.PathLike, device: str | torch.device = "auto") ->
         postprocessing = Postprocessing(chosen["foreground"], list(chosen["labels"])) if chosen else None
     else:
         postprocessing = Postprocessing.load(path.parent)
+    onnx = None
+    if runtime == "onnx":
+        from .onnx_runtime import check_matches, read_package_onnx
+
+        if "package" not in payload:
+            raise InputError(f"{path}: the ONNX runtime segments with a model package that holds its ONNX network; "
+                             "export it with napari-pgps export --model RUN_DIR --out MODEL.zip --onnx.")
+        onnx = read_package_onnx(path, payload["package"])
+        check_matches(onnx, config.model.in_channels, config.model.out_channels, str(path))
     return SegmentationModel(network=network, config=config, device=device, checkpoint=str(path),
-                             split=payload.get("split"), postprocessing=postprocessing)
+                             split=payload.get("split"), postprocessing=postprocessing, onnx=onnx)
 
 
 def window_count(shape: Sequence[int], patch: Sequence[int], overlap: float = OVERLAP) -> int:
@@ -112,7 +148,7 @@ def window_count(shape: Sequence[int], patch: Sequence[int], overlap: float = OV
 
 
 def predict_probabilities(
-    network: nn.Module,
+    network: nn.Module | Callable[[torch.Tensor], torch.Tensor],
     image: np.ndarray,
     patch_size: Sequence[int],
     device: torch.device,
@@ -126,6 +162,8 @@ def predict_probabilities(
     """Softmax probabilities of a preprocessed image.
 
     Args:
+        network: the network, or any predictor of a window batch's logits (an ONNX Runtime session's
+            :class:`~napari_pgps.engine.onnx_runtime.OnnxNetwork`).
         image: preprocessed intensities (C, Z, Y, X), or (Z, Y, X) for one channel.
         patch_size: window (Z, Y, X); the image is padded where smaller.
         mirror: average over all 8 axis flips.
@@ -156,8 +194,10 @@ def predict_probabilities(
 
     tensor = torch.as_tensor(np.ascontiguousarray(image, dtype=np.float32), device=device)
     tensor = tensor[None, None] if tensor.dim() == 3 else tensor[None]
-    was_training = network.training
-    network.eval()
+    module = network if isinstance(network, nn.Module) else None
+    was_training = module is not None and module.training
+    if module is not None:
+        module.eval()
     try:
         with torch.inference_mode():
             probabilities = None
@@ -177,7 +217,8 @@ def predict_probabilities(
                 probabilities = soft if probabilities is None else probabilities + soft
             probabilities = probabilities / len(flips)
     finally:
-        network.train(was_training)
+        if module is not None:
+            module.train(was_training)
     return probabilities[0].cpu().numpy().astype(np.float32)
 
 
@@ -252,7 +293,8 @@ def segment_volume(
 
     Args:
         image: the raw intensities, (Z, Y, X) or (C, Z, Y, X) with the channels the models take, in their order.
-        patch_size: sliding-window size (Z, Y, X); each model's training patch when ``None``.
+        patch_size: sliding-window size (Z, Y, X); each model's training patch when ``None`` (its ONNX network's
+            window with the ONNX runtime).
         mirror: mirroring test-time augmentation.
 
     Raises:
@@ -295,7 +337,7 @@ def segment_volume(
 
 def _probabilities(model: SegmentationModel, image: Volume, patch_size, mirror: bool, progress, cancel):
     """One model's class probabilities (K, Z, Y, X) on the image's own grid, and what was done to meet the model."""
-    patch = tuple(int(p) for p in (patch_size or model.patch_size))
+    patch = tuple(int(p) for p in (patch_size or model.segmenting_patch))
     check_inference_patch(model.config.model, patch)
     plan = PreprocessingPlan.of(model.config)
     preprocessed, geometry = preprocess_image(image, plan)

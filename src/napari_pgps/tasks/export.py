@@ -5,6 +5,11 @@ weights as a plain file of tensors, the resolved configuration, the split,
 the post-processing choice when the run has one, a model card and a
 manifest; ``segment``, ``evaluate``, the Segment widget and ``train
 --init-from`` read it like a run folder, without unpickling anything.
+
+With ``onnx=True`` (``--onnx``) the network that segments is also written as
+``MODEL.onnx`` beside ``MODEL.zip`` (:mod:`napari_pgps.engine.onnx_runtime`),
+checked against torch on a window of one of the model's cases, and recorded in
+the manifest with its size and SHA-256.
 """
 
 from __future__ import annotations
@@ -13,13 +18,18 @@ import datetime
 import json
 import os
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Optional, Sequence
 
+import numpy as np
+import torch
 import yaml
 
 from .. import __version__
 from ..config import RunConfig
+from ..data.dataset import case_files, read_case, read_dataset_info
+from ..data.preprocessing import PreprocessingPlan, preprocess_image
 from ..engine.checkpoint import SPLITS_FILE, find_checkpoint, load_checkpoint
+from ..engine.inference import SegmentationModel
 from ..engine.package import (
     CONFIG,
     MODEL_CARD,
@@ -34,16 +44,25 @@ from ..engine.postprocessing import POSTPROCESSING_FILE
 from ..engine.progress import duration_text, read_events
 from ..errors import CheckpointError, InputError
 from ..events import METRICS_FILE, Validated
-from ..models import build_network, count_parameters, model_kind
+from ..files import atomic_write
+from ..models import build_network, check_inference_patch, count_parameters, model_kind
 
 
-def export_model(model: str | os.PathLike, out: str | os.PathLike, *, overwrite: bool = False) -> Path:
+def export_model(model: str | os.PathLike, out: str | os.PathLike, *, overwrite: bool = False, onnx: bool = False,
+                 patch_size: Optional[Sequence[int]] = None) -> Path:
     """Write ``model`` (a run folder, a checkpoint or a package) as a model package ``out`` (a ``.zip`` file).
 
     The file is written beside ``out`` and renamed over it when complete.
 
+    Args:
+        onnx: also write the network that segments as ``out`` with the suffix ``.onnx``, with a dynamic batch axis
+            and windows of ``patch_size`` (a hypernetwork is baked at that size first), after checking its ONNX
+            Runtime logits against torch's (at most :data:`~napari_pgps.engine.onnx_runtime.TOLERANCE` apart).
+        patch_size: the ONNX network's window (Z, Y, X); the training patch when ``None``.
+
     Raises:
-        InputError: ``out`` is not a ``.zip`` name, or exists (unless ``overwrite``); the model cannot be read.
+        InputError: ``out`` is not a ``.zip`` name, or exists (unless ``overwrite``); the model cannot be read; the
+            ONNX network cannot be written or computes other logits than torch (nothing is written then).
     """
     out = Path(out)
     if out.suffix.lower() != ".zip":
@@ -52,11 +71,17 @@ def export_model(model: str | os.PathLike, out: str | os.PathLike, *, overwrite:
         raise InputError(f"{out}: is a folder; give the name of the .zip file to write.")
     if out.exists() and not overwrite:
         raise InputError(f"{out}: exists; choose another name or replace it (--force).")
+    onnx_path = out.with_suffix(".onnx")
+    if patch_size is not None and not onnx:
+        raise InputError("--patch-size chooses the window of the ONNX network; it goes with --onnx.")
+    if onnx and onnx_path.exists() and not overwrite:
+        raise InputError(f"{onnx_path}: exists; choose another name or replace it (--force).")
     path = find_checkpoint(model)
     payload = load_checkpoint(path)
     try:
         config = RunConfig.from_dict(payload["config"], source=str(path))
-        parameters = count_parameters(build_network(config.model, payload["model"]))
+        network = build_network(config.model, payload["model"])
+        parameters = count_parameters(network)
     except (InputError, ValueError, RuntimeError, KeyError, TypeError) as exc:
         raise CheckpointError(f"{path}: the checkpoint's network cannot be rebuilt ({exc}).") from None
     split = _split(payload, path)
@@ -81,7 +106,74 @@ def export_model(model: str | os.PathLike, out: str | os.PathLike, *, overwrite:
         "exported_from": path.name,
         "training": manifest_training(payload),
     }
-    return write_model_package(out, members, manifest)
+    if not onnx:
+        return write_model_package(out, members, manifest)
+    onnx_data, manifest["onnx"] = _onnx_network(network, config, split, patch_size, onnx_path)
+    with atomic_write(onnx_path, "wb") as handle:
+        handle.write(onnx_data)
+    try:
+        return write_model_package(out, members, manifest)
+    except BaseException:
+        onnx_path.unlink(missing_ok=True)
+        raise
+
+
+def _onnx_network(network, config: RunConfig, split: dict[str, Any], patch_size: Optional[Sequence[int]],
+                  onnx_path: Path) -> tuple[bytes, dict[str, Any]]:
+    """The ONNX network that segments for windows of ``patch_size`` (the training patch when ``None``), checked
+    against torch on a window of one of the model's cases, and its manifest record."""
+    from ..engine.onnx_runtime import export_checked, manifest_record, metadata_of
+
+    patch = tuple(int(p) for p in (patch_size or config.model.patch_size))
+    check_inference_patch(config.model, patch)
+    segmenting = SegmentationModel(network=network.eval(), config=config, device=torch.device("cpu"))
+    plain = segmenting.network_for(patch)  # a hypernetwork bakes its plain network for this window
+    windows, checked_on = _check_windows(config, split, patch)
+    channels = config.channels or ["image"] * config.model.in_channels
+    data, difference = export_checked(plain, config.model.in_channels, patch, windows,
+                                      metadata=metadata_of(config.labels, channels, patch, __version__))
+    return data, manifest_record(onnx_path, data, patch, difference, checked_on, baked=plain is not network)
+
+
+def _check_windows(config: RunConfig, split: dict[str, Any], patch: Sequence[int]) -> tuple[np.ndarray, str]:
+    """Two windows (2, C, Z, Y, X) to compare ONNX Runtime with torch on, and what they are.
+
+    The first is cut from the middle of a validation (else training) case of
+    the model's dataset, preprocessed as segmentation preprocesses it, when
+    that dataset can be read from here; else, as the second, random normal values.
+    """
+    rng = np.random.default_rng(0)
+    random = rng.standard_normal((1, config.model.in_channels, *patch)).astype(np.float32)
+    names = list(split.get("validation") or []) + list(split.get("training") or [])
+    window, what = None, None
+    if config.data.path and names:
+        try:
+            info = read_dataset_info(config.data.path)
+            files = [f for f in info.files if f.name == names[0]]
+            if files:
+                image = read_case(info, case_files(info, require_labels=False, names=[files[0].name])[0]).image
+                array, _ = preprocess_image(image, PreprocessingPlan.of(config))
+                window, what = _middle_window(array, patch), f"a window of case {files[0].name} and a random window"
+        except (InputError, OSError, ValueError) as exc:  # the data is not readable here: random values only
+            what = f"random windows (the case {names[0]} could not be read: {str(exc).splitlines()[0][:120]})"
+    if window is None:
+        return np.concatenate([random, rng.standard_normal(random.shape).astype(np.float32)]), what or "random windows"
+    return np.concatenate([window[None], random]), what
+
+
+def _middle_window(array: np.ndarray, patch: Sequence[int]) -> np.ndarray:
+    """The window of ``patch`` (Z, Y, X) at the middle of ``array`` (C, Z, Y, X), zero-padded where it is smaller
+    (as the sliding window pads)."""
+    out = np.zeros((array.shape[0], *patch), dtype=np.float32)
+    source, target = [], []
+    for size, want in zip(array.shape[1:], patch):
+        start = max(0, (size - want) // 2)
+        length = min(size, want)
+        offset = (want - length) // 2
+        source.append(slice(start, start + length))
+        target.append(slice(offset, offset + length))
+    out[(slice(None), *target)] = array[(slice(None), *source)]
+    return out
 
 
 def _split(payload: dict[str, Any], path: Path) -> dict[str, Any]:
