@@ -141,6 +141,7 @@ def process_group(device: torch.device) -> Iterator[tuple[DistributedContext, to
         raise
     finally:
         if owned and not failed:
+            dist.barrier()  # no rank tears its group down while another still talks to it
             dist.destroy_process_group()
 
 
