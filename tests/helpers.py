@@ -54,3 +54,36 @@ def first_run_event(events):
     from napari_pgps.events import RunStarted
 
     return next(e for e in events if isinstance(e, RunStarted))
+
+
+REVIEW_SPACING = (2.0, 1.0, 0.5)
+"""(sz, sy, sx) mm of :func:`shifted_cubes`: one voxel is 1 mm^3 = 0.001 mL."""
+
+
+def shifted_cubes():
+    """A result and a reference label map (Z, Y, X) with known overlaps, for the review against a reference.
+
+    Label 1: a 4x6x6 box (144 voxels) against a 4x6x8 box (192) starting 2 voxels further along X (overlap 96);
+    label 2: a 2x4x6 box (48) against the same box 2 voxels further along Y (overlap 24)."""
+    import numpy as np
+
+    result = np.zeros((10, 16, 24), np.uint8)
+    reference = np.zeros_like(result)
+    result[2:6, 3:9, 4:10] = 1
+    reference[2:6, 3:9, 6:14] = 1
+    result[7:9, 10:14, 14:20] = 2
+    reference[7:9, 12:16, 14:20] = 2
+    return result, reference
+
+
+def assert_same_labels(by_onnx, by_torch):
+    """The same label everywhere, but where torch's own two most likely labels tie within the 1e-4 tolerance (there a
+    difference in the last digits may pick either; both runtimes are right)."""
+    import numpy as np
+
+    differ = by_onnx.labels.array != by_torch.labels.array
+    if differ.any():
+        top = np.sort(by_torch.probabilities, axis=0)
+        margin = (top[-1] - top[-2])[differ]
+        assert margin.max() <= 2e-4, f"{differ.sum()} voxels differ, some by a margin of {margin.max():.3g}"
+        assert differ.mean() < 1e-4, f"{differ.sum()} of {differ.size} voxels differ"

@@ -13,7 +13,7 @@ import torch
 pytest.importorskip("onnxruntime", reason="the onnx extra is not installed (pip install 'napari-pgps[onnx]')")
 onnx = pytest.importorskip("onnx", reason="the onnx extra is not installed (pip install 'napari-pgps[onnx]')")
 
-from helpers import quick_config  # noqa: E402
+from helpers import assert_same_labels, quick_config  # noqa: E402
 from napari_pgps._sample_data import make_phantom  # noqa: E402
 from napari_pgps.cli import main  # noqa: E402
 from napari_pgps.data.preprocessing import PreprocessingPlan, preprocess_image  # noqa: E402
@@ -49,17 +49,6 @@ def _phantom_volume(seed=7):
 def _torch_logits(network, windows):
     with torch.inference_mode(), cpu_convolutions(torch.device("cpu")):
         return network(torch.as_tensor(windows)).numpy()
-
-
-def assert_same_labels(by_onnx, by_torch):
-    """The same label everywhere, but where torch's own two most likely labels tie within the 1e-4 tolerance (there a
-    difference in the last digits may pick either; both runtimes are right)."""
-    differ = by_onnx.labels.array != by_torch.labels.array
-    if differ.any():
-        top = np.sort(by_torch.probabilities, axis=0)
-        margin = (top[-1] - top[-2])[differ]
-        assert margin.max() <= 2e-4, f"{differ.sum()} voxels differ, some by a margin of {margin.max():.3g}"
-        assert differ.mean() < 1e-4, f"{differ.sum()} of {differ.size} voxels differ"
 
 
 def test_export_writes_a_checked_onnx_network_with_a_dynamic_batch(exported, trained_phantom_run):

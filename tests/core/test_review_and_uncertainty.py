@@ -4,25 +4,13 @@ import nibabel as nib
 import numpy as np
 import pytest
 
+from helpers import REVIEW_SPACING, shifted_cubes
 from napari_pgps.cli import main
 from napari_pgps.engine.metrics import entropy_map
 from napari_pgps._widgets.review import FALSE_NEGATIVE, FALSE_POSITIVE, disagreement_map, review_labels
 
-SPACING = (2.0, 1.0, 0.5)
-"""(sz, sy, sx) mm: one voxel is 1 mm^3 = 0.001 mL."""
+SPACING = REVIEW_SPACING
 NAMES = {0: "background", 1: "lesion", 2: "vessel"}
-
-
-def shifted_cubes():
-    """Label 1: a 4x6x6 box (144 voxels) against a 4x6x8 box (192) starting 2 voxels further along X (overlap 96);
-    label 2: a 2x4x6 box (48) against the same box 2 voxels further along Y (overlap 24)."""
-    result = np.zeros((10, 16, 24), np.uint8)
-    reference = np.zeros_like(result)
-    result[2:6, 3:9, 4:10] = 1
-    reference[2:6, 3:9, 6:14] = 1
-    result[7:9, 10:14, 14:20] = 2
-    reference[7:9, 12:16, 14:20] = 2
-    return result, reference
 
 
 def test_review_of_shifted_cubes_matches_the_hand_count():

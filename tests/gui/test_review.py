@@ -3,28 +3,15 @@
 import numpy as np
 import pytest
 
-from helpers import SMALL_SHAPE, SMALL_SPACING
+from helpers import REVIEW_SPACING, SMALL_SHAPE, SMALL_SPACING, shifted_cubes
 from napari_pgps._sample_data import PHANTOM_LABELS, make_phantom
 from napari_pgps._widgets.layers import world_matrix
 from napari_pgps._widgets.segment_widget import DERIVED, REVIEW_COLUMNS, SegmentWidget
 
 pytestmark = pytest.mark.gui
 
-SPACING = (2.0, 1.0, 0.5)
-"""(sz, sy, sx) mm: one voxel is 1 mm^3 = 0.001 mL."""
+SPACING = REVIEW_SPACING
 ORIGIN = (10.0, -5.0, 3.0)
-
-
-def _shifted_cubes():
-    """Label 1: a 4x6x6 box (144 voxels) against a 4x6x8 box (192) starting 2 voxels further along X (overlap 96);
-    label 2: a 2x4x6 box (48) against the same box 2 voxels further along Y (overlap 24)."""
-    result = np.zeros((10, 16, 24), np.uint8)
-    reference = np.zeros_like(result)
-    result[2:6, 3:9, 4:10] = 1
-    reference[2:6, 3:9, 6:14] = 1
-    result[7:9, 10:14, 14:20] = 2
-    reference[7:9, 12:16, 14:20] = 2
-    return result, reference
 
 
 def _table(widget):
@@ -44,7 +31,7 @@ def errors(monkeypatch):
 
 def test_compare_fills_the_table_and_adds_a_disagreement_layer(make_napari_viewer, qtbot):
     viewer = make_napari_viewer()
-    result, reference = _shifted_cubes()
+    result, reference = shifted_cubes()
     # placed as the widget places its results (one affine) and as a layer opened with scale and translate
     placed = np.eye(4)
     placed[:3, :3] = np.diag(SPACING)
@@ -90,7 +77,7 @@ def test_compare_fills_the_table_and_adds_a_disagreement_layer(make_napari_viewe
 
 def test_a_reference_of_another_shape_or_placement_is_refused(make_napari_viewer, qtbot, errors):
     viewer = make_napari_viewer()
-    result, reference = _shifted_cubes()
+    result, reference = shifted_cubes()
     viewer.add_labels(result, name="result", scale=SPACING)
     viewer.add_labels(reference[:, :, :20].copy(), name="cropped", scale=SPACING)
     viewer.add_labels(reference, name="coarser", scale=(2.0, 1.0, 1.0))

@@ -11,6 +11,7 @@ import pytest
 
 pytest.importorskip("onnxruntime", reason="the onnx extra is not installed (pip install 'napari-pgps[onnx]')")
 
+from helpers import assert_same_labels  # noqa: E402
 from napari_pgps import train  # noqa: E402
 from napari_pgps.config import RunConfig  # noqa: E402
 from napari_pgps.data.dataset import case_files, read_case, read_dataset_info  # noqa: E402
@@ -33,17 +34,6 @@ def hippocampus_package(tmp_path_factory, hippocampus):
     for _ in train(config, folder / "run"):
         pass
     return export_model(folder / "run", folder / "hippocampus.zip", onnx=True)
-
-
-def assert_same_labels(by_onnx, by_torch):
-    """The same label everywhere, but where torch's own two most likely labels tie within the 1e-4 tolerance (there a
-    difference in the last digits may pick either; both runtimes are right)."""
-    differ = by_onnx.labels.array != by_torch.labels.array
-    if differ.any():
-        top = np.sort(by_torch.probabilities, axis=0)
-        margin = (top[-1] - top[-2])[differ]
-        assert margin.max() <= 2e-4, f"{differ.sum()} voxels differ, some by a margin of {margin.max():.3g}"
-        assert differ.mean() < 1e-4, f"{differ.sum()} of {differ.size} voxels differ"
 
 
 def test_onnx_probabilities_and_labels_match_torch_on_a_real_case(hippocampus_package, hippocampus):
