@@ -1,6 +1,7 @@
 """Curriculum schedules (pure functions from the final patch and epochs to stages) and the PDL data curriculum."""
 
 from .schedules import (
+    RANDOM_PATCH_SCHEDULES,
     SCHEDULES,
     Schedule,
     ScheduleOptions,
@@ -13,6 +14,7 @@ from .schedules import (
 )
 
 __all__ = [
+    "RANDOM_PATCH_SCHEDULES",
     "SCHEDULES",
     "Schedule",
     "ScheduleOptions",

@@ -34,6 +34,8 @@ import numpy as np
 from ..errors import InputError
 
 SCHEDULES = ("constant", "pgps-efficiency", "pgps-performance", "rpss", "augment")
+RANDOM_PATCH_SCHEDULES = ("rpss", "augment")
+"""The schedules that draw a new patch shape at every step."""
 GROWTH_RULES = ("journal", "miccai")
 PERFORMANCE_BATCH_RULES = ("voxels", "miccai")
 

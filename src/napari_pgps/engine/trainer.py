@@ -33,7 +33,7 @@ import numpy as np
 import torch
 
 from ..config import CONFIG_FILE, RunConfig, training_methods
-from ..curriculum import ScheduleOptions, build_schedule, crops_per_case, stage_at
+from ..curriculum import RANDOM_PATCH_SCHEDULES, ScheduleOptions, build_schedule, crops_per_case, stage_at
 from ..data.augmentation import Augmentation
 from ..data.dataset import TrainingSet
 from ..data.loader import BatchLoader
@@ -72,9 +72,6 @@ from .resolve import resolve_config
 
 RUN_FILES = (CONFIG_FILE, METRICS_FILE, LAST)
 """A folder holding any of these holds a run."""
-
-
-RANDOM_PATCH_SCHEDULES = ("rpss", "augment")  # a new patch shape at every step
 
 
 class TrainingDiverged(RuntimeError):
