@@ -66,4 +66,34 @@ def test_the_bench_at_equal_time_plans_every_schedule_to_the_budget(phantom_data
     assert all(r["time_budget"] == 8.0 and r["planned_epochs"] >= 1 for r in results["runs"])
     report = (tmp_path / "bench" / "report.md").read_text()
     assert "equal wall time" in report and "pgps-efficiency** at equal wall time" in report
+    assert "epochs completed/planned" in report and all(r["wall_seconds"] > 0 for r in results["runs"])
     assert (tmp_path / "bench" / "dice_vs_time.png").is_file()
+
+
+def test_the_timed_steps_change_no_weight_and_no_draw(phantom_dataset):
+    """The planner's probe steps (forward, backward, clipping, a zero-learning-rate optimiser step) leave the run
+    exactly where it would have started: the first real step's loss is the same with and without a budget."""
+    from napari_pgps import train
+
+    def first_loss(budget):
+        config = quick_config(phantom_dataset, epochs=2, iterations=2)
+        config.training.time_budget = budget
+        for event in train(config):
+            if isinstance(event, StepDone):
+                return event.loss
+
+    assert first_loss(600.0) == first_loss(None)
+
+
+def test_each_fixed_stage_is_planned_at_its_own_measured_cost():
+    from napari_pgps.engine.budget import measure_step_cost
+
+    costs = {((8, 8, 8), 16): 0.5, ((16, 16, 16), 2): 0.2, ((32, 32, 32), 2): 1.0}  # many small crops cost more
+
+    def step(patch, batch):
+        time.sleep(costs[(patch, batch)] / 50)
+
+    cost = measure_step_cost(step, list(costs))
+    assert cost.at((8, 8, 8), 16) == pytest.approx(0.01, rel=0.5)  # its own time, not the line's
+    assert cost.at((8, 8, 8), 16) > cost.at((16, 16, 16), 2)
+    assert cost.at((24, 24, 24), 2) == pytest.approx(cost.seconds(2 * 24**3))  # unprobed: the fitted line

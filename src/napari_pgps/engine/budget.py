@@ -1,11 +1,16 @@
 """Training to a time budget: measure what a step costs at each patch size, then plan the epochs to fit.
 
-A step's cost is measured, not guessed: a few forward and backward passes
-(no weight update) at the final patch and batch and, for schedules that
-change the patch, at the smallest and a middle stage; a line through them,
-seconds = a + b x voxels per step, predicts every other stage (on a CPU the
-time follows the voxels; on a GPU a small step is launch-bound, so ``a``
-dominates). A validation's cost is the sliding-window passes it takes times
+A step's cost is measured, not guessed: a few whole steps (forward, backward,
+gradient clipping and an optimiser step that changes no weight) at every
+(patch, batch) shape a schedule of fixed stages uses, and each stage is
+planned at its own measured cost: a PGPS Performance stage of many small
+crops costs more than its voxels say (per-crop sampling and per-sample
+overheads), an Efficiency stage of a few tiny crops less, so a single line
+through voxels mispredicted both (Performance 11% over its 15-minute plan
+on the 2-core CPU, Efficiency well under it). Schedules that draw a new patch every step are planned with
+a line through the measured points, seconds = a + b x voxels per step
+(on a CPU the time follows the voxels; on a GPU a small step is
+launch-bound, so ``a`` dominates). A validation's cost is the sliding-window passes it takes times
 the measured time of one window batch. The planner then takes the most
 epochs whose schedule, steps and validations included, fits the budget; the
 schedule's stage rule and the learning-rate decay follow the planned epochs.
@@ -52,21 +57,34 @@ def parse_duration(text: str | float) -> float:
     return seconds
 
 
+Shape = tuple[tuple[int, int, int], int]
+"""A step's (patch (z, y, x) in voxels, batch size)."""
+
+
 @dataclass(frozen=True)
 class StepCost:
-    """seconds per step = ``fixed`` + ``per_voxel`` x (batch x patch voxels), fitted to measured steps."""
+    """Seconds per step: measured for each probed shape; elsewhere ``fixed`` + ``per_voxel`` x (batch x patch
+    voxels), the line fitted through the measured ones."""
 
     fixed: float
     per_voxel: float
-    measured: tuple[tuple[int, float], ...]
-    """(voxels per step, median seconds) of each probed size."""
+    measured: tuple[tuple[Shape, float], ...]
+    """((patch, batch), median seconds) of each probed shape."""
 
     def seconds(self, voxels_per_step: float) -> float:
+        """The fitted line's seconds for a step of this many voxels (batch x patch)."""
         return max(self.fixed + self.per_voxel * voxels_per_step, 1e-4)
 
+    def at(self, patch: Sequence[int], batch: int) -> float:
+        """Seconds of a step at (patch, batch): its own measurement when probed, else the fitted line."""
+        shape = (tuple(int(p) for p in patch), int(batch))
+        for probed, seconds in self.measured:
+            if probed == shape:
+                return seconds
+        return self.seconds(batch * math.prod(patch))
 
-def measure_step_cost(step: Callable[[tuple[int, int, int], int], None],
-                      sizes: Sequence[tuple[tuple[int, int, int], int]]) -> StepCost:
+
+def measure_step_cost(step: Callable[[tuple[int, int, int], int], None], sizes: Sequence[Shape]) -> StepCost:
     """Time ``step(patch, batch)`` at each (patch, batch) (a warm-up, then the median of the timed ones) and fit
     the line through them."""
     points = []
@@ -78,8 +96,8 @@ def measure_step_cost(step: Callable[[tuple[int, int, int], int], None],
             start = time.perf_counter()
             step(patch, batch)
             times.append(time.perf_counter() - start)
-        points.append((batch * math.prod(patch), float(np.median(times))))
-    voxels = np.array([v for v, _ in points], dtype=float)
+        points.append(((tuple(int(p) for p in patch), int(batch)), float(np.median(times))))
+    voxels = np.array([b * math.prod(p) for (p, b), _ in points], dtype=float)
     seconds = np.array([s for _, s in points], dtype=float)
     if len(set(voxels)) > 1:
         per_voxel, fixed = np.polyfit(voxels, seconds, 1)

@@ -23,6 +23,7 @@ fractions are its own (its ``batch`` and ``loss`` are the global ones).
 from __future__ import annotations
 
 import copy
+import dataclasses
 import json
 import math
 import time
@@ -223,6 +224,7 @@ class _Run:
         self.loss = _loss(deep_supervision=deep_supervision_heads(config.model) > 0, across_ranks=context.enabled)
         self.started_at = time.perf_counter()
         self._probe_sampler: Optional[PatchSampler] = None
+        self._probe_optimizer: Optional[torch.optim.Optimizer] = None
         if device.type == "cuda":
             # cuDNN picks its fastest kernels once per input shape (before the budget's timed steps, which then
             # include it): worth it for the handful of PGPS stage shapes, as nnU-Net does for its one, not for
@@ -412,14 +414,17 @@ class _Run:
         """Set ``training.epochs`` (and, when even one epoch would not fit, the steps per epoch) so the run fits its
         time budget, from steps and a validation window batch timed on this machine; returns the predicted seconds.
 
-        The timed steps (a warm-up and two per probed size, on real crops) change no weight.
+        The timed steps (a warm-up and two per probed size, on real crops) change no weight: their optimiser is a
+        throw-away one with a learning rate and weight decay of zero.
         """
         t, model = self.config.training, self.config.model
         cap = t.epochs
         t.epochs = max(cap or 0, 1000)  # every stage size of the schedule
         probe = _schedule(self.config)
         sizes = _probe_sizes(probe, np.random.default_rng(t.seed))
+        self._probe_optimizer = _optimizer(self.network, dataclasses.replace(t, learning_rate=0.0, weight_decay=0.0))
         cost = measure_step_cost(self._timed_step, sizes)
+        self._probe_optimizer = None  # its moments are a whole copy of the weights' size
         windows = sum(math.ceil(window_count(self.store.image(name).shape[1:], model.patch_size) / t.batch_size)
                       for name in self.validation_names)
         validation = windows * self._timed_windows()
@@ -430,7 +435,7 @@ class _Run:
             final = schedule.final_batch * math.prod(schedule.final_patch)
             if schedule.choices or schedule.axis_sizes:
                 return [(epochs, cost.seconds(schedule.relative_voxels() * final))]
-            return [(stage.epochs, cost.seconds(stage.voxels_per_step)) for stage in schedule.stages]
+            return [(stage.epochs, cost.at(stage.patch, stage.batch)) for stage in schedule.stages]
 
         run_cost = RunCost(stages_for, validation, t.validate_every)
         plan = plan_epochs(t.time_budget - (time.perf_counter() - self.started_at), run_cost, t.iterations_per_epoch)
@@ -439,7 +444,9 @@ class _Run:
         return time.perf_counter() - self.started_at + run_cost(t.epochs, t.iterations_per_epoch)
 
     def _timed_step(self, patch: tuple[int, int, int], batch_size: int) -> None:
-        """A forward and backward pass on real crops, gradients dropped: what a training step costs, no update.
+        """What a training step costs, without changing a weight: forward and backward on real crops, gradient
+        clipping, and a step of the zero-learning-rate probe optimiser (skipped, as its arithmetic would turn the
+        weights into NaN, when the gradient is not finite).
 
         The crops come from a copy of the sampler with its own random state, so the run's own draws are not moved.
         """
@@ -452,7 +459,10 @@ class _Run:
         with self._autocast():
             loss = self.loss(split_outputs(self.model(images).float(), images), labels)
         loss.backward()
-        self.network.zero_grad(set_to_none=True)
+        norm = torch.nn.utils.clip_grad_norm_(self.network.parameters(), self.config.training.gradient_clip)
+        if bool(torch.isfinite(norm)):
+            self._probe_optimizer.step()
+        self._probe_optimizer.zero_grad(set_to_none=True)
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)
 
@@ -623,9 +633,12 @@ def _schedule(config: RunConfig):
 
 
 def _probe_sizes(schedule, rng: np.random.Generator) -> list[tuple[tuple[int, int, int], int]]:
-    """The (patch, batch) sizes whose step time is measured: the final one and, when the patch changes, the
-    smallest and a middle one by voxels per step."""
+    """The (patch, batch) shapes whose step time is measured: every stage's of a schedule of fixed stages (each
+    stage is then planned at its own cost); for one that draws a patch every step, the final shape, the
+    smallest and a middle one by voxels per step (the line through them plans it)."""
     final = (tuple(schedule.final_patch), schedule.final_batch)
+    if not schedule.axis_sizes and not schedule.choices:
+        return list(dict.fromkeys([final] + [(tuple(s.patch), s.batch) for s in schedule.stages]))
     if schedule.axis_sizes:
         options = {schedule.draw(schedule.stages[0], rng) for _ in range(50)}
     else:

@@ -4,7 +4,8 @@ number of epochs or (``time_budget``) for the same wall-clock time.
 Each (schedule, seed) run trains in a fresh process, so warm-up and memory
 peaks do not leak from one run into the next. Measured per run: Dice per
 label on the held-out split at the final patch size, training wall time
-(steps only; validation excluded), the training time at which the validation
+(steps only; validation excluded) and the whole run's wall time (preparation,
+the budget's timed steps, validations and checkpoints included), the training time at which the validation
 Dice first reached the constant schedule's final Dice, and peak memory (the
 process's peak resident set size on the CPU, ``torch.cuda.max_memory_allocated``
 on CUDA). Written to the report folder: ``results.json``, ``report.md`` and
@@ -17,6 +18,7 @@ import json
 import multiprocessing
 import resource
 import statistics
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional, Sequence
@@ -75,7 +77,9 @@ def run_one(config_dict: dict[str, Any]) -> dict[str, Any]:
     from .training import train
 
     config = RunConfig.from_dict(config_dict)
+    started = time.perf_counter()
     progress = fold(train(config))
+    wall = time.perf_counter() - started
     run, final = progress.started, progress.validations[-1]
     per_epoch: dict[int, dict[str, Any]] = {}
     for step in progress.steps:
@@ -93,7 +97,9 @@ def run_one(config_dict: dict[str, Any]) -> dict[str, Any]:
         "seed": config.training.seed,
         "device": run.device,
         "planned_epochs": run.epochs,
+        "completed_epochs": progress.finished.epochs_completed,
         "time_budget": run.time_budget,
+        "wall_seconds": wall,
         "training_seconds": progress.training_seconds,
         "dice_per_label": final.result.dice_per_label,
         "mean_dice": final.result.mean_dice,

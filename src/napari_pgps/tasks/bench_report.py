@@ -161,4 +161,11 @@ def _equal_time_verdicts(results: dict[str, Any]) -> list[str]:
         lines.append(f"- **{name}** at equal wall time: {verdict} constant by {abs(entry['dice_points_vs_constant']):.2f} "
                      f"Dice points on average (per seed: {', '.join(f'{d:+.2f}' for d in differences)}; ahead in "
                      f"{ahead} of {len(differences)} seeds).")
+    budget = results["settings"]["time_budget"]
+    for name in results["summary"]:
+        mine = [r for r in results["runs"] if r["schedule"] == name]
+        walls = [r["wall_seconds"] for r in mine]
+        epochs = ", ".join(f"{r['completed_epochs']}/{r['planned_epochs']}" for r in mine)
+        lines.append(f"- {name}: whole run {min(walls):.0f}-{max(walls):.0f} s of wall time against the budget's "
+                     f"{budget:.0f} s (at most {100 * (max(walls) / budget - 1):+.1f}%); epochs completed/planned: {epochs}.")
     return lines
