@@ -97,3 +97,15 @@ def test_each_fixed_stage_is_planned_at_its_own_measured_cost():
     assert cost.at((8, 8, 8), 16) == pytest.approx(0.01, rel=0.5)  # its own time, not the line's
     assert cost.at((8, 8, 8), 16) > cost.at((16, 16, 16), 2)
     assert cost.at((24, 24, 24), 2) == pytest.approx(cost.seconds(2 * 24**3))  # unprobed: the fitted line
+
+
+def test_the_bench_names_pdl_runs_by_their_schedule_plus_pdl(phantom_dataset, tmp_path):
+    from napari_pgps.tasks.bench import BenchSettings, bench_config, run_bench
+
+    settings = BenchSettings(data=str(phantom_dataset), schedules=["constant", "constant+pdl"], seeds=1, profile="quick")
+    config = bench_config(settings, "constant+pdl", 0)
+    assert config.curriculum.schedule == "constant" and config.curriculum.pdl.enabled
+    assert not bench_config(settings, "constant", 0).curriculum.pdl.enabled
+    settings.schedules = ["constant", "constant+ssl"]
+    with pytest.raises(InputError, match="optionally with \\+pdl"):
+        run_bench(settings, tmp_path / "bench")

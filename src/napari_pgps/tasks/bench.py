@@ -41,6 +41,7 @@ PROFILES = {
 class BenchSettings:
     data: str
     schedules: list[str]
+    """Schedule names; ``NAME+pdl`` adds the PDL data curriculum to schedule NAME (e.g. ``constant+pdl``)."""
     seeds: int = 3
     profile: str = "full"
     epochs: Optional[int] = None
@@ -57,7 +58,8 @@ def bench_config(settings: BenchSettings, schedule: str, seed: int) -> RunConfig
     config.data.path = settings.data
     config.data.max_cases = profile["max_cases"]
     config.model.base_channels = profile["base_channels"]
-    config.curriculum.schedule = schedule
+    config.curriculum.schedule, _, extra = schedule.partition("+")
+    config.curriculum.pdl.enabled = extra == "pdl"
     config.training.seed = seed
     config.training.device = settings.device
     config.training.epochs = settings.epochs or profile["epochs"]
@@ -121,9 +123,10 @@ def run_bench(settings: BenchSettings, out: Path, progress=print) -> dict[str, A
     from ..curriculum import SCHEDULES
     from ..data.dataset import read_dataset_info
 
-    unknown = [s for s in settings.schedules if s not in SCHEDULES]
+    unknown = [s for s in settings.schedules if s.partition("+")[0] not in SCHEDULES or s.partition("+")[2] not in ("", "pdl")]
     if unknown:
-        raise InputError(f"unknown schedule(s) {', '.join(unknown)}; choose from {', '.join(SCHEDULES)}.")
+        raise InputError(f"unknown schedule(s) {', '.join(unknown)}; choose from {', '.join(SCHEDULES)}, each "
+                         "optionally with +pdl (the PDL data curriculum).")
     if "constant" not in settings.schedules:
         raise InputError("the bench compares against the constant schedule: include 'constant' in --schedules.")
     if settings.seeds < 1:
@@ -139,6 +142,7 @@ def run_bench(settings: BenchSettings, out: Path, progress=print) -> dict[str, A
             progress(f"seed {seed}, {schedule}: training...")
             with context.Pool(1) as pool:
                 result = pool.apply(run_one, (bench_config(settings, schedule, seed).to_dict(),))
+            result["schedule"] = schedule  # the bench's name: constant+pdl trains the constant schedule
             runs.append(result)
             progress(f"seed {seed}, {schedule}: mean Dice {result['mean_dice']:.4f}, "
                      f"{result['training_seconds']:.0f} s training, peak {result['peak_memory_mib']:.0f} MiB")
