@@ -67,6 +67,19 @@ class RunStarted(Event):
 
 
 @dataclass(frozen=True)
+class Replanned(Event):
+    """A run planned to a time budget, after its first epoch: its steps took ``slowdown`` times the time the plan
+    had measured (more than 10% off, e.g. a machine busy while the plan was timed), so the epochs were planned
+    again with every cost scaled by it. ``epochs`` and ``expected_seconds`` replace :class:`RunStarted`'s."""
+
+    epoch: int
+    """Epochs completed when it was re-planned."""
+    slowdown: float
+    epochs: int
+    expected_seconds: float
+
+
+@dataclass(frozen=True)
 class StageStarted(Event):
     """A curriculum stage begins: from now on crops have this patch and batch size."""
 

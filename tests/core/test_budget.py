@@ -7,6 +7,7 @@ import time
 import pytest
 
 from helpers import quick_config
+from napari_pgps.engine import fold
 from napari_pgps.engine.budget import RunCost, parse_duration, plan_epochs
 from napari_pgps.errors import InputError
 from napari_pgps.events import Finished, RunStarted, StepDone
@@ -40,8 +41,9 @@ def test_a_budget_plans_the_run_to_end_within_it(phantom_dataset):
     config = quick_config(phantom_dataset, epochs=None, iterations=5)
     config.training.time_budget = 25.0
     config.curriculum.schedule = "pgps-performance"
-    started_at, started, steps = None, None, []
+    started_at, started, steps, events = None, None, [], []
     for event in train(config):
+        events.append(event)
         if isinstance(event, RunStarted):
             started, started_at = event, time.perf_counter()
         elif isinstance(event, StepDone):
@@ -49,7 +51,9 @@ def test_a_budget_plans_the_run_to_end_within_it(phantom_dataset):
         elif isinstance(event, Finished):
             took = time.perf_counter() - started_at
     assert started.time_budget == 25.0 and started.expected_seconds <= 25.0
-    planned = started.epochs * started.iterations_per_epoch
+    final_plan = fold(events).started  # re-planned after the first epoch when its steps' time was off
+    assert final_plan.expected_seconds <= 25.0
+    planned = final_plan.epochs * final_plan.iterations_per_epoch
     assert 0 < len(steps) <= planned  # a slower machine than measured loses the last epochs
     if started.epochs >= 2:  # on a loaded machine only one epoch may fit
         assert len({s.patch for s in steps}) >= 2  # the stages are kept
@@ -109,3 +113,30 @@ def test_the_bench_names_pdl_runs_by_their_schedule_plus_pdl(phantom_dataset, tm
     settings.schedules = ["constant", "constant+ssl"]
     with pytest.raises(InputError, match="optionally with \\+pdl"):
         run_bench(settings, tmp_path / "bench")
+
+
+def test_a_plan_timed_on_a_busy_machine_is_made_again_after_the_first_epoch(phantom_dataset, monkeypatch):
+    from napari_pgps import train
+    from napari_pgps.engine import trainer
+    from napari_pgps.events import Replanned
+
+    timed = trainer._Run._timed_step
+
+    def busy(self, patch, batch):  # the plan's timed steps look four times slower than the training's
+        start = time.perf_counter()
+        timed(self, patch, batch)
+        time.sleep(3 * (time.perf_counter() - start))
+
+    monkeypatch.setattr(trainer._Run, "_timed_step", busy)
+    config = quick_config(phantom_dataset, epochs=None, iterations=4)
+    config.curriculum.schedule = "pgps-efficiency"
+    config.training.time_budget = 20.0
+    events = list(train(config))
+    started = next(e for e in events if isinstance(e, RunStarted))
+    replanned = [e for e in events if isinstance(e, Replanned)]
+    steps = [e for e in events if isinstance(e, StepDone)]
+    assert len(replanned) == 1 and replanned[0].epoch == 1 and replanned[0].slowdown < 0.9
+    assert replanned[0].epochs > started.epochs  # the time the busy plan left unused is spent
+    assert started.epochs * 4 < len(steps) <= replanned[0].epochs * 4
+    assert fold(events).started.epochs == replanned[0].epochs  # every face shows the new plan
+    assert len({s.patch for s in steps}) >= 2  # the stages are laid out again, not dropped

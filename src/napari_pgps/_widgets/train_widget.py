@@ -28,7 +28,18 @@ from ..engine import TrainingControl, TrainingProgress
 from ..engine.checkpoint import FINAL, LAST, SPLITS_FILE
 from ..engine.progress import duration_text, read_events, size_text
 from ..errors import InputError
-from ..events import CasesAdded, Finished, Paused, Preparing, Resumed, RunStarted, StageStarted, StepDone, Validated
+from ..events import (
+    CasesAdded,
+    Finished,
+    Paused,
+    Preparing,
+    Replanned,
+    Resumed,
+    RunStarted,
+    StageStarted,
+    StepDone,
+    Validated,
+)
 from .forms import CHANNEL_SEPARATOR, ChannelPicker, PathField, spin_box
 from .layers import box_outlines, find_layer, placement, training_set_from_layers
 from .plots import PlotCanvas
@@ -354,6 +365,11 @@ class TrainWidget(QWidget):
             self.status.setText(f"{resumed}{event.training_cases} training / {event.validation_cases} validation "
                                 f"case(s), {event.parameters:,} parameters, final patch {size_text(event.final_patch)}"
                                 f"{planned}")
+        elif isinstance(event, Replanned):
+            self.progress.setRange(0, max(event.epochs * history.started.iterations_per_epoch, 1))
+            self.status.setText(f"re-planned after epoch {event.epoch}: {event.epochs} epochs, expected "
+                                f"{duration_text(event.expected_seconds)} (steps took {event.slowdown:.2f}x the "
+                                "planned time)")
         elif isinstance(event, StepDone):
             self.progress.setValue(history.step)
             self.progress.setFormat(f"%v / %m steps, ETA {duration_text(history.eta_seconds)}")

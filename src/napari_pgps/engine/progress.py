@@ -14,6 +14,8 @@ folds the same way as a live one.
 
 from __future__ import annotations
 
+import dataclasses
+
 import json
 import os
 import statistics
@@ -33,6 +35,7 @@ from ..events import (
     Preparing,
     PruningReport,
     PruningStep,
+    Replanned,
     Resumed,
     RunStarted,
     StageFinished,
@@ -107,6 +110,8 @@ class TrainingProgress:
             self._wall_start = time.perf_counter()
             if not self.parameters:
                 self.parameters.append((event.start_epoch, event.parameters))
+        elif isinstance(event, Replanned) and self.started is not None:
+            self.started = dataclasses.replace(self.started, epochs=event.epochs, expected_seconds=event.expected_seconds)
         elif isinstance(event, StepDone):
             self.steps.append(event)
             self.training_seconds += event.seconds
@@ -213,6 +218,9 @@ def describe_event(event: Event, progress: TrainingProgress, *, quiet: bool = Fa
                 f"{event.training_cases} training / {event.validation_cases} validation cases, "
                 f"{event.parameters:,} parameters, final patch {size_text(event.final_patch)}, "
                 f"{event.epochs} epochs x {event.iterations_per_epoch} steps{resuming}{planned}")
+    if isinstance(event, Replanned):
+        return (f"epoch {event.epoch}: steps took {event.slowdown:.2f}x the planned time; re-planned to {event.epochs} "
+                f"epochs, expected {duration_text(event.expected_seconds)}")
     if isinstance(event, Validated):
         dice = ", ".join(f"{name} {value:.4f}" for name, value in event.dice_per_label.items())
         where = " (on the training cases: none left to hold out)" if event.on_training_cases else ""

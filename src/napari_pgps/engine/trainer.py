@@ -50,6 +50,7 @@ from ..events import (
     Finished,
     Paused,
     Preparing,
+    Replanned,
     Resumed,
     RunStarted,
     StageFinished,
@@ -73,6 +74,10 @@ from .resolve import resolve_config
 
 RUN_FILES = (CONFIG_FILE, METRICS_FILE, LAST)
 """A folder holding any of these holds a run."""
+
+
+REPLAN_TOLERANCE = 0.10
+"""A run planned to a budget is planned again after its first epoch when its steps' time is this far from the plan's."""
 
 
 class TrainingDiverged(RuntimeError):
@@ -225,6 +230,8 @@ class _Run:
         self.started_at = time.perf_counter()
         self._probe_sampler: Optional[PatchSampler] = None
         self._probe_optimizer: Optional[torch.optim.Optimizer] = None
+        self._budget_plan: Optional[tuple[RunCost, float, Optional[int]]] = None
+        """(the plan's cost model, seconds before training, the epoch cap) of a run planned to a budget."""
         if device.type == "cuda":
             # cuDNN picks its fastest kernels once per input shape (before the budget's timed steps, which then
             # include it): worth it for the handful of PGPS stage shapes, as nnU-Net does for its one, not for
@@ -293,6 +300,7 @@ class _Run:
             for event in self._epoch_start_events():
                 yield self._log(event)
             plans = [self._plan(stage) for _ in range(t.iterations_per_epoch)]
+            epoch_step_seconds: list[float] = []
             batches = self.loader.batches(plan for plan, _ in plans)
             for _, batch_size in plans:
                 if self.control.paused and not self.control.stop_requested:
@@ -306,10 +314,15 @@ class _Run:
                     break
                 step = self._train_step(batches, batch_size)
                 stage_fractions.append(step.class_fractions)
+                epoch_step_seconds.append(step.seconds)
                 yield self._log(step)
             batches.close()
             if stopped:
                 break
+            if self._budget_plan is not None and self.epoch == 0:
+                replanned = self._replan(epoch_step_seconds)
+                if replanned is not None:
+                    yield self._log(replanned)
             if self.epoch + 1 == t.epochs or stage_at(self.stages, self.epoch + 1) != current_stage:
                 yield self._log(self._stage_finished(current_stage, stage_fractions))
                 stage_fractions = []
@@ -438,10 +451,40 @@ class _Run:
             return [(stage.epochs, cost.at(stage.patch, stage.batch)) for stage in schedule.stages]
 
         run_cost = RunCost(stages_for, validation, t.validate_every)
-        plan = plan_epochs(t.time_budget - (time.perf_counter() - self.started_at), run_cost, t.iterations_per_epoch)
+        before_training = time.perf_counter() - self.started_at
+        plan = plan_epochs(t.time_budget - before_training, run_cost, t.iterations_per_epoch)
         t.epochs = min(plan.epochs, cap) if cap else plan.epochs
         t.iterations_per_epoch = plan.iterations_per_epoch
-        return time.perf_counter() - self.started_at + run_cost(t.epochs, t.iterations_per_epoch)
+        self._budget_plan = (run_cost, before_training, cap)
+        return before_training + run_cost(t.epochs, t.iterations_per_epoch)
+
+    def _replan(self, step_seconds: list[float]) -> Optional[Replanned]:
+        """After the first epoch of a run planned to a budget: when its steps took more than 10% more or less than
+        the plan's timed ones (a machine busy, or idle, only while the plan was timed), plan the epochs again with
+        every step's and validation's cost scaled by that ratio. The schedule's stages are laid out again for the
+        new number of epochs (the first stage's epochs are at least one, so no stage is repeated) and the
+        learning-rate decay ends with them; plug-ins that fixed their plan at the start (PSP-Seg's pruning
+        window) keep it.
+        """
+        run_cost, before_training, cap = self._budget_plan
+        t = self.config.training
+        planned_step = run_cost.stages_for(t.epochs)[0][1]
+        slowdown = distributed.mean_over_ranks(torch.tensor(float(np.median(step_seconds)) / planned_step), self.context)
+        if abs(slowdown - 1.0) <= REPLAN_TOLERANCE:
+            return None
+        slowdown = min(max(slowdown, 0.25), 4.0)
+        scaled = RunCost(lambda epochs: [(e, s * slowdown) for e, s in run_cost.stages_for(epochs)],
+                         run_cost.validation_seconds * slowdown, run_cost.validate_every)
+        epochs = plan_epochs(t.time_budget - before_training, scaled, t.iterations_per_epoch).epochs
+        epochs = max(min(epochs, cap) if cap else epochs, self.epoch + 1)
+        t.epochs = epochs
+        self.schedule = _schedule(self.config)
+        self.stages = self.schedule.stages
+        self.scheduler.total_iters = epochs
+        self.expected_seconds = before_training + scaled(epochs, t.iterations_per_epoch)
+        if self.writes:
+            self.config.save(self.run_dir / CONFIG_FILE)
+        return Replanned(epoch=self.epoch + 1, slowdown=slowdown, epochs=epochs, expected_seconds=self.expected_seconds)
 
     def _timed_step(self, patch: tuple[int, int, int], batch_size: int) -> None:
         """What a training step costs, without changing a weight: forward and backward on real crops, gradient
