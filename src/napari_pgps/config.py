@@ -121,6 +121,12 @@ class ModelConfig:
     """PSP-Seg network size when ``architecture`` is "prm": "S", "B" or "L"."""
     prm_branches: Optional[list[list[tuple[int, int, int]]]] = None
     """Kernels of the branches left in each PRM (encoder levels 1.., then decoder); all of the variant's when ``None``."""
+    prm_downsampling: Optional[str] = None
+    """"prm": "residual" (the PSP-Seg reference's two 3x3x3 convs with a strided 1x1x1 bypass; a new network's default)
+    or "strided-conv" (one conv, kernel = stride). ``None`` in a saved config (before this field): "strided-conv"."""
+    prm_skips: Optional[str] = None
+    """"prm": how a decoder level joins its skip, "add" (the reference's; a new network's default) or "concat"
+    (concatenation and a 1x1x1 fusion). ``None`` in a saved config (before this field): "concat"."""
     channels_pruned: bool = False
     """The convolutions were channel-pruned: their sizes are read from the checkpoint's weights."""
 
@@ -208,23 +214,41 @@ class TrainingConfig:
 
 @dataclass
 class PruningConfig:
-    """PSP-Seg progressive pruning of a "prm" network's branches during training."""
+    """PSP-Seg progressive pruning of a "prm" network's branches during training.
+
+    The defaults follow the PSP-Seg reference code; each earlier choice of ours is the other value of its option.
+    """
 
     enabled: bool = False
     prune_step: int = 2
-    """Branches masked at a time; halved when a prune is rolled back."""
-    patience: Optional[int] = None
-    """Prune after this many epochs without a new loss minimum; ``None``: 10 per 1000 epochs (0 = at every epoch start)."""
+    """Branches masked at a time: in every PRM ("per-prm" selection) or in all ("global")."""
+    selection: str = "per-prm"
+    """"per-prm" (the reference's): in every PRM, the combination of ``prune_step`` branches whose joint removal
+    changes its output least; "global": the ``prune_step`` branches of the whole network that change their PRM's
+    output least, each scored alone."""
+    judge: str = "convergence"
+    """When masks are judged and placed: "convergence" (the reference's) at the next convergence event (none of the
+    total, feature-decoupling and foreground losses has set a new minimum since the last event for ``patience``
+    epochs), rolled back if any of the three is worse; "next-epoch": judged at the next epoch start on the
+    segmentation loss, placed after ``patience`` epochs without a new minimum of any loss."""
+    rollback: str = "decrement"
+    """After a rollback ``prune_step`` goes down by 1 and pruning stops at 0 ("decrement", the reference's) or halves,
+    keeping at least 1 ("halve")."""
+    patience: Optional[int] = 10
+    """Epochs without a new loss minimum before a check (the reference: 10); ``None``: 10 per 1000 epochs (0 = every epoch)."""
     stop_fraction: float = 0.4
-    """No pruning after this share of the epochs."""
+    """No masks placed from this share of the epochs on (a pending one is still judged)."""
     tolerance: float = 0.001
-    """A prune is rolled back when the loss minimum since it is >= the earlier minimum + this."""
+    """A prune is rolled back when a judged loss's minimum since it is >= its earlier minimum + this."""
     calibration_batches: int = 8
     """Batches whose PRM inputs are cached to score the branches (the paper: ~100 on a GPU)."""
-    min_branches: int = 1
-    """Branches every PRM keeps."""
+    min_branches: int = 0
+    """Branches every PRM keeps (the reference: 0, an empty PRM passes its input on)."""
     decoupling_weight: float = 0.1
     """Weight of the functional decoupling loss (cosine + foreground BCE); 0 turns it off."""
+    retrain: bool = False
+    """After pruning, train the final architecture again from fresh weights for the same epochs (the reference's
+    retraining; ``prune --progressive --retrain``)."""
 
 
 @dataclass

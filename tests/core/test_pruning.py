@@ -90,10 +90,15 @@ def test_calibration_picks_the_branches_that_change_the_output_least_and_keeps_a
     assert all(sum(1 for p, _ in everything if p == i) == 1 for i in range(len(network.prms())))
 
 
+OUR_EARLIER_CHOICES = dict(selection="global", judge="next-epoch", rollback="halve", min_branches=1)
+"""The options that give the pruning of before the reference's behaviour became the default."""
+
+
 def test_a_prune_that_degrades_the_loss_is_rolled_back_and_the_step_halves():
     network = _trained_like(build_network(_prm_config(levels=3)))
     optimizer = torch.optim.AdamW(network.parameters())
-    pruner = ProgressivePruner(network, PruningConfig(enabled=True, prune_step=2, patience=0), epochs=10)
+    pruner = ProgressivePruner(network, PruningConfig(enabled=True, prune_step=2, patience=0, **OUR_EARLIER_CHOICES),
+                               epochs=10)
     batches = lambda: [torch.randn(1, 1, 16, 32, 32)]  # noqa: E731
     pruner.end_epoch(0, {"segmentation": 1.0})
     actions = pruner.start_epoch(1, batches, optimizer)
@@ -117,6 +122,8 @@ def test_no_pruning_after_the_stop_fraction():
     pruner = ProgressivePruner(network, PruningConfig(enabled=True, patience=0, stop_fraction=0.4), epochs=10)
     optimizer = torch.optim.SGD(network.parameters(), lr=0.1)
     assert pruner.last_epoch == 4
+    for epoch in range(4):
+        pruner.end_epoch(epoch, {"segmentation": 1.0, "total": 1.0})
     assert pruner.start_epoch(4, lambda: [torch.randn(1, 1, 16, 32, 32)], optimizer) == []
 
 
@@ -131,13 +138,15 @@ def test_progressive_training_prunes_and_its_checkpoint_segments(phantom_dataset
     config.curriculum.schedule = schedule
     config.model.architecture = "prm"
     config.pruning.enabled = True
-    config.pruning.patience = 0
+    config.pruning.patience = 0  # a convergence event at every epoch start
+    config.pruning.tolerance = 1e9  # every cut holds: two branches of every PRM go at each event, until none is left
     config.pruning.stop_fraction = 0.9
     config.pruning.calibration_batches = 2
     steps = [e for e in train(config, tmp_path / "run") if isinstance(e, PruningStep)]
     assert steps[0].action == "masked" and any(s.action == "removed" for s in steps)
     model = load_model(tmp_path / "run")
-    assert sum(map(len, model.config.model.prm_branches)) < 4 * len(model.config.model.prm_branches)
+    assert model.config.model.prm_downsampling == "residual" and model.config.model.prm_skips == "add"
+    assert model.config.model.prm_branches == [[]] * len(model.config.model.prm_branches)
     assert sum(p.numel() for p in model.network.parameters()) == [s for s in steps if s.action == "removed"][-1].parameters
     image = phantom_dataset / "imagesTr" / "case_000.nii.gz"
     assert main(["segment", "--model", str(tmp_path / "run"), "--input", str(image), "--output", str(tmp_path / "seg.nii.gz")]) == 0

@@ -27,6 +27,7 @@ def _progressive(widget: PruneWidget, epochs: int) -> None:
     config = state_for(widget.viewer).config  # what the Curriculum widget designs
     config.model.patch_size = (8, 32, 32)
     config.pruning.calibration_batches = 2
+    config.pruning.patience = 0  # a convergence event at every epoch start: pruning within a few epochs
     widget.mode.setCurrentIndex(widget.mode.findData(PROGRESSIVE))
     widget.progressive_epochs.setValue(epochs)
     widget.iterations.setValue(2)

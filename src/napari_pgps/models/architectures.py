@@ -81,7 +81,8 @@ def _prm(model: ModelConfig) -> nn.Module:
     from .prm import build_prm_unet
 
     return build_prm_unet(model.prm_variant, model.in_channels, model.out_channels, model.channels, model.strides,
-                          model.prm_branches, deep_supervision=deep_supervision_heads(model) > 0)
+                          model.prm_branches, deep_supervision=deep_supervision_heads(model) > 0,
+                          downsampling=model.prm_downsampling, skips=model.prm_skips)
 
 
 def _resolve_prm(model: ModelConfig) -> None:

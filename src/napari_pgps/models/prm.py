@@ -3,27 +3,34 @@
 A PRM holds several light parallel branches on the same input and adds
 their outputs, each scaled by a learnable scalar that starts at 0:
 
-    y = LeakyReLU(x + sum_i mask_i * w_i * branch_i(x))
+    y = LeakyReLU(x + sum_i mask_i * w_i * branch_i(x))     (y = x when no branch is left or unmasked)
     branch_i = 1x1x1 conv -> instance norm -> LeakyReLU -> anisotropic conv k_i -> instance norm
 
 Training starts with every branch (a redundant network); progressive pruning
 (:mod:`napari_pgps.pruning.progressive`) masks the branches that matter least
-and then removes them physically, so the final network is small. The
-remaining branches of every PRM are part of :class:`ModelConfig`
-(``prm_branches``), so a checkpoint's config alone rebuilds the pruned network.
+and then removes them physically, so the final network is small; a PRM may
+lose every branch and then passes its input on unchanged. The remaining
+branches of every PRM are part of :class:`ModelConfig` (``prm_branches``), so a
+checkpoint's config alone rebuilds the pruned network.
 
 Layout for a plan of L levels (channels c_0..c_{L-1}, strides s_1..s_{L-1}):
 
 - level 0 (full resolution, where activations are largest, so it is kept light as in the PSP-Seg
   reference): one 3x3x3 conv block in the encoder; in the decoder the skip is added (not concatenated)
   and one 3x3x3 conv block follows;
-- encoder level l >= 1: strided conv (kernel = stride s_l) c_{l-1} -> c_l, then a PRM;
-  the deepest level is the bottleneck;
+- encoder level l >= 1: downsampling c_{l-1} -> c_l by s_l, then a PRM; the deepest level is the
+  bottleneck. ``ModelConfig.prm_downsampling``: "residual" (the reference's: 3x3x3 conv with stride
+  s_l -> norm -> LeakyReLU -> 3x3x3 conv -> norm, plus a 1x1x1 conv with stride s_l on the input, summed,
+  then LeakyReLU) or "strided-conv" (one conv with kernel = stride s_l -> norm -> LeakyReLU);
 - decoder level l < L-1: 1x1x1 conv c_{l+1} -> c_l and nearest upsampling (as PSP-Seg; a transposed
-  conv would hold 8x the weights, a quarter of the network at the bottleneck), concatenation
-  with the skip, then a 1x1x1 fusion 2 c_l -> c_l and a PRM (levels >= 1);
+  conv would hold 8x the weights, a quarter of the network at the bottleneck), joined with the skip,
+  then a PRM (levels >= 1). ``ModelConfig.prm_skips``: "add" (the reference's: upsampled + skip) or
+  "concat" (concatenation, then a 1x1x1 fusion 2 c_l -> c_l -> norm -> LeakyReLU);
 - PRMs recompute their branches in the backward pass (activation checkpointing) in training;
 - deep supervision: 1x1x1 heads on decoder levels 1 and 2, upsampled to full resolution in training.
+
+A saved config without the two layout fields (``None``: written before they existed) rebuilds the layout
+of that time: "strided-conv" and "concat".
 
 Axis order is (Z, Y, X) throughout; tensors are (B, C, Z, Y, X).
 """
@@ -67,6 +74,12 @@ VARIANTS = {
     "L": PRMVariant(32, 320, 2.0, ALL_KERNELS),
 }
 DEEP_SUPERVISION_LEVELS = (1, 2)
+DOWNSAMPLING = ("residual", "strided-conv")
+SKIPS = ("add", "concat")
+REFERENCE_LAYOUT = {"downsampling": "residual", "skips": "add"}
+"""The PSP-Seg reference's layout: what a new network gets."""
+LEGACY_LAYOUT = {"downsampling": "strided-conv", "skips": "concat"}
+"""What a saved config without the layout fields was trained with."""
 
 
 def _norm(channels: int) -> nn.Module:
@@ -136,6 +149,8 @@ class ParallelRedundantModule(nn.Module):
         return total
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not bool((self.mask > 0).any()):  # no branch left, or every one masked: the identity (the reference's)
+            return x
         if self.training and torch.is_grad_enabled():
             # Activation checkpointing: keep only the input and recompute the branches in the backward pass.
             # The redundant branches would otherwise hold more activations than a plain U-Net level.
@@ -158,6 +173,37 @@ class ParallelRedundantModule(nn.Module):
         self.branches = nn.ModuleList(self.branches[i] for i in keep)
         self.mask = torch.ones(len(keep), device=self.mask.device)
         return removed
+
+
+class ResidualDownsample(nn.Module):
+    """The reference's downsampling: (3x3x3 conv, stride -> norm -> LeakyReLU -> 3x3x3 conv -> norm) + strided 1x1x1 conv, then LeakyReLU.
+
+    (B, c_in, Z, Y, X) -> (B, c_out, ceil(Z / s_z), ceil(Y / s_y), ceil(X / s_x)).
+    """
+
+    def __init__(self, in_channels: int, out_channels: int, stride: Sequence[int]):
+        super().__init__()
+        stride = tuple(stride)
+        self.body = nn.Sequential(
+            nn.Conv3d(in_channels, out_channels, 3, stride=stride, padding=1, bias=False),
+            _norm(out_channels),
+            _act(),
+            nn.Conv3d(out_channels, out_channels, 3, padding=1, bias=False),
+            _norm(out_channels),
+        )
+        self.bypass = nn.Conv3d(in_channels, out_channels, 1, stride=stride)
+        self.act = _act()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.act(self.bypass(x) + self.body(x))
+
+
+def _downsample(kind: str, in_channels: int, out_channels: int, stride: Sequence[int]) -> nn.Module:
+    """The ``kind`` of downsampling (see :data:`DOWNSAMPLING`) by ``stride`` (Z, Y, X)."""
+    if kind == "residual":
+        return ResidualDownsample(in_channels, out_channels, stride)
+    stride = tuple(stride)
+    return nn.Sequential(nn.Conv3d(in_channels, out_channels, stride, stride=stride, bias=False), _norm(out_channels), _act())
 
 
 class Upsample(nn.Module):
@@ -184,7 +230,10 @@ class PRMUNet(nn.Module):
         channels: feature maps per level, c_0..c_{L-1}.
         strides: per level (Z, Y, X); ``strides[0]`` is (1, 1, 1).
         expansion: branch width as a fraction of the level's channels.
-        branches: kernels of each PRM, in :meth:`prm_names` order (encoder levels 1..L-1, then decoder levels L-2..1).
+        branches: kernels of each PRM, in :meth:`prm_names` order (encoder levels 1..L-1, then decoder levels L-2..1);
+            a PRM's list may be empty.
+        downsampling: "residual" or "strided-conv" (:data:`DOWNSAMPLING`).
+        skips: "add" or "concat" (:data:`SKIPS`): how a decoder level >= 1 joins the skip.
         deep_supervision: return the heads too in training mode.
 
     Forward: (B, in_channels, Z, Y, X) -> logits (B, out_channels, Z, Y, X); in
@@ -200,15 +249,20 @@ class PRMUNet(nn.Module):
         strides: Sequence[Sequence[int]],
         expansion: float,
         branches: Sequence[Sequence[Kernel]],
+        downsampling: str,
+        skips: str,
         deep_supervision: bool = True,
     ):
         super().__init__()
         levels = len(channels)
         if levels < 2:
             raise ValueError("a PRM U-Net needs at least two levels")
+        if downsampling not in DOWNSAMPLING or skips not in SKIPS:
+            raise ValueError(f"PRM downsampling must be one of {DOWNSAMPLING}, skips one of {SKIPS}")
         if len(branches) != 2 * levels - 3:
             raise ValueError(f"expected {2 * levels - 3} PRM branch lists, got {len(branches)}")
         self.levels = levels
+        self.skips = skips
 
         def prm(level: int, kernels: Sequence[Kernel]) -> ParallelRedundantModule:
             c = channels[level]
@@ -219,14 +273,7 @@ class PRMUNet(nn.Module):
         self.down = nn.ModuleList()
         self.encoder = nn.ModuleList()
         for level in range(1, levels):
-            stride = tuple(strides[level])
-            self.down.append(
-                nn.Sequential(
-                    nn.Conv3d(channels[level - 1], channels[level], stride, stride=stride, bias=False),
-                    _norm(channels[level]),
-                    _act(),
-                )
-            )
+            self.down.append(_downsample(downsampling, channels[level - 1], channels[level], strides[level]))
             self.encoder.append(prm(level, encoder_branches[level - 1]))
         self.up = nn.ModuleList()
         self.fuse = nn.ModuleList()
@@ -236,9 +283,10 @@ class PRMUNet(nn.Module):
             c = channels[level]
             self.up.append(Upsample(channels[level + 1], c, stride))
             if level >= 1:
-                self.fuse.append(nn.Sequential(nn.Conv3d(2 * c, c, 1, bias=False), _norm(c), _act()))
+                concat = skips == "concat"
+                self.fuse.append(nn.Sequential(nn.Conv3d(2 * c, c, 1, bias=False), _norm(c), _act()) if concat else nn.Identity())
                 self.decoder.append(prm(level, decoder_branches[levels - 2 - level]))
-            else:  # full resolution: the skip is added, not concatenated, and one 3x3x3 conv follows
+            else:  # full resolution: the skip is always added, and one 3x3x3 conv follows
                 self.fuse.append(ConvBlock(c, c))
                 self.decoder.append(nn.Identity())
         self.head = nn.Conv3d(channels[0], out_channels, 1)
@@ -259,6 +307,10 @@ class PRMUNet(nn.Module):
         """The remaining kernels of every PRM (what ``ModelConfig.prm_branches`` stores)."""
         return [m.kernels for m in self.prms()]
 
+    def unmasked_kernels(self) -> list[list[Kernel]]:
+        """The kernels of every PRM's unmasked branches: the architecture the network computes."""
+        return [[k for k, m in zip(prm.kernels, prm.mask.tolist()) if m > 0] for prm in self.prms()]
+
     # -- forward -----------------------------------------------------------------
     def encode(self, x: torch.Tensor) -> list[torch.Tensor]:
         """Encoder features of every level, full resolution first: [(B, c_l, Z_l, Y_l, X_l)]."""
@@ -273,7 +325,7 @@ class PRMUNet(nn.Module):
         outputs = []
         levels = range(self.levels - 2, -1, -1)
         for level, up, fuse, block, skip in zip(levels, self.up, self.fuse, self.decoder, reversed(features[:-1])):
-            joined = up(x) + skip if level == 0 else torch.cat([up(x), skip], dim=1)
+            joined = torch.cat([up(x), skip], dim=1) if level > 0 and self.skips == "concat" else up(x) + skip
             x = block(fuse(joined))
             outputs.append(x)
         return outputs
@@ -307,7 +359,12 @@ def variant_channels(variant: str, levels: int) -> list[int]:
 
 
 def resolve_prm(model: ModelConfig) -> None:
-    """Fill a planned model config's channels (from the variant) and starting branches (all of the variant's), in place.
+    """Fill a planned model config's channels (from the variant), starting branches and layout, in place.
+
+    A new network (no ``prm_branches`` yet) gets all of the variant's branches
+    and, where not chosen, the reference's layout (:data:`REFERENCE_LAYOUT`);
+    an existing network's config (a resumed run, a model to start from) keeps
+    its layout fields, ``None`` included (:data:`LEGACY_LAYOUT`).
 
     Raises:
         InputError: unknown variant, or a plan that never pools.
@@ -320,8 +377,13 @@ def resolve_prm(model: ModelConfig) -> None:
     if model.channels is None:
         model.channels = variant_channels(model.prm_variant, levels)
         model.base_channels = model.channels[0]
+    if model.prm_downsampling not in (None, *DOWNSAMPLING) or model.prm_skips not in (None, *SKIPS):
+        raise InputError(f"PRM downsampling must be one of {', '.join(DOWNSAMPLING)} and skips one of {', '.join(SKIPS)}; "
+                         f"got '{model.prm_downsampling}' and '{model.prm_skips}'.")
     if model.prm_branches is None:
         model.prm_branches = initial_branches(model.prm_variant, levels)
+        model.prm_downsampling = model.prm_downsampling or REFERENCE_LAYOUT["downsampling"]
+        model.prm_skips = model.prm_skips or REFERENCE_LAYOUT["skips"]
 
 
 def build_prm_unet(
@@ -332,10 +394,16 @@ def build_prm_unet(
     strides: Sequence[Sequence[int]],
     branches: Optional[Sequence[Sequence[Kernel]]],
     deep_supervision: bool,
+    downsampling: Optional[str] = None,
+    skips: Optional[str] = None,
 ) -> PRMUNet:
-    """The PRM U-Net of a variant with the given (possibly pruned) branches."""
+    """The PRM U-Net of a variant with the given (possibly pruned) branches.
+
+    ``downsampling`` / ``skips`` ``None`` (a config saved before they existed) mean :data:`LEGACY_LAYOUT`.
+    """
     if variant not in VARIANTS:
         raise ValueError(f"unknown PRM variant '{variant}'")
     branches = branches if branches is not None else initial_branches(variant, len(channels))
     kernels = [[tuple(int(k) for k in kernel) for kernel in prm] for prm in branches]
-    return PRMUNet(in_channels, out_channels, channels, strides, VARIANTS[variant].expansion, kernels, deep_supervision)
+    return PRMUNet(in_channels, out_channels, channels, strides, VARIANTS[variant].expansion, kernels,
+                   downsampling or LEGACY_LAYOUT["downsampling"], skips or LEGACY_LAYOUT["skips"], deep_supervision)

@@ -27,14 +27,16 @@ def foreground_only(images: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     return torch.where(labels > 0, images, low.view(-1, *([1] * (images.dim() - 1))))
 
 
-def decoupling_loss(
+def decoupling_terms(
     network: PRMUNet,
     images: torch.Tensor,
     labels: torch.Tensor,
     encoded: list[torch.Tensor],
     decoded: list[torch.Tensor],
-) -> torch.Tensor:
-    """l1 + l2 for one batch, given the encoder and decoder features of ``images`` from the same forward pass.
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(l1, l2) for one batch, given the encoder and decoder features of ``images`` from the same forward pass.
+
+    The loss is their sum; progressive pruning also watches each one alone.
 
     Args:
         images, labels: (B, 1, Z, Y, X).
@@ -47,4 +49,4 @@ def decoupling_loss(
     feature = decoded[-2] if len(decoded) > 1 else decoded[-1]
     foreground = F.adaptive_avg_pool3d((labels > 0).to(feature.dtype), feature.shape[2:])
     l2 = F.binary_cross_entropy_with_logits(feature.mean(dim=1, keepdim=True), foreground)
-    return l1 + l2
+    return l1, l2

@@ -1,25 +1,40 @@
-"""PSP-Seg progressive pruning: mask the least useful PRM branches, keep the cut if the loss holds, then remove them.
+"""PSP-Seg progressive pruning: mask the least useful PRM branches, keep the cut if the losses hold, then remove them.
 
 The PSP-Seg plug-in (:mod:`.psp_seg`) calls :meth:`ProgressivePruner.end_epoch`
 with each epoch's mean losses and :meth:`ProgressivePruner.start_epoch` before
-each epoch:
+each epoch. ``PruningConfig`` chooses each step; the defaults are the PSP-Seg
+reference code's:
 
-1. A pending mask (from the previous check) is judged: if the lowest loss
-   since masking is at least the lowest loss before it plus ``tolerance``,
-   the branches are restored and ``prune_step`` halves; otherwise they are
-   removed physically (their parameters leave the network and the optimiser).
-2. While ``epoch < stop_fraction * epochs`` and no loss has set a new minimum
-   for ``patience`` epochs, calibration scores every branch and the
-   ``prune_step`` branches whose removal changes their PRM's output least are
-   masked.
+- when (``judge``): "convergence": checks happen at convergence events, epoch
+  starts at which none of the losses "total", "feature" and "foreground" has
+  set a new minimum since the previous event for more than ``patience``
+  epochs. "next-epoch": a mask is judged at the next epoch start, and a new
+  one is placed after ``patience`` epochs in which neither "segmentation" nor
+  "decoupling" set a new minimum.
+- judging a pending mask: if a judged loss ("total", "feature" and
+  "foreground" for "convergence"; "segmentation" for "next-epoch") has a
+  minimum since the mask that is at least its minimum before the mask plus
+  ``tolerance``, the branches come back and ``prune_step`` shrinks
+  (``rollback``: "decrement" by 1, pruning stops at 0; "halve", at least 1);
+  otherwise they are removed physically (their parameters leave the network
+  and the optimiser). After a rollback the convergence judge places no mask
+  until the next event.
+- placing a mask (only before ``stop_fraction`` of the epochs): calibration
+  runs the network on a few batches and, with ``selection`` "per-prm", masks
+  in every PRM the combination of ``prune_step`` branches whose joint removal
+  changes the PRM's output least; with "global", the ``prune_step`` branches
+  of the whole network that change their own PRM's output least alone. No
+  PRM goes below ``min_branches``; an empty PRM passes its input on.
 
-Calibration runs the network on a few batches; for each PRM with input x and
-output y = act(x + sum_j b_j(x)), a branch's score is
-sum ||y - act(x + sum_j b_j(x) - b_i(x))||^2 / sum ||y||^2 over the batches.
+For a PRM with input x, output y = act(x + sum_j b_j(x)) and branches S left
+out, y_S = act(x + sum_{j not in S} b_j(x)) (y_S = x when no branch is left).
+"per-prm" scores S by sum over the batches of ||y - y_S||_2 (the reference's);
+"global" scores branch i by sum ||y - y_{i}||^2 / sum ||y||^2 over the batches.
 """
 
 from __future__ import annotations
 
+import itertools
 import math
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable, Optional
@@ -28,11 +43,22 @@ import torch
 import torch.nn.functional as F
 
 from ..config import PruningConfig
+from ..errors import InputError
 from ..models import count_parameters
 from ..models.prm import ParallelRedundantModule, PRMUNet
 
 BranchId = tuple[int, int]
 """(PRM index in :meth:`PRMUNet.prms` order, branch index within the PRM)."""
+
+SELECTIONS = ("per-prm", "global")
+JUDGES = ("convergence", "next-epoch")
+ROLLBACKS = ("decrement", "halve")
+WATCHED = {"convergence": ("total", "feature", "foreground"), "next-epoch": ("segmentation", "decoupling")}
+"""The losses whose minima decide when a judge acts (those an epoch reports)."""
+JUDGED = {"convergence": ("total", "feature", "foreground"), "next-epoch": ("segmentation",)}
+"""The losses a pending mask is judged on (those an epoch reports)."""
+LEGACY_OPTIONS = {"selection": "global", "judge": "next-epoch", "rollback": "halve"}
+"""What a run whose checkpointed pruner state predates these options pruned with."""
 
 
 @dataclass(frozen=True)
@@ -48,8 +74,10 @@ class PruningAction:
 @dataclass
 class _Pending:
     branches: list[BranchId]
-    loss_before: float
-    loss_since: float = math.inf
+    before: dict[str, float]
+    """Each judged loss's minimum before the mask."""
+    since: dict[str, float] = field(default_factory=dict)
+    """Each judged loss's minimum since the mask."""
 
 
 @dataclass
@@ -59,18 +87,25 @@ class ProgressivePruner:
     network: PRMUNet
     config: PruningConfig
     epochs: int
-    prune_step: int = 0
+    prune_step: Optional[int] = None
     best_losses: dict[str, float] = field(default_factory=dict)
+    """Each loss's minimum over every epoch so far."""
     last_improvement: int = 0
+    """"next-epoch": the last epoch a watched loss set a new minimum."""
+    window: dict[str, tuple[float, int]] = field(default_factory=dict)
+    """"convergence": each watched loss's minimum since the last event, and the last epoch it was reached."""
+    last_event: int = 0
+    """"convergence": the epoch of the last event."""
     pending: Optional[_Pending] = None
 
     def __post_init__(self) -> None:
-        if not self.prune_step:
+        check_options(self.config)
+        if self.prune_step is None:
             self.prune_step = max(1, self.config.prune_step)
 
     @property
     def patience(self) -> int:
-        """Epochs without a new minimum before the next prune (10 per 1000 epochs unless set)."""
+        """Epochs without a new minimum before a check (10 per 1000 epochs when ``PruningConfig.patience`` is ``None``)."""
         if self.config.patience is not None:
             return self.config.patience
         return round(10 * self.epochs / 1000)
@@ -78,18 +113,22 @@ class ProgressivePruner:
     @property
     def last_epoch(self) -> int:
         """Masks are placed only at epoch starts before this one."""
-        return math.floor(self.config.stop_fraction * self.epochs)
+        return math.ceil(self.config.stop_fraction * self.epochs)
 
     # -- the trainer's calls ------------------------------------------------------
     def end_epoch(self, epoch: int, losses: dict[str, float]) -> None:
-        """Record an epoch's mean losses (e.g. {"segmentation": .., "decoupling": ..})."""
-        improved = [name for name, value in losses.items() if value < self.best_losses.get(name, math.inf)]
-        for name in improved:
-            self.best_losses[name] = losses[name]
-        if improved:
+        """Record an epoch's mean losses ("segmentation", and from the plug-in "decoupling", "feature", "foreground", "total")."""
+        watched = [name for name in WATCHED[self.config.judge] if name in losses]
+        if any(losses[name] < self.best_losses.get(name, math.inf) for name in watched):
             self.last_improvement = epoch
+        for name in watched:
+            if losses[name] <= self.window.get(name, (math.inf, 0))[0]:
+                self.window[name] = (losses[name], epoch)
+        for name, value in losses.items():
+            self.best_losses[name] = min(value, self.best_losses.get(name, math.inf))
         if self.pending is not None:
-            self.pending.loss_since = min(self.pending.loss_since, losses["segmentation"])
+            for name in self.pending.before:
+                self.pending.since[name] = min(self.pending.since.get(name, math.inf), losses.get(name, math.inf))
 
     def start_epoch(
         self,
@@ -97,57 +136,94 @@ class ProgressivePruner:
         calibration: Callable[[], Iterable[torch.Tensor]],
         optimizer: torch.optim.Optimizer,
     ) -> list[PruningAction]:
-        """Judge the pending mask and maybe mask more branches; returns what was done.
+        """Judge the pending mask and maybe mask more branches, as ``judge`` says; returns what was done.
 
         Args:
             calibration: yields input batches (B, C, Z, Y, X) on the network's device.
             optimizer: removed branches' parameters are dropped from it.
         """
+        if self.config.judge == "convergence":
+            return self._at_convergence(epoch, calibration, optimizer)
         actions = []
         if self.pending is not None:
             actions.append(self._judge(optimizer))
-        if (
-            self.pending is None
-            and 0 < epoch < self.last_epoch
-            and epoch - 1 - self.last_improvement >= self.patience
-            and self._removable()
-        ):
-            scores = branch_scores(self.network, calibration())
-            chosen = choose_branches(scores, self.network, self.prune_step, self.config.min_branches)
-            if chosen:
-                self._mask(chosen)
-                self.pending = _Pending(chosen, loss_before=self.best_losses.get("segmentation", math.inf))
-                actions.append(self._action("masked", chosen))
+        if self.pending is None and epoch - 1 - self.last_improvement >= self.patience:
+            actions += self._place(epoch, calibration)
         return actions
 
     # -- state --------------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:
         pending = None
         if self.pending is not None:
-            pending = {
-                "branches": [list(b) for b in self.pending.branches],
-                "loss_before": self.pending.loss_before,
-                "loss_since": self.pending.loss_since,
-            }
+            pending = {"branches": [list(b) for b in self.pending.branches], "before": dict(self.pending.before),
+                       "since": dict(self.pending.since)}
         return {
             "prune_step": self.prune_step,
             "best_losses": dict(self.best_losses),
             "last_improvement": self.last_improvement,
+            "window": {name: [value, epoch] for name, (value, epoch) in self.window.items()},
+            "last_event": self.last_event,
             "pending": pending,
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore :meth:`state_dict`; a state from before the options (no "last_event") brings back their old values.
+
+        The old values are set on ``self.config`` (the run's configuration), so later checkpoints keep them.
+        """
+        if "last_event" not in state:
+            for name, value in LEGACY_OPTIONS.items():
+                setattr(self.config, name, value)
         self.prune_step = int(state["prune_step"])
         self.best_losses = {k: float(v) for k, v in state["best_losses"].items()}
         self.last_improvement = int(state["last_improvement"])
+        self.window = {k: (float(v), int(e)) for k, (v, e) in state.get("window", {}).items()}
+        self.last_event = int(state.get("last_event", 0))
         pending = state.get("pending")
         self.pending = None
         if pending is not None:
-            self.pending = _Pending([tuple(b) for b in pending["branches"]], float(pending["loss_before"]), float(pending["loss_since"]))
+            branches = [tuple(b) for b in pending["branches"]]
+            if "before" in pending:
+                before, since = pending["before"], pending["since"]
+            else:  # the old state judged the segmentation loss alone
+                before, since = {"segmentation": pending["loss_before"]}, {"segmentation": pending["loss_since"]}
+            self.pending = _Pending(branches, {k: float(v) for k, v in before.items()}, {k: float(v) for k, v in since.items()})
 
     # -- internals ----------------------------------------------------------------
+    def _at_convergence(self, epoch: int, calibration, optimizer) -> list[PruningAction]:
+        """The reference's check: nothing until a convergence event; then judge the pending mask, or place one."""
+        names = [name for name in WATCHED["convergence"] if name in self.window]
+        if not names or any(epoch - self.window[name][1] <= self.patience for name in names):
+            return []
+        self.last_event, self.window = epoch, {}
+        if self.pending is not None:
+            action = self._judge(optimizer)
+            if action.action == "restored":
+                return [action]
+            return [action, *self._place(epoch, calibration)]
+        return self._place(epoch, calibration)
+
+    def _place(self, epoch: int, calibration: Callable[[], Iterable[torch.Tensor]]) -> list[PruningAction]:
+        """Mask branches as ``selection`` says, if the epoch and the network allow; [] or one "masked" action."""
+        if not (0 < epoch < self.last_epoch and self.prune_step > 0 and self._removable()):
+            return []
+        if self.config.selection == "per-prm":
+            scores = combination_scores(self.network, calibration(), self.prune_step, self.config.min_branches)
+            chosen = choose_combinations(scores)
+        else:
+            scores = branch_scores(self.network, calibration())
+            chosen = choose_branches(scores, self.network, self.prune_step, self.config.min_branches)
+        if not chosen:
+            return []
+        self._mask(chosen)
+        judged = [name for name in JUDGED[self.config.judge] if name in self.best_losses]
+        self.pending = _Pending(chosen, {name: self.best_losses[name] for name in judged})
+        return [self._action("masked", chosen)]
+
     def _removable(self) -> bool:
-        return any(len(m.branches) > self.config.min_branches for m in self.network.prms())
+        """Whether some PRM can lose a branch (per PRM: ``prune_step`` of them) and keep ``min_branches``."""
+        taken = self.prune_step if self.config.selection == "per-prm" else 1
+        return any(len(m.branches) - taken >= self.config.min_branches for m in self.network.prms())
 
     def _mask(self, branches: list[BranchId]) -> None:
         for index, prm in enumerate(self.network.prms()):
@@ -155,9 +231,13 @@ class ProgressivePruner:
 
     def _judge(self, optimizer: torch.optim.Optimizer) -> PruningAction:
         pending, self.pending = self.pending, None
-        if pending.loss_since >= pending.loss_before + self.config.tolerance:
+        tolerance = self.config.tolerance
+        if any(pending.since.get(name, math.inf) >= before + tolerance for name, before in pending.before.items()):
             self._mask([])
-            self.prune_step = max(1, self.prune_step // 2)
+            if self.config.rollback == "decrement":
+                self.prune_step -= 1
+            else:
+                self.prune_step = max(1, self.prune_step // 2)
             return self._action("restored", pending.branches)
         names = branch_names(self.network, pending.branches)
         removed = [p for prm in self.network.prms() for p in prm.remove_masked()]
@@ -168,35 +248,39 @@ class ProgressivePruner:
         return PruningAction(action, branch_names(self.network, branches), count_parameters(self.network), self.prune_step)
 
 
+def check_options(config: PruningConfig) -> None:
+    """Raise InputError for an unknown ``selection``, ``judge`` or ``rollback``."""
+    for name, allowed in (("selection", SELECTIONS), ("judge", JUDGES), ("rollback", ROLLBACKS)):
+        if getattr(config, name) not in allowed:
+            raise InputError(f"pruning.{name} must be one of {', '.join(allowed)}, not '{getattr(config, name)}'.")
+
+
 def branch_names(network: PRMUNet, branches: Iterable[BranchId]) -> tuple[str, ...]:
     """Readable names such as ``bottleneck 1x3x1``."""
     prms, names = network.prms(), network.prm_names()
     return tuple(f"{names[p]} {'x'.join(map(str, prms[p].branches[b].kernel))}" for p, b in branches)
 
 
-@torch.no_grad()
-def branch_scores(network: PRMUNet, batches: Iterable[torch.Tensor]) -> dict[BranchId, float]:
-    """Relative change of each PRM's output when one of its (unmasked) branches is left out.
+def _left_out(x: torch.Tensor, total: torch.Tensor, removed: torch.Tensor, remaining: int) -> torch.Tensor:
+    """A PRM's output (B, C, Z, Y, X) without some branches: ``total`` = x + every branch, ``removed`` = those left out."""
+    return F.leaky_relu(total - removed, 0.01) if remaining else x
 
-    Lower means the branch matters less. Batches are (B, C, Z, Y, X).
+
+@torch.no_grad()
+def _calibrate(network: PRMUNet, batches: Iterable[torch.Tensor], measure: Callable[..., None]) -> None:
+    """Run the network (eval mode) on batches (B, C, Z, Y, X) and call ``measure(prm_index, x, parts, full)`` at every PRM.
+
+    ``x`` is the PRM's input, ``parts`` its branches' scaled outputs, ``full`` its output, all (B, C, Z, Y, X).
     """
-    prms = network.prms()
-    change = {(p, b): 0.0 for p, prm in enumerate(prms) for b in range(len(prm.branches))}
-    size = [0.0] * len(prms)
 
     def hook(index: int, prm: ParallelRedundantModule):
-        def measure(_module, inputs, _output):
+        def call(_module, inputs, output):
             x = inputs[0]
-            parts = [branch(x) for branch in prm.branches]
-            total = x + sum(parts)
-            full = F.leaky_relu(total, 0.01)
-            size[index] += float(full.square().sum())
-            for b, part in enumerate(parts):
-                change[(index, b)] += float((full - F.leaky_relu(total - part, 0.01)).square().sum())
+            measure(index, x, [branch(x) for branch in prm.branches], output)
 
-        return measure
+        return call
 
-    handles = [prm.register_forward_hook(hook(i, prm)) for i, prm in enumerate(prms)]
+    handles = [prm.register_forward_hook(hook(i, prm)) for i, prm in enumerate(network.prms())]
     was_training = network.training
     network.eval()
     try:
@@ -206,6 +290,55 @@ def branch_scores(network: PRMUNet, batches: Iterable[torch.Tensor]) -> dict[Bra
         for handle in handles:
             handle.remove()
         network.train(was_training)
+
+
+def combination_scores(
+    network: PRMUNet, batches: Iterable[torch.Tensor], size: int, min_branches: int
+) -> dict[int, dict[tuple[int, ...], float]]:
+    """For every PRM that can lose ``size`` branches and keep ``min_branches``: each ``size``-branch combination's score.
+
+    The score is sum over the batches (B, C, Z, Y, X) of ||y - y_S||_2, the
+    change of the PRM's output when the combination S is left out together;
+    lower matters less. PRMs with too few branches are left out of the result.
+    """
+    prms = network.prms()
+    combos = {p: list(itertools.combinations(range(len(prm.branches)), size))
+              for p, prm in enumerate(prms) if len(prm.branches) - size >= min_branches}
+    scores = {p: dict.fromkeys(c, 0.0) for p, c in combos.items()}
+
+    def measure(index, x, parts, full):
+        if index not in scores:
+            return
+        total = x + sum(parts)
+        for combo in combos[index]:
+            without = _left_out(x, total, sum(parts[b] for b in combo), len(parts) - len(combo))
+            scores[index][combo] += float(torch.linalg.vector_norm(full - without))
+
+    _calibrate(network, batches, measure)
+    return scores
+
+
+def choose_combinations(scores: dict[int, dict[tuple[int, ...], float]]) -> list[BranchId]:
+    """The lowest-scoring combination of every PRM, as branches."""
+    return sorted((p, b) for p, combos in scores.items() if combos for b in min(combos, key=combos.get))
+
+
+def branch_scores(network: PRMUNet, batches: Iterable[torch.Tensor]) -> dict[BranchId, float]:
+    """Relative change of each PRM's output when one of its branches is left out; lower matters less.
+
+    Batches are (B, C, Z, Y, X).
+    """
+    prms = network.prms()
+    change = {(p, b): 0.0 for p, prm in enumerate(prms) for b in range(len(prm.branches))}
+    size = [0.0] * len(prms)
+
+    def measure(index, x, parts, full):
+        total = x + sum(parts)
+        size[index] += float(full.square().sum())
+        for b, part in enumerate(parts):
+            change[(index, b)] += float((full - _left_out(x, total, part, len(parts) - 1)).square().sum())
+
+    _calibrate(network, batches, measure)
     return {key: value / max(size[key[0]], 1e-12) for key, value in change.items()}
 
 

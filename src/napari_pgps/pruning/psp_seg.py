@@ -5,10 +5,13 @@ of :mod:`napari_pgps.models.prm`), every step adds the functional
 decoupling loss (:mod:`.decoupling`, weight ``pruning.decoupling_weight``),
 computed from the features of the step's own forward pass. With
 ``pruning.enabled`` the :class:`~.progressive.ProgressivePruner` judges and
-places masks at each epoch start (its calibration batches are crops at the
-final patch and batch size) and hears each epoch's mean losses at its end.
-Removed branches leave ``model.prm_branches`` in the run's configuration, so
-checkpoints rebuild the pruned network.
+places masks at epoch starts (its calibration batches are crops at the
+final patch and batch size) and hears each epoch's mean losses at its end:
+"segmentation" (the trainer's), and the unweighted means "feature" (l1),
+"foreground" (l2) and "decoupling" (l1 + l2), and "total" (segmentation +
+weight x decoupling, the loss trained). Removed branches leave
+``model.prm_branches`` in the run's configuration, so checkpoints rebuild the
+pruned network.
 """
 
 from __future__ import annotations
@@ -23,7 +26,7 @@ from ..errors import InputError
 from ..events import PruningStep
 from ..models import architecture
 from ..plugins import TrainingPlugin, TrainingRun
-from .decoupling import decoupling_loss
+from .decoupling import decoupling_terms
 from .progressive import ProgressivePruner
 
 
@@ -36,7 +39,7 @@ class PSPSeg(TrainingPlugin):
         self.decoupling_weight = 0.0
         self.pruner: Optional[ProgressivePruner] = None
         self._features: Optional[tuple[list[torch.Tensor], list[torch.Tensor]]] = None
-        self._decoupling: list[float] = []
+        self._decoupling: list[tuple[float, float]] = []  # (l1, l2) of each step of the epoch
 
     def start(self, run: TrainingRun) -> None:
         pruning = run.config.pruning  # resolve_config has checked that pruning comes with a branch-prunable network
@@ -67,13 +70,16 @@ class PSPSeg(TrainingPlugin):
             return {}
         encoded, decoded = self._features
         self._features = None
-        decoupling = decoupling_loss(run.network, images, labels, encoded, decoded)
-        self._decoupling.append(float(decoupling.detach()))
-        return {"decoupling": self.decoupling_weight * decoupling}
+        feature, foreground = decoupling_terms(run.network, images, labels, encoded, decoded)
+        self._decoupling.append((float(feature.detach()), float(foreground.detach())))
+        return {"decoupling": self.decoupling_weight * (feature + foreground)}
 
     def epoch_end(self, run: TrainingRun, epoch: int, losses: dict[str, float]) -> None:
+        losses = {**losses, "total": losses["segmentation"]}
         if self._decoupling:
-            losses = {**losses, "decoupling": float(np.mean(self._decoupling))}
+            feature, foreground = (float(v) for v in np.mean(self._decoupling, axis=0))
+            losses.update(feature=feature, foreground=foreground, decoupling=feature + foreground,
+                          total=losses["segmentation"] + self.decoupling_weight * (feature + foreground))
             self._decoupling = []
         if self.pruner is not None:
             self.pruner.end_epoch(epoch, losses)

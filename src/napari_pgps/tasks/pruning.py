@@ -2,7 +2,10 @@
 
 - :func:`prune_trained_model`: structured channel pruning of a trained model
   (Torch-Pruning), then a short fine-tune on the same training cases;
-- :func:`train_progressively_pruned`: PSP-Seg, a PRM network pruned during training.
+- :func:`train_progressively_pruned`: PSP-Seg, a PRM network pruned during
+  training, and with ``pruning.retrain`` its final architecture trained again
+  from fresh weights (the pruning run is then kept in ``PRUNING_RUN`` inside
+  the output folder).
 
 Both end with a :class:`PruningReport`: parameters, FLOPs and peak memory of
 one forward pass at the final patch size, time to segment one validation
@@ -28,7 +31,7 @@ from ..events import ChannelPruningStep, Finished, PruningReport
 from ..files import write_text_atomically
 from ..models import ARCHITECTURES, architecture, build_network, count_parameters
 from ..models.architectures import default_architecture
-from ..models.prm import resolve_prm
+from ..models.prm import initial_branches
 from ..pruning.channels import prune_channels
 from .evaluation import evaluate_model, labelled_cases
 from .pruning_report import ModelProfile, format_table, profile_network
@@ -36,6 +39,8 @@ from .training import train
 
 REPORT_JSON = "pruning_report.json"
 REPORT_MARKDOWN = "pruning_report.md"
+PRUNING_RUN = "pruning-run"
+"""With retraining: the folder, inside the output run, of the run that pruned the network."""
 FINE_TUNE_SHARE = 0.5
 """Default fine-tune length as a share of the source run's epochs (half: 12 of 25 recovered Dice to within 1.01 points on the hippocampus, docs/benchmarks.md section 6)."""
 
@@ -113,25 +118,50 @@ def train_progressively_pruned(
 
     ``baseline`` is a trained run to compare with (e.g. the default network);
     without it the report compares with the unpruned starting network (no Dice).
+    With ``config.pruning.retrain`` the pruning run goes to ``out/PRUNING_RUN``
+    and ``out`` holds its final architecture (the unmasked branches) trained
+    again from fresh weights with the same settings and epochs, and no
+    pruning; the report is about that retrained model. Yields both trainings'
+    events, then PruningReport.
     """
     out = _new_folder(out)
     config = copy.deepcopy(config)
     config.pruning.enabled = True
     config.model.architecture = default_architecture(config)
-    finished = yield from _train_until_finished(config, out, control, None)
+    control = control or TrainingControl()
+    pruning_run = out / PRUNING_RUN if config.pruning.retrain else out
+    finished = yield from _train_until_finished(config, pruning_run, control, None)
     if finished.stopped:
         return
-    pruned = load_model(out, config.training.device)
+    pruned = load_model(pruning_run, config.training.device)
+    if config.pruning.retrain:
+        finished = yield from _train_until_finished(retraining_config(pruned), out, control, None)
+        if finished.stopped:
+            return
+        pruned = load_model(out, config.training.device)
     data = config.data.path
     if baseline is not None:
         before_name, before = "baseline", measure_model(load_model(baseline, config.training.device), data)
     else:
         start = copy.deepcopy(pruned.config.model)
-        start.prm_branches = None
-        resolve_prm(start)
+        start.prm_branches = initial_branches(start.prm_variant, len(start.channels))
         unpruned = build_network(start).to(pruned.device)
         before_name, before = "unpruned start", profile_network(unpruned, pruned.patch_size, pruned.device)
     yield _report(out, before_name, before, measure_model(pruned, data))
+
+
+def retraining_config(pruned: SegmentationModel) -> RunConfig:
+    """The pruned run's resolved configuration for training its final architecture from scratch.
+
+    The architecture is the network's unmasked branches (a mask still pending
+    when the run ended stays out, as its branches did); pruning is off; the
+    decoupling loss, data, split settings, optimiser and epochs are the run's.
+    """
+    config = copy.deepcopy(pruned.config)
+    config.model.prm_branches = pruned.network.unmasked_kernels()
+    config.pruning.enabled = False
+    config.training.init_from = None
+    return config
 
 
 def _new_folder(out: str | Path) -> Path:

@@ -27,7 +27,7 @@ from torch import nn
 from ..engine.inference import predict_probabilities
 from ..engine.memory import MB, peak_tensor_bytes
 from ..models import count_parameters, split_outputs
-from ..pruning.decoupling import decoupling_loss
+from ..pruning.decoupling import decoupling_terms
 
 
 @dataclass
@@ -79,7 +79,7 @@ def training_step_memory(network: nn.Module, patch: Sequence[int], batch: int = 
             output = network(images)
         loss = sum(F.cross_entropy(o, labels[:, 0]) for o in split_outputs(output, images))
         if decoupling:
-            loss = loss + 0.1 * decoupling_loss(network, images, labels, encoded, decoded)
+            loss = loss + 0.1 * sum(decoupling_terms(network, images, labels, encoded, decoded))
         loss.backward()
 
     peak = peak_tensor_bytes(step, torch.device("cpu"))
