@@ -118,9 +118,7 @@ def _parser() -> argparse.ArgumentParser:
                    help="also write each segmentation's uncertainty beside it, NAME_uncertainty.nii.gz: the entropy of "
                         "the label probabilities per voxel (float32, 0 certain .. 1 uniform over the labels), same affine")
     p.add_argument("--device", choices=DEVICES, default="auto")
-    p.add_argument("--runtime", choices=RUNTIMES, default="torch",
-                   help="what runs the network in the sliding window: torch (default) or onnx, ONNX Runtime on the CPU "
-                        "with the ONNX network of a package written by export --onnx (MODEL.onnx beside MODEL.zip)")
+    p.add_argument("--runtime", choices=RUNTIMES, default="torch", help=_RUNTIME_HELP)
     p.set_defaults(run=_segment)
 
     p = sub.add_parser("export", help="write a trained model as one .zip file to share (a model package)",
@@ -128,10 +126,10 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--model", required=True, metavar="RUN_DIR_OR_CHECKPOINT",
                    help="run folder (its final, else last checkpoint), checkpoint or model package")
     p.add_argument("--out", required=True, metavar="MODEL.zip", help="the package to write")
-    p.add_argument("--force", action="store_true", help="replace MODEL.zip (and MODEL.onnx) if it exists")
+    p.add_argument("--force", action="store_true", help="replace MODEL.zip if it exists")
     p.add_argument("--onnx", action="store_true",
-                   help="also write the network as MODEL.onnx beside MODEL.zip (dynamic batch, windows of the patch "
-                        "size; checked against torch), for segment --runtime onnx")
+                   help="also put the network into MODEL.zip as an ONNX graph, network.onnx (dynamic batch, windows "
+                        "of the patch size; checked against torch), for segment and evaluate --runtime onnx")
     p.add_argument("--patch-size", type=int, nargs=3, metavar=("Z", "Y", "X"),
                    help="with --onnx: the ONNX network's window; a hypernetwork is baked at it (default: the "
                         "training patch)")
@@ -158,6 +156,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--tta", action="store_true")
     p.add_argument("--no-postprocessing", action="store_true", help="leave out the post-processing chosen for the model")
     p.add_argument("--device", choices=DEVICES, default="auto")
+    p.add_argument("--runtime", choices=RUNTIMES, default="torch", help=_RUNTIME_HELP)
     p.set_defaults(run=_evaluate)
 
     p = sub.add_parser("postprocess", help="choose a model's post-processing on its validation cases",
@@ -197,6 +196,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--fine-tune-epochs", type=int, metavar="N", help="channel pruning: fine-tune epochs (default: half of the model's)")
     p.add_argument("--prm-variant", choices=("S", "B", "L"), default="S", help="progressive: PSP-Seg network size (default S)")
     p.add_argument("--baseline", metavar="RUN_DIR", help="progressive: trained run to compare with in the report (e.g. the default network)")
+    p.add_argument("--retrain", action="store_true", help="progressive: then train the pruned architecture again from fresh "
+                   "weights for the same epochs, into RUN_DIR (the pruning run is kept in RUN_DIR/pruning-run)")
     p.add_argument("--config", metavar="FILE.yaml", help="progressive: start from this training configuration")
     p.add_argument("--epochs", type=int, metavar="N", help="progressive: epochs (default: from the device)")
     p.add_argument("--iterations-per-epoch", type=int, metavar="N", help="progressive: steps per epoch")
@@ -210,7 +211,7 @@ def _parser() -> argparse.ArgumentParser:
                        "report.md and PNG figures to REPORT_DIR.")
     p.add_argument("--data", required=True, metavar="DIR")
     p.add_argument("--out", required=True, metavar="REPORT_DIR")
-    p.add_argument("--schedules", default="constant,pgps-efficiency,pgps-performance", help="comma-separated; must include constant")
+    p.add_argument("--schedules", default="constant,pgps-efficiency,pgps-performance", help="comma-separated; must include constant; NAME+pdl adds the PDL data curriculum, e.g. constant+pdl")
     p.add_argument("--seeds", type=int, default=3, metavar="N")
     p.add_argument("--profile", choices=("quick", "full"), default="full", help="quick: a few minutes for CI; full: the documented figures")
     p.add_argument("--epochs", type=int, metavar="N")
@@ -297,6 +298,8 @@ def _prune(args: argparse.Namespace) -> int:
         config.data.path = str(args.data)
         config.model.prm_variant = args.prm_variant
         config.training.device = args.device
+        if args.retrain:
+            config.pruning.retrain = True
         for name, section in (("epochs", config.training), ("iterations_per_epoch", config.training), ("max_cases", config.data)):
             if getattr(args, name) is not None:
                 setattr(section, name, getattr(args, name))
@@ -365,8 +368,10 @@ _PRUNE_HELP = """Make a smaller network, two ways:
   napari-pgps prune --model runs/default --data DIR --out runs/pruned [--ratio 0.5]
       structured channel pruning of a trained model with Torch-Pruning (L2 magnitude,
       iterative steps), then a short fine-tune on the model's training cases;
-  napari-pgps prune --progressive --data DIR --out runs/psp [--baseline runs/default]
-      PSP-Seg: train a PRM network and prune its branches during training.
+  napari-pgps prune --progressive --data DIR --out runs/psp [--baseline runs/default] [--retrain]
+      PSP-Seg: train a PRM network and prune its branches during training (as the
+      reference code does; the pruning: section of --config picks our earlier choices),
+      with --retrain then train the pruned architecture again from fresh weights.
 
 Both write pruning_report.md: parameters, FLOPs, peak forward memory at the final patch,
 time to segment one validation volume and Dice on the validation cases, before and after.
@@ -387,7 +392,13 @@ spacing), precision and recall.
   napari-pgps evaluate --predictions DIR --data DIR
       a folder of CASE.nii.gz files made by any tool (nnU-Net's included), each on its
       reference's grid
+
+--runtime onnx segments as segment --runtime onnx does (ONNX Runtime on the CPU, with
+the ONNX network inside a package written by export --onnx).
 """
+
+_RUNTIME_HELP = ("what runs the network in the sliding window: torch (default) or onnx, ONNX Runtime on the CPU with "
+                 "the ONNX network inside a package written by export --onnx")
 
 
 _EXPORT_HELP = """Write a trained model as one .zip file (a model package) to share or archive.
@@ -402,12 +413,12 @@ wherever they take a run folder.
 
   napari-pgps export --model runs/hippocampus --out hippocampus.zip
 
---onnx also writes the network as MODEL.onnx beside MODEL.zip (opset 17, input "image" of
+--onnx also puts the network into the package as network.onnx (opset 17, input "image" of
 preprocessed windows of --patch-size, default the training patch, with a dynamic batch axis;
 output "logits"; a hypernetwork is baked at that window), after checking that ONNX Runtime's
-logits are within 1e-4 of torch's on a window of one of the model's cases; the manifest
-records its size and SHA-256. segment --runtime onnx runs it on the CPU; keep the two files
-together.
+logits are within 1e-4 of torch's on a window of one of the model's cases; the manifest lists
+its size and SHA-256 like every member's. segment and evaluate --runtime onnx run it on the
+CPU from the .zip; other tools can take it out with unzip MODEL.zip network.onnx.
 
   napari-pgps export --model runs/hippocampus --out hippocampus.zip --onnx
 """
@@ -425,7 +436,7 @@ def _export(args: argparse.Namespace) -> int:
     if "onnx" in manifest:
         from .engine.onnx_runtime import describe
 
-        print(f"{path.parent / manifest['onnx']['file']}: {describe(manifest['onnx'])}", flush=True)
+        print(f"{path} ({manifest['onnx']['member']}): {describe(manifest['onnx'])}", flush=True)
     return 0
 
 
@@ -541,7 +552,7 @@ def _evaluate(args: argparse.Namespace) -> int:
         report = evaluate_folder(args.predictions, args.data, tolerance_mm=args.tolerance, progress=tell)
         _print_scores(report)
     else:
-        models = [load_model(path, args.device) for path in args.model]
+        models = [load_model(path, args.device, runtime=args.runtime) for path in args.model]
         postprocess = not args.no_postprocessing
         if args.patch_sizes:
             sizes = parse_patch_sizes(args.patch_sizes)

@@ -1,5 +1,5 @@
-"""ONNX: export --onnx writes the network that segments as MODEL.onnx beside MODEL.zip, checked against torch;
-segment --runtime onnx runs the same sliding window with ONNX Runtime on the CPU."""
+"""ONNX: export --onnx puts the network that segments into MODEL.zip as network.onnx, checked against torch;
+segment and evaluate --runtime onnx run the same sliding window with ONNX Runtime on the CPU, from the zip."""
 
 import hashlib
 import json
@@ -21,7 +21,7 @@ from napari_pgps.data.volume import Volume, affine_from_spacing, read_volume, wr
 from napari_pgps.engine import load_model, onnx_runtime, segment_volume  # noqa: E402
 from napari_pgps.engine.inference import cpu_convolutions  # noqa: E402
 from napari_pgps.engine.onnx_runtime import OnnxExportError, OnnxNetwork  # noqa: E402
-from napari_pgps.engine.package import MANIFEST  # noqa: E402
+from napari_pgps.engine.package import MANIFEST, ONNX  # noqa: E402
 from napari_pgps.errors import CheckpointError, InputError  # noqa: E402
 from napari_pgps.tasks.export import export_model  # noqa: E402
 
@@ -30,15 +30,32 @@ SPACING = (2.5, 0.8, 0.8)
 
 @pytest.fixture(scope="module")
 def exported(tmp_path_factory, trained_phantom_run):
-    """The phantom model exported with --onnx: (the package, its ONNX file)."""
-    folder = tmp_path_factory.mktemp("onnx-package")
-    package = export_model(trained_phantom_run, folder / "phantom.zip", onnx=True)
-    return package, folder / "phantom.onnx"
+    """The phantom model exported with --onnx: the package, which holds its ONNX network."""
+    return export_model(trained_phantom_run, tmp_path_factory.mktemp("onnx-package") / "phantom.zip", onnx=True)
 
 
 def _manifest(package):
     with zipfile.ZipFile(package) as archive:
         return json.loads(archive.read(MANIFEST))
+
+
+def _onnx_member(package):
+    with zipfile.ZipFile(package) as archive:
+        return archive.read(ONNX)
+
+
+def _with_onnx_member(package, target, data, *, relist):
+    """A copy of ``package`` whose ONNX member holds ``data``; listed in the manifest with its own size and hash when
+    ``relist`` (so that only the ONNX reader can refuse it), else under the original's."""
+    with zipfile.ZipFile(package) as source, zipfile.ZipFile(target, "w") as archive:
+        for name in source.namelist():
+            content = source.read(name)
+            if name == MANIFEST and relist:
+                manifest = json.loads(content)
+                manifest["members"][ONNX] = {"bytes": len(data), "sha256": hashlib.sha256(data).hexdigest()}
+                content = json.dumps(manifest).encode()
+            archive.writestr(name, data if name == ONNX else content)
+    return target
 
 
 def _phantom_volume(seed=7):
@@ -51,15 +68,15 @@ def _torch_logits(network, windows):
         return network(torch.as_tensor(windows)).numpy()
 
 
-def test_export_writes_a_checked_onnx_network_with_a_dynamic_batch(exported, trained_phantom_run):
-    package, path = exported
-    assert sorted(p.name for p in package.parent.iterdir()) == ["phantom.onnx", "phantom.zip"]  # no temporary left
+def test_export_puts_a_checked_onnx_network_with_a_dynamic_batch_into_the_package(exported, trained_phantom_run):
+    package = exported
+    assert [p.name for p in package.parent.iterdir()] == ["phantom.zip"]  # one file: no .onnx beside, no temporary
     with zipfile.ZipFile(package) as archive:
-        assert "phantom.onnx" not in archive.namelist() and "network.onnx" not in archive.namelist()
-    record = _manifest(package)["onnx"]
-    data = path.read_bytes()
-    assert record["file"] == "phantom.onnx" and record["bytes"] == len(data)
-    assert record["sha256"] == hashlib.sha256(data).hexdigest()
+        assert ONNX in archive.namelist() and archive.getinfo(ONNX).compress_type == zipfile.ZIP_STORED
+    manifest = _manifest(package)
+    record, data = manifest["onnx"], _onnx_member(package)
+    assert manifest["members"][ONNX] == {"bytes": len(data), "sha256": hashlib.sha256(data).hexdigest()}
+    assert record["member"] == ONNX and "file" not in record
     assert record["opset"] == onnx_runtime.OPSET and record["batch"] == "dynamic"
     assert record["patch_size"] == [8, 32, 32] and record["baked_from_hypernetwork"] is False
     assert record["max_abs_logit_difference"] <= 1e-4 and "a window of case" in record["checked_on"]
@@ -87,7 +104,7 @@ def test_export_writes_a_checked_onnx_network_with_a_dynamic_batch(exported, tra
 
 
 def test_segment_with_onnx_runtime_gives_torch_labels(exported, tmp_path, capsys):
-    package, _ = exported
+    package = exported
     image = _phantom_volume()
     by_torch = segment_volume(load_model(package, "cpu"), image, keep_probabilities=True)
     by_onnx = segment_volume(load_model(package, "cpu", runtime="onnx"), image, keep_probabilities=True)
@@ -109,10 +126,35 @@ def test_segment_with_onnx_runtime_gives_torch_labels(exported, tmp_path, capsys
         load_model(package, "cuda", runtime="onnx")
 
 
+def test_evaluate_with_onnx_runtime_gives_torch_dice(exported, trained_phantom_run, phantom_dataset, tmp_path,
+                                                      monkeypatch, capsys):
+    windows = []  # the window batches ONNX Runtime segments: evaluate must send them there, not to torch
+    run = OnnxNetwork.__call__
+    monkeypatch.setattr(OnnxNetwork, "__call__", lambda self, batch: windows.append(len(batch)) or run(self, batch))
+    reports = {}
+    for runtime in ("torch", "onnx"):
+        before = len(windows)
+        assert main(["evaluate", "--model", str(exported), "--data", str(phantom_dataset), "--runtime", runtime,
+                     "--device", "cpu", "--json", str(tmp_path / f"{runtime}.json")]) == 0
+        assert (len(windows) > before) == (runtime == "onnx")
+        reports[runtime] = json.loads((tmp_path / f"{runtime}.json").read_text())
+    by_torch, by_onnx = reports["torch"], reports["onnx"]
+    assert len(by_onnx["cases"]) == len(by_torch["cases"]) == 6
+    assert by_onnx["mean_dice"] == pytest.approx(by_torch["mean_dice"], abs=1e-4) and by_torch["mean_dice"] > 0
+    for onnx_case, torch_case in zip(by_onnx["cases"], by_torch["cases"]):
+        assert onnx_case["case"] == torch_case["case"]
+        assert onnx_case["dice_per_label"] == pytest.approx(torch_case["dice_per_label"], abs=1e-4)
+    capsys.readouterr()
+
+    plain = export_model(trained_phantom_run, tmp_path / "plain.zip")
+    assert main(["evaluate", "--model", str(plain), "--data", str(phantom_dataset), "--runtime", "onnx"]) == 2
+    assert "holds no ONNX network" in capsys.readouterr().err
+
+
 def test_onnx_runtime_needs_a_package_exported_with_onnx(exported, trained_phantom_run, tmp_path, capsys,
                                                          monkeypatch):
     plain = export_model(trained_phantom_run, tmp_path / "plain.zip")
-    assert not (tmp_path / "plain.onnx").exists() and "onnx" not in _manifest(plain)
+    assert ONNX not in zipfile.ZipFile(plain).namelist() and "onnx" not in _manifest(plain)
     source = write_volume(_phantom_volume(), tmp_path / "case.nii.gz")
     assert main(["segment", "--model", str(plain), "--input", str(source), "--output", str(tmp_path / "seg.nii.gz"),
                  "--runtime", "onnx"]) == 2
@@ -121,48 +163,50 @@ def test_onnx_runtime_needs_a_package_exported_with_onnx(exported, trained_phant
     with pytest.raises(InputError, match="export --model RUN_DIR --out MODEL.zip --onnx"):
         load_model(trained_phantom_run, "cpu", runtime="onnx")
 
-    package, path = exported
     monkeypatch.setitem(sys.modules, "onnxruntime", None)  # as without the onnx extra
     with pytest.raises(InputError, match=r"pip install 'napari-pgps\[onnx\]'"):
-        load_model(package, "cpu", runtime="onnx")
+        load_model(exported, "cpu", runtime="onnx")
     monkeypatch.undo()
-    moved = tmp_path / "alone.zip"
-    moved.write_bytes(package.read_bytes())
-    with pytest.raises(CheckpointError, match="is not beside it"):
-        load_model(moved, "cpu", runtime="onnx")
-    (tmp_path / "alone.onnx").write_bytes(path.read_bytes())  # renamed together: found under the package's name
-    assert load_model(moved, "cpu", runtime="onnx").onnx.patch_size == (8, 32, 32)
+    alone = tmp_path / "elsewhere" / "renamed.zip"  # the package is all it takes: moved and renamed, it still runs
+    alone.parent.mkdir()
+    alone.write_bytes(exported.read_bytes())
+    assert load_model(alone, "cpu", runtime="onnx").onnx.patch_size == (8, 32, 32)
+    assert [p.name for p in alone.parent.iterdir()] == ["renamed.zip"]  # nothing was extracted beside it
 
 
-def test_a_corrupted_onnx_network_is_refused(exported, tmp_path, capsys):
-    package, path = exported
-    copy = tmp_path / "copy.zip"
-    copy.write_bytes(package.read_bytes())
-    data = bytearray(path.read_bytes())
+def test_a_damaged_onnx_member_is_refused(exported, tmp_path, capsys):
+    package = exported
+    # bytes flipped inside the stored member of the zip file itself: its CRC no longer holds
+    with zipfile.ZipFile(package) as archive:
+        info = archive.getinfo(ONNX)
+    raw = bytearray(package.read_bytes())
+    name_and_extra = int.from_bytes(raw[info.header_offset + 26:info.header_offset + 28], "little") + int.from_bytes(
+        raw[info.header_offset + 28:info.header_offset + 30], "little")
+    raw[info.header_offset + 30 + name_and_extra + info.file_size // 2] ^= 0xFF
+    flipped = tmp_path / "flipped.zip"
+    flipped.write_bytes(bytes(raw))
+    for runtime in ("onnx", "torch"):  # a damaged package is refused whatever runs it
+        with pytest.raises(CheckpointError, match=r"flipped\.zip: network\.onnx cannot be read .*the package is damaged"):
+            load_model(flipped, "cpu", runtime=runtime)
+
+    # a member replaced inside a well-formed zip (a byte changed, then cut short): not what the manifest lists
+    data = bytearray(_onnx_member(package))
     data[len(data) // 2] ^= 0xFF
-    (tmp_path / "copy.onnx").write_bytes(bytes(data))
-    with pytest.raises(CheckpointError, match=r"copy\.onnx: not the ONNX network copy\.zip's manifest describes"):
-        load_model(copy, "cpu", runtime="onnx")
-    (tmp_path / "copy.onnx").write_bytes(path.read_bytes()[:1000])
+    altered = _with_onnx_member(package, tmp_path / "altered.zip", bytes(data), relist=False)
+    with pytest.raises(CheckpointError, match=r"altered\.zip: network\.onnx is not the file its manifest describes"):
+        load_model(altered, "cpu", runtime="onnx")
+    cut = _with_onnx_member(package, tmp_path / "cut.zip", bytes(data[:1000]), relist=False)
     source = write_volume(_phantom_volume(), tmp_path / "case.nii.gz")
-    assert main(["segment", "--model", str(copy), "--input", str(source), "--output", str(tmp_path / "seg.nii.gz"),
+    assert main(["segment", "--model", str(cut), "--input", str(source), "--output", str(tmp_path / "seg.nii.gz"),
                  "--runtime", "onnx"]) == 2
-    assert "altered or damaged" in capsys.readouterr().err
+    assert "altered or damaged" in capsys.readouterr().err and not (tmp_path / "seg.nii.gz").exists()
 
-    # garbage recorded in the manifest with its own hash: refused by the reader, not run
+    # garbage listed in the manifest with its own size and hash: refused by the ONNX reader, never run
     garbage = b"\x08\x07garbage that is not an ONNX graph" * 10
-    relisted = tmp_path / "relisted.zip"
-    with zipfile.ZipFile(package) as source_zip, zipfile.ZipFile(relisted, "w") as target:
-        for name in source_zip.namelist():
-            content = source_zip.read(name)
-            if name == MANIFEST:
-                manifest = json.loads(content)
-                manifest["onnx"].update(file="relisted.onnx", bytes=len(garbage),
-                                        sha256=hashlib.sha256(garbage).hexdigest())
-                content = json.dumps(manifest).encode()
-            target.writestr(name, content)
-    (tmp_path / "relisted.onnx").write_bytes(garbage)
-    with pytest.raises(CheckpointError, match=r"relisted\.onnx: (not a readable ONNX file|ONNX Runtime cannot load)"):
+    relisted = _with_onnx_member(package, tmp_path / "relisted.zip", garbage, relist=True)
+    assert load_model(relisted, "cpu").onnx is None  # torch does not need the ONNX network
+    with pytest.raises(CheckpointError, match=r"relisted\.zip \(network\.onnx\): (not a readable ONNX file|ONNX "
+                                              r"Runtime cannot load)"):
         load_model(relisted, "cpu", runtime="onnx")
     with pytest.raises(CheckpointError, match="export the model again with its ONNX network"):
         OnnxNetwork(b"not onnx at all")
@@ -197,10 +241,7 @@ def test_export_refuses_an_onnx_network_that_computes_other_logits(trained_phant
     assert "goes with --onnx" in capsys.readouterr().err
     assert main(["export", "--model", str(trained_phantom_run), "--out", str(tmp_path / "model.zip"), "--onnx",
                  "--patch-size", "8", "30", "32"]) == 2
-    capsys.readouterr()
-    (tmp_path / "model.onnx").write_bytes(b"someone else's")
-    assert main(["export", "--model", str(trained_phantom_run), "--out", str(tmp_path / "model.zip"), "--onnx"]) == 2
-    assert "model.onnx: exists" in capsys.readouterr().err and not (tmp_path / "model.zip").exists()
+    assert list(tmp_path.iterdir()) == []
 
 
 def test_a_hypernetwork_is_baked_at_the_chosen_window(tmp_path, phantom_dataset, capsys):
@@ -214,7 +255,7 @@ def test_a_hypernetwork_is_baked_at_the_chosen_window(tmp_path, phantom_dataset,
     package = tmp_path / "hn.zip"
     assert main(["export", "--model", str(tmp_path / "hn"), "--out", str(package), "--onnx",
                  "--patch-size", "8", "16", "16"]) == 0
-    assert "hn.onnx: ONNX network, opset 17, windows of 8 x 16 x 16, dynamic batch" in capsys.readouterr().out
+    assert "hn.zip (network.onnx): ONNX network, opset 17, windows of 8 x 16 x 16, dynamic batch" in capsys.readouterr().out
     record = _manifest(package)["onnx"]
     assert record["baked_from_hypernetwork"] is True and record["patch_size"] == [8, 16, 16]
 

@@ -130,7 +130,8 @@ class SegmentWidget(QWidget):
 
         self.model = QComboBox()
         self.model.setEditable(True)
-        self.model.setToolTip("a run folder or a checkpoint (.pt); the model trained last is offered first")
+        self.model.setToolTip("a run folder, a checkpoint (.pt) or a model package (.zip, napari-pgps export); the model "
+                                 "trained last is offered first")
         browse_dir, browse_file = QPushButton("Run folder..."), QPushButton("Checkpoint...")
         self.image = ChannelPicker(napari_viewer)
         self.training_patch = QCheckBox("training patch size")
@@ -607,6 +608,7 @@ class SegmentWidget(QWidget):
                      f"{label.ml_difference:+.3f}")
             for column, text in enumerate(texts):
                 self.table.setItem(row, column, QTableWidgetItem(text))
+        self.table.resizeColumnsToContents()
         source = (result_layer.metadata or {}).get("source") or result_layer.name
         name = f"{source} disagreement"
         old = find_layer(self.viewer, name)

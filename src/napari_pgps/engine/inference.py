@@ -36,7 +36,8 @@ from .postprocessing import Postprocessing
 OVERLAP = 0.5
 GAUSSIAN_SIGMA = 0.125
 RUNTIMES = ("torch", "onnx")
-"""What runs the network in the sliding window: torch, or ONNX Runtime on the CPU (a package exported with --onnx)."""
+"""What runs the network in the sliding window: torch, or ONNX Runtime on the CPU (the ONNX network inside a package
+exported with --onnx)."""
 
 Progress = Callable[[int, int], None]
 
@@ -87,7 +88,7 @@ class SegmentationModel:
         if self.onnx is not None:
             if tuple(int(p) for p in patch_size) != tuple(self.onnx.patch_size):
                 raise InputError(f"{self.checkpoint}: its ONNX network takes windows of "
-                                 f"{' x '.join(map(str, self.onnx.patch_size))} only; segment without --patch-size, "
+                                 f"{' x '.join(map(str, self.onnx.patch_size))} only; leave out --patch-size, "
                                  "or export it again with --onnx --patch-size Z Y X.")
             return self.onnx
         if not isinstance(self.network, PatchSizeHypernetwork):
@@ -102,8 +103,8 @@ def load_model(model: str | os.PathLike, device: str | torch.device = "auto", ru
     """Load a run folder, checkpoint or model package (``napari-pgps export``) for segmentation (safe loading, no
     pickled code).
 
-    ``runtime="onnx"`` segments with the package's ONNX network (``export --onnx``) in ONNX Runtime on the CPU
-    (:mod:`.onnx_runtime`) instead of the torch network.
+    ``runtime="onnx"`` segments with the ONNX network inside the package (``export --onnx``) in ONNX Runtime on the
+    CPU (:mod:`.onnx_runtime`) instead of the torch network.
     """
     if runtime not in RUNTIMES:
         raise InputError(f"unknown runtime '{runtime}'; choose one of {', '.join(RUNTIMES)}.")
@@ -132,7 +133,7 @@ def load_model(model: str | os.PathLike, device: str | torch.device = "auto", ru
         if "package" not in payload:
             raise InputError(f"{path}: the ONNX runtime segments with a model package that holds its ONNX network; "
                              "export it with napari-pgps export --model RUN_DIR --out MODEL.zip --onnx.")
-        onnx = read_package_onnx(path, payload["package"])
+        onnx = read_package_onnx(path, payload)
         check_matches(onnx, config.model.in_channels, config.model.out_channels, str(path))
     return SegmentationModel(network=network, config=config, device=device, checkpoint=str(path),
                              split=payload.get("split"), postprocessing=postprocessing, onnx=onnx)

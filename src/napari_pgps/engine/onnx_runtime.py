@@ -1,14 +1,17 @@
 """The segmenting network as an ONNX graph, and ONNX Runtime as the sliding window's predictor.
 
 ``napari-pgps export --onnx`` writes the network that segments (for a
-hypernetwork, the plain network baked at the chosen patch) as ``MODEL.onnx``
-beside ``MODEL.zip``; the package's manifest records it under ``onnx``: its
-file name, size and SHA-256 (as it records its own members), the opset, the
+hypernetwork, the plain network baked at the chosen patch) into the model
+package as its optional member ``network.onnx``
+(:data:`~napari_pgps.engine.package.ONNX`): the manifest lists its size and
+SHA-256 as it lists every member, and records under ``onnx`` the opset, the
 window it takes and how far its logits were from torch's when it was written.
-``segment --runtime onnx`` (``load_model(..., runtime="onnx")``) reads it back,
-checks it against that record and runs it with ONNX Runtime on the CPU in
-place of the torch network; everything around the network (preprocessing,
-sliding window, Gaussian weighting, restoring, post-processing) stays the same.
+``segment`` / ``evaluate --runtime onnx`` (``load_model(..., runtime="onnx")``)
+take the member's bytes, already checked against the manifest when the
+package was read, hand them to an ONNX Runtime session (from memory: nothing
+is extracted) and run it on the CPU in place of the torch network; everything
+around the network (preprocessing, sliding window, Gaussian weighting,
+restoring, post-processing) stays the same.
 
 The graph maps preprocessed windows ``image`` (batch, channels, Z, Y, X) to
 ``logits`` (batch, labels, Z, Y, X): the batch axis is dynamic, the spatial
@@ -36,12 +39,10 @@ only when ONNX is asked for.
 from __future__ import annotations
 
 import copy
-import hashlib
 import io
 import json
 import os
 import warnings
-from pathlib import Path
 from typing import Any, Optional, Sequence
 
 import numpy as np
@@ -50,6 +51,7 @@ from torch import nn
 
 from ..errors import CheckpointError, InputError
 from .inference import cpu_convolutions
+from .package import ONNX
 
 OPSET = 17
 """ONNX opset of the exported graph: every operator the networks use is in it, and ONNX Runtime has run it since 1.13."""
@@ -57,9 +59,8 @@ INPUT = "image"
 OUTPUT = "logits"
 TOLERANCE = 1e-4
 """The largest absolute difference of logits between ONNX Runtime and torch an export accepts."""
-MAX_ONNX_BYTES = 16 * 2**30
 MANIFEST_KEY = "onnx"
-"""The package manifest's record of the ONNX network written beside it."""
+"""The package manifest's record of its ONNX network (opset, window, check against torch)."""
 
 _INSTALL_HINT = "ONNX needs the onnx extra: pip install 'napari-pgps[onnx]' (the onnx and onnxruntime packages)"
 _EXPORT_HINT = "export the model again with its ONNX network (napari-pgps export --model RUN_DIR --out MODEL.zip --onnx)"
@@ -281,13 +282,11 @@ def export_checked(network: nn.Module, in_channels: int, patch_size: Sequence[in
     return data, difference
 
 
-def manifest_record(path: Path, data: bytes, patch_size: Sequence[int], difference: float, checked_on: str,
-                    baked: bool) -> dict[str, Any]:
-    """What a package's manifest keeps (under :data:`MANIFEST_KEY`) of the ONNX network written to ``path``."""
+def manifest_record(patch_size: Sequence[int], difference: float, checked_on: str, baked: bool) -> dict[str, Any]:
+    """What a package's manifest keeps (under :data:`MANIFEST_KEY`) of its ONNX network (the member's size and
+    SHA-256 are in the manifest's ``members``, as for every member)."""
     return {
-        "file": path.name,
-        "bytes": len(data),
-        "sha256": hashlib.sha256(data).hexdigest(),
+        "member": ONNX,
         "opset": OPSET,
         "input": INPUT,
         "output": OUTPUT,
@@ -301,42 +300,28 @@ def manifest_record(path: Path, data: bytes, patch_size: Sequence[int], differen
     }
 
 
-def read_package_onnx(package: str | os.PathLike, manifest: dict[str, Any], *,
+def read_package_onnx(package: str | os.PathLike, payload: dict[str, Any], *,
                       threads: Optional[int] = None) -> OnnxNetwork:
-    """The ONNX network recorded in a package's manifest, read from beside the package and checked against the record.
+    """The ONNX network of a model package, as an ONNX Runtime session.
 
-    The file is looked for under the package's own name (``MODEL.zip`` ->
-    ``MODEL.onnx``), then under the name it was written with; its size and
-    SHA-256 must be the manifest's.
+    Args:
+        package: the package's path (for messages).
+        payload: the package as :func:`~napari_pgps.engine.package.read_model_package` read it: its
+            ``onnx_network`` bytes (checked against the manifest's size and SHA-256 there) and its manifest.
 
     Raises:
-        CheckpointError: the package records no ONNX network, the file is missing, altered or not a readable graph.
+        CheckpointError: the package holds no ONNX network, or the member is not a graph ONNX Runtime runs or
+            takes another window than its manifest records.
     """
-    package = Path(package)
-    record = manifest.get(MANIFEST_KEY)
-    if not isinstance(record, dict):
-        raise CheckpointError(f"{package}: this model package holds no ONNX network; {_EXPORT_HINT}, or segment with "
-                              "--runtime torch.")
-    name = record.get("file")
-    if not isinstance(name, str) or not name or Path(name).name != name or name in (".", ".."):
-        raise CheckpointError(f"{package}: its manifest names the ONNX file {name!r}, not a plain file name; "
-                              f"{_EXPORT_HINT}.")
-    candidates = list(dict.fromkeys([package.with_suffix(".onnx"), package.parent / name]))
-    path = next((p for p in candidates if p.is_file()), None)
-    if path is None:
-        raise CheckpointError(f"{package}: its ONNX network {' or '.join(p.name for p in candidates)} is not beside it; "
-                              f"keep the .onnx file written by export --onnx next to the .zip, or {_EXPORT_HINT}.")
-    size = path.stat().st_size
-    if size > MAX_ONNX_BYTES or size != record.get("bytes"):
-        raise CheckpointError(f"{path}: not the ONNX network {package.name}'s manifest describes ({size} bytes, "
-                              f"expected {record.get('bytes')}); the file was altered or damaged: {_EXPORT_HINT}.")
-    data = path.read_bytes()
-    if hashlib.sha256(data).hexdigest() != record.get("sha256"):
-        raise CheckpointError(f"{path}: not the ONNX network {package.name}'s manifest describes (its SHA-256 "
-                              f"differs); the file was altered or damaged: {_EXPORT_HINT}.")
-    network = OnnxNetwork(data, threads=threads, source=str(path))
+    record = payload["package"].get(MANIFEST_KEY)
+    data = payload.get("onnx_network")
+    if data is None or not isinstance(record, dict):
+        raise CheckpointError(f"{package}: this model package holds no ONNX network ({ONNX}); {_EXPORT_HINT}, or "
+                              "segment with --runtime torch.")
+    source = f"{package} ({ONNX})"
+    network = OnnxNetwork(data, threads=threads, source=source)
     if list(network.patch_size) != list(record.get("patch_size", [])):
-        raise CheckpointError(f"{path}: takes windows of {network.patch_size}, but the manifest records "
+        raise CheckpointError(f"{source}: takes windows of {network.patch_size}, but the manifest records "
                               f"{record.get('patch_size')}; {_EXPORT_HINT}.")
     return network
 

@@ -21,12 +21,18 @@ reads one wherever it reads a run folder or a checkpoint. Its members:
     the post-processing chosen on the validation cases, when the run had one.
 ``model_card.md``
     a short description for people (data, schedule, network, Dice, version, date).
+``network.onnx``
+    the network that segments as an ONNX graph, when exported with ``--onnx``
+    (:mod:`napari_pgps.engine.onnx_runtime`; the manifest's ``onnx`` entry
+    says which window it takes and how it was checked against torch). It is
+    hash-checked like every member and handed over as bytes: ONNX Runtime
+    loads it from memory only when ``--runtime onnx`` asks for it.
 
 Reading never extracts anything to disk and never runs anything found in the
 file: the members are read into memory, the manifest and the splits are JSON,
 the configuration YAML (``yaml.safe_load``), the weights a torch file read
 with ``weights_only=True`` (tensors and plain containers; any other pickled
-object is refused). A damaged or
+object is refused), the ONNX graph kept as bytes. A damaged or
 foreign zip, a missing or altered member, a member name with an absolute or
 ``..`` path, or a weights file that holds anything but tensors is refused with
 a :class:`~napari_pgps.errors.CheckpointError` naming the file and the problem.
@@ -61,11 +67,14 @@ CONFIG = "config.yaml"
 SPLITS = "splits.json"
 POSTPROCESSING = "postprocessing.json"
 MODEL_CARD = "model_card.md"
+ONNX = "network.onnx"
 REQUIRED = (WEIGHTS, CONFIG, SPLITS, MODEL_CARD)
-OPTIONAL = (POSTPROCESSING,)
+OPTIONAL = (POSTPROCESSING, ONNX)
+BINARY = (WEIGHTS, ONNX)
+"""The members stored as they are (not deflated) and allowed up to :data:`MAX_BINARY_BYTES`."""
 MAX_TEXT_BYTES = 64 * 2**20
 """The most a manifest, configuration, split or card may hold (a guard against a zip that inflates without end)."""
-MAX_WEIGHTS_BYTES = 16 * 2**30
+MAX_BINARY_BYTES = 16 * 2**30
 
 _EXPORT_HINT = "export the model again (napari-pgps export --model RUN_DIR --out MODEL.zip)"
 
@@ -91,7 +100,7 @@ def write_model_package(path: str | os.PathLike, members: dict[str, bytes], mani
     """Write a package atomically: the manifest (``manifest`` with the format, version and members added) and ``members``.
 
     ``members`` maps each member name (one of the names above) to its bytes;
-    the weights are stored as they are, the text members deflated.
+    the weights and the ONNX network are stored as they are, the text members deflated.
     """
     path = Path(path)
     unknown = sorted(set(members) - set(REQUIRED) - set(OPTIONAL))
@@ -105,7 +114,7 @@ def write_model_package(path: str | os.PathLike, members: dict[str, bytes], mani
         with zipfile.ZipFile(tmp, "w") as archive:
             for name, data in [(MANIFEST, (json.dumps(manifest, indent=1) + "\n").encode()), *members.items()]:
                 info = zipfile.ZipInfo(name, date_time=stamp)
-                info.compress_type = zipfile.ZIP_STORED if name == WEIGHTS else zipfile.ZIP_DEFLATED
+                info.compress_type = zipfile.ZIP_STORED if name in BINARY else zipfile.ZIP_DEFLATED
                 archive.writestr(info, data)
     return path
 
@@ -126,8 +135,9 @@ def read_model_package(path: str | os.PathLike) -> dict[str, Any]:
 
     Returns:
         ``{"config": dict, "model": {name: tensor}, "split": dict, "postprocessing": dict or None,
-        "model_card": str, "package": the manifest}`` plus the manifest's training figures (``kind``, ``epoch``,
-        ``step``, ``training_seconds``, ``last_mean_dice``, ``best_mean_dice``), as a checkpoint holds them.
+        "model_card": str, "onnx_network": the bytes of network.onnx or None, "package": the manifest}`` plus
+        the manifest's training figures (``kind``, ``epoch``, ``step``, ``training_seconds``, ``last_mean_dice``,
+        ``best_mean_dice``), as a checkpoint holds them.
 
     Raises:
         CheckpointError: the file is not a readable zip, not a napari-pgps package, or a member is missing,
@@ -175,7 +185,7 @@ def read_model_package(path: str | os.PathLike) -> dict[str, Any]:
             if name not in names:
                 raise CheckpointError(f"{path}: {name} is missing from the zip file (its manifest lists it); the package "
                                       f"is incomplete: {_EXPORT_HINT}.")
-            data[name] = _read(archive, path, name, MAX_WEIGHTS_BYTES if name == WEIGHTS else MAX_TEXT_BYTES)
+            data[name] = _read(archive, path, name, MAX_BINARY_BYTES if name in BINARY else MAX_TEXT_BYTES)
             entry = listed[name]
             digest = hashlib.sha256(data[name]).hexdigest()
             if not isinstance(entry, dict) or entry.get("sha256") != digest or entry.get("bytes") != len(data[name]):
@@ -189,6 +199,7 @@ def read_model_package(path: str | os.PathLike) -> dict[str, Any]:
         "split": _split(path, data[SPLITS]),
         "postprocessing": _postprocessing(path, data[POSTPROCESSING]) if POSTPROCESSING in data else None,
         "model_card": data[MODEL_CARD].decode("utf-8", errors="replace"),
+        "onnx_network": data.get(ONNX),
         "package": manifest,
     }
     training = manifest.get("training") if isinstance(manifest.get("training"), dict) else {}

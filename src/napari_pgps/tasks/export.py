@@ -6,10 +6,10 @@ the post-processing choice when the run has one, a model card and a
 manifest; ``segment``, ``evaluate``, the Segment widget and ``train
 --init-from`` read it like a run folder, without unpickling anything.
 
-With ``onnx=True`` (``--onnx``) the network that segments is also written as
-``MODEL.onnx`` beside ``MODEL.zip`` (:mod:`napari_pgps.engine.onnx_runtime`),
-checked against torch on a window of one of the model's cases, and recorded in
-the manifest with its size and SHA-256.
+With ``onnx=True`` (``--onnx``) the network that segments also goes into the
+package, as its member ``network.onnx`` (:mod:`napari_pgps.engine.onnx_runtime`),
+after it was checked against torch on a window of one of the model's cases; the
+manifest lists it with its size and SHA-256 like every member.
 """
 
 from __future__ import annotations
@@ -30,9 +30,11 @@ from ..data.dataset import case_files, read_case, read_dataset_info
 from ..data.preprocessing import PreprocessingPlan, preprocess_image
 from ..engine.checkpoint import SPLITS_FILE, find_checkpoint, load_checkpoint
 from ..engine.inference import SegmentationModel
+from ..engine.onnx_runtime import MANIFEST_KEY
 from ..engine.package import (
     CONFIG,
     MODEL_CARD,
+    ONNX,
     POSTPROCESSING,
     SPLITS,
     WEIGHTS,
@@ -44,7 +46,6 @@ from ..engine.postprocessing import POSTPROCESSING_FILE
 from ..engine.progress import duration_text, read_events
 from ..errors import CheckpointError, InputError
 from ..events import METRICS_FILE, Validated
-from ..files import atomic_write
 from ..models import build_network, check_inference_patch, count_parameters, model_kind
 
 
@@ -55,9 +56,10 @@ def export_model(model: str | os.PathLike, out: str | os.PathLike, *, overwrite:
     The file is written beside ``out`` and renamed over it when complete.
 
     Args:
-        onnx: also write the network that segments as ``out`` with the suffix ``.onnx``, with a dynamic batch axis
-            and windows of ``patch_size`` (a hypernetwork is baked at that size first), after checking its ONNX
-            Runtime logits against torch's (at most :data:`~napari_pgps.engine.onnx_runtime.TOLERANCE` apart).
+        onnx: also put the network that segments into the package as an ONNX graph (member ``network.onnx``), with
+            a dynamic batch axis and windows of ``patch_size`` (a hypernetwork is baked at that size first), after
+            checking its ONNX Runtime logits against torch's (at most
+            :data:`~napari_pgps.engine.onnx_runtime.TOLERANCE` apart).
         patch_size: the ONNX network's window (Z, Y, X); the training patch when ``None``.
 
     Raises:
@@ -71,11 +73,8 @@ def export_model(model: str | os.PathLike, out: str | os.PathLike, *, overwrite:
         raise InputError(f"{out}: is a folder; give the name of the .zip file to write.")
     if out.exists() and not overwrite:
         raise InputError(f"{out}: exists; choose another name or replace it (--force).")
-    onnx_path = out.with_suffix(".onnx")
     if patch_size is not None and not onnx:
         raise InputError("--patch-size chooses the window of the ONNX network; it goes with --onnx.")
-    if onnx and onnx_path.exists() and not overwrite:
-        raise InputError(f"{onnx_path}: exists; choose another name or replace it (--force).")
     path = find_checkpoint(model)
     payload = load_checkpoint(path)
     try:
@@ -106,22 +105,15 @@ def export_model(model: str | os.PathLike, out: str | os.PathLike, *, overwrite:
         "exported_from": path.name,
         "training": manifest_training(payload),
     }
-    if not onnx:
-        return write_model_package(out, members, manifest)
-    onnx_data, manifest["onnx"] = _onnx_network(network, config, split, patch_size, onnx_path)
-    with atomic_write(onnx_path, "wb") as handle:
-        handle.write(onnx_data)
-    try:
-        return write_model_package(out, members, manifest)
-    except BaseException:
-        onnx_path.unlink(missing_ok=True)
-        raise
+    if onnx:
+        members[ONNX], manifest[MANIFEST_KEY] = _onnx_network(network, config, split, patch_size)
+    return write_model_package(out, members, manifest)
 
 
-def _onnx_network(network, config: RunConfig, split: dict[str, Any], patch_size: Optional[Sequence[int]],
-                  onnx_path: Path) -> tuple[bytes, dict[str, Any]]:
+def _onnx_network(network, config: RunConfig, split: dict[str, Any],
+                  patch_size: Optional[Sequence[int]]) -> tuple[bytes, dict[str, Any]]:
     """The ONNX network that segments for windows of ``patch_size`` (the training patch when ``None``), checked
-    against torch on a window of one of the model's cases, and its manifest record."""
+    against torch on a window of one of the model's cases: its bytes and its manifest record."""
     from ..engine.onnx_runtime import export_checked, manifest_record, metadata_of
 
     patch = tuple(int(p) for p in (patch_size or config.model.patch_size))
@@ -132,7 +124,7 @@ def _onnx_network(network, config: RunConfig, split: dict[str, Any], patch_size:
     channels = config.channels or ["image"] * config.model.in_channels
     data, difference = export_checked(plain, config.model.in_channels, patch, windows,
                                       metadata=metadata_of(config.labels, channels, patch, __version__))
-    return data, manifest_record(onnx_path, data, patch, difference, checked_on, baked=plain is not network)
+    return data, manifest_record(patch, difference, checked_on, baked=plain is not network)
 
 
 def _check_windows(config: RunConfig, split: dict[str, Any], patch: Sequence[int]) -> tuple[np.ndarray, str]:
