@@ -35,11 +35,14 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2, help="threads (and cores) per training")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--extra", default="", help="extra train flags for both runs (quick checks)")
+    parser.add_argument("--measure-only", action="store_true",
+                        help="measure the runs already trained in --out (their wall time and peak RSS are then unknown)")
     args = parser.parse_args()
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
 
     processes = {}
+    results = {name: {"wall_seconds": None, "peak_rss_mb": None, "exit_code": None} for name in RUNS}
     for index, (name, flags) in enumerate(RUNS.items()):
         cores = ",".join(str(index * args.threads + c) for c in range(args.threads))
         command = [sys.executable, "-m", "napari_pgps", "train", "--data", args.data, "--out", str(out / name),
@@ -48,9 +51,10 @@ def main() -> None:
             command = ["taskset", "-c", cores, *command]
         env = {**os.environ, "OMP_NUM_THREADS": str(args.threads), "MKL_NUM_THREADS": str(args.threads)}
         log = open(out / f"{name}.log", "w")
+        if args.measure_only:
+            continue
         processes[name] = (subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=env), time.perf_counter(), log)
 
-    results = {}
     while processes:
         pid, status, usage = os.wait4(-1, 0)
         name = next(n for n, (p, _, _) in processes.items() if p.pid == pid)
@@ -81,7 +85,7 @@ def measure(run_dir: Path, data: str, threads: int) -> dict:
     finished = fold(read_events(run_dir)).finished
     model = load_model(run_dir, "cpu")
     case = labelled_cases(model, data, "validation")[0]
-    image = normalize(case.image.array, model.config.normalization)
+    image = normalize(case.image.channel_first(), model.config.normalization)
     profile = profile_network(model.network, model.patch_size, model.device, image)
     profile.mean_dice = evaluate_model(model, data, split="validation")["mean_dice"]
     return {"training_seconds": finished.training_seconds, **step_memory(model), **profile.to_dict()}
@@ -122,6 +126,9 @@ def report(results: dict, args) -> str:
     lines = [f"Data: {args.data}; {args.threads} threads per run on {args.device}, side by side.", "",
              "| | default | PRM S progressive | PRM / default |", "|---|---|---|---|"]
     for label, key, fmt in rows:
+        if base[key] is None or pruned[key] is None:  # --measure-only: not measured
+            lines.append(f"| {label} | - | - | - |")
+            continue
         lines.append(f"| {label} | {fmt.format(base[key])} | {fmt.format(pruned[key])} | {pruned[key] / base[key]:.3f} |")
     return "\n".join(lines) + "\n"
 

@@ -69,7 +69,7 @@ class RunStarted(Event):
 @dataclass(frozen=True)
 class Replanned(Event):
     """A run planned to a time budget, after its first epoch: its steps took ``slowdown`` times the time the plan
-    had measured (more than 10% off, e.g. a machine busy while the plan was timed), so the epochs were planned
+    had measured (more than 25% off, e.g. a machine busy while the plan was timed), so the epochs were planned
     again with every cost scaled by it. ``epochs`` and ``expected_seconds`` replace :class:`RunStarted`'s."""
 
     epoch: int
