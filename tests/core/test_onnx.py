@@ -80,6 +80,9 @@ def test_export_puts_a_checked_onnx_network_with_a_dynamic_batch_into_the_packag
     assert record["opset"] == onnx_runtime.OPSET and record["batch"] == "dynamic"
     assert record["patch_size"] == [8, 32, 32] and record["baked_from_hypernetwork"] is False
     assert record["max_abs_logit_difference"] <= 1e-4 and "a window of case" in record["checked_on"]
+    with zipfile.ZipFile(package) as archive:
+        card = archive.read("model_card.md").decode()
+    assert "**ONNX network**: `network.onnx`, windows of 8 x 32 x 32" in card  # the people it is shared with are told
 
     graph = onnx.load_from_string(data)
     onnx.checker.check_model(graph)

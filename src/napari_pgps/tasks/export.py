@@ -88,11 +88,13 @@ def export_model(model: str | os.PathLike, out: str | os.PathLike, *, overwrite:
     validation = _last_validation(payload, path)
     created = datetime.datetime.now(datetime.timezone.utc).replace(microsecond=0)
     kind = str(payload.get("kind") or model_kind(config))
+    onnx_member = _onnx_network(network, config, split, patch_size) if onnx else None
     members = {
         WEIGHTS: weights_bytes(payload["model"]),
         CONFIG: yaml.safe_dump(config.to_dict(), sort_keys=False).encode(),
         SPLITS: (json.dumps(split, indent=1) + "\n").encode(),
-        MODEL_CARD: model_card(config, payload, split, validation, parameters, kind, postprocessing, created).encode(),
+        MODEL_CARD: model_card(config, payload, split, validation, parameters, kind, postprocessing, created,
+                               onnx_member[1] if onnx_member else None).encode(),
     }
     if postprocessing is not None:
         members[POSTPROCESSING] = (json.dumps(postprocessing, indent=1) + "\n").encode()
@@ -105,8 +107,8 @@ def export_model(model: str | os.PathLike, out: str | os.PathLike, *, overwrite:
         "exported_from": path.name,
         "training": manifest_training(payload),
     }
-    if onnx:
-        members[ONNX], manifest[MANIFEST_KEY] = _onnx_network(network, config, split, patch_size)
+    if onnx_member is not None:
+        members[ONNX], manifest[MANIFEST_KEY] = onnx_member
     return write_model_package(out, members, manifest)
 
 
@@ -216,8 +218,9 @@ def _last_validation(payload: dict[str, Any], path: Path) -> Optional[Validated]
 
 def model_card(config: RunConfig, payload: dict[str, Any], split: dict[str, Any], validation: Optional[Validated],
                parameters: int, kind: str, postprocessing: Optional[dict[str, Any]],
-               created: datetime.datetime) -> str:
-    """A short Markdown description of a model for the people it is shared with."""
+               created: datetime.datetime, onnx_record: Optional[dict[str, Any]] = None) -> str:
+    """A short Markdown description of a model for the people it is shared with (``onnx_record``: the manifest's
+    record of the package's ONNX network, when it has one)."""
     model, training, curriculum = config.model, config.training, config.curriculum
     labels = config.labels or {}
     data = config.data.path
@@ -251,6 +254,11 @@ def model_card(config: RunConfig, payload: dict[str, Any], split: dict[str, Any]
         steps = (["largest foreground component"] if postprocessing.get("foreground") else []) + [
             f"largest {labels.get(v, v)} component" for v in postprocessing.get("labels", [])]
         lines.append(f"- **Post-processing**: {', '.join(steps) or 'none'} (chosen on the validation cases)")
+    if onnx_record is not None:
+        lines.append(f"- **ONNX network**: `{ONNX}`, windows of " + " x ".join(map(str, onnx_record["patch_size"]))
+                     + f", any batch, opset {onnx_record['opset']}; its logits within "
+                     f"{onnx_record['max_abs_logit_difference']:.1e} of torch's on {onnx_record['checked_on']} "
+                     "(`napari-pgps segment --runtime onnx`)")
     lines += [
         f"- **Split**: {len(split.get('training', []))} training, {len(split.get('validation', []))} validation cases"
         + ("" if split.get("recorded", True) else " (not recorded with this model)") + f" ({SPLITS})",
