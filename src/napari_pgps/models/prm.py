@@ -148,9 +148,15 @@ class ParallelRedundantModule(nn.Module):
                 total = total + branch(x)
         return total
 
+    def combine(self, x: torch.Tensor, branch_total: Optional[torch.Tensor]) -> torch.Tensor:
+        """The module's output (B, C, Z, Y, X) from its input ``x`` and the summed scaled outputs of the branches in
+        use: act(x + branch_total), or ``x`` itself when no branch is in use (``None``: an empty PRM, as the
+        reference's, passes its input on)."""
+        return x if branch_total is None else self.act(x + branch_total)
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if not bool((self.mask > 0).any()):  # no branch left, or every one masked: the identity (the reference's)
-            return x
+        if not bool((self.mask > 0).any()):  # no branch left, or every one masked
+            return self.combine(x, None)
         if self.training and torch.is_grad_enabled():
             # Activation checkpointing: keep only the input and recompute the branches in the backward pass.
             # The redundant branches would otherwise hold more activations than a plain U-Net level.
@@ -158,7 +164,7 @@ class ParallelRedundantModule(nn.Module):
         return self._forward(x)
 
     def _forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.act(x + self.branch_sum(x))
+        return self.combine(x, self.branch_sum(x))
 
     def set_mask(self, masked: Sequence[int]) -> None:
         """Mask the branches at these indices (and unmask every other one)."""

@@ -40,7 +40,6 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable, Optional
 
 import torch
-import torch.nn.functional as F
 
 from ..config import PruningConfig
 from ..errors import InputError
@@ -261,22 +260,19 @@ def branch_names(network: PRMUNet, branches: Iterable[BranchId]) -> tuple[str, .
     return tuple(f"{names[p]} {'x'.join(map(str, prms[p].branches[b].kernel))}" for p, b in branches)
 
 
-def _left_out(x: torch.Tensor, total: torch.Tensor, removed: torch.Tensor, remaining: int) -> torch.Tensor:
-    """A PRM's output (B, C, Z, Y, X) without some branches: ``total`` = x + every branch, ``removed`` = those left out."""
-    return F.leaky_relu(total - removed, 0.01) if remaining else x
-
-
 @torch.no_grad()
 def _calibrate(network: PRMUNet, batches: Iterable[torch.Tensor], measure: Callable[..., None]) -> None:
-    """Run the network (eval mode) on batches (B, C, Z, Y, X) and call ``measure(prm_index, x, parts, full)`` at every PRM.
+    """Run the network (eval mode) on batches (B, C, Z, Y, X) and call ``measure(prm, index, x, parts, full)`` at every
+    PRM.
 
-    ``x`` is the PRM's input, ``parts`` its branches' scaled outputs, ``full`` its output, all (B, C, Z, Y, X).
+    ``prm`` is the module and ``index`` its place in :meth:`PRMUNet.prms`; ``x`` is its input, ``parts`` its
+    branches' scaled outputs, ``full`` its output, all (B, C, Z, Y, X).
     """
 
     def hook(index: int, prm: ParallelRedundantModule):
         def call(_module, inputs, output):
             x = inputs[0]
-            measure(index, x, [branch(x) for branch in prm.branches], output)
+            measure(prm, index, x, [branch(x) for branch in prm.branches], output)
 
         return call
 
@@ -306,12 +302,13 @@ def combination_scores(
               for p, prm in enumerate(prms) if len(prm.branches) - size >= min_branches}
     scores = {p: dict.fromkeys(c, 0.0) for p, c in combos.items()}
 
-    def measure(index, x, parts, full):
+    def measure(prm, index, x, parts, full):
         if index not in scores:
             return
-        total = x + sum(parts)
+        total = sum(parts)
         for combo in combos[index]:
-            without = _left_out(x, total, sum(parts[b] for b in combo), len(parts) - len(combo))
+            left = len(parts) - len(combo)
+            without = prm.combine(x, total - sum(parts[b] for b in combo) if left else None)
             scores[index][combo] += float(torch.linalg.vector_norm(full - without))
 
     _calibrate(network, batches, measure)
@@ -332,11 +329,12 @@ def branch_scores(network: PRMUNet, batches: Iterable[torch.Tensor]) -> dict[Bra
     change = {(p, b): 0.0 for p, prm in enumerate(prms) for b in range(len(prm.branches))}
     size = [0.0] * len(prms)
 
-    def measure(index, x, parts, full):
-        total = x + sum(parts)
+    def measure(prm, index, x, parts, full):
+        total = sum(parts)
         size[index] += float(full.square().sum())
         for b, part in enumerate(parts):
-            change[(index, b)] += float((full - _left_out(x, total, part, len(parts) - 1)).square().sum())
+            without = prm.combine(x, total - part if len(parts) > 1 else None)
+            change[(index, b)] += float((full - without).square().sum())
 
     _calibrate(network, batches, measure)
     return {key: value / max(size[key[0]], 1e-12) for key, value in change.items()}
