@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Iterator, Optional, Sequence
 
 from . import __version__
-from .config import DEVICES, OPTIMIZERS, RunConfig
+from .config import DEVICES, OPTIMIZERS, PRUNING_RULES, RunConfig, use_pruning_rule
 from .curriculum import SCHEDULES
 from .engine.budget import parse_duration
 from .engine.inference import RUNTIMES
@@ -57,6 +57,10 @@ def _only_rank_zero_prints() -> Iterator[None]:
         yield
 
 
+_PRUNING_RULE_HELP = ("PSP-Seg's options as a set: reference (the PSP-Seg code's behaviour, the default; made for "
+                      "1,000 epochs) or short-run (our earlier choices, which prune within tens of epochs)")
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="napari-pgps",
@@ -88,6 +92,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--prm-variant", choices=("S", "B", "L"), help="PSP-Seg network size with --architecture prm (default S)")
     p.add_argument("--progressive-pruning", action="store_true",
                    help="PSP-Seg: prune PRM branches during training (implies --architecture prm)")
+    p.add_argument("--pruning-rule", choices=tuple(PRUNING_RULES), help=_PRUNING_RULE_HELP)
     p.add_argument("--optimizer", choices=OPTIMIZERS, help="optimiser (default: sgd on CUDA, adamw on CPU/MPS)")
     p.add_argument("--learning-rate", type=float, metavar="LR", help="initial learning rate (default 1e-2 SGD, 1e-3 AdamW)")
     p.add_argument("--max-cases", type=int, metavar="N", help="use only the first N cases (quick runs)")
@@ -195,6 +200,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--steps", type=int, default=5, help="channel pruning: iterative steps (default 5)")
     p.add_argument("--fine-tune-epochs", type=int, metavar="N", help="channel pruning: fine-tune epochs (default: half of the model's)")
     p.add_argument("--prm-variant", choices=("S", "B", "L"), default="S", help="progressive: PSP-Seg network size (default S)")
+    p.add_argument("--pruning-rule", choices=tuple(PRUNING_RULES), help="progressive: " + _PRUNING_RULE_HELP)
     p.add_argument("--baseline", metavar="RUN_DIR", help="progressive: trained run to compare with in the report (e.g. the default network)")
     p.add_argument("--retrain", action="store_true", help="progressive: then train the pruned architecture again from fresh "
                    "weights for the same epochs, into RUN_DIR (the pruning run is kept in RUN_DIR/pruning-run)")
@@ -300,6 +306,8 @@ def _prune(args: argparse.Namespace) -> int:
         config.training.device = args.device
         if args.retrain:
             config.pruning.retrain = True
+        if args.pruning_rule is not None:
+            use_pruning_rule(config, args.pruning_rule)
         for name, section in (("epochs", config.training), ("iterations_per_epoch", config.training), ("max_cases", config.data)):
             if getattr(args, name) is not None:
                 setattr(section, name, getattr(args, name))
@@ -339,6 +347,8 @@ def _apply_train_flags(config: RunConfig, args: argparse.Namespace) -> None:
         config.pruning.enabled = True
     if args.prm_variant is not None:
         config.model.prm_variant = args.prm_variant
+    if args.pruning_rule is not None:
+        use_pruning_rule(config, args.pruning_rule)
     for name in ("epochs", "iterations_per_epoch", "batch_size", "optimizer", "learning_rate", "seed"):
         if getattr(args, name) is not None:
             setattr(config.training, name, getattr(args, name))

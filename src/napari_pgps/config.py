@@ -301,6 +301,31 @@ class RunConfig:
         return cls.from_dict(values, source=str(path))
 
 
+PRUNING_RULES = {
+    "reference": {"pruning": {"selection": "per-prm", "judge": "convergence", "rollback": "decrement", "patience": 10,
+                              "min_branches": 0},
+                  "model": {"prm_downsampling": "residual", "prm_skips": "add"}},
+    "short-run": {"pruning": {"selection": "global", "judge": "next-epoch", "rollback": "halve", "patience": None,
+                              "min_branches": 1},
+                  "model": {"prm_downsampling": "strided-conv", "prm_skips": "concat"}},
+}
+"""PSP-Seg's options as a set: "reference" (the PSP-Seg code's behaviour, the defaults; made for nnU-Net's 1,000
+epochs) and "short-run" (our earlier choices, which prune within tens of epochs; docs/benchmarks.md section 6)."""
+
+
+def use_pruning_rule(config: RunConfig, rule: str) -> None:
+    """Set the ``pruning`` and ``model`` options of a :data:`PRUNING_RULES` entry in ``config``.
+
+    Raises:
+        InputError: an unknown rule.
+    """
+    if rule not in PRUNING_RULES:
+        raise InputError(f"pruning rule '{rule}' is not one of {', '.join(PRUNING_RULES)}.")
+    for section, values in PRUNING_RULES[rule].items():
+        for name, value in values.items():
+            setattr(getattr(config, section), name, value)
+
+
 def training_methods(config: RunConfig) -> list[str]:
     """The training-loop plug-ins (``napari_pgps.plugins.TrainingPlugin.name``) this configuration asks for."""
     methods = []

@@ -64,6 +64,8 @@ class RunStarted(Event):
     """Seconds the run was planned to fit, if it was planned to a budget."""
     expected_seconds: Optional[float] = None
     """The planned run's predicted duration (steps and validations), when planned to a budget."""
+    notes: tuple[str, ...] = ()
+    """What the user should know before the run (from the training-loop plug-ins), one sentence each."""
 
 
 @dataclass(frozen=True)

@@ -61,6 +61,11 @@ class TrainingPlugin:
     def start(self, run: TrainingRun) -> None:
         """The run is set up; check it and prepare (decide here whether the configuration asks for this method)."""
 
+    def notes(self, run: TrainingRun) -> Iterable[str]:
+        """What the user should know before the run starts (shown with its start), e.g. that this run is too short
+        for the method to act."""
+        return ()
+
     def epoch_start(self, run: TrainingRun, epoch: int) -> Iterable[Event]:
         """Before epoch ``epoch`` (0-based); yields events to report."""
         return ()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import types
 from typing import Optional
 
@@ -306,3 +307,54 @@ def test_retraining_trains_the_pruned_architecture_from_fresh_weights(phantom_da
     assert [options["initial_weights"] for _, options in calls] == [None, None]  # fresh weights, not the pruned ones
     assert calls[1][0].model.prm_branches == retrained.config.model.prm_branches
     assert events[-1].after["parameters"] == sum(p.numel() for p in retrained.network.parameters())
+
+
+# -- the rule as a set, and the warning for a short run ------------------------------------
+def test_the_short_run_rule_sets_our_earlier_choices_and_the_reference_rule_sets_them_back():
+    from napari_pgps.cli import _apply_train_flags, _parser
+    from napari_pgps.config import use_pruning_rule
+    from napari_pgps.errors import InputError
+
+    config = RunConfig()
+    args = _parser().parse_args(["train", "--out", "x", "--progressive-pruning", "--pruning-rule", "short-run"])
+    _apply_train_flags(config, args)
+    p, m = config.pruning, config.model
+    assert p.enabled and (p.selection, p.judge, p.rollback, p.patience, p.min_branches) == (
+        "global", "next-epoch", "halve", None, 1)
+    assert (m.prm_downsampling, m.prm_skips) == ("strided-conv", "concat")
+    use_pruning_rule(config, "reference")
+    reference = RunConfig()
+    assert dataclasses.replace(config.pruning, enabled=False) == reference.pruning
+    assert (config.model.prm_downsampling, config.model.prm_skips) == ("residual", "add")
+    assert _model(prm_downsampling="residual", prm_skips="add") == _model()  # "reference" is what None resolves to
+    with pytest.raises(InputError, match="short-run"):
+        use_pruning_rule(config, "fast")
+
+
+def test_a_pruning_window_too_short_for_convergence_events_is_told_before_the_run(phantom_dataset, tmp_path):
+    from napari_pgps.engine import describe_event
+    from napari_pgps.engine.progress import TrainingProgress
+    from napari_pgps.events import RunStarted
+    from napari_pgps.tasks.training import train
+
+    network = build_network(_model())
+    assert "--pruning-rule short-run" in _pruner(network, epochs=25).short_run_note()  # the CPU profile's run
+    assert _pruner(network, epochs=1000).short_run_note() is None  # the reference's 1,000 epochs
+    assert _pruner(network, epochs=25, patience=1).short_run_note() is not None  # measured: nothing pruned
+    assert _pruner(network, epochs=25, patience=0).short_run_note() is None  # an event at any epoch without a minimum
+    assert _pruner(network, epochs=25, judge="next-epoch").short_run_note() is None
+
+    def started(config) -> RunStarted:
+        events = train(config, tmp_path / f"run-{len(list(tmp_path.iterdir()))}")
+        event = next(e for e in events if isinstance(e, RunStarted))
+        events.close()
+        return event
+
+    config = quick_config(phantom_dataset, epochs=2, iterations=1)
+    config.pruning.enabled = True
+    event = started(config)
+    assert len(event.notes) == 1 and "unpruned" in event.notes[0]
+    text = describe_event(event, TrainingProgress())
+    assert text.splitlines()[1] == f"note: {event.notes[0]}"
+    config.pruning.judge = "next-epoch"
+    assert started(config).notes == ()

@@ -7,6 +7,7 @@ import pytest
 from napari_pgps._widgets.prune_widget import PROGRESSIVE, PruneWidget
 from napari_pgps._widgets.segment_widget import SegmentWidget
 from napari_pgps._widgets.state import state_for
+from napari_pgps.config import RunConfig
 
 pytestmark = pytest.mark.gui
 
@@ -83,9 +84,14 @@ def test_channel_pruning_fills_the_table_and_offers_the_pruned_model(pruner, qtb
 
 def test_progressive_pruning_plots_parameters_over_the_epochs(pruner, qtbot):
     _progressive(pruner, epochs=5)  # masks may be placed at the start of epoch 1 (< 0.4 x 5)
+    pruner.rule.setCurrentIndex(pruner.rule.findData("short-run"))
     pruner.start_pruning()
     qtbot.waitUntil(lambda: pruner.worker is None, timeout=60_000)
     assert pruner.status.text().startswith("done"), pruner.status.text()
+    config = RunConfig.load(pruner.run_dir / "config.yaml")
+    assert (config.pruning.judge, config.pruning.selection, config.model.prm_downsampling) == (
+        "next-epoch", "global", "strided-conv")
+    assert state_for(pruner.viewer).config.pruning.judge == "convergence"  # the designed configuration is kept
 
     epochs = [epoch for epoch, _ in pruner.history.parameters]
     assert epochs[0] == 0 and 1 in epochs and epochs == sorted(epochs)
@@ -99,9 +105,16 @@ def test_progressive_pruning_plots_parameters_over_the_epochs(pruner, qtbot):
     assert (pruner.run_dir / "checkpoint_final.pt").is_file() and (pruner.run_dir / "pruning_report.json").is_file()
 
 
-def test_stop_returns_to_idle_and_keeps_the_last_checkpoint(pruner, qtbot):
+def test_stop_returns_to_idle_and_keeps_the_last_checkpoint(pruner, qtbot, monkeypatch):
+    import napari.utils.notifications
+
+    warnings = []
+    monkeypatch.setattr(napari.utils.notifications, "show_warning", warnings.append)
     _progressive(pruner, epochs=30)
+    state_for(pruner.viewer).config.pruning.patience = 5  # 12 epochs to prune in: too few for convergence events
     pruner.start_pruning()
+    qtbot.waitUntil(lambda: bool(warnings), timeout=30_000)
+    assert "short-run" in warnings[0]
     qtbot.waitUntil(lambda: pruner.run_dir is not None and (pruner.run_dir / "checkpoint_last.pt").is_file(), timeout=30_000)
     pruner.stop_pruning()
     qtbot.waitUntil(lambda: pruner.worker is None, timeout=20_000)

@@ -28,6 +28,14 @@ def spin_box(low: int, high: int, value: int) -> QSpinBox:
     return spin
 
 
+def show_notes(started) -> None:
+    """A napari warning for each note of a ``RunStarted`` event (e.g. a pruning rule this run is too short for)."""
+    from napari.utils.notifications import show_warning
+
+    for note in started.notes:
+        show_warning(note)
+
+
 class ChannelPicker(QWidget):
     """Pick an image layer, or several as the channels of one image, in the order the model takes them.
 

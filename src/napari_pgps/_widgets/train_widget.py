@@ -40,7 +40,7 @@ from ..events import (
     StepDone,
     Validated,
 )
-from .forms import CHANNEL_SEPARATOR, ChannelPicker, PathField, spin_box
+from .forms import CHANNEL_SEPARATOR, ChannelPicker, PathField, show_notes, spin_box
 from .layers import box_outlines, find_layer, placement, training_set_from_layers
 from .plots import PlotCanvas
 from .state import state_for
@@ -365,6 +365,7 @@ class TrainWidget(QWidget):
             self.status.setText(f"{resumed}{event.training_cases} training / {event.validation_cases} validation "
                                 f"case(s), {event.parameters:,} parameters, final patch {size_text(event.final_patch)}"
                                 f"{planned}")
+            show_notes(event)
         elif isinstance(event, Replanned):
             self.progress.setRange(0, max(event.epochs * history.started.iterations_per_epoch, 1))
             self.status.setText(f"re-planned after epoch {event.epoch}: {event.epochs} epochs, expected "

@@ -217,7 +217,8 @@ def describe_event(event: Event, progress: TrainingProgress, *, quiet: bool = Fa
         return (f"training {event.kind} model ({event.architecture} network) on {event.device}: "
                 f"{event.training_cases} training / {event.validation_cases} validation cases, "
                 f"{event.parameters:,} parameters, final patch {size_text(event.final_patch)}, "
-                f"{event.epochs} epochs x {event.iterations_per_epoch} steps{resuming}{planned}")
+                f"{event.epochs} epochs x {event.iterations_per_epoch} steps{resuming}{planned}"
+                + "".join(f"\nnote: {note}" for note in event.notes))
     if isinstance(event, Replanned):
         return (f"epoch {event.epoch}: steps took {event.slowdown:.2f}x the planned time; re-planned to {event.epochs} "
                 f"epochs, expected {duration_text(event.expected_seconds)}")

@@ -288,6 +288,7 @@ class _Run:
                 volume_class_fractions=self.volume_fractions,
                 time_budget=t.time_budget,
                 expected_seconds=self.expected_seconds,
+                notes=tuple(note for plugin in self.plugins for note in plugin.notes(self)),
             )
         )
         stopped = False

@@ -49,6 +49,10 @@ class PSPSeg(TrainingPlugin):
         if run.distributed and (self.pruner is not None or self.decoupling_weight):
             raise InputError("progressive pruning and the PRM network train in one process only; start without torchrun.")
 
+    def notes(self, run: TrainingRun) -> list[str]:
+        note = self.pruner.short_run_note() if self.pruner is not None and run.epoch == 0 else None
+        return [note] if note else []
+
     def epoch_start(self, run: TrainingRun, epoch: int) -> Iterator[PruningStep]:
         if self.pruner is None:
             return
