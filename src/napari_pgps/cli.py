@@ -214,7 +214,9 @@ def _parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("bench", help="train several schedules side by side and report Dice, time and memory",
                        description="Train every schedule with the same seeds, split and epochs; write results.json, "
-                       "report.md and PNG figures to REPORT_DIR.")
+                       "report.md and PNG figures to REPORT_DIR. Each run's result is kept in REPORT_DIR/runs as it "
+                       "ends: the same command started again trains only the runs not measured yet with the same "
+                       "configuration.")
     p.add_argument("--data", required=True, metavar="DIR")
     p.add_argument("--out", required=True, metavar="REPORT_DIR")
     p.add_argument("--schedules", default="constant,pgps-efficiency,pgps-performance", help="comma-separated; must include constant; NAME+pdl adds the PDL data curriculum, e.g. constant+pdl")

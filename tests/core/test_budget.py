@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+import types
 
 import pytest
 
@@ -140,3 +141,51 @@ def test_a_plan_timed_on_a_busy_machine_is_made_again_after_the_first_epoch(phan
     assert started.epochs * 4 < len(steps) <= replanned[0].epochs * 4
     assert fold(events).started.epochs == replanned[0].epochs  # every face shows the new plan
     assert len({s.patch for s in steps}) >= 2  # the stages are laid out again, not dropped
+
+
+def test_a_bench_started_again_keeps_the_runs_it_measured_and_trains_the_new_ones(phantom_dataset, tmp_path, monkeypatch):
+    import json
+
+    from napari_pgps.tasks import bench
+    from napari_pgps.tasks.bench import BenchSettings, run_bench
+
+    trained = []
+
+    def run_one(config):  # a stand-in training: its Dice tells the runs apart
+        trained.append((config["curriculum"]["schedule"], config["training"]["seed"]))
+        return {"schedule": config["curriculum"]["schedule"], "seed": config["training"]["seed"], "device": "CPU",
+                "mean_dice": 0.5 + 0.1 * len(trained), "dice_per_label": {"a": 0.5}, "training_seconds": 1.0,
+                "wall_seconds": 1.0, "curve": [], "peak_memory_mib": 1.0, "memory_kind": "process peak RSS MiB"}
+
+    class Pool:  # the bench's child process, run in this one
+        def __init__(self, *_):
+            pass
+
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *_):
+            return False
+
+        def apply(self, function, args):
+            return run_one(*args)
+
+    monkeypatch.setattr(bench.multiprocessing, "get_context", lambda *_: types.SimpleNamespace(Pool=Pool))
+    monkeypatch.setattr("napari_pgps.tasks.bench_report.write_figures", lambda *_: None)
+    monkeypatch.setattr("napari_pgps.tasks.bench_report.write_report", lambda *_: None)
+    settings = BenchSettings(data=str(phantom_dataset), schedules=["constant", "pgps-efficiency"], seeds=1, profile="quick")
+    first = run_bench(settings, tmp_path / "bench", progress=lambda line: None)
+    assert trained == [("constant", 0), ("pgps-efficiency", 0)]
+    assert sorted(p.name for p in (tmp_path / "bench" / "runs").iterdir()) == ["constant-seed0.json", "pgps-efficiency-seed0.json"]
+
+    settings.seeds = 2  # one more seed: only its runs train
+    second = run_bench(settings, tmp_path / "bench", progress=lambda line: None)
+    assert trained[2:] == [("constant", 1), ("pgps-efficiency", 1)]
+    assert second["runs"][:2] == first["runs"]
+
+    saved = tmp_path / "bench" / "runs" / "constant-seed0.json"
+    changed = json.loads(saved.read_text())
+    changed["config"]["training"]["learning_rate"] = 0.5  # measured with another configuration: trained again
+    saved.write_text(json.dumps(changed))
+    run_bench(settings, tmp_path / "bench", progress=lambda line: None)
+    assert trained[4:] == [("constant", 0)]

@@ -8,8 +8,8 @@ label on the held-out split at the final patch size, training wall time
 the budget's timed steps, validations and checkpoints included), the training time at which the validation
 Dice first reached the constant schedule's final Dice, and peak memory (the
 process's peak resident set size on the CPU, ``torch.cuda.max_memory_allocated``
-on CUDA). Written to the report folder: ``results.json``, ``report.md`` and
-the PNG figures.
+on CUDA). Written to the report folder: ``results.json``, ``report.md``, the PNG
+figures, and each run's result as it ends (:data:`RUNS_FOLDER`), so a stopped bench goes on where it stopped.
 """
 
 from __future__ import annotations
@@ -35,6 +35,12 @@ PROFILES = {
     # The figures in docs/benchmarks.md: the CPU default network, 28 epochs so every PGPS stage gets 2.
     "full": {"max_cases": None, "epochs": 28, "iterations_per_epoch": 40, "base_channels": None, "validate_every": 4},
 }
+
+
+RUNS_FOLDER = "runs"
+"""Each measured (schedule, seed) is saved in the report folder's ``runs/SCHEDULE-seedN.json`` with the configuration it
+trained: a bench started again in the same folder (after a stop, or with more seeds or schedules) keeps the runs whose
+configuration is unchanged and trains the others. Delete the file (or the folder) to measure a run again."""
 
 
 @dataclass
@@ -139,10 +145,18 @@ def run_bench(settings: BenchSettings, out: Path, progress=print) -> dict[str, A
     context = multiprocessing.get_context("spawn")
     for seed in range(settings.seeds):
         for schedule in settings.schedules:
-            progress(f"seed {seed}, {schedule}: training...")
-            with context.Pool(1) as pool:
-                result = pool.apply(run_one, (bench_config(settings, schedule, seed).to_dict(),))
-            result["schedule"] = schedule  # the bench's name: constant+pdl trains the constant schedule
+            config = bench_config(settings, schedule, seed).to_dict()
+            saved = out / RUNS_FOLDER / f"{schedule}-seed{seed}.json"
+            result = _measured_before(saved, config)
+            if result is not None:
+                progress(f"seed {seed}, {schedule}: measured before with the same configuration ({saved}), kept")
+            else:
+                progress(f"seed {seed}, {schedule}: training...")
+                with context.Pool(1) as pool:
+                    result = pool.apply(run_one, (config,))
+                result["schedule"] = schedule  # the bench's name: constant+pdl trains the constant schedule
+                saved.parent.mkdir(exist_ok=True)
+                write_text_atomically(saved, json.dumps({"config": config, "result": result}, indent=1) + "\n")
             runs.append(result)
             progress(f"seed {seed}, {schedule}: mean Dice {result['mean_dice']:.4f}, "
                      f"{result['training_seconds']:.0f} s training, peak {result['peak_memory_mib']:.0f} MiB")
@@ -153,6 +167,17 @@ def run_bench(settings: BenchSettings, out: Path, progress=print) -> dict[str, A
     write_figures(results, out)
     write_report(results, out)
     return results
+
+
+def _measured_before(path: Path, config: dict[str, Any]) -> Optional[dict[str, Any]]:
+    """The result saved at ``path`` by an earlier bench in the same report folder, if it trained ``config``."""
+    try:
+        saved = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+    if not isinstance(saved, dict) or saved.get("config") != json.loads(json.dumps(config)):
+        return None
+    return saved.get("result")
 
 
 def _time_to_reach(curve: Sequence[dict], target: float) -> Optional[float]:
