@@ -89,7 +89,7 @@ class PruneWidget(QWidget):
         for key, name in RULE_NAMES.items():
             self.rule.addItem(name, key)
         self.rule.setToolTip("the reference rule (PSP-Seg's code) prunes at convergence events, made for 1,000 epochs "
-                             "(in 25 it pruned nothing); the short-run rule, our earlier choices, pruned 82% of the S "
+                             "(in 25 it pruned nothing); the short-run rule, our earlier choices, pruned 87% of the S "
                              "network in 25")
         self.progressive_epochs = spin_box(1, 10000, self.state.config.training.epochs or 25)
         self.iterations = spin_box(1, 10000, self.state.config.training.iterations_per_epoch or 50)
