@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 from helpers import first_run_event, quick_config
 
-from napari_pgps.config import ModelConfig, PruningConfig
+from napari_pgps.config import ModelConfig, PruningConfig, RunConfig
 from napari_pgps.models import build_network
 from napari_pgps.models.prm import ALL_KERNELS, VARIANTS, ParallelRedundantModule, Upsample
 from napari_pgps.pruning.channels import prune_channels
@@ -147,6 +147,8 @@ def test_progressive_training_prunes_and_its_checkpoint_segments(phantom_dataset
     model = load_model(tmp_path / "run")
     assert model.config.model.prm_downsampling == "residual" and model.config.model.prm_skips == "add"
     assert model.config.model.prm_branches == [[]] * len(model.config.model.prm_branches)
+    written = RunConfig.load(tmp_path / "run" / "config.yaml")  # the folder's config says what the checkpoint holds
+    assert written.model.prm_branches == model.config.model.prm_branches and written.to_dict() == model.config.to_dict()
     assert sum(p.numel() for p in model.network.parameters()) == [s for s in steps if s.action == "removed"][-1].parameters
     image = phantom_dataset / "imagesTr" / "case_000.nii.gz"
     assert main(["segment", "--model", str(tmp_path / "run"), "--input", str(image), "--output", str(tmp_path / "seg.nii.gz")]) == 0

@@ -233,6 +233,8 @@ class _Run:
         self.started_at = time.perf_counter()
         self._probe_sampler: Optional[PatchSampler] = None
         self._probe_optimizer: Optional[torch.optim.Optimizer] = None
+        self._saved_config: Optional[dict[str, Any]] = None
+        """The configuration as ``config.yaml`` last received it."""
         self._budget_plan: Optional[tuple[RunCost, float, Optional[int]]] = None
         """(the plan's cost model, seconds before training, the epoch cap) of a run planned to a budget."""
         if device.type == "cuda":
@@ -268,7 +270,7 @@ class _Run:
         t = self.config.training
         if self.writes:
             self.run_dir.mkdir(parents=True, exist_ok=True)
-            self.config.save(self.run_dir / CONFIG_FILE)
+            self._save_config()
             write_text_atomically(self.run_dir / SPLITS_FILE, json.dumps(self.split, indent=1) + "\n")
         yield self._log(
             RunStarted(
@@ -486,8 +488,7 @@ class _Run:
         self.stages = self.schedule.stages
         self.scheduler.total_iters = epochs
         self.expected_seconds = before_training + scaled(epochs, t.iterations_per_epoch)
-        if self.writes:
-            self.config.save(self.run_dir / CONFIG_FILE)
+        self._save_config()
         return Replanned(epoch=self.epoch + 1, slowdown=slowdown, epochs=epochs, expected_seconds=self.expected_seconds)
 
     def _timed_step(self, patch: tuple[int, int, int], batch_size: int) -> None:
@@ -619,9 +620,18 @@ class _Run:
         if improved:
             self.best_mean_dice = self.last_mean_dice
         payload = self._payload()
+        if payload["config"] != self._saved_config:
+            # a plug-in changed the network (PSP-Seg removed branches): config.yaml says what the checkpoints hold
+            self._save_config()
         yield CheckpointSaved(epoch=self.epoch, path=self._write(LAST, payload))
         if improved:
             yield CheckpointSaved(epoch=self.epoch, path=self._write(BEST, payload))
+
+    def _save_config(self) -> None:
+        """Write the run's configuration as it now is to ``config.yaml`` (rank 0 of a run with a folder)."""
+        self._saved_config = self.config.to_dict()
+        if self.writes:
+            self.config.save(self.run_dir / CONFIG_FILE)
 
     def _write(self, name: str, payload: dict[str, Any]) -> str:
         """Save a checkpoint in the run folder (rank 0 only; every rank builds the payload together)."""
