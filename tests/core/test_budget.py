@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import time
 import types
 
@@ -116,10 +117,10 @@ def test_the_bench_names_pdl_runs_by_their_schedule_plus_pdl(phantom_dataset, tm
         run_bench(settings, tmp_path / "bench")
 
 
-def test_a_plan_timed_on_a_busy_machine_is_made_again_after_the_first_epoch(phantom_dataset, monkeypatch):
+def test_a_plan_timed_on_a_busy_machine_is_made_again_once_its_steps_show_the_pace(phantom_dataset, monkeypatch):
     from napari_pgps import train
     from napari_pgps.engine import trainer
-    from napari_pgps.events import Replanned
+    from napari_pgps.events import Replanned, StageStarted
 
     timed = trainer._Run._timed_step
 
@@ -132,15 +133,45 @@ def test_a_plan_timed_on_a_busy_machine_is_made_again_after_the_first_epoch(phan
     config = quick_config(phantom_dataset, epochs=None, iterations=4)
     config.curriculum.schedule = "pgps-efficiency"
     config.training.time_budget = 20.0
+    started_at = time.perf_counter()
     events = list(train(config))
+    took = time.perf_counter() - started_at
     started = next(e for e in events if isinstance(e, RunStarted))
     replanned = [e for e in events if isinstance(e, Replanned)]
     steps = [e for e in events if isinstance(e, StepDone)]
-    assert len(replanned) == 1 and replanned[0].epoch == 1 and replanned[0].slowdown < 0.9
-    assert replanned[0].epochs > started.epochs  # the time the busy plan left unused is spent
-    assert started.epochs * 4 < len(steps) <= replanned[0].epochs * 4
-    assert fold(events).started.epochs == replanned[0].epochs  # every face shows the new plan
-    assert len({s.patch for s in steps}) >= 2  # the stages are laid out again, not dropped
+    stages = [e for e in events if isinstance(e, StageStarted)]
+    final_voxels = 2 * math.prod(started.final_patch)
+    first_evidence = next(s.epoch for s in stages if s.batch * math.prod(s.patch) >= trainer.EVIDENCE_SHARE * final_voxels)
+    assert replanned and replanned[0].epoch == first_evidence + 1  # not from the small stages' steps
+    assert all(r.slowdown < 0.9 for r in replanned)
+    assert replanned[-1].epochs > started.epochs  # the time the busy plan left unused is spent
+    assert started.epochs * 4 < len(steps) <= replanned[-1].epochs * 4  # a slower epoch than planned may not fit
+    assert fold(events).started.epochs == replanned[-1].epochs  # every face shows the last plan
+    assert [s.patch for s in stages] == sorted({s.patch for s in steps}, key=math.prod)  # each size once, in order
+    assert took <= 20.0 * 1.3
+
+
+def test_the_stages_left_are_laid_out_again_by_their_proportions():
+    from napari_pgps.curriculum import Stage, stages_laid_out_again
+
+    stages = tuple(Stage((8 * (i + 1), 8, 8), 2, e) for i, e in enumerate((7, 7, 7, 12)))
+
+    def epochs(laid):
+        return [(s.patch[0], s.epochs) for s in laid]
+
+    assert epochs(stages_laid_out_again(stages, 7, 60)) == [(8, 7), (16, 14), (24, 14), (32, 25)]  # equal stages stay equal
+    assert epochs(stages_laid_out_again(stages, 10, 60)) == [(8, 7), (16, 11), (24, 15), (32, 27)]  # the one begun keeps its 3
+    assert epochs(stages_laid_out_again(stages, 21, 22)) == [(8, 7), (16, 7), (24, 7), (32, 1)]
+    assert epochs(stages_laid_out_again(stages, 14, 15)) == [(8, 7), (16, 7), (32, 1)]  # too few: the final patch stays
+    assert epochs(stages_laid_out_again(stages, 3, 5)) == [(8, 3), (16, 1), (32, 1)]
+    assert epochs(stages_laid_out_again(stages, 30, 30)) == [(8, 7), (16, 7), (24, 7), (32, 9)]  # the run ends now
+    for done in range(0, 34):
+        for total in range(done, 80):
+            laid = stages_laid_out_again(stages, done, total)
+            assert sum(s.epochs for s in laid) == total and all(s.epochs > 0 for s in laid)
+            assert [s.patch for s in laid] == sorted(s.patch for s in laid)  # the patch never shrinks
+            if total > done:
+                assert laid[-1].patch == (32, 8, 8)
 
 
 def test_a_bench_started_again_keeps_the_runs_it_measured_and_trains_the_new_ones(phantom_dataset, tmp_path, monkeypatch):

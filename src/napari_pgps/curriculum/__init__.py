@@ -11,6 +11,7 @@ from .schedules import (
     growth_sizes,
     pgps_stages,
     stage_at,
+    stages_laid_out_again,
 )
 
 __all__ = [
@@ -24,4 +25,5 @@ __all__ = [
     "growth_sizes",
     "pgps_stages",
     "stage_at",
+    "stages_laid_out_again",
 ]

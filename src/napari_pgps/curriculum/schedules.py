@@ -378,6 +378,43 @@ def stage_at(stages: Sequence[Stage], epoch: int) -> int:
     return len(stages) - 1
 
 
+def stages_laid_out_again(stages: Sequence[Stage], done: int, epochs: int) -> tuple[Stage, ...]:
+    """``stages`` laid out again for a run of ``epochs`` epochs of which ``done`` are trained (a run re-planned
+    to its time budget).
+
+    The stages already finished keep their epochs, and so does the part of the current stage already trained.
+    The epochs left (``epochs - done``) are shared among the rest of the current stage and the stages not yet
+    begun in proportion to their planned epochs (each stage not yet begun at least one; the last takes what the
+    others leave), so a schedule's rule (PGPS's equal stages) holds for what is left. With fewer epochs left than
+    stages, evenly spaced ones train one epoch each, the last (final patch) always among them.
+    """
+    stages = tuple(stages)
+    current = stage_at(stages, done)
+    start = sum(s.epochs for s in stages[:current])
+    begun = max(done - start, 0)
+    pieces = [(stages[current], stages[current].epochs - begun)] + [(s, s.epochs) for s in stages[current + 1:]]
+    left = max(epochs - done, 0)
+    optional = 1 if begun else 0  # a stage already begun may end now
+    needed = len(pieces) - optional
+    if left < needed:
+        picks = {int(p) for p in np.linspace(len(pieces) - 1, optional, left).round()}  # the last one first
+        shares = [int(i in picks) for i in range(len(pieces))]
+    else:
+        total = sum(max(w, 0) for _, w in pieces) or 1
+        minimum = [0 if i < optional else 1 for i in range(len(pieces))]
+        shares = [max(m, left * max(w, 0) // total) for m, (_, w) in zip(minimum, pieces[:-1])]
+        while shares and sum(shares) > left - 1:  # the minimums took more than the proportions gave
+            largest = max(range(len(shares)), key=lambda i: shares[i] - minimum[i])
+            shares[largest] -= 1
+        shares.append(left - sum(shares))
+    laid = list(stages[:current])
+    if begun:
+        laid.append(Stage(stages[current].patch, stages[current].batch, begun + shares[0]))
+        pieces, shares = pieces[1:], shares[1:]
+    laid += [Stage(stage.patch, stage.batch, share) for (stage, _), share in zip(pieces, shares) if share > 0]
+    return tuple(laid)
+
+
 def crops_per_case(batch: int, final_batch: int) -> int:
     """With a batch larger than the final one, ``ceil(batch / B)`` crops come from each case read (as in the reference)."""
     return max(1, math.ceil(batch / final_batch))

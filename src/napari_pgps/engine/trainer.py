@@ -28,13 +28,21 @@ import json
 import math
 import time
 from pathlib import Path
-from typing import Any, Iterator, Optional, Sequence
+from typing import Any, Callable, Iterator, Optional, Sequence
 
 import numpy as np
 import torch
 
 from ..config import CONFIG_FILE, RunConfig, training_methods
-from ..curriculum import RANDOM_PATCH_SCHEDULES, ScheduleOptions, build_schedule, crops_per_case, stage_at
+from ..curriculum import (
+    RANDOM_PATCH_SCHEDULES,
+    ScheduleOptions,
+    Stage,
+    build_schedule,
+    crops_per_case,
+    stage_at,
+    stages_laid_out_again,
+)
 from ..data.augmentation import Augmentation
 from ..data.dataset import TrainingSet
 from ..data.loader import BatchLoader
@@ -76,11 +84,16 @@ RUN_FILES = (CONFIG_FILE, METRICS_FILE, LAST)
 """A folder holding any of these holds a run."""
 
 
-REPLAN_TOLERANCE = 0.25
-"""A run planned to a budget is planned again after its first epoch when its steps' time is this far from the plan's.
+REPLAN_MARGIN = 0.05
+"""A run planned to a budget is planned again at the end of an epoch when, at the speed its steps go now, it would
+end more than this share of the budget before or after it."""
 
-A machine busy while the plan was timed put it off by 4-6x (docs/benchmarks.md, section 10); the plan's own error
-at one stage was 10% (PGPS Performance's first stage), which a re-plan scaling every stage by it made worse."""
+EVIDENCE_SHARE = 0.25
+"""Only steps of at least this share of the final stage's voxels (batch x patch) say how fast the rest of a run will go.
+
+Measured (hippocampus, 2-core CPU, PGPS Efficiency to 3 minutes): its three smallest stages (at most 9% of the
+final step's voxels) took 1.5-2.5x their timed cost, the ones from 27% on 0.85-1.2x; a re-plan after the first
+epoch, scaling every stage by its 2.1x, left 44% of the budget unused."""
 
 
 class TrainingDiverged(RuntimeError):
@@ -186,6 +199,17 @@ def _reporting(task: str, work):
         yield Preparing(task=task, done=done, total=total)
 
 
+@dataclasses.dataclass(frozen=True)
+class _BudgetPlan:
+    """What a run planned to a time budget was planned from."""
+
+    step_seconds: Callable[[Stage], float]
+    """A step's timed seconds at a stage's patch and batch."""
+    validation_seconds: float
+    cap: Optional[int]
+    """The most epochs the user allowed (``training.epochs`` given with the budget), if any."""
+
+
 class _Run:
     """One training run's state (what plug-ins see, :class:`napari_pgps.plugins.TrainingRun`); :meth:`run` yields the events."""
 
@@ -235,8 +259,8 @@ class _Run:
         self._probe_optimizer: Optional[torch.optim.Optimizer] = None
         self._saved_config: Optional[dict[str, Any]] = None
         """The configuration as ``config.yaml`` last received it."""
-        self._budget_plan: Optional[tuple[RunCost, float, Optional[int]]] = None
-        """(the plan's cost model, seconds before training, the epoch cap) of a run planned to a budget."""
+        self._budget_plan: Optional[_BudgetPlan] = None
+        """What a run planned to a budget was planned from (kept to plan it again)."""
         if device.type == "cuda":
             # cuDNN picks its fastest kernels once per input shape (before the budget's timed steps, which then
             # include it): worth it for the handful of PGPS stage shapes, as nnU-Net does for its one, not for
@@ -296,17 +320,17 @@ class _Run:
         stopped = False
         current_stage = -1
         stage_fractions: list[tuple[float, ...]] = []
+        stage_step_seconds: list[float] = []
         self.network.train()
         while self.epoch < t.epochs and not stopped:
             index = stage_at(self.stages, self.epoch)
             stage = self.stages[index]
             if index != current_stage:
-                current_stage, stage_fractions = index, []
+                current_stage, stage_fractions, stage_step_seconds = index, [], []
                 yield self._log(StageStarted(stage=index, epoch=self.epoch, patch=stage.patch, batch=stage.batch))
             for event in self._epoch_start_events():
                 yield self._log(event)
             plans = [self._plan(stage) for _ in range(t.iterations_per_epoch)]
-            epoch_step_seconds: list[float] = []
             batches = self.loader.batches(plan for plan, _ in plans)
             for _, batch_size in plans:
                 if self.control.paused and not self.control.stop_requested:
@@ -320,13 +344,13 @@ class _Run:
                     break
                 step = self._train_step(batches, batch_size)
                 stage_fractions.append(step.class_fractions)
-                epoch_step_seconds.append(step.seconds)
+                stage_step_seconds.append(step.seconds)
                 yield self._log(step)
             batches.close()
             if stopped:
                 break
-            if self._budget_plan is not None and self.epoch == 0:
-                replanned = self._replan(epoch_step_seconds)
+            if self._budget_plan is not None:
+                replanned = self._replan(stage, stage_step_seconds)
                 if replanned is not None:
                     yield self._log(replanned)
             if self.epoch + 1 == t.epochs or stage_at(self.stages, self.epoch + 1) != current_stage:
@@ -448,48 +472,65 @@ class _Run:
                       for name in self.validation_names)
         validation = windows * self._timed_windows()
 
+        random_step = None
+        if probe.choices or probe.axis_sizes:  # a patch drawn every step: the expected voxels of a step
+            random_step = cost.seconds(probe.relative_voxels() * probe.final_batch * math.prod(probe.final_patch))
+
+        def step_seconds(stage: Stage) -> float:
+            return random_step if random_step is not None else cost.at(stage.patch, stage.batch)
+
         def stages_for(epochs: int):
             t.epochs = epochs
-            schedule = _schedule(self.config)
-            final = schedule.final_batch * math.prod(schedule.final_patch)
-            if schedule.choices or schedule.axis_sizes:
-                return [(epochs, cost.seconds(schedule.relative_voxels() * final))]
-            return [(stage.epochs, cost.at(stage.patch, stage.batch)) for stage in schedule.stages]
+            return [(stage.epochs, step_seconds(stage)) for stage in _schedule(self.config).stages]
 
         run_cost = RunCost(stages_for, validation, t.validate_every)
         before_training = time.perf_counter() - self.started_at
         plan = plan_epochs(t.time_budget - before_training, run_cost, t.iterations_per_epoch)
         t.epochs = min(plan.epochs, cap) if cap else plan.epochs
         t.iterations_per_epoch = plan.iterations_per_epoch
-        self._budget_plan = (run_cost, before_training, cap)
+        self._budget_plan = _BudgetPlan(step_seconds, validation, cap)
         return before_training + run_cost(t.epochs, t.iterations_per_epoch)
 
-    def _replan(self, step_seconds: list[float]) -> Optional[Replanned]:
-        """After the first epoch of a run planned to a budget: when its steps took more than 25% more or less than
-        the plan's timed ones (a machine busy, or idle, only while the plan was timed), plan the epochs again with
-        every step's and validation's cost scaled by that ratio. The schedule's stages are laid out again for the
-        new number of epochs (the first stage's epochs are at least one, so no stage is repeated) and the
-        learning-rate decay ends with them; plug-ins that fixed their plan at the start (PSP-Seg's pruning
-        window) keep it.
+    def _replan(self, stage: Stage, step_seconds: list[float]) -> Optional[Replanned]:
+        """At the end of an epoch of a run planned to a budget: when, at the pace of the current stage's steps
+        (their median against the plan's timed cost, applied to every step and validation left), the run would end
+        more than 5% of the budget before or after it, plan the epochs left again so that it ends within it.
+
+        Only a stage of at least a quarter of the final step's voxels is taken as evidence (``EVIDENCE_SHARE``). The
+        stages are laid out again for the new number of epochs (:func:`stages_laid_out_again`: what is trained
+        stays, the rest shares the epochs left by the schedule's proportions) and the learning-rate decay ends
+        with them; plug-ins that fixed their plan at the start (PSP-Seg's pruning window) keep it.
         """
-        run_cost, before_training, cap = self._budget_plan
-        t = self.config.training
-        planned_step = run_cost.stages_for(t.epochs)[0][1]
-        slowdown = distributed.mean_over_ranks(torch.tensor(float(np.median(step_seconds)) / planned_step), self.context)
-        if abs(slowdown - 1.0) <= REPLAN_TOLERANCE:
+        plan, t = self._budget_plan, self.config.training
+        if not step_seconds or stage.voxels_per_step < EVIDENCE_SHARE * self.final_batch * math.prod(self.schedule.final_patch):
             return None
-        slowdown = min(max(slowdown, 0.25), 4.0)
-        scaled = RunCost(lambda epochs: [(e, s * slowdown) for e, s in run_cost.stages_for(epochs)],
-                         run_cost.validation_seconds * slowdown, run_cost.validate_every)
-        epochs = plan_epochs(t.time_budget - before_training, scaled, t.iterations_per_epoch).epochs
-        epochs = max(min(epochs, cap) if cap else epochs, self.epoch + 1)
+        done = self.epoch + 1
+        pace = distributed.mean_over_ranks(torch.tensor(float(np.median(step_seconds)) / plan.step_seconds(stage)), self.context)
+        elapsed = distributed.mean_over_ranks(torch.tensor(time.perf_counter() - self.started_at), self.context)
+        pace = min(max(pace, 0.25), 4.0)
+
+        def rest(epochs: int) -> list[tuple[int, float]]:
+            """The stages' epochs after ``done`` in a run of ``epochs`` epochs, with a step's seconds at this pace."""
+            parts, start = [], 0
+            for laid in stages_laid_out_again(self.stages, done, epochs):
+                parts.append((max(0, min(start + laid.epochs, epochs) - max(start, done)), plan.step_seconds(laid) * pace))
+                start += laid.epochs
+            return parts
+
+        left = RunCost(lambda more: rest(done + more), plan.validation_seconds * pace, t.validate_every)
+        budget_left = t.time_budget - elapsed
+        if abs(left(t.epochs - done, t.iterations_per_epoch) - budget_left) <= REPLAN_MARGIN * t.time_budget:
+            return None
+        more = 0 if left(1, t.iterations_per_epoch) > budget_left else plan_epochs(budget_left, left, t.iterations_per_epoch).epochs
+        epochs = min(done + more, plan.cap) if plan.cap else done + more
+        if epochs == t.epochs:
+            return None
+        self.stages = stages_laid_out_again(self.stages, done, epochs)
         t.epochs = epochs
-        self.schedule = _schedule(self.config)
-        self.stages = self.schedule.stages
         self.scheduler.total_iters = epochs
-        self.expected_seconds = before_training + scaled(epochs, t.iterations_per_epoch)
+        self.expected_seconds = elapsed + left(epochs - done, t.iterations_per_epoch)
         self._save_config()
-        return Replanned(epoch=self.epoch + 1, slowdown=slowdown, epochs=epochs, expected_seconds=self.expected_seconds)
+        return Replanned(epoch=done, slowdown=pace, epochs=epochs, expected_seconds=self.expected_seconds)
 
     def _timed_step(self, patch: tuple[int, int, int], batch_size: int) -> None:
         """What a training step costs, without changing a weight: forward and backward on real crops, gradient
@@ -595,6 +636,7 @@ class _Run:
             "split": self.split,
             "epoch": self.epoch,
             "step": self.step,
+            "stages": [[*stage.patch, stage.batch, stage.epochs] for stage in self.stages],
             "training_seconds": self.training_seconds,
             "best_mean_dice": self.best_mean_dice,
             "last_mean_dice": self.last_mean_dice,
@@ -651,6 +693,8 @@ class _Run:
                 plugin.load_state_dict(saved[plugin.name])
         self.epoch = int(state["epoch"])
         self.step = int(state["step"])
+        if state.get("stages"):  # as laid out when the run was last re-planned to its budget
+            self.stages = tuple(Stage(tuple(int(v) for v in s[:3]), int(s[3]), int(s[4])) for s in state["stages"])
         self.training_seconds = float(state.get("training_seconds", 0.0))
         self.best_mean_dice = float(state.get("best_mean_dice", -1.0))
         self.last_mean_dice = state.get("last_mean_dice")
