@@ -13,6 +13,7 @@ import json
 import os
 import signal
 import sys
+import threading
 from pathlib import Path
 from typing import Iterator, Optional, Sequence
 
@@ -31,7 +32,7 @@ EXIT_INPUT = 2
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
-    with _only_rank_zero_prints():
+    with _only_rank_zero_prints(), _sigterm_ends_as_an_exception():
         parser = _parser()
         args = parser.parse_args(argv)
         if not getattr(args, "command", None):
@@ -55,6 +56,26 @@ def _only_rank_zero_prints() -> Iterator[None]:
         return
     with open(os.devnull, "w") as null, contextlib.redirect_stdout(null), contextlib.redirect_stderr(null):
         yield
+
+
+@contextlib.contextmanager
+def _sigterm_ends_as_an_exception() -> Iterator[None]:
+    """SIGTERM (``kill``, a job scheduler's stop, a CI time limit) ends the command as an exception would: its
+    ``finally`` and ``with`` blocks run, so the bench's training process and the data loader's worker processes end
+    with it instead of running on, orphaned; the run's last checkpoint (written atomically) is kept. Exit status
+    143 (128 + SIGTERM), as if killed by it."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def end(signum, frame):
+        raise SystemExit(128 + signum)
+
+    previous = signal.signal(signal.SIGTERM, end)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 _PRUNING_RULE_HELP = ("PSP-Seg's options as a set: reference (the PSP-Seg code's behaviour, the default; made for "

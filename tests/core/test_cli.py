@@ -192,3 +192,48 @@ def test_evaluate_sweeps_inference_patch_sizes(tmp_path, trained_phantom_run, ph
     assert capsys.readouterr().out.count("mean Dice") == 3
     assert main(["evaluate", "--model", str(trained_phantom_run), "--data", str(phantom_dataset), "--patch-sizes", "9x32x32"]) == 2
     assert "cannot be taken" in capsys.readouterr().err
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads the process tree from /proc")
+def test_sigterm_ends_the_bench_and_its_training_process(phantom_dataset, tmp_path):
+    """A bench stopped with SIGTERM (kill, a scheduler, a CI limit) takes its training process with it: a left-over
+    one would hold the CPU for the rest of its run."""
+    import os
+    import signal
+    import time
+
+    command = [sys.executable, "-m", "napari_pgps", "bench", "--data", str(phantom_dataset), "--out",
+               str(tmp_path / "bench"), "--profile", "quick", "--seeds", "1", "--epochs", "200", "--device", "cpu"]
+    bench = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                             env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    try:
+        lines = [bench.stdout.readline() for _ in range(1)]
+        while "training..." not in lines[-1] and lines[-1] and len(lines) < 50:
+            lines.append(bench.stdout.readline())
+        assert "training..." in lines[-1], lines
+        children: list[int] = []
+        for _ in range(200):  # the training process has started
+            children = [int(c) for c in open(f"/proc/{bench.pid}/task/{bench.pid}/children").read().split()]
+            if children:
+                break
+            time.sleep(0.1)
+        assert children
+        time.sleep(3)  # into its training
+        bench.send_signal(signal.SIGTERM)
+        assert bench.wait(timeout=60) == 128 + signal.SIGTERM
+        for _ in range(100):
+            alive = [c for c in children if os.path.exists(f"/proc/{c}") and "Z" not in _state(c)]
+            if not alive:
+                break
+            time.sleep(0.1)
+        assert not alive
+    finally:
+        bench.kill()
+        bench.wait()
+
+
+def _state(pid: int) -> str:
+    try:
+        return open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return "Z"

@@ -87,6 +87,29 @@ def test_resumed_run_matches_an_uninterrupted_one(tmp_path, phantom_dataset):
         torch.testing.assert_close(split[name], straight[name], rtol=1e-4, atol=1e-5)
 
 
+def test_a_resumed_run_follows_its_stages_as_last_laid_out(tmp_path, phantom_dataset):
+    """A run re-planned to its budget lays its stages out again (not by the rule for its epochs); the checkpoint
+    keeps that layout and a resumed run follows it."""
+    from napari_pgps.engine.checkpoint import save_checkpoint
+
+    config = quick_config(phantom_dataset, epochs=4, iterations=1)
+    config.curriculum.schedule = "pgps-efficiency"
+    control = TrainingControl()
+    first = []
+    for event in train(config, tmp_path / "run", control=control):
+        first.append(event)
+        if isinstance(event, CheckpointSaved) and event.epoch == 1:
+            control.stop()
+    stages = [e for e in first if isinstance(e, StageStarted)]
+    assert stages[0].epoch == 0 and len(stages) == 1
+    state = load_checkpoint(tmp_path / "run" / "checkpoint_last.pt")
+    final = state["stages"][-1]
+    state["stages"] = [state["stages"][0], [*final[:4], 3]]  # as a re-plan lays them out: the final patch from epoch 1
+    save_checkpoint(state, tmp_path / "run" / "checkpoint_last.pt")
+    resumed = [e for e in train(config, tmp_path / "run", resume=True) if isinstance(e, StepDone)]
+    assert [e.patch for e in resumed] == [tuple(final[:3])] * 3
+
+
 def test_pause_holds_training_until_resumed(phantom_dataset):
     control = TrainingControl()
     seen = []

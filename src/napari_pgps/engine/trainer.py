@@ -91,7 +91,7 @@ end more than this share of the budget before or after it."""
 EVIDENCE_SHARE = 0.25
 """Only steps of at least this share of the final stage's voxels (batch x patch) say how fast the rest of a run will go.
 
-Measured (hippocampus, 2-core CPU, PGPS Efficiency to 3 minutes): its three smallest stages (at most 9% of the
+Measured (hippocampus, 2-core CPU, PGPS Efficiency to 3 minutes): its three smallest stages (at most 5% of the
 final step's voxels) took 1.5-2.5x their timed cost, the ones from 27% on 0.85-1.2x; a re-plan after the first
 epoch, scaling every stage by its 2.1x, left 44% of the budget unused."""
 
@@ -261,6 +261,8 @@ class _Run:
         """The configuration as ``config.yaml`` last received it."""
         self._budget_plan: Optional[_BudgetPlan] = None
         """What a run planned to a budget was planned from (kept to plan it again)."""
+        self._paced = (0.0, 0.0)
+        """(seconds taken, seconds the plan gave) of the steps that show the run's pace (see :meth:`_replan`)."""
         if device.type == "cuda":
             # cuDNN picks its fastest kernels once per input shape (before the budget's timed steps, which then
             # include it): worth it for the handful of PGPS stage shapes, as nnU-Net does for its one, not for
@@ -320,17 +322,17 @@ class _Run:
         stopped = False
         current_stage = -1
         stage_fractions: list[tuple[float, ...]] = []
-        stage_step_seconds: list[float] = []
         self.network.train()
         while self.epoch < t.epochs and not stopped:
             index = stage_at(self.stages, self.epoch)
             stage = self.stages[index]
             if index != current_stage:
-                current_stage, stage_fractions, stage_step_seconds = index, [], []
+                current_stage, stage_fractions = index, []
                 yield self._log(StageStarted(stage=index, epoch=self.epoch, patch=stage.patch, batch=stage.batch))
             for event in self._epoch_start_events():
                 yield self._log(event)
             plans = [self._plan(stage) for _ in range(t.iterations_per_epoch)]
+            epoch_step_seconds: list[float] = []
             batches = self.loader.batches(plan for plan, _ in plans)
             for _, batch_size in plans:
                 if self.control.paused and not self.control.stop_requested:
@@ -344,13 +346,13 @@ class _Run:
                     break
                 step = self._train_step(batches, batch_size)
                 stage_fractions.append(step.class_fractions)
-                stage_step_seconds.append(step.seconds)
+                epoch_step_seconds.append(step.seconds)
                 yield self._log(step)
             batches.close()
             if stopped:
                 break
             if self._budget_plan is not None:
-                replanned = self._replan(stage, stage_step_seconds)
+                replanned = self._replan(stage, epoch_step_seconds)
                 if replanned is not None:
                     yield self._log(replanned)
             if self.epoch + 1 == t.epochs or stage_at(self.stages, self.epoch + 1) != current_stage:
@@ -492,20 +494,24 @@ class _Run:
         return before_training + run_cost(t.epochs, t.iterations_per_epoch)
 
     def _replan(self, stage: Stage, step_seconds: list[float]) -> Optional[Replanned]:
-        """At the end of an epoch of a run planned to a budget: when, at the pace of the current stage's steps
-        (their median against the plan's timed cost, applied to every step and validation left), the run would end
-        more than 5% of the budget before or after it, plan the epochs left again so that it ends within it.
+        """At the end of an epoch of a run planned to a budget: when, at the pace its steps have gone so far (their
+        seconds against the plan's timed cost of the same steps, applied to every step and validation left), the
+        run would end more than 5% of the budget before or after it, plan the epochs left again so that it ends
+        within it.
 
-        Only a stage of at least a quarter of the final step's voxels is taken as evidence (``EVIDENCE_SHARE``). The
-        stages are laid out again for the new number of epochs (:func:`stages_laid_out_again`: what is trained
-        stays, the rest shares the epochs left by the schedule's proportions) and the learning-rate decay ends
-        with them; plug-ins that fixed their plan at the start (PSP-Seg's pruning window) keep it.
+        Only the steps of stages of at least a quarter of the final step's voxels are taken as evidence
+        (``EVIDENCE_SHARE``), all of them pooled: one stage's own error (PGPS Efficiency's stages of one epoch
+        each differ by up to 20%) would re-plan the run at every stage. The stages are laid out again for the new
+        number of epochs (:func:`stages_laid_out_again`: what is trained stays, the rest shares the epochs left by
+        the schedule's proportions) and the learning-rate decay ends with them; plug-ins that fixed their plan at
+        the start (PSP-Seg's pruning window) keep it.
         """
         plan, t = self._budget_plan, self.config.training
         if not step_seconds or stage.voxels_per_step < EVIDENCE_SHARE * self.final_batch * math.prod(self.schedule.final_patch):
             return None
+        self._paced = (self._paced[0] + sum(step_seconds), self._paced[1] + len(step_seconds) * plan.step_seconds(stage))
         done = self.epoch + 1
-        pace = distributed.mean_over_ranks(torch.tensor(float(np.median(step_seconds)) / plan.step_seconds(stage)), self.context)
+        pace = distributed.mean_over_ranks(torch.tensor(self._paced[0] / self._paced[1]), self.context)
         elapsed = distributed.mean_over_ranks(torch.tensor(time.perf_counter() - self.started_at), self.context)
         pace = min(max(pace, 0.25), 4.0)
 
