@@ -92,7 +92,7 @@ EVIDENCE_SHARE = 0.25
 """Only steps of at least this share of the final stage's voxels (batch x patch) say how fast the rest of a run will go.
 
 Measured (hippocampus, 2-core CPU, PGPS Efficiency to 3 minutes): its three smallest stages (at most 5% of the
-final step's voxels) took 1.5-2.5x their timed cost, the ones from 27% on 0.85-1.2x; a re-plan after the first
+final step's voxels) took 1.5-2.9x their timed cost, the ones from 27% on 0.85-1.22x (two runs); a re-plan after the first
 epoch, scaling every stage by its 2.1x, left 44% of the budget unused."""
 
 
