@@ -1,0 +1,146 @@
+"""How far a CPU bf16 training step's gradient is from fp32's, per patch size along a real training run, and what
+each costs.
+
+    python benchmarks/bf16_fidelity.py --data ../shared/data/Task04_Hippocampus --out runs/bf16-fidelity \
+        [--schedule pgps-efficiency] [--epochs 34] [--every 10] [--plain-autocast]
+
+Part 1, one convolution: the bf16 weight gradient of a 3D convolution (kernel 3, 32 channels, batch 2) against
+fp32's on the same bf16-rounded numbers, per input depth, under plain ``torch.autocast`` and under the training
+step's precision (:func:`napari_pgps.engine.precision.step_precision`).
+
+Part 2, a training run (the CPU profile, ``--schedule`` and ``--epochs``, seed 0): every ``--every``-th step, on
+that step's batch and weights, the gradient is computed in bf16 and in fp32 (twice each, alternating, the faster
+kept as the time); the table gives, per patch, the median and lowest cosine between the two, and the forward +
+backward seconds of each; ``--plain-autocast`` measures bf16 under plain ``torch.autocast``, as training did
+before ``step_precision``. The run trains as usual meanwhile (in the training step's own precision). Needs a CPU with native bf16 (AVX512-BF16 or AMX).
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import json
+import statistics
+import time
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+from napari_pgps.config import RunConfig
+from napari_pgps.engine.precision import native_bf16, step_precision
+from napari_pgps.engine.trainer import _loss
+from napari_pgps.models import split_outputs
+from napari_pgps.plugins import TrainingPlugin
+from napari_pgps.tasks.training import train
+
+CPU = torch.device("cpu")
+
+
+def convolution_table(trials: int = 20) -> list[dict]:
+    rows = []
+    for depth in range(1, 7):
+        torch.manual_seed(0)
+        x = torch.randn(2, 32, depth, 8, 8).bfloat16().float()
+        weight = (torch.randn(32, 32, 3, 3, 3) * 0.05).bfloat16().float()
+        grad = torch.randn(2, 32, depth, 8, 8).bfloat16()
+        errors = {}
+        for name, context in (("fp32", lambda: torch.autocast("cpu", enabled=False)),
+                              ("autocast", lambda: torch.autocast("cpu", dtype=torch.bfloat16)),
+                              ("step_precision", lambda: step_precision(CPU, torch.bfloat16))):
+            worst = 0.0
+            for _ in range(trials if name != "fp32" else 1):
+                w = weight.clone().requires_grad_(True)
+                with context():
+                    y = F.conv3d(x, w, padding=1)
+                y.backward(grad.to(y.dtype))
+                if name == "fp32":
+                    exact = w.grad
+                    break
+                error = float((w.grad - exact).norm() / exact.norm())
+                worst = max(worst, error if error == error else float("inf"))
+            errors[name] = worst
+        rows.append({"depth": depth, "autocast": errors["autocast"], "step_precision": errors["step_precision"]})
+    return rows
+
+
+class GradientFidelity(TrainingPlugin):
+    """Every ``every``-th step: the gradient in bf16 and in fp32 on the step's batch and weights (no loss term)."""
+
+    def __init__(self, every: int, plain_autocast: bool):
+        self.every, self.plain_autocast, self.calls = every, plain_autocast, 0
+        self.rows: dict[tuple[int, ...], list[tuple[float, float, float]]] = collections.defaultdict(list)
+        self.loss = _loss(deep_supervision=True)
+
+    def _gradient(self, run, images, labels, bf16: bool):
+        run.network.zero_grad(set_to_none=True)
+        if not bf16:
+            context = torch.autocast("cpu", enabled=False)
+        elif self.plain_autocast:
+            context = torch.autocast("cpu", dtype=torch.bfloat16)
+        else:
+            context = step_precision(CPU, torch.bfloat16)
+        start = time.perf_counter()
+        with context:
+            loss = self.loss(split_outputs(run.network(images).float(), images), labels)
+        loss.backward()
+        seconds = time.perf_counter() - start
+        vector = torch.cat([p.grad.flatten() for p in run.network.parameters() if p.grad is not None])
+        return vector, seconds
+
+    def loss_terms(self, run, images, labels):
+        self.calls += 1
+        if self.calls % self.every == 0:
+            seconds = {True: [], False: []}
+            vectors = {}
+            for bf16 in (True, False, True, False):
+                vectors[bf16], s = self._gradient(run, images, labels, bf16)
+                seconds[bf16].append(s)
+            cosine = F.cosine_similarity(vectors[True], vectors[False], dim=0) if torch.isfinite(vectors[True]).all() else None
+            self.rows[tuple(images.shape[2:])].append(
+                (float(cosine) if cosine is not None else float("nan"), min(seconds[True]), min(seconds[False])))
+            run.network.zero_grad(set_to_none=True)
+        return {}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--data", required=True)
+    parser.add_argument("--out", required=True)
+    parser.add_argument("--schedule", default="pgps-efficiency")
+    parser.add_argument("--epochs", type=int, default=34)
+    parser.add_argument("--every", type=int, default=10)
+    parser.add_argument("--plain-autocast", action="store_true")
+    args = parser.parse_args()
+    if not native_bf16():
+        raise SystemExit("this CPU has no native bf16 (AVX512-BF16 or AMX): training runs in fp32 here")
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    report = {"convolution": convolution_table()}
+    print("depth  autocast  step_precision (worst relative error of the weight gradient, 20 trials)")
+    for row in report["convolution"]:
+        print(f"{row['depth']:5d}  {row['autocast']:8.3g}  {row['step_precision']:8.3g}")
+
+    config = RunConfig()  # the defaults `napari-pgps train` uses (the CPU profile on a CPU)
+    config.data.path = args.data
+    config.curriculum.schedule = args.schedule
+    config.training.epochs = args.epochs
+    probe = GradientFidelity(args.every, args.plain_autocast)
+    for _ in train(config, out / "run", plugins=[probe]):
+        pass
+    report["stages"] = []
+    print("patch        steps  non-finite  cosine median         lowest  bf16 s  fp32 s  (cosines of the finite ones)")
+    for patch, rows in probe.rows.items():
+        finite = [r[0] for r in rows if r[0] == r[0]]
+        row = {"patch": list(patch), "steps": len(rows), "non_finite": len(rows) - len(finite),
+               "cosine_median": statistics.median(finite) if finite else None, "cosine_lowest": min(finite, default=None),
+               "bf16_seconds": statistics.median(r[1] for r in rows), "fp32_seconds": statistics.median(r[2] for r in rows)}
+        report["stages"].append(row)
+        cosines = "".join(f"  {c:13.3f}" if c is not None else "  " + "-" * 13 for c in (row["cosine_median"], row["cosine_lowest"]))
+        print(f"{'x'.join(map(str, patch)):12s} {row['steps']:5d}  {row['non_finite']:10d}{cosines}"
+              f"  {row['bf16_seconds']:6.3f}  {row['fp32_seconds']:6.3f}")
+    (out / "bf16_fidelity.json").write_text(json.dumps(report, indent=1) + "\n")
+
+
+if __name__ == "__main__":
+    main()
