@@ -425,7 +425,7 @@ class _Run:
         loss, norm = self._backward(images, labels)
         if self.low_precision is torch.bfloat16 and not bool(torch.isfinite(norm)):
             # A non-finite bf16 gradient: that step is computed again in fp32. (The known cause, PyTorch's wrong
-            # bf16 weight gradient of 2-slice-deep convolutions, is kept out by step_precision; the count of
+            # bf16 weight gradient of 2-slice-deep convolutions, is kept out by ShallowSafeConv3d; the count of
             # redone steps in the run's summary shows whether another appears.)
             self.optimizer.zero_grad(set_to_none=True)
             loss, norm = self._backward(images, labels, low_precision=False)

@@ -10,12 +10,14 @@ from torch import nn
 from ..config import ModelConfig
 from .architectures import architecture
 from .rebuild import fit_to_state_dict
+from .shallow_convolutions import guard_shallow_convolutions
 
 
 def build_network(model: ModelConfig, weights: Optional[dict[str, torch.Tensor]] = None) -> nn.Module:
     """The network for a resolved model config, with ``weights`` (a state dict) loaded if given.
 
-    A channel-pruned network (``model.channels_pruned``) takes its layer sizes from ``weights``.
+    A channel-pruned network (``model.channels_pruned``) takes its layer sizes from ``weights``. Its 3D
+    convolutions are :class:`~napari_pgps.models.shallow_convolutions.ShallowSafeConv3d` (right under CPU bf16).
 
     Input (B, in_channels, Z, Y, X) -> logits (B, out_channels, Z, Y, X). A
     network with deep supervision, in training mode, returns
@@ -30,7 +32,7 @@ def build_network(model: ModelConfig, weights: Optional[dict[str, torch.Tensor]]
             fit_to_state_dict(network, weights)
         else:
             network.load_state_dict(weights)
-    return network
+    return guard_shallow_convolutions(network)
 
 
 def training_outputs(network: nn.Module, images: torch.Tensor) -> list[torch.Tensor]:
