@@ -31,7 +31,7 @@ import torch
 import torch.nn.functional as F
 
 from napari_pgps.config import RunConfig
-from napari_pgps.engine.precision import native_bf16
+from napari_pgps.engine.device import native_bf16
 from napari_pgps.engine.trainer import _loss
 from napari_pgps.models import split_outputs
 from napari_pgps.models.shallow_convolutions import ShallowSafeConv3d, guard_shallow_convolutions

@@ -34,3 +34,20 @@ def describe(device: torch.device) -> str:
     if device.type == "mps":
         return "MPS (Apple GPU)"
     return f"CPU ({torch.get_num_threads()} threads)"
+
+
+def native_bf16() -> bool:
+    """Whether this CPU computes bfloat16 natively (AVX512-BF16 or AMX), where bf16 autocast speeds training up."""
+    checks = ("_is_avx512_bf16_supported", "_is_amx_tile_supported")
+    return any(getattr(torch.cpu, name, lambda: False)() for name in checks)
+
+
+def autocast_dtype(device: torch.device, mixed_precision: bool) -> torch.dtype | None:
+    """The lower precision a training step runs in: fp16 on CUDA, bf16 on a CPU that has it natively, else none."""
+    if not mixed_precision:
+        return None
+    if device.type == "cuda":
+        return torch.float16
+    if device.type == "cpu" and native_bf16():
+        return torch.bfloat16
+    return None

@@ -74,11 +74,10 @@ from . import distributed
 from .budget import RunCost, measure_step_cost, plan_epochs
 from .checkpoint import BEST, FINAL, LAST, SPLITS_FILE, load_checkpoint, save_checkpoint, start_from_model
 from .control import TrainingControl
-from .device import describe, pick_device
+from .device import autocast_dtype, describe, pick_device
 from .inference import predict_probabilities, window_count
 from .losses import BatchDiceCELoss
 from .metrics import dice_per_label, mean_of, summarize_dice
-from .precision import autocast_dtype, step_precision
 from .resolve import resolve_config
 
 RUN_FILES = (CONFIG_FILE, METRICS_FILE, LAST)
@@ -553,7 +552,7 @@ class _Run:
         batch = self._probe_sampler.sample(patch, batch_size)
         images = torch.from_numpy(batch.images).to(self.device)
         labels = torch.from_numpy(batch.labels.astype(np.int64)).to(self.device)
-        with self._precision():
+        with self._autocast():
             loss = self.loss(split_outputs(self.model(images).float(), images), labels)
         loss.backward()
         norm = torch.nn.utils.clip_grad_norm_(self.network.parameters(), self.config.training.gradient_clip)
@@ -565,16 +564,16 @@ class _Run:
 
     def _backward(self, images: torch.Tensor, labels: torch.Tensor, low_precision: bool = True):
         """The loss of one batch and its clipped gradient norm (fp32 throughout when not `low_precision`)."""
-        with self._precision(low_precision):
+        with self._autocast(low_precision):
             loss = self._loss(images, labels)
         self.scaler.scale(loss).backward()
         self.scaler.unscale_(self.optimizer)
         return loss, torch.nn.utils.clip_grad_norm_(self.network.parameters(), self.config.training.gradient_clip)
 
-    def _precision(self, low_precision: bool = True):
-        """The training step's number format (``TrainingConfig.mixed_precision``, :func:`step_precision`); fp32
-        throughout when not `low_precision`."""
-        return step_precision(self.device, self.low_precision if low_precision else None)
+    def _autocast(self, low_precision: bool = True):
+        """The training step's precision (see ``TrainingConfig.mixed_precision``); fp32 when not `low_precision`."""
+        return torch.autocast(device_type=self.device.type, dtype=self.low_precision or torch.float32,
+                              enabled=low_precision and self.low_precision is not None)
 
     def _timed_windows(self) -> float:
         """Seconds of one sliding-window batch at the final patch (the median of two after a warm-up)."""

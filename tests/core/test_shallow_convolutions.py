@@ -7,16 +7,12 @@ import copy
 import torch
 
 from napari_pgps.config import ModelConfig
-from napari_pgps.engine.precision import step_precision
 from napari_pgps.models import build_network, split_outputs
 from napari_pgps.models.shallow_convolutions import ShallowSafeConv3d, guard_shallow_convolutions
 
-CPU = torch.device("cpu")
-
-
-def _weight_gradient(conv: torch.nn.Conv3d, x: torch.Tensor, grad: torch.Tensor, dtype) -> torch.Tensor:
+def _weight_gradient(conv: torch.nn.Conv3d, x: torch.Tensor, grad: torch.Tensor, bf16: bool) -> torch.Tensor:
     conv = copy.deepcopy(conv)
-    with step_precision(CPU, dtype):
+    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
         y = conv(x)
     y.backward(grad.to(y.dtype))
     return conv.weight.grad
@@ -30,11 +26,11 @@ def test_a_shallow_convolution_gets_its_fp32_weight_gradient_under_bf16():
     conv.weight.data = conv.weight.data.bfloat16().float()
     x = torch.randn(2, 16, 2, 4, 4).bfloat16().float()
     grad = torch.randn(2, 16, 2, 4, 4).bfloat16().float()
-    exact = _weight_gradient(conv, x, grad, None)
+    exact = _weight_gradient(conv, x, grad, bf16=False)
     guard_shallow_convolutions(conv)
     assert isinstance(conv, ShallowSafeConv3d)
     for _ in range(20):
-        guarded = _weight_gradient(conv, x, grad, torch.bfloat16)
+        guarded = _weight_gradient(conv, x, grad, bf16=True)
         assert torch.isfinite(guarded).all()
         assert float((guarded - exact).norm() / exact.norm()) < 1e-5
 
@@ -44,7 +40,7 @@ def test_the_guard_changes_no_output_type_and_leaves_deeper_inputs_to_autocast()
     cube = guard_shallow_convolutions(torch.nn.Conv3d(4, 4, 3, padding=1))
     flat = guard_shallow_convolutions(torch.nn.Conv3d(4, 4, (1, 3, 3), padding=(0, 1, 1)))
     deep, shallow = torch.randn(1, 4, 4, 4, 4), torch.randn(1, 4, 2, 4, 4)
-    with step_precision(CPU, torch.bfloat16):
+    with torch.autocast("cpu", dtype=torch.bfloat16):
         assert cube(deep).dtype == cube(shallow).dtype == flat(shallow).dtype == torch.bfloat16
         with torch.autocast("cpu", enabled=False):
             exact = torch.nn.functional.conv3d(shallow, cube.weight, cube.bias, padding=1)
@@ -62,7 +58,7 @@ def test_built_networks_carry_the_guard_with_an_unchanged_state_dict():
     again = build_network(model, network.state_dict())
     assert again.state_dict().keys() == network.state_dict().keys()
     images = torch.randn(2, 1, 16, 8, 8)  # the bottleneck is 2 x 1 x 1
-    with step_precision(CPU, torch.bfloat16):
+    with torch.autocast("cpu", dtype=torch.bfloat16):
         loss = sum(o.float().square().mean() for o in split_outputs(network.train()(images), images))
     loss.backward()
     assert all(torch.isfinite(p.grad).all() for p in network.parameters() if p.grad is not None)
