@@ -38,6 +38,7 @@ from napari_pgps.models.shallow_convolutions import ShallowSafeConv3d, guard_sha
 from napari_pgps.plugins import TrainingPlugin
 from napari_pgps.tasks.training import train
 
+
 def convolution_table(trials: int = 20) -> list[dict]:
     rows = []
     for depth in range(1, 7):

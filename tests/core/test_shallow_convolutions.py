@@ -10,6 +10,7 @@ from napari_pgps.config import ModelConfig
 from napari_pgps.models import build_network, split_outputs
 from napari_pgps.models.shallow_convolutions import ShallowSafeConv3d, guard_shallow_convolutions
 
+
 def _weight_gradient(conv: torch.nn.Conv3d, x: torch.Tensor, grad: torch.Tensor, bf16: bool) -> torch.Tensor:
     conv = copy.deepcopy(conv)
     with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
