@@ -248,6 +248,9 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--device", choices=DEVICES, default="auto")
     p.add_argument("--time-budget", metavar="DURATION",
                    help="train every schedule for the same wall-clock time (e.g. 15m), its epochs planned to it")
+    p.add_argument("--config", metavar="FILE.yaml",
+                   help="every run starts from this configuration (e.g. data: {augmentation: mirror}); the profile, "
+                   "the schedule, the seed and the flags above override it")
     p.set_defaults(run=_bench)
 
     p = sub.add_parser("demo", help="open napari with sample data, the widgets and a quick schedule",
@@ -668,7 +671,8 @@ def _bench(args: argparse.Namespace) -> int:
     settings = BenchSettings(data=str(args.data), schedules=[s.strip() for s in args.schedules.split(",") if s.strip()],
                              seeds=args.seeds, profile=args.profile, epochs=args.epochs,
                              iterations_per_epoch=args.iterations_per_epoch, device=args.device,
-                             time_budget=parse_duration(args.time_budget) if args.time_budget else None)
+                             time_budget=parse_duration(args.time_budget) if args.time_budget else None,
+                             config=args.config)
     run_bench(settings, Path(args.out), progress=lambda line: print(line, flush=True))
     print((Path(args.out) / "report.md").read_text())
     return 0

@@ -220,3 +220,21 @@ def test_a_bench_started_again_keeps_the_runs_it_measured_and_trains_the_new_one
     saved.write_text(json.dumps(changed))
     run_bench(settings, tmp_path / "bench", progress=lambda line: None)
     assert trained[4:] == [("constant", 0)]
+
+
+def test_the_bench_starts_every_run_from_a_given_configuration_the_profile_overriding_it(phantom_dataset, tmp_path):
+    from napari_pgps.cli import _parser
+    from napari_pgps.tasks.bench import BenchSettings, bench_config
+
+    base = tmp_path / "mirror.yaml"
+    base.write_text("data: {augmentation: mirror}\ntraining: {iterations_per_epoch: 99, learning_rate: 0.005}\n")
+    settings = BenchSettings(data=str(phantom_dataset), schedules=["constant"], seeds=1, profile="quick", config=str(base))
+    config = bench_config(settings, "constant", 0)
+    assert config.data.augmentation == "mirror" and config.training.learning_rate == 0.005
+    assert config.training.iterations_per_epoch == 2  # the profile's
+    assert bench_config(BenchSettings(data=str(phantom_dataset), schedules=["constant"]), "constant", 0).data.augmentation is None
+    args = _parser().parse_args(["bench", "--data", str(phantom_dataset), "--out", str(tmp_path), "--config", str(base)])
+    assert args.config == str(base)
+    settings.config = str(tmp_path / "missing.yaml")
+    with pytest.raises(InputError, match="configuration file not found"):
+        bench_config(settings, "constant", 0)

@@ -55,12 +55,14 @@ class BenchSettings:
     device: str = "auto"
     time_budget: Optional[float] = None
     """Seconds: every run planned to this wall-clock time (its epochs set by the planner) instead of equal epochs."""
+    config: Optional[str] = None
+    """A YAML configuration every run starts from (``RunConfig.load``); the profile and the settings above override it."""
 
 
 def bench_config(settings: BenchSettings, schedule: str, seed: int) -> RunConfig:
-    """The configuration of one bench run: the profile, then the explicit overrides."""
+    """The configuration of one bench run: ``settings.config`` (or the defaults), the profile, then the explicit overrides."""
     profile = PROFILES[settings.profile]
-    config = RunConfig()
+    config = RunConfig.load(settings.config) if settings.config else RunConfig()
     config.data.path = settings.data
     config.data.max_cases = profile["max_cases"]
     config.model.base_channels = profile["base_channels"]

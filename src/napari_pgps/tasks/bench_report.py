@@ -17,6 +17,10 @@ CLAIMS = {
 }
 
 
+ZOOM_SHARE = 0.4
+"""The share of the time axis, at its end, that dice_vs_time.png's right panel shows enlarged."""
+
+
 def write_figures(results: dict[str, Any], out: Path) -> list[Path]:
     """dice_vs_time.png, patch_and_batch.png, class_balance.png."""
     import matplotlib
@@ -29,17 +33,34 @@ def write_figures(results: dict[str, Any], out: Path) -> list[Path]:
     colours = {name: plt.cm.tab10(i) for i, name in enumerate(names)}
     written = []
 
-    fig, ax = plt.subplots(figsize=(7, 4.5))
+    # Left: the whole run. Right: its last ZOOM_SHARE of the time, the y axis fitted to the Dice there, where the
+    # schedules' end points differ by tenths of a point that the whole-run scale hides.
+    fig, (whole, late) = plt.subplots(1, 2, figsize=(12, 4.5))
+    end = max(p["training_seconds"] for run in runs for p in run["curve"]) / 60
+    zoom_from = end * (1 - ZOOM_SHARE)
+    late_dice = []
     for name in names:
         for i, run in enumerate(r for r in runs if r["schedule"] == name):
             xs = [p["training_seconds"] / 60 for p in run["curve"]]
             ys = [p["mean_dice"] for p in run["curve"]]
-            ax.plot(xs, ys, "o-", color=colours[name], alpha=0.8, label=name if i == 0 else None, markersize=3)
-    ax.set_xlabel("training time (min, validation excluded)")
-    ax.set_ylabel("held-out mean Dice")
-    ax.set_title(f"Dice against training time ({results['device']}, one line per seed)")
-    ax.grid(alpha=0.3)
-    ax.legend()
+            for ax in (whole, late):
+                ax.plot(xs, ys, "o-", color=colours[name], alpha=0.8, label=name if i == 0 else None, markersize=3)
+            late.plot(xs[-1:], ys[-1:], "s", color=colours[name], markersize=7)
+            if xs[-1] < zoom_from:  # ended before the window: its final Dice as a dotted line
+                late.axhline(ys[-1], color=colours[name], linestyle=":")
+            late_dice += [y for x, y in zip(xs, ys) if x >= zoom_from] + ys[-1:]
+    whole.set_title(f"Dice against training time ({results['device']}, one line per seed)", fontsize=10)
+    late.set_title(f"the last {ZOOM_SHARE:.0%} of the time, zoomed\nsquares: each run's final Dice; dotted: "
+                   "that of a run that ended earlier", fontsize=10)
+    late.set_xlim(zoom_from, end * 1.02)
+    if late_dice:
+        spread = max(late_dice) - min(late_dice)
+        late.set_ylim(min(late_dice) - 0.1 * spread - 1e-3, max(late_dice) + 0.1 * spread + 1e-3)
+    for ax in (whole, late):
+        ax.set_xlabel("training time (min, validation excluded)")
+        ax.set_ylabel("held-out mean Dice")
+        ax.grid(alpha=0.3)
+    whole.legend()
     fig.tight_layout()
     written.append(_save(fig, out / "dice_vs_time.png"))
 
@@ -110,7 +131,8 @@ def write_report(results: dict[str, Any], out: Path) -> Path:
         "# napari-pgps bench",
         "",
         f"Data: `{settings['data']}`; profile `{settings['profile']}` ({settings['seeds']} seed(s), "
-        f"{_length(results)}); device: {results['device']}.",
+        f"{_length(results)}); device: {results['device']}"
+        + (f"; every run from the configuration `{settings['config']}`." if settings.get("config") else "."),
         "Dice: held-out (validation) cases, sliding window at the final patch size. Time: training steps only, "
         "validation excluded; ratios are medians over seeds of each seed's ratio to its constant run.",
         "",
