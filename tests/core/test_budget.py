@@ -151,6 +151,15 @@ def test_a_plan_timed_on_a_busy_machine_is_made_again_once_its_steps_show_the_pa
     assert took <= 20.0 * 1.3
 
 
+def test_a_long_budget_is_re_planned_when_a_minute_of_it_would_be_left_unused_or_overrun():
+    from napari_pgps.engine.trainer import replan_margin
+
+    assert replan_margin(5 * 60) == pytest.approx(15.0)  # 5% of short budgets, as measured at 5 and 15 minutes
+    assert replan_margin(15 * 60) == pytest.approx(45.0)
+    assert replan_margin(45 * 60) == pytest.approx(60.0)  # not 135 s: the 45-minute runs ended up to 116 s early
+    assert replan_margin(8 * 3600) == pytest.approx(60.0)  # not 24 minutes of a night
+
+
 def test_the_stages_left_are_laid_out_again_by_their_proportions():
     from napari_pgps.curriculum import Stage, stages_laid_out_again
 
