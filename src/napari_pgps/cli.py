@@ -242,6 +242,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, metavar="REPORT_DIR")
     p.add_argument("--schedules", default="constant,pgps-efficiency,pgps-performance", help="comma-separated; must include constant; NAME+pdl adds the PDL data curriculum, e.g. constant+pdl")
     p.add_argument("--seeds", type=int, default=3, metavar="N")
+    p.add_argument("--first-seed", type=int, default=0, metavar="N",
+                   help="the seeds are N to N + seeds - 1 (default 0): e.g. --first-seed 2 --seeds 1 measures seed 2 alone")
     p.add_argument("--profile", choices=("quick", "full"), default="full", help="quick: a few minutes for CI; full: the documented figures")
     p.add_argument("--epochs", type=int, metavar="N")
     p.add_argument("--iterations-per-epoch", type=int, metavar="N")
@@ -669,7 +671,7 @@ def _bench(args: argparse.Namespace) -> int:
     from .tasks.bench import BenchSettings, run_bench
 
     settings = BenchSettings(data=str(args.data), schedules=[s.strip() for s in args.schedules.split(",") if s.strip()],
-                             seeds=args.seeds, profile=args.profile, epochs=args.epochs,
+                             seeds=args.seeds, first_seed=args.first_seed, profile=args.profile, epochs=args.epochs,
                              iterations_per_epoch=args.iterations_per_epoch, device=args.device,
                              time_budget=parse_duration(args.time_budget) if args.time_budget else None,
                              config=args.config)

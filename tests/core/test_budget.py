@@ -230,6 +230,11 @@ def test_a_bench_started_again_keeps_the_runs_it_measured_and_trains_the_new_one
     run_bench(settings, tmp_path / "bench", progress=lambda line: None)
     assert trained[4:] == [("constant", 0)]
 
+    settings.first_seed, settings.seeds = 1, 1  # seed 1 alone: measured before, nothing trains
+    alone = run_bench(settings, tmp_path / "bench", progress=lambda line: None)
+    assert trained[5:] == [] and [r["seed"] for r in alone["runs"]] == [1, 1]
+    assert alone["runs"] == second["runs"][2:]
+
 
 def test_the_bench_starts_every_run_from_a_given_configuration_the_profile_overriding_it(phantom_dataset, tmp_path):
     from napari_pgps.cli import _parser

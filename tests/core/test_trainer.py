@@ -153,3 +153,16 @@ def test_monai_unet_is_selectable_end_to_end(tmp_path, phantom_dataset):
     assert events[-1].stopped is False
     model = load_model(tmp_path / "run", "cpu")
     assert type(model.network).__name__ == "UNet"
+
+
+@pytest.mark.parametrize("native_bf16, arithmetic", [(True, "bf16 autocast"), (False, "fp32")])
+def test_a_cpu_run_names_the_arithmetic_of_its_steps(phantom_dataset, monkeypatch, native_bf16, arithmetic):
+    """The same command is about twice as fast where the CPU has native bf16: the run says which it got."""
+    from napari_pgps.engine import device
+
+    monkeypatch.setattr(device, "native_bf16", lambda: native_bf16)
+    config = quick_config(phantom_dataset, epochs=1, iterations=1)
+    config.training.device = "cpu"
+    assert first_run_event(train(config)).device == f"CPU ({torch.get_num_threads()} threads, {arithmetic})"
+    config.training.mixed_precision = False
+    assert first_run_event(train(config)).device.endswith(", fp32)")

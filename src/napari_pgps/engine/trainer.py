@@ -310,7 +310,7 @@ class _Run:
         yield self._log(
             RunStarted(
                 run_dir=str(self.run_dir) if self.run_dir else None,
-                device=describe(self.device),
+                device=describe(self.device, self.low_precision),
                 training_cases=self.train_count,
                 validation_cases=self.val_count,
                 parameters=count_parameters(self.network),

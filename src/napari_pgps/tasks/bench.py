@@ -49,6 +49,8 @@ class BenchSettings:
     schedules: list[str]
     """Schedule names; ``NAME+pdl`` adds the PDL data curriculum to schedule NAME (e.g. ``constant+pdl``)."""
     seeds: int = 3
+    first_seed: int = 0
+    """The runs use seeds ``first_seed`` to ``first_seed + seeds - 1`` (e.g. one seed measured again on another machine)."""
     profile: str = "full"
     epochs: Optional[int] = None
     iterations_per_epoch: Optional[int] = None
@@ -139,13 +141,15 @@ def run_bench(settings: BenchSettings, out: Path, progress=print) -> dict[str, A
         raise InputError("the bench compares against the constant schedule: include 'constant' in --schedules.")
     if settings.seeds < 1:
         raise InputError("--seeds must be at least 1.")
+    if settings.first_seed < 0:
+        raise InputError("--first-seed must be 0 or more.")
     if settings.time_budget is not None and settings.time_budget <= 0:
         raise InputError("--time-budget must be longer than zero.")
     read_dataset_info(settings.data)
     out.mkdir(parents=True, exist_ok=True)
     runs = []
     context = multiprocessing.get_context("spawn")
-    for seed in range(settings.seeds):
+    for seed in range(settings.first_seed, settings.first_seed + settings.seeds):
         for schedule in settings.schedules:
             config = bench_config(settings, schedule, seed).to_dict()
             saved = out / RUNS_FOLDER / f"{schedule}-seed{seed}.json"

@@ -111,6 +111,14 @@ def _save(fig, path: Path) -> Path:
     return path
 
 
+def _seeds(settings: dict[str, Any]) -> str:
+    """"3 seed(s)", or "seed 2" / "seeds 3-5" when the bench did not start at seed 0."""
+    first, count = settings.get("first_seed", 0), settings["seeds"]
+    if first == 0:
+        return f"{count} seed(s)"
+    return f"seed {first}" if count == 1 else f"seeds {first}-{first + count - 1}"
+
+
 def _length(results: dict[str, Any]) -> str:
     """"28 epochs", or for a bench at equal time the budget and each schedule's planned epochs."""
     budget = results["settings"].get("time_budget")
@@ -130,7 +138,7 @@ def write_report(results: dict[str, Any], out: Path) -> Path:
     lines = [
         "# napari-pgps bench",
         "",
-        f"Data: `{settings['data']}`; profile `{settings['profile']}` ({settings['seeds']} seed(s), "
+        f"Data: `{settings['data']}`; profile `{settings['profile']}` ({_seeds(settings)}, "
         f"{_length(results)}); device: {results['device']}"
         + (f"; every run from the configuration `{settings['config']}`." if settings.get("config") else "."),
         "Dice: held-out (validation) cases, sliding window at the final patch size. Time: training steps only, "
