@@ -166,3 +166,17 @@ def test_a_cpu_run_names_the_arithmetic_of_its_steps(phantom_dataset, monkeypatc
     assert first_run_event(train(config)).device == f"CPU ({torch.get_num_threads()} threads, {arithmetic})"
     config.training.mixed_precision = False
     assert first_run_event(train(config)).device.endswith(", fp32)")
+
+
+def test_fp32_cpu_steps_run_channels_last_with_the_losses_of_contiguous_steps(phantom_dataset, monkeypatch):
+    from napari_pgps.engine import trainer
+
+    config = quick_config(phantom_dataset, epochs=1, iterations=3)
+    config.training.device, config.training.mixed_precision = "cpu", False
+    chosen, original = [], trainer.training_memory_format
+    monkeypatch.setattr(trainer, "training_memory_format", lambda *args: chosen.append(original(*args)) or chosen[-1])
+    channels_last = [e.loss for e in train(config) if isinstance(e, StepDone)]
+    monkeypatch.setattr(trainer, "training_memory_format", lambda *args: torch.contiguous_format)
+    contiguous = [e.loss for e in train(config) if isinstance(e, StepDone)]
+    assert chosen == [torch.channels_last_3d]
+    assert len(channels_last) == 3 and channels_last == pytest.approx(contiguous, rel=1e-4)

@@ -74,7 +74,7 @@ from . import distributed
 from .budget import RunCost, measure_step_cost, plan_epochs
 from .checkpoint import BEST, FINAL, LAST, SPLITS_FILE, load_checkpoint, save_checkpoint, start_from_model
 from .control import TrainingControl
-from .device import autocast_dtype, describe, pick_device
+from .device import autocast_dtype, describe, pick_device, training_memory_format
 from .inference import predict_probabilities, window_count
 from .losses import BatchDiceCELoss
 from .metrics import dice_per_label, mean_of, summarize_dice
@@ -258,8 +258,10 @@ class _Run:
         self.loader = BatchLoader(self.sampler, config.data.loader_workers)
         self.validating_on_training = not val_names
         self.validation_names = list(val_names) or self.training_names
-        self.network = build_network(config.model, state["model"] if state is not None else initial_weights).to(device)
         self.low_precision = autocast_dtype(device, t.mixed_precision)
+        self.memory_format = training_memory_format(device, self.low_precision)
+        self.network = build_network(config.model, state["model"] if state is not None else initial_weights).to(
+            device, memory_format=self.memory_format)
         self.amp = self.low_precision is torch.float16
         self.model = distributed.wrap(self.network, device, context)
         self.loss = _loss(deep_supervision=deep_supervision_heads(config.model) > 0, across_ranks=context.enabled)
@@ -427,7 +429,7 @@ class _Run:
         images, labels = torch.from_numpy(batch.images), torch.from_numpy(batch.labels.astype(np.int64))
         if self.device.type == "cuda":
             images, labels = images.pin_memory(), labels.pin_memory()
-        images = images.to(self.device, non_blocking=True)
+        images = images.to(self.device, non_blocking=True).contiguous(memory_format=self.memory_format)
         labels = labels.to(self.device, non_blocking=True)
         self.optimizer.zero_grad(set_to_none=True)
         loss, norm = self._backward(images, labels)
@@ -559,7 +561,7 @@ class _Run:
             self._probe_sampler = copy.copy(self.sampler)
             self._probe_sampler.rng = np.random.default_rng(self.config.training.seed + 1)
         batch = self._probe_sampler.sample(patch, batch_size)
-        images = torch.from_numpy(batch.images).to(self.device)
+        images = torch.from_numpy(batch.images).to(self.device).contiguous(memory_format=self.memory_format)
         labels = torch.from_numpy(batch.labels.astype(np.int64)).to(self.device)
         with self._autocast():
             loss = self.loss(split_outputs(self.model(images).float(), images), labels)
