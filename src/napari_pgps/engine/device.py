@@ -30,12 +30,12 @@ def pick_device(requested: str = "auto") -> torch.device:
 PRECISION_NAMES = {None: "fp32", torch.float16: "fp16 autocast", torch.bfloat16: "bf16 autocast"}
 
 
-def describe(device: torch.device, low_precision: torch.dtype | None | bool = False) -> str:
-    """A short human name, e.g. ``"CUDA (NVIDIA H100 80GB HBM3)"`` or ``"CPU (2 threads)"``.
+def describe(device: torch.device, low_precision: torch.dtype | None) -> str:
+    """A short human name of the device and the arithmetic of a training step (``low_precision``: its autocast
+    type, None for fp32), e.g. ``"CUDA (NVIDIA H100 80GB HBM3, fp16 autocast)"`` or ``"CPU (2 threads, fp32)"``.
 
-    With ``low_precision`` (the training step's autocast type, or None for fp32) the arithmetic is named too, e.g.
-    ``"CPU (2 threads, fp32)"`` or ``"CPU (2 threads, bf16 autocast)"``: the same command is about twice as fast on
-    a CPU with native bf16, so a time measured on one machine says little of another without it.
+    The same steps take about twice as long in fp32 as with native bf16, so a time measured on one machine says
+    little of another without it.
     """
     if device.type == "cuda":
         name, detail = "CUDA", torch.cuda.get_device_name(device)
@@ -43,9 +43,7 @@ def describe(device: torch.device, low_precision: torch.dtype | None | bool = Fa
         name, detail = "MPS", "Apple GPU"
     else:
         name, detail = "CPU", f"{torch.get_num_threads()} threads"
-    if low_precision is not False:
-        detail += ", " + PRECISION_NAMES.get(low_precision, str(low_precision))
-    return f"{name} ({detail})"
+    return f"{name} ({detail}, {PRECISION_NAMES.get(low_precision, str(low_precision))})"
 
 
 def native_bf16() -> bool:
@@ -69,7 +67,7 @@ def training_memory_format(device: torch.device, low_precision: torch.dtype | No
     """The layout of the network's weights and the crops in a training step.
 
     Channels-last (``torch.channels_last_3d``) for fp32 steps on the CPU: oneDNN's convolutions run faster on it
-    (``benchmarks/cpu_speed.py``: 1.22x at the hippocampus patch on a 2-core AVX2 CPU, 1.04x on an AVX512-BF16 one).
+    (``benchmarks/cpu_speed.py``: 1.20x at the hippocampus patch on a 2-core AVX2 CPU, 1.04x on an AVX512-BF16 one).
     Contiguous elsewhere: under bf16 autocast it was slower (0.90x), and on GPUs it has not been measured.
     """
     if device.type == "cpu" and low_precision is None:

@@ -97,6 +97,7 @@ def replan_margin(time_budget: float) -> float:
     """Seconds a run planned to ``time_budget`` seconds may be projected to end before or after it without a re-plan."""
     return min(REPLAN_MARGIN * time_budget, REPLAN_MARGIN_MOST_SECONDS)
 
+
 EVIDENCE_SHARE = 0.25
 """Only steps of at least this share of the final stage's voxels (batch x patch) say how fast the rest of a run will go.
 
