@@ -65,7 +65,7 @@ def _rewrite(path, change):
     "change, message",
     [
         (lambda d, a: (d[:-1], a), "label shape .* differs"),
-        (lambda d, a: (d, a @ np.diag([1, 1, 2, 1])), "affine differs"),
+        (lambda d, a: (d, a @ np.diag([1, 1, 2, 1])), "grid differs from the image's .*: spacing along Z 2.5 vs 5 mm;"),
         (lambda d, a: (np.where(d == 2, 7, d).astype(np.uint8), a), r"label value\(s\) \[7\] are not declared"),
         (lambda d, a: (d.astype(np.float32) + 0.25, a), "non-integer"),
     ],

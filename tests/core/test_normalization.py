@@ -38,3 +38,18 @@ def test_ct_clips_to_foreground_percentiles_and_channels_normalise_on_their_own(
     assert out[1].std() == pytest.approx(1, abs=1e-4)
     with pytest.raises(ValueError, match="1 normalisation"):
         normalize(image, [NormalizationConfig("zscore")])
+
+
+@pytest.mark.parametrize("name, scheme", [("CT", "ct"), ("ct", "ct"), ("Ct", "ct"), (" CT ", "ct"), ("CTA", "zscore"),
+                                          ("CT1", "zscore"), ("channel 0", "zscore")])
+def test_a_ct_channel_is_named_ct_in_any_case_as_in_nnunet(name, scheme):
+    foreground = np.random.default_rng(0).uniform(40, 80, 500).astype(np.float32)
+    assert fit_normalization([name], [foreground], [1.0])[0].scheme == scheme
+
+
+@pytest.mark.parametrize("config", [NormalizationConfig("zscore"), NormalizationConfig("zscore", nonzero_mask=True),
+                                    NormalizationConfig("ct", 7.5, 7.5, 7.5, 0.0)], ids=["zscore", "masked", "ct"])
+def test_a_channel_holding_one_value_normalises_to_zero_not_to_a_division_by_zero(config):
+    image = np.full((1, 4, 5, 6), 7.5, np.float32)
+    out = normalize(image, [config], np.ones((4, 5, 6), bool))
+    assert np.isfinite(out).all() and (out == 0).all()

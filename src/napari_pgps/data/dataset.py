@@ -9,11 +9,17 @@ and ``file_ending``; ``imagesTr/CASE_0000.nii.gz``, ``CASE_0001.nii.gz``, ...
 
 Cases are validated as they load (see :func:`check_case`) so a problem is
 reported with the file it comes from before anything is written.
+
+nnU-Net v2's ``ignore`` label (a label named "ignore", the highest value)
+marks unannotated voxels: it is kept apart from the classes (``labels``) as
+``ignore_label``, so the network has no output for it, the loss and the
+validation Dice leave its voxels out, and it is never predicted.
 """
 
 from __future__ import annotations
 
 import json
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional, Sequence
@@ -52,12 +58,23 @@ class CaseFiles:
 
 @dataclass
 class DatasetInfo:
-    """What ``dataset.json`` says: label names, channel names, the case files."""
+    """What ``dataset.json`` says: label names, channel names, the case files.
+
+    Attributes:
+        labels: the classes, value -> name, background (0) included, the ignore label left out.
+        ignore_label: the value of nnU-Net v2's ``ignore`` label, or ``None``.
+    """
 
     root: Path
     labels: dict[int, str]
     channels: list[str]
     files: list[CaseFiles]
+    ignore_label: Optional[int] = None
+
+    @property
+    def declared(self) -> dict[int, str]:
+        """Every value ``dataset.json`` declares (value -> name): the classes and the ignore label."""
+        return with_ignore(self.labels, self.ignore_label)
 
 
 def read_dataset_info(root: str | Path) -> DatasetInfo:
@@ -81,7 +98,7 @@ def read_dataset_info(root: str | Path) -> DatasetInfo:
         raise InputError(f"{meta_path}: not valid JSON ({exc}).") from None
     if not isinstance(meta, dict):
         raise InputError(f"{meta_path}: expected a JSON object.")
-    labels = _parse_labels(meta.get("labels"), meta_path)
+    labels, ignore = _split_ignore(_parse_labels(meta.get("labels"), meta_path), meta_path)
     channels = _parse_channels(meta, meta_path)
     if "channel_names" in meta or "file_ending" in meta:
         files = _nnunet_files(root, meta, len(channels))
@@ -89,7 +106,41 @@ def read_dataset_info(root: str | Path) -> DatasetInfo:
         files = _decathlon_files(root, meta)
     if not files:
         raise InputError(f"{root}: the dataset holds no training case (imagesTr/ is empty or missing).")
-    return DatasetInfo(root=root, labels=labels, channels=channels, files=files)
+    return DatasetInfo(root=root, labels=labels, channels=channels, files=files, ignore_label=ignore)
+
+
+IGNORE_NAME = "ignore"
+"""nnU-Net v2's name of the label of unannotated voxels."""
+
+
+def ignore_label_of(dataset_json: dict) -> Optional[int]:
+    """The value of nnU-Net v2's ``ignore`` label in a ``dataset.json`` object, or ``None`` when it has none.
+
+    nnU-Net v2 marks unannotated voxels with a label named ``ignore`` (``"labels": {"background": 0, "x": 1,
+    "ignore": 2}``): it is not a class (never trained, predicted nor scored) and must be the highest value.
+    A Decathlon ``{"2": "ignore"}`` entry is read the same way.
+
+    Raises:
+        InputError: no ``labels``, or the ignore label is 0 or not the highest label value.
+    """
+    where = Path("dataset.json")
+    return _split_ignore(_parse_labels(dataset_json.get("labels"), where), where)[1]
+
+
+def with_ignore(labels: dict[int, str], ignore_label: Optional[int]) -> dict[int, str]:
+    """The classes ``labels`` (value -> name) and the ignore label, if any, in value order."""
+    return labels if ignore_label is None else {**labels, ignore_label: IGNORE_NAME}
+
+
+def _split_ignore(labels: dict[int, str], where: Path) -> tuple[dict[int, str], Optional[int]]:
+    """The classes among ``labels`` (value -> name) and the ignore label's value (``None`` without one)."""
+    ignore = next((value for value, name in labels.items() if name == IGNORE_NAME), None)
+    if ignore is None:
+        return labels, None
+    if ignore == 0 or ignore != max(labels):
+        raise InputError(f"{where}: the 'ignore' label is {ignore}, but nnU-Net v2 needs it to be the highest label "
+                         f"value (here {max(labels)}) and not 0; renumber it in dataset.json and the label maps.")
+    return {value: name for value, name in labels.items() if value != ignore}, ignore
 
 
 def _parse_labels(raw: object, where: Path) -> dict[int, str]:
@@ -132,9 +183,9 @@ def _decathlon_files(root: Path, meta: dict) -> list[CaseFiles]:
         for entry in entries:
             if not isinstance(entry, dict) or "image" not in entry:
                 raise InputError(f"{root / 'dataset.json'}: training entry {entry!r} has no 'image'.")
-            image = _resolve(root, str(entry["image"]))
+            image = _inside(root, str(entry["image"]))
             label = entry.get("label")
-            files.append(CaseFiles(case_name(image), [image], _resolve(root, str(label)) if label else None))
+            files.append(CaseFiles(case_name(image), [image], _inside(root, str(label)) if label else None))
         return sorted(files, key=lambda f: f.name)
     for image in sorted(p for p in (root / "imagesTr").glob("*") if is_volume_file(p)):
         label = root / "labelsTr" / image.name
@@ -142,12 +193,27 @@ def _decathlon_files(root: Path, meta: dict) -> list[CaseFiles]:
     return files
 
 
-def _resolve(root: Path, relative: str) -> Path:
-    return root / (relative[2:] if relative.startswith("./") else relative)
+def _inside(root: Path, relative: str) -> Path:
+    """The file a ``dataset.json`` entry names, relative to the dataset folder ``root``.
+
+    The entry is checked as written, not through symbolic links, so a dataset folder that is a link, or case files
+    that link into a shared store, still work, while ``../x`` or ``/etc/x`` is refused.
+
+    Raises:
+        InputError: the entry is absolute or leads out of the folder.
+    """
+    normal = os.path.normpath(relative)
+    if os.path.isabs(relative) or normal == ".." or normal.startswith(".." + os.sep):
+        raise InputError(f"{root / 'dataset.json'}: entry {relative!r} points outside the dataset folder; name the "
+                         "case files relative to it, e.g. ./imagesTr/CASE.nii.gz.")
+    return root / normal
 
 
 def _nnunet_files(root: Path, meta: dict, channels: int) -> list[CaseFiles]:
     ending = str(meta.get("file_ending", ".nii.gz"))
+    if "/" in ending or "\\" in ending:
+        raise InputError(f"{root / 'dataset.json'}: file_ending {ending!r} holds a path; it is the files' suffix, "
+                         "e.g. .nii.gz.")
     files = []
     for first in sorted((root / "imagesTr").glob(f"*_0000{ending}")):
         name = first.name[: -len(f"_0000{ending}")]
@@ -161,12 +227,27 @@ def _nnunet_files(root: Path, meta: dict, channels: int) -> list[CaseFiles]:
     return files
 
 
-def check_case(image: Volume, labels: Optional[Volume], declared: Optional[dict[int, str]] = None) -> None:
-    """Check that an image and its label map belong together.
+def check_image(image: Volume) -> None:
+    """Check that an image is a 3D volume: every spatial axis (Z, Y, X) holds at least two voxels.
+
+    A single slice is a 2D image, which the 3D networks cannot learn from or segment.
 
     Raises:
-        InputError: shapes or affines differ, or labels hold undeclared values.
+        InputError: naming the file and its shape.
     """
+    flat = [axis for axis, size in zip("ZYX", image.shape) if size < 2]
+    if flat:
+        raise InputError(f"{image.path or 'the image'}: shape {image.shape} (Z, Y, X) is a single slice along "
+                         f"{', '.join(flat)}, a 2D image; napari-pgps needs 3D volumes (stack the slices into one).")
+
+
+def check_case(image: Volume, labels: Optional[Volume], declared: Optional[dict[int, str]] = None) -> None:
+    """Check that an image is 3D (:func:`check_image`) and that its label map, if any, belongs to it.
+
+    Raises:
+        InputError: a 2D image, shapes or affines that differ, or labels holding undeclared values.
+    """
+    check_image(image)
     if labels is None:
         return
     if image.shape != labels.shape:
@@ -175,10 +256,9 @@ def check_case(image: Volume, labels: Optional[Volume], declared: Optional[dict[
             f"({image.path}); image and labels must cover the same voxels."
         )
     if not np.allclose(image.affine, labels.affine, atol=AFFINE_TOLERANCE):
-        raise InputError(
-            f"{labels.path}: its affine differs from the image's ({image.path}); image and labels must share "
-            f"their geometry. Image affine:\n{np.round(image.affine, 4)}\nlabel affine:\n{np.round(labels.affine, 4)}"
-        )
+        raise InputError(f"{labels.path}: its grid differs from the image's ({image.path}): "
+                         f"{geometry_difference(image.affine, labels.affine)}; save the labels on the image's grid "
+                         "(same origin, spacing and axes).")
     if declared is not None:
         present = np.unique(labels.array)
         unknown = sorted(int(v) for v in present if int(v) not in declared)
@@ -187,6 +267,26 @@ def check_case(image: Volume, labels: Optional[Volume], declared: Optional[dict[
                 f"{labels.path}: label value(s) {unknown} are not declared in dataset.json "
                 f"(declared: {sorted(declared)}); declare them or fix the label map."
             )
+
+
+def geometry_difference(first: np.ndarray, second: np.ndarray) -> str:
+    """How two NIfTI affines (voxel (x, y, z) -> world mm) differ, in words for one line: the largest spacing
+    difference (with its axis), the distance between the origins and the largest angle between axes, each only
+    where it exceeds :data:`AFFINE_TOLERANCE`; e.g. "spacing along Z 1 vs 1.2 mm, origin differs by 3.2 mm"."""
+    first, second = np.asarray(first, dtype=float), np.asarray(second, dtype=float)
+    sizes = [np.linalg.norm(a[:3, :3], axis=0) for a in (first, second)]  # (sx, sy, sz)
+    notes = []
+    axis = int(np.argmax(np.abs(sizes[0] - sizes[1])))
+    if abs(sizes[0][axis] - sizes[1][axis]) > AFFINE_TOLERANCE:
+        notes.append(f"spacing along {'XYZ'[axis]} {sizes[0][axis]:.4g} vs {sizes[1][axis]:.4g} mm")
+    shift = float(np.linalg.norm(first[:3, 3] - second[:3, 3]))
+    if shift > AFFINE_TOLERANCE:
+        notes.append(f"origin differs by {shift:.3g} mm")
+    cosines = np.sum((first[:3, :3] / sizes[0]) * (second[:3, :3] / sizes[1]), axis=0)
+    angle = float(np.degrees(np.arccos(np.clip(cosines, -1.0, 1.0))).max())
+    if angle > np.degrees(AFFINE_TOLERANCE):
+        notes.append(f"axes turned by up to {angle:.3g} degrees")
+    return ", ".join(notes) or "the affines differ slightly"
 
 
 def case_files(
@@ -222,7 +322,7 @@ def read_case(info: DatasetInfo, entry: CaseFiles) -> Case:
         raise InputError(f"{entry.images[0]}: {image.channels} channel(s), but dataset.json declares "
                          f"{len(info.channels)} ({', '.join(info.channels)}).")
     labels = read_volume(entry.labels, kind="labels") if entry.labels is not None else None
-    check_case(image, labels, info.labels)
+    check_case(image, labels, info.declared)
     return Case(entry.name, image, labels)
 
 
@@ -240,25 +340,20 @@ def load_cases(
 
 @dataclass
 class TrainingSet:
-    """Labelled cases in memory (e.g. from napari layers) with their label names (value -> name) and channel names."""
+    """Labelled cases in memory (e.g. from napari layers) with their classes (value -> name, as
+    :attr:`DatasetInfo.labels`), channel names and nnU-Net v2 ignore label (``None``: none)."""
 
     cases: list[Case]
     labels: dict[int, str]
     channels: list[str]
+    ignore_label: Optional[int] = None
 
 
 def load_training_set(root: str | Path, max_cases: Optional[int] = None) -> TrainingSet:
     """Read and check every labelled case of a dataset folder into memory."""
     info = read_dataset_info(root)
-    return TrainingSet(cases=load_cases(info, max_cases=max_cases), labels=info.labels, channels=info.channels)
-
-
-def label_index_lookup(labels: dict[int, str]) -> np.ndarray:
-    """An array mapping each declared label value to its index 0..K-1 (sorted by value): ``lookup[label_map]``."""
-    values = sorted(labels)
-    lookup = np.zeros(max(values) + 1, dtype=np.int64)
-    lookup[values] = np.arange(len(values))
-    return lookup
+    return TrainingSet(cases=load_cases(info, max_cases=max_cases), labels=info.labels, channels=info.channels,
+                       ignore_label=info.ignore_label)
 
 
 def split_cases(names: Sequence[str], validation_fraction: float, seed: int) -> tuple[list[str], list[str]]:

@@ -6,6 +6,11 @@ and per channel a sample of foreground intensities (for CT normalisation).
 Target spacing, patch size and normalisation are planned from it
 (:func:`napari_pgps.engine.resolve.resolve_config`), as nnU-Net plans from its
 ``dataset_fingerprint.json``.
+
+Every training case passes here once, so a training image that shows
+nothing (a channel holding one value, e.g. all zeros) is refused here, naming
+the case; a label map without foreground is a legitimate case (as in nnU-Net)
+and is kept.
 """
 
 from __future__ import annotations
@@ -18,6 +23,7 @@ from typing import Callable, Generator, Sequence
 
 import numpy as np
 
+from ..errors import InputError
 from .dataset import Case
 from .geometry import box_volume_fraction, nonzero_box, reorient, spacing_of
 from .normalization import foreground_sample
@@ -68,6 +74,7 @@ def fingerprint_cases(
     samples: list[list[np.ndarray]] = [[] for _ in channels]
     for done, (name, read) in enumerate(cases, start=1):
         case = read()
+        _check_varies(name, case, channels)
         image, affine = reorient(case.image.channel_first(), case.image.affine, orientation)
         shape, fraction = tuple(int(n) for n in image.shape[1:]), 1.0
         if crop_to_nonzero:
@@ -80,6 +87,15 @@ def fingerprint_cases(
         yield done, len(cases)
     fingerprint.foreground = [np.concatenate(s) if s else np.zeros(0, np.float32) for s in samples]
     return fingerprint
+
+
+def _check_varies(name: str, case: Case, channels: Sequence[str]) -> None:
+    """Refuse a training case whose image has a channel holding one value in every voxel (nothing to learn from)."""
+    for channel, values in zip(channels, case.image.channel_first()):
+        low, high = float(values.min()), float(values.max())
+        if low == high:
+            raise InputError(f"{case.image.path or name}: channel '{channel}' of training case '{name}' is {low:g} "
+                             "in every voxel, an image that shows nothing; remove the case or fix its file.")
 
 
 def signature(parts: Sequence[object]) -> str:

@@ -1,12 +1,16 @@
 """Intensity normalisation per channel, fitted on the dataset and stored with the model (nnU-Net's rules).
 
-* A channel named "CT" is clipped to the 0.5 and 99.5 percentiles of the
+* A channel named "CT" (any case, see :func:`is_ct`) is clipped to the 0.5 and 99.5 percentiles of the
   foreground intensities of the dataset's cases, then the dataset's foreground
   mean is subtracted and its standard deviation divided out.
 * Every other channel is z-scored per case. When cropping to the nonzero
   region shrinks the cases markedly (the median case keeps less than 3/4 of its
   voxels, as for skull-stripped brains), the mean and deviation are taken
   inside the nonzero region only and the outside is set to 0.
+
+A channel holding one value in every voxel becomes 0 everywhere (its
+deviation is taken as at least 1e-8 and every difference from its mean is
+0); training refuses such an image (:mod:`.fingerprint`), as it shows nothing.
 """
 
 from __future__ import annotations
@@ -25,6 +29,11 @@ MASK_FRACTION = 0.75
 
 
 def is_ct(channel: str) -> bool:
+    """Whether a channel named ``channel`` is a CT (Hounsfield units), normalised with the dataset's statistics.
+
+    As nnU-Net v2 (``channel_names`` value "CT" compared case-insensitively): "CT", "ct" or "Ct", with surrounding
+    spaces allowed; any other name ("CTA", "CT1", "channel 0") is z-scored per case.
+    """
     return channel.strip().upper() == "CT"
 
 

@@ -24,6 +24,7 @@ from typing import Any, Optional, Sequence
 import numpy as np
 
 from ..config import NormalizationConfig, RunConfig
+from .dataset import check_image
 from .geometry import (
     Box,
     crop,
@@ -54,13 +55,21 @@ class PreprocessingPlan:
     crop_to_nonzero: bool
     normalization: tuple[NormalizationConfig, ...]
     label_values: tuple[int, ...]
-    """Label values in index order (background first)."""
+    """The classes' label values in index order (background first)."""
+    ignore_label: Optional[int] = None
+    """The value of nnU-Net v2's ignore label, stored as index :attr:`ignore_index`; ``None``: none."""
 
     @classmethod
     def of(cls, config: RunConfig) -> "PreprocessingPlan":
         p = config.preprocessing
         spacing = tuple(float(s) for s in config.model.spacing) if p.resample else None
-        return cls(p.orientation, spacing, p.crop_to_nonzero, tuple(config.normalization), tuple(sorted(config.labels)))
+        return cls(p.orientation, spacing, p.crop_to_nonzero, tuple(config.normalization), tuple(sorted(config.labels)),
+                   config.ignore_label)
+
+    @property
+    def ignore_index(self) -> Optional[int]:
+        """The label index of the ignore label's voxels: K, one past the K classes' indices 0..K-1 (``None``: none)."""
+        return None if self.ignore_label is None else len(self.label_values)
 
     def key(self) -> str:
         """A short digest of the plan (and the format), naming its preprocessed dataset."""
@@ -130,7 +139,12 @@ class CaseGeometry:
 
 
 def preprocess_image(image: Volume, plan: PreprocessingPlan) -> tuple[np.ndarray, CaseGeometry]:
-    """The network's input for ``image`` ((Z, Y, X) or (C, Z, Y, X)): (C, Z', Y', X') float32, and its geometry."""
+    """The network's input for ``image`` ((Z, Y, X) or (C, Z, Y, X)): (C, Z', Y', X') float32, and its geometry.
+
+    Raises:
+        InputError: a 2D image (:func:`~napari_pgps.data.dataset.check_image`).
+    """
+    check_image(image)
     array, affine = reorient(image.channel_first(), image.affine, plan.orientation)
     spacing, canonical_shape = spacing_of(affine), tuple(int(n) for n in array.shape[1:])
     if plan.crop_to_nonzero:
@@ -146,12 +160,14 @@ def preprocess_image(image: Volume, plan: PreprocessingPlan) -> tuple[np.ndarray
 
 
 def preprocess_labels(labels: Volume, geometry: CaseGeometry, plan: PreprocessingPlan) -> np.ndarray:
-    """The label map (Z, Y, X) of values, as label indices (uint8, or int16 beyond 255 labels) on the preprocessed grid."""
+    """The label map (Z, Y, X) of values, as label indices (uint8, or int16 beyond 256 indices) on the preprocessed
+    grid: the classes 0..K-1, the ignore label's voxels :attr:`PreprocessingPlan.ignore_index` (K)."""
     array, _ = reorient(labels.array, labels.affine, plan.orientation)
     array = crop(array, geometry.box)
-    lookup = np.zeros(max(max(plan.label_values), int(array.max(initial=0))) + 1, dtype=np.int16)
-    lookup[list(plan.label_values)] = np.arange(len(plan.label_values))
-    indices = lookup[array].astype(np.uint8 if len(plan.label_values) <= 256 else np.int16)
+    values = list(plan.label_values) + ([plan.ignore_label] if plan.ignore_label is not None else [])
+    lookup = np.zeros(max(max(values), int(array.max(initial=0))) + 1, dtype=np.int16)
+    lookup[values] = np.arange(len(values))
+    indices = lookup[array].astype(np.uint8 if len(values) <= 256 else np.int16)
     target = plan.spacing or geometry.spacing
     return resample_labels(indices, geometry.preprocessed_shape, thick_axis(geometry.spacing, target))
 

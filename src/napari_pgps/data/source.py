@@ -3,9 +3,11 @@
 A dataset folder's cases are read file by file when needed; its fingerprint
 and preprocessed datasets are kept in the cache folder under a name made of
 the folder's name and a digest of its files (names, sizes, modification
-times), so a later run, another fold or another DDP rank on the same files
-reuses them, and a changed file makes new ones. Cases given in memory (napari
-layers) are preprocessed into a temporary folder that lives as long as the run.
+times, a hash of each file's ends) and of the versions of the package and its
+readers, so a later run, another fold or another DDP rank on the same files
+reuses them, and a changed file or version makes new ones. Cases given in
+memory (napari layers) are preprocessed into a temporary folder that lives as
+long as the run.
 """
 
 from __future__ import annotations
@@ -22,9 +24,10 @@ from typing import Callable, Generator, Optional
 from ..errors import InputError
 from ..files import write_text_atomically
 from .dataset import Case, TrainingSet, case_files, fold_splits, read_case, read_dataset_info, split_cases
-from .fingerprint import Fingerprint, fingerprint_cases, signature
+from .fingerprint import Fingerprint, fingerprint_cases
 from .preprocessing import PreprocessingPlan
-from .store import PreprocessedDataset, cache_folder, load_fingerprint, prepare_store, save_fingerprint
+from .store import (PreprocessedDataset, cache_folder, load_fingerprint, prepare_store, save_fingerprint,
+                    source_signature)
 
 COMPLETE = "complete"
 """Written in a preprocessed dataset's folder once every case is in it."""
@@ -38,10 +41,13 @@ class DataSource:
 
     cases: list[tuple[str, Callable[[], Case]]]
     labels: dict[int, str]
+    """The classes, value -> name (background included, nnU-Net v2's ignore label left out)."""
     channels: list[str]
     folder: Path
     """Fingerprint and preprocessed datasets (temporary for cases in memory)."""
     temporary: bool = False
+    ignore_label: Optional[int] = None
+    """The value of nnU-Net v2's ignore label in the label maps, or ``None``."""
 
     @property
     def names(self) -> list[str]:
@@ -58,13 +64,13 @@ class DataSource:
         return made
 
     def preprocessed(self, plan: PreprocessingPlan) -> Generator[tuple[int, int], None, PreprocessedDataset]:
-        """The cases preprocessed with ``plan`` (built where missing); yields (done, total) while it is built.
+        """The cases preprocessed with ``plan`` (built where missing or damaged); yields (done, total) while it is
+        built.
 
-        Under torchrun only each node's local rank 0 builds; the others wait for it.
+        Under torchrun only each node's local rank 0 builds and checks; the others wait for it (a store found
+        damaged is repaired before rank 0 joins the process group, which the others wait at).
         """
         root = self.folder / f"plan-{plan.key()}"
-        if (root / COMPLETE).is_file():
-            return PreprocessedDataset(root)
         if int(os.environ.get("LOCAL_RANK", "0")) > 0:
             return _wait_for(root)
         store = yield from prepare_store(root, self.cases, plan)
@@ -101,14 +107,10 @@ def folder_source(path: str | os.PathLike, max_cases: Optional[int] = None, cach
     """The labelled cases of a dataset folder (the first ``max_cases`` by name)."""
     info = read_dataset_info(path)
     files = case_files(info, max_cases=max_cases)
-    parts = [str(info.root.resolve())]
-    for entry in files:
-        for file in (*entry.images, entry.labels):
-            stat = file.stat()
-            parts.append((entry.name, file.name, stat.st_size, stat.st_mtime_ns))
-    folder = cache_folder(cache) / f"{info.root.resolve().name}-{signature(parts)}"
+    digest = source_signature(info.root.resolve(), [(e.name, file) for e in files for file in (*e.images, e.labels)])
+    folder = cache_folder(cache) / f"{info.root.resolve().name}-{digest}"
     cases = [(entry.name, lambda entry=entry: read_case(info, entry)) for entry in files]
-    return DataSource(cases, info.labels, info.channels, folder)
+    return DataSource(cases, info.labels, info.channels, folder, ignore_label=info.ignore_label)
 
 
 def memory_source(dataset: TrainingSet) -> DataSource:
@@ -119,7 +121,8 @@ def memory_source(dataset: TrainingSet) -> DataSource:
                          "rename the layers.")
     folder = Path(tempfile.mkdtemp(prefix="napari-pgps-"))
     cases = [(case.name, lambda case=case: case) for case in dataset.cases]
-    return DataSource(cases, dataset.labels, dataset.channels, folder, temporary=True)
+    return DataSource(cases, dataset.labels, dataset.channels, folder, temporary=True,
+                      ignore_label=dataset.ignore_label)
 
 
 def _wait_for(root: Path) -> PreprocessedDataset:
