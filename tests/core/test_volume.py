@@ -46,8 +46,10 @@ def test_tiff_spacing_from_imagej_metadata(tmp_path):
     volume = read_volume(tmp_path / "v.tif")
     assert volume.shape == (3, 8, 9)
     assert volume.spacing == pytest.approx((2.0, 0.25, 0.5))
+    assert any("no length unit" in note for note in volume.notes)  # the numbers taken as mm, and said so
     round_trip = read_volume(write_volume(volume, tmp_path / "w.tif"))
     assert round_trip.spacing == pytest.approx(volume.spacing)
+    assert not any("unit" in note or "unknown" in note for note in round_trip.notes)  # written in mm, saying so
 
 
 def test_single_channel_4d_is_accepted(tmp_path):

@@ -13,10 +13,20 @@ Conventions:
 * ``affine`` is the 4x4 NIfTI affine of the file, mapping a voxel index
   (i, j, k, 1) = (x, y, z, 1) to world coordinates in mm (RAS+). It is kept as
   the file had it, so written results share the source's geometry exactly.
+
+TIFF has no world geometry of its own: a TIFF volume gets a diagonal affine
+(no orientation: its voxel axes are taken as RAS) from its voxel size, read
+from the resolution tags in their unit (inch, cm, mm, µm) or, for an ImageJ
+file, in the unit its metadata names (``unit=micron``), with ImageJ's
+``spacing`` between slices. A size the file does not give is 1 mm, and the
+volume's :attr:`Volume.notes` say so. The file's named axes (ImageJ
+hyperstacks, OME-TIFF) put channels first, whatever order they are stored in
+(ImageJ stores Z before C).
 """
 
 from __future__ import annotations
 
+import gzip
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -29,6 +39,8 @@ from ..files import atomic_path
 
 NIFTI_SUFFIXES = (".nii", ".nii.gz")
 TIFF_SUFFIXES = (".tif", ".tiff")
+MAX_LABEL_VALUE = 32767
+"""The highest label value read (label maps are kept as int16 beyond 255)."""
 
 
 @dataclass
@@ -40,12 +52,16 @@ class Volume:
         affine: 4x4 NIfTI-style voxel-to-world matrix for index order (x, y, z).
         path: where the volume was read from, if anywhere.
         header: the source NIfTI header, kept to write results with the same geometry.
+        notes: what reading the file had to assume (e.g. "spacing unknown, 1 mm assumed"), one sentence each.
+        stored_dtype: the voxel type in the file, before it was read as float32 (images) or uint8/int16 (labels).
     """
 
     array: np.ndarray
     affine: np.ndarray = field(default_factory=lambda: np.eye(4))
     path: Optional[Path] = None
     header: Any = None
+    notes: tuple[str, ...] = ()
+    stored_dtype: Optional[str] = None
 
     @property
     def spacing(self) -> tuple[float, float, float]:
@@ -72,10 +88,11 @@ class Volume:
         return case_name(self.path) if self.path else "volume"
 
     def with_array(self, array: np.ndarray) -> "Volume":
-        """A new volume with the same geometry (affine and header) and another array of the same spatial shape."""
+        """A new volume with the same geometry (affine, header and the notes on it) and another array of the same
+        spatial shape."""
         if tuple(array.shape[-3:]) != self.shape:
             raise ValueError(f"spatial shape {tuple(array.shape[-3:])} differs from {self.shape}")
-        return Volume(array=array, affine=self.affine.copy(), path=self.path, header=self.header)
+        return Volume(array=array, affine=self.affine.copy(), path=self.path, header=self.header, notes=self.notes)
 
 
 def reverse_axes(affine: np.ndarray) -> np.ndarray:
@@ -134,20 +151,22 @@ def read_volume(path: str | os.PathLike, *, kind: str = "image") -> Volume:
             numbers; returned as uint8/int16, (Z, Y, X)).
 
     Raises:
-        InputError: missing or unreadable file, not 3D (or 4D for an image),
-            NaN or infinite intensities, or labels that are not whole numbers.
+        InputError: missing or unreadable file, a NIfTI header claiming more data than the file holds, not 3D (or
+            4D for an image), NaN or infinite intensities, or labels that are not whole numbers.
     """
     path = Path(path)
     if not path.is_file():
         raise InputError(f"{path}: file not found.")
     name = path.name.lower()
+    notes: tuple[str, ...] = ()
     if name.endswith(NIFTI_SUFFIXES):
         array, affine, header = _read_nifti(path)
     elif name.endswith(TIFF_SUFFIXES):
-        array, affine = _read_tiff(path)
+        array, affine, notes = _read_tiff(path)
         header = None
     else:
         raise InputError(f"{path}: unsupported file type; use NIfTI (.nii, .nii.gz) or TIFF (.tif, .tiff).")
+    stored_dtype = str(array.dtype)
     array = _spatial_array(array, path, channels_allowed=kind != "labels")
     if kind == "labels":
         array = _as_labels(array, path)
@@ -158,17 +177,21 @@ def read_volume(path: str | os.PathLike, *, kind: str = "image") -> Volume:
             raise InputError(
                 f"{path}: {bad} voxel(s) are NaN or infinite; fix or mask them before using this image."
             )
-    return Volume(array=np.ascontiguousarray(array), affine=affine, path=path, header=header)
+    return Volume(array=np.ascontiguousarray(array), affine=affine, path=path, header=header, notes=notes,
+                  stored_dtype=stored_dtype)
 
 
 def _read_nifti(path: Path) -> tuple[np.ndarray, np.ndarray, Any]:
     import nibabel as nib
 
     try:
-        image = nib.load(str(path))
+        image = nib.load(str(path))  # the header only: the voxels are read below
+        _check_data_size(path, image.header)
         data = np.asanyarray(image.dataobj)
+    except InputError:
+        raise
     except Exception as exc:  # nibabel raises many types for damaged files
-        raise InputError(f"{path}: cannot read this NIfTI file ({type(exc).__name__}: {exc}).") from None
+        raise InputError(f"{path}: cannot read this NIfTI file ({one_line(exc)}).") from None
     if data.ndim < 3:
         raise InputError(f"{path}: the volume is {data.ndim}D (shape {data.shape}); a 3D volume is expected.")
     # NIfTI stores (x, y, z[, t, ...]); we work in ([..., t,] z, y, x).
@@ -176,38 +199,129 @@ def _read_nifti(path: Path) -> tuple[np.ndarray, np.ndarray, Any]:
     return data, np.asarray(image.affine, dtype=np.float64), image.header.copy()
 
 
-def _read_tiff(path: Path) -> tuple[np.ndarray, np.ndarray]:
+def one_line(exc: Exception) -> str:
+    """An exception as ``Type: message`` on one line (libraries' messages may run over several)."""
+    return f"{type(exc).__name__}: {' '.join(str(exc).split())}"
+
+
+def _check_data_size(path: Path, header: Any) -> None:
+    """Refuse a NIfTI file whose header describes more voxel data than the file holds, before any is read.
+
+    (Reading it would first fill the size the header claims, e.g. 512 MiB for a file of a few hundred bytes.)
+    For ``.nii.gz`` the size of the decompressed data is bounded by the gzip trailer and, where that is not
+    enough (several gzip members, or more than 4 GiB), counted by decompressing with a small buffer.
+    """
+    shape, dtype, offset = header.get_data_shape(), header.get_data_dtype(), int(header.get_data_offset())
+    data_size = int(np.prod(shape, dtype=object)) * dtype.itemsize
+    compressed = path.name.lower().endswith(".gz")
+    held = _decompressed_size(path, offset + data_size) if compressed else path.stat().st_size
+    if held < offset + data_size:
+        raise InputError(f"{path}: its header describes {' x '.join(map(str, shape))} voxels of {dtype} "
+                         f"({_byte_size(data_size)}) but the file holds {_byte_size(max(held - offset, 0))} of voxel "
+                         f"data{' once decompressed' if compressed else ''}; the file is truncated or its header is "
+                         "damaged.")
+
+
+def _decompressed_size(path: Path, needed: int) -> int:
+    """The decompressed size of a gzip file, or ``needed`` once it is known to be at least that."""
+    with open(path, "rb") as file:
+        file.seek(-4, os.SEEK_END)
+        last_member = int.from_bytes(file.read(4), "little")  # ISIZE: the last member's size, modulo 2^32
+    if last_member >= needed:
+        return needed
+    held = 0
+    with gzip.open(path, "rb") as stream:
+        while held < needed:
+            chunk = stream.read(min(1 << 20, needed - held))
+            if not chunk:
+                break
+            held += len(chunk)
+    return held
+
+
+def _byte_size(size: int) -> str:
+    return f"{size} bytes" if size < 1 << 20 else f"{size / (1 << 20):,.0f} MiB"
+
+
+MM_PER_UNIT = {"mm": 1.0, "millimeter": 1.0, "µm": 1e-3, "um": 1e-3, "micron": 1e-3, "microns": 1e-3,
+               "micrometer": 1e-3, "nm": 1e-6, "nanometer": 1e-6, "cm": 10.0, "centimeter": 10.0, "m": 1000.0,
+               "meter": 1000.0, "inch": 25.4, "in": 25.4}
+"""Millimetres per length unit, by the names ImageJ metadata gives them (lower case; µ also written μ or \\u00B5)."""
+RESOLUTION_UNIT_MM = {2: 25.4, 3: 10.0, 4: 1.0, 5: 1e-3}
+"""Millimetres per TIFF ResolutionUnit: inch (2), centimetre (3), and tifffile's millimetre (4) and micrometre (5);
+1 (none) names no unit."""
+TIFF_ORIENTATION_NOTE = "TIFF has no orientation: the voxel axes (X, Y, Z) taken as RAS"
+IMAGEJ_DEFAULT_SPACING = 1.0
+"""ImageJ leaves ``spacing`` out of its metadata when the slices are 1 unit apart."""
+
+
+def _read_tiff(path: Path) -> tuple[np.ndarray, np.ndarray, tuple[str, ...]]:
+    """The voxels ([C,] Z, Y, X), the affine and the notes on what was assumed (see the module docstring)."""
     import tifffile
 
     try:
         with tifffile.TiffFile(str(path)) as tif:
-            data = tif.asarray()
-            spacing = _tiff_spacing(tif)
+            series = tif.series[0]
+            named = series.kind in ("imagej", "ome")
+            data = _channels_first(series.asarray(), series.axes, named)
+            spacing, notes = _tiff_spacing(tif)
     except Exception as exc:
-        raise InputError(f"{path}: cannot read this TIFF file ({type(exc).__name__}: {exc}).") from None
-    return data, affine_from_spacing(spacing)
+        raise InputError(f"{path}: cannot read this TIFF file ({one_line(exc)}).") from None
+    return data, affine_from_spacing(spacing), notes + (TIFF_ORIENTATION_NOTE,)
 
 
-def _tiff_spacing(tif: Any) -> tuple[float, float, float]:
-    """(sz, sy, sx) from ImageJ metadata and the resolution tags; 1.0 where absent."""
-    sz = float((tif.imagej_metadata or {}).get("spacing", 1.0))
-    sy = sx = 1.0
+def _channels_first(data: np.ndarray, axes: str, named: bool) -> np.ndarray:
+    """A TIFF series' array with its axes in the order (other axes..., Z, Y, X), from tifffile's axis letters.
+
+    ``named``: the file names its axes (ImageJ, OME-TIFF), so an image with no Z axis is one slice (ImageJ stores
+    a hyperstack T, Z, C, Y, X: its channels are moved before Z). Otherwise the axis before Y is the one the pages
+    run along (tifffile calls it I, Q or S), and interleaved samples (RGB, after X) are channels.
+    """
+    if "Y" not in axes or "X" not in axes:
+        return data
+    if "Z" not in axes:
+        y = axes.index("Y")
+        if named:
+            data, axes = np.expand_dims(data, y), axes[:y] + "Z" + axes[y:]
+        elif y == 0:
+            return data  # a single page: 2D, refused by the caller
+        else:
+            axes = axes[: y - 1] + "Z" + axes[y:]
+    others = [i for i, letter in enumerate(axes) if letter not in "ZYX"]
+    return np.transpose(data, others + [axes.index(letter) for letter in "ZYX"])
+
+
+def _tiff_spacing(tif: Any) -> tuple[tuple[float, float, float], tuple[str, ...]]:
+    """(sz, sy, sx) in mm and notes on what was assumed; see the module docstring."""
+    imagej = tif.imagej_metadata
     page = tif.pages[0]
-    for tag_name, axis in (("YResolution", "y"), ("XResolution", "x")):
-        tag = page.tags.get(tag_name)
-        if tag is not None:
-            num, den = tag.value
-            if num:
-                value = den / num
-                if axis == "y":
-                    sy = value
-                else:
-                    sx = value
-    return sz, sy, sx
+    sizes = [float(imagej.get("spacing", IMAGEJ_DEFAULT_SPACING)) if imagej else None]  # in the file's unit
+    for name in ("YResolution", "XResolution"):
+        tag = page.tags.get(name)
+        pixels_per_unit = tag.value[0] / tag.value[1] if tag is not None and tag.value[0] and tag.value[1] else 0
+        sizes.append(1 / pixels_per_unit if pixels_per_unit else None)
+    unit_name = str((imagej or {}).get("unit", "")).strip()
+    mm_per_unit = MM_PER_UNIT.get(unit_name.lower().replace("\\u00b5", "µ").replace("μ", "µ"))
+    unit_tag = page.tags.get("ResolutionUnit")
+    if mm_per_unit is None and unit_tag is not None:
+        mm_per_unit = RESOLUTION_UNIT_MM.get(int(unit_tag.value))
+    if mm_per_unit is not None:
+        unknown = [axis for axis, size in zip("ZYX", sizes) if size is None]
+        spacing = tuple(size * mm_per_unit if size is not None else 1.0 for size in sizes)
+        return spacing, ((f"{', '.join(unknown)} spacing unknown, 1 mm assumed",) if unknown else ())
+    spacing = tuple(size if size is not None else 1.0 for size in sizes)
+    if all(size in (None, 1.0) for size in sizes):
+        return spacing, ("spacing unknown, 1 mm assumed",)
+    unit = f"names the unknown length unit {unit_name!r}" if unit_name else "names no length unit"
+    return spacing, (f"the file {unit}: its voxel size {'/'.join(f'{s:g}' for s in spacing)} (Z/Y/X) taken as mm",)
 
 
 def _spatial_array(array: np.ndarray, path: Path, channels_allowed: bool) -> np.ndarray:
-    """(Z, Y, X), or (C, Z, Y, X) when several channels are allowed and present (leading axes of size 1 dropped)."""
+    """(Z, Y, X), or (C, Z, Y, X) when several channels are allowed and present (leading axes of size 1 dropped).
+
+    A single slice (a spatial axis of size 1) is read: napari shows it and ``info`` describes it; training and
+    segmentation refuse it as 2D (:func:`napari_pgps.data.dataset.check_image`).
+    """
     if array.ndim > 3:
         leading = int(np.prod(array.shape[: array.ndim - 3]))
         if leading == 1:
@@ -242,7 +356,7 @@ def read_image(paths: Sequence[str | os.PathLike]) -> Volume:
             raise InputError(f"{volume.path}: its shape or geometry differs from {first.path}; the channels of a case "
                              "must cover the same voxels.")
     array = np.concatenate([v.channel_first() for v in volumes])
-    return Volume(array=array, affine=first.affine, path=first.path, header=first.header)
+    return Volume(array=array, affine=first.affine, path=first.path, header=first.header, notes=first.notes)
 
 
 def _as_labels(array: np.ndarray, path: Path) -> np.ndarray:
@@ -256,8 +370,8 @@ def _as_labels(array: np.ndarray, path: Path) -> np.ndarray:
             )
     elif not np.issubdtype(array.dtype, np.integer) and array.dtype != bool:
         raise InputError(f"{path}: label values of type {array.dtype} are not whole numbers.")
-    if array.size and (array.min() < 0 or array.max() > 32767):
-        raise InputError(f"{path}: label values must lie in 0..32767 (found {array.min()}..{array.max()}).")
+    if array.size and (array.min() < 0 or array.max() > MAX_LABEL_VALUE):
+        raise InputError(f"{path}: label values must lie in 0..{MAX_LABEL_VALUE} (found {array.min()}..{array.max()}).")
     dtype = np.uint8 if array.size == 0 or array.max() < 256 else np.int16
     return array.astype(dtype)
 
@@ -290,5 +404,5 @@ def write_volume(volume: Volume, path: str | os.PathLike) -> Path:
 
             sz, sy, sx = volume.spacing
             tifffile.imwrite(tmp, volume.array, imagej=True, resolution=(1 / sx, 1 / sy),
-                             metadata={"spacing": sz, "axes": "ZYX"})
+                             metadata={"spacing": sz, "unit": "mm", "axes": "ZYX"})
     return path
