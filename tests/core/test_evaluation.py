@@ -49,8 +49,13 @@ def test_hd95_and_surface_dice_of_two_shifted_cubes_at_a_known_spacing():
     assert wide["surface_dice"][0] == pytest.approx(1.0)
     empty = np.zeros((10, 10, 10), np.int64)
     nothing = scores_per_label(empty, _cube((2, 2, 2)), 2, (1, 1, 1))
-    assert np.isnan(nothing["hd95"][0]) and nothing["surface_dice"][0] == 0 and np.isnan(nothing["precision"][0])
-    assert nothing["recall"][0] == 0
+    # missed: HD95 is the image's diagonal, sqrt(3) * 10 mm, longer than any distance inside the image
+    assert nothing["hd95"][0] == pytest.approx(np.sqrt(300)) and nothing["surface_dice"][0] == 0
+    assert np.isnan(nothing["precision"][0]) and nothing["recall"][0] == 0
+    spurious = scores_per_label(_cube((2, 2, 2)), empty, 2, (2, 1, 1))
+    assert spurious["hd95"][0] == pytest.approx(np.sqrt(600)) and spurious["dice"][0] == 0
+    neither = scores_per_label(empty, empty, 2, (1, 1, 1))
+    assert all(np.isnan(neither[metric][0]) for metric in ("dice", "hd95", "surface_dice", "precision", "recall"))
 
 
 def test_folds_are_disjoint_and_cover_every_case():
@@ -121,7 +126,10 @@ def test_evaluate_scores_a_folder_and_refuses_another_grid(tmp_path, phantom_dat
     nib.save(nib.Nifti1Image(np.asanyarray(moved.dataobj), moved.affine @ np.diag([2, 1, 1, 1])),
              str(predictions / "case_002.nii.gz"))
     assert main(["evaluate", "--predictions", str(predictions), "--data", str(phantom_dataset)]) == 2
-    assert "case_002.nii.gz: its grid" in capsys.readouterr().err
+    message = capsys.readouterr().err.strip().splitlines()[-1]  # one line
+    assert "case_002.nii.gz: shape" in message and "spacing 2.5 x 0.8 x 1.6 mm" in message  # X doubled
+    assert message.endswith("write the prediction on its image's own grid (or resample it onto the reference's) and "
+                            "evaluate again.")
     (predictions / "case_003.nii.gz").unlink()
     assert main(["evaluate", "--predictions", str(predictions), "--data", str(phantom_dataset)]) == 2
     assert "no prediction for case 'case_003'" in capsys.readouterr().err

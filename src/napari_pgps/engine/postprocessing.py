@@ -20,7 +20,7 @@ from typing import Optional, Sequence
 import numpy as np
 
 from ..files import write_text_atomically
-from .metrics import dice_per_label
+from .metrics import class_indices, dice_per_label
 
 POSTPROCESSING_FILE = "postprocessing.json"
 
@@ -77,19 +77,25 @@ class Postprocessing:
 
 
 def choose_postprocessing(
-    pairs: Sequence[tuple[np.ndarray, np.ndarray]], labels: dict[int, str]
+    pairs: Sequence[tuple[np.ndarray, np.ndarray]], labels: dict[int, str], ignore_label: Optional[int] = None,
 ) -> tuple[Postprocessing, dict]:
     """Decide the steps on (prediction, reference) label maps (values, Z, Y, X) of validation cases.
+
+    Args:
+        labels: the classes, value -> name, background (0) included.
+        ignore_label: the value of nnU-Net v2's ``ignore`` label in the references: those voxels are left out.
 
     Returns:
         (the choice, the evidence: mean Dice per label before and after each step tried).
     """
     values = sorted(labels)
-    lookup = np.zeros(max(values) + 1, dtype=np.int64)
-    lookup[values] = np.arange(len(values))
+
+    def case_dice(prediction: np.ndarray, reference: np.ndarray) -> np.ndarray:
+        truth, ignored = class_indices(reference, labels, ignore_label)
+        return dice_per_label(class_indices(prediction, labels)[0], truth, len(values), ignored)
 
     def mean_dice(predictions) -> np.ndarray:
-        per_case = np.vstack([dice_per_label(lookup[p], lookup[r], len(values)) for p, (_, r) in zip(predictions, pairs)])
+        per_case = np.vstack([case_dice(p, r) for p, (_, r) in zip(predictions, pairs)])
         with np.errstate(all="ignore"):
             return np.nanmean(per_case, axis=0)
 

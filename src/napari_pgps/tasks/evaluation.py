@@ -2,20 +2,28 @@
 
 Every score comes from :func:`napari_pgps.engine.metrics.scores_per_label`, so
 napari-pgps and, say, nnU-Net predictions are scored by the same code. Cases
-are read one at a time.
+are read one at a time, and each is scored label by label (memory bounded by a
+few copies of one volume, whatever the number of labels).
+
+A label map holding a value that ``dataset.json`` does not declare is refused
+(:class:`~napari_pgps.errors.InputError`), never read as background. Where the
+dataset declares nnU-Net v2's ``ignore`` label, the reference's ignore voxels
+are left out of every score (both maps count as background there), and the
+ignore label is not scored as a class; a prediction holding it is refused.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Callable, Optional, Sequence
+from typing import Callable, Iterable, Optional, Sequence
 
 import numpy as np
 
-from ..data.dataset import Case, case_files, label_index_lookup, read_case, read_dataset_info
+from ..data.dataset import Case, case_files, geometry_difference, read_case, read_dataset_info
 from ..data.volume import Volume, read_volume
 from ..engine import SegmentationModel, segment_volume
-from ..engine.metrics import METRICS, SURFACE_TOLERANCE_MM, mean_of, scores_per_label, summarize_dice
+from ..engine.metrics import (METRICS, SURFACE_TOLERANCE_MM, class_indices, mean_of, scores_per_label,
+                              summarize_dice)
 from ..errors import InputError
 from ..models import check_inference_patch, model_kind
 
@@ -48,7 +56,8 @@ def evaluate_model(
     cases = labelled_cases(models[0], data, split)
     pairs = ((case, segment_volume(models, case.image, patch_size=patch_size, mirror=mirror,
                                    postprocess=postprocess).labels) for case in cases)
-    return score_cases(pairs, models[0].config.labels, tolerance_mm=tolerance_mm, progress=progress)
+    return score_cases(pairs, models[0].config.labels, ignore_label=cases.info.ignore_label, tolerance_mm=tolerance_mm,
+                       progress=progress)
 
 
 def evaluate_folds(
@@ -94,10 +103,12 @@ def evaluate_folder(
     """Score a folder of segmentation files (``CASE.nii.gz``, any tool's) against the labelled cases of ``data``.
 
     Every labelled case needs its prediction, on the reference's grid (same
-    shape and affine); checked for all cases before any is scored.
+    shape and affine), holding only label values that ``dataset.json``
+    declares; checked for all cases before any is scored.
 
     Raises:
-        InputError: a prediction is missing, or lies on another grid than its reference.
+        InputError: a prediction is missing, lies on another grid than its reference, or it or its reference holds
+            an undeclared label value.
     """
     info = read_dataset_info(data)
     folder = Path(predictions)
@@ -112,11 +123,14 @@ def evaluate_folder(
             raise InputError(f"{path}: no prediction for case '{entry.name}'; a prediction folder holds one "
                              f"CASE{suffix} per labelled case of {info.root}.")
         found[entry.name] = path
-    for entry in files:  # geometry first, so a mismatch is told before minutes of scoring
+    for entry in files:  # geometry and values first, so a fault is told before minutes of scoring
         prediction, reference = read_volume(found[entry.name], kind="labels"), read_volume(entry.labels, kind="labels")
         _check_same_grid(prediction, reference)
+        _check_declared(reference, info.labels, info.ignore_label, str(reference.path), reference=True)
+        _check_declared(prediction, info.labels, info.ignore_label, str(prediction.path), reference=False)
     pairs = ((read_volume(entry.labels, kind="labels"), read_volume(found[entry.name], kind="labels")) for entry in files)
-    return score_cases(pairs, info.labels, tolerance_mm=tolerance_mm, progress=progress, references_given=True)
+    return score_cases(pairs, info.labels, ignore_label=info.ignore_label, tolerance_mm=tolerance_mm,
+                       progress=progress, references_given=True)
 
 
 def evaluate_patch_sizes(
@@ -142,7 +156,7 @@ def evaluate_patch_sizes(
     rows = []
     for size in sizes:
         pairs = ((case, segment_volume(model, case.image, patch_size=size, mirror=mirror).labels) for case in cases)
-        report = score_cases(pairs, model.config.labels)
+        report = score_cases(pairs, model.config.labels, ignore_label=cases.info.ignore_label)
         row = {"patch": list(size), "mean_dice": report["mean_dice"], "dice_per_label": report["dice_per_label"]}
         rows.append(row)
         if progress is not None:
@@ -193,14 +207,19 @@ class LabelledCases(Sequence[Case]):
 
 
 def score_cases(
-    pairs,
+    pairs: Iterable[tuple[Case | Volume, Volume]],
     labels: dict[int, str],
     *,
+    ignore_label: Optional[int] = None,
     tolerance_mm: float = SURFACE_TOLERANCE_MM,
     progress: Optional[Callable[[str, dict[str, float]], None]] = None,
     references_given: bool = False,
 ) -> dict:
     """Score (case, prediction) pairs, or (reference, prediction) label volumes with ``references_given``.
+
+    Args:
+        labels: the classes, value -> name, background (0) included.
+        ignore_label: the value of nnU-Net v2's ``ignore`` label: the reference's voxels holding it are left out.
 
     Returns:
         ``{"mean_dice": float, "dice_per_label": {name: float}, "metrics": {metric: {name: float}},
@@ -208,16 +227,23 @@ def score_cases(
         metric: {name: float}, ...}]}`` with the metrics of
         :data:`napari_pgps.engine.metrics.METRICS`; NaN values (undefined, see
         there) are left out of the means and written as ``null``.
+
+    Raises:
+        InputError: a prediction or reference holds a value that is neither one of ``labels`` nor (in a reference)
+            the ignore label.
     """
     values = sorted(labels)
     names = [labels[v] for v in values][1:]
-    lookup = label_index_lookup(labels)
     rows = []
     for first, prediction in pairs:
         reference = first if references_given else first.labels
         name = reference.name if references_given else first.name
-        scores = scores_per_label(lookup[prediction.array], lookup[reference.array], len(values), reference.spacing,
-                                  tolerance_mm)
+        _check_declared(prediction, labels, ignore_label, str(prediction.path) if references_given
+                        else f"the prediction of case '{name}'", reference=False)
+        _check_declared(reference, labels, ignore_label, str(reference.path), reference=True)
+        truth, ignored = class_indices(reference.array, labels, ignore_label)
+        scores = scores_per_label(class_indices(prediction.array, labels)[0], truth, len(values), reference.spacing,
+                                  tolerance_mm, ignored)
         row = {"case": name}
         for metric, per_label in scores.items():
             row[metric] = {n: (float(v) if np.isfinite(v) else None) for n, v in zip(names, per_label)}
@@ -240,11 +266,37 @@ def summarize_rows(rows: list[dict], labels: dict[int, str], tolerance_mm: float
             "cases": rows}
 
 
+def _check_declared(volume: Volume, labels: dict[int, str], ignore_label: Optional[int], what: str,
+                    reference: bool) -> None:
+    """Refuse a label map (``what`` names it; values 0 or more, as :func:`read_volume` and the engine give them)
+    holding a value that is not a class of ``labels``, nor, in a ``reference``, the ignore label."""
+    allowed = sorted(labels) + ([ignore_label] if reference and ignore_label is not None else [])
+    is_allowed = np.zeros(max(int(volume.array.max(initial=0)), *allowed) + 1, dtype=bool)
+    is_allowed[allowed] = True
+    undeclared = ~is_allowed[volume.array]  # a table, not np.isin: 2 bytes a voxel instead of 12
+    if undeclared.any():
+        found = np.unique(volume.array[undeclared]).tolist()
+        shown = ", ".join(map(str, found[:5])) + (f" and {len(found) - 5} more" if len(found) > 5 else "")
+        declared = ", ".join(map(str, sorted(labels)))
+        if ignore_label is not None:
+            declared += f", and {ignore_label}, the ignore label of references"
+        raise InputError(f"{what}: holds label value(s) {shown}, not declared in dataset.json for a "
+                         f"{'reference' if reference else 'prediction'} (the dataset declares labels {declared}); map "
+                         f"or remove value(s) {shown} in this label map, then evaluate again.")
+
+
 def _check_same_grid(prediction: Volume, reference: Volume) -> None:
-    if prediction.shape != reference.shape or not np.allclose(prediction.affine, reference.affine,
-                                                              atol=AFFINE_TOLERANCE):
-        raise InputError(
-            f"{prediction.path}: its grid (shape {prediction.shape}, affine\n{np.round(prediction.affine, 4)}) is not "
-            f"its reference's ({reference.path}: shape {reference.shape}, affine\n{np.round(reference.affine, 4)}); "
-            "a prediction must be written on its image's own grid."
-        )
+    """Refuse, in one line, a prediction whose shape or affine is not its reference's."""
+    same_affine = np.allclose(prediction.affine, reference.affine, atol=AFFINE_TOLERANCE)
+    if prediction.shape == reference.shape and same_affine:
+        return
+    how = "" if same_affine else f" ({geometry_difference(prediction.affine, reference.affine)})"
+    raise InputError(f"{prediction.path}: shape {_grid(prediction)}, but its reference {reference.path} has shape "
+                     f"{_grid(reference)}{how}; write the prediction on its image's own grid (or resample it onto the "
+                     "reference's) and evaluate again.")
+
+
+def _grid(volume: Volume) -> str:
+    """A volume's shape (Z, Y, X) and spacing in words."""
+    return (f"{' x '.join(map(str, volume.shape))} (Z, Y, X), spacing "
+            f"{' x '.join(f'{s:.4g}' for s in volume.spacing)} mm")

@@ -23,16 +23,18 @@ def choose_for_models(
     Returns:
         (the choice, the evidence: mean Dice per label before and after each step tried).
     """
-    pairs = []
+    pairs, ignore_label = [], None
     for model in models:
-        for case in labelled_cases(model, data, "validation"):
+        cases = labelled_cases(model, data, "validation")
+        ignore_label = cases.info.ignore_label
+        for case in cases:
             labels = segment_volume(model, case.image, postprocess=False).labels
             pairs.append((labels.array, case.labels.array))
             if progress is not None:
                 progress(case.name)
     if not pairs:
         raise InputError("no validation case to decide the post-processing on; the models hold out no case.")
-    chosen, evidence = choose_postprocessing(pairs, models[0].config.labels)
+    chosen, evidence = choose_postprocessing(pairs, models[0].config.labels, ignore_label)
     evidence["cases"] = len(pairs)
     for model in models:
         chosen.save(Path(model.checkpoint).parent, evidence)
