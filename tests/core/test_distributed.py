@@ -38,6 +38,9 @@ def test_the_global_batch_is_split_as_evenly_as_possible():
     shares = [distributed.split_batch(7, DistributedContext(r, 3)) for r in range(3)]
     assert shares == [3, 2, 2]
     assert distributed.split_batch(5, distributed.SINGLE) == 5
+    assert [distributed.batch_share(7, DistributedContext(r, 3)) for r in range(3)] == [range(0, 3), range(3, 5),
+                                                                                         range(5, 7)]
+    assert distributed.batch_share(5, distributed.SINGLE) == range(5)
     distributed.check_batch(3, DistributedContext(0, 3))
     with pytest.raises(InputError, match=r"smaller than the number of processes \(4\).*--batch-size 4"):
         distributed.check_batch(2, DistributedContext(0, 4))

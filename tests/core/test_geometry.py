@@ -14,6 +14,7 @@ from napari_pgps.data.geometry import (
     nonzero_box,
     orientation_of,
     reorient,
+    resample,
     resample_labels,
     resampled_shape,
     target_spacing,
@@ -49,6 +50,17 @@ def test_target_spacing_follows_nnunets_rule_for_thick_slices():
     assert target_spacing(spacings, [(20, 200, 200)] * 10) == pytest.approx((2.9, 1.0, 1.0))
     assert thick_axis((5.0, 1.0, 1.0), (2.9, 1.0, 1.0)) == 0 and thick_axis((1, 1, 1), (1, 1, 1)) is None
     assert resampled_shape((20, 200, 200), (5.0, 1.0, 1.0), (2.5, 1.0, 1.0)) == (40, 200, 200)
+
+
+def test_two_axes_tied_for_the_thickest_are_resampled_alike():
+    # nnU-Net: with two axes sharing the largest spacing there is no single out-of-plane axis to resample apart
+    assert thick_axis((5.0, 5.0, 1.0), (2.0, 2.0, 1.0)) is None
+    assert thick_axis((1.0, 4.0, 4.0 * (1 + 1e-7)), (1.0, 1.0, 1.0)) is None  # rounding noise of an affine
+    assert thick_axis((1.0, 1.0, 4.0), (1.0, 1.0, 1.0)) == 2 and thick_axis((1.0, 1.0, 1.0), (4.0, 1.0, 1.0)) == 0
+    image = np.random.default_rng(0).normal(size=(1, 6, 6, 24)).astype(np.float32)
+    image = image + image.swapaxes(1, 2)  # the same along Z as along Y
+    out = resample(image, (15, 15, 24), order=3, separate_axis=thick_axis((5.0, 5.0, 1.0), (2.0, 2.0, 1.0)))
+    np.testing.assert_allclose(out, out.swapaxes(1, 2), atol=1e-5)  # Z and Y resampled alike
 
 
 def test_label_resampling_keeps_boundaries_in_place():

@@ -32,6 +32,8 @@ from typing import Sequence
 import numpy as np
 
 AUGMENTATIONS = ("nnunet", "mirror", "none")
+MIRRORED_AXES = {"nnunet": (0, 1, 2), "mirror": (0, 1, 2), "none": ()}
+"""The axes (0, 1, 2 = Z, Y, X) each augmentation flips: the only axes test-time mirroring may flip for a model."""
 MAX_ROTATION = math.radians(30)
 P_ROTATION = P_SCALING = 0.2
 SCALING = (0.7, 1.4)
@@ -73,7 +75,7 @@ class Augmentation:
         if self.name == "nnunet":
             return self._nnunet(image, labels, tuple(int(p) for p in patch), rng)
         if self.name == "mirror":
-            axes = tuple(1 + a for a in range(3) if rng.random() < 0.5)
+            axes = tuple(1 + a for a in MIRRORED_AXES["mirror"] if rng.random() < 0.5)
             if axes:
                 image, labels = np.flip(image, axes), np.flip(labels, axes)
         return np.ascontiguousarray(image), np.ascontiguousarray(labels)
@@ -132,7 +134,7 @@ def _intensity_transforms() -> dict:
                                    zoom_range=(0.5, 1.0)),
         RandAdjustContrastd("image", prob=0.1, gamma=(0.7, 1.5), invert_image=True, retain_stats=True),
         RandAdjustContrastd("image", prob=0.3, gamma=(0.7, 1.5), invert_image=False, retain_stats=True),
-        *(RandFlipd(("image", "label"), prob=0.5, spatial_axis=axis) for axis in range(3)),
+        *(RandFlipd(("image", "label"), prob=0.5, spatial_axis=axis) for axis in MIRRORED_AXES["nnunet"]),
     ])
     return {"resample": (Resample(mode="bilinear", padding_mode="zeros"), Resample(mode="nearest", padding_mode="zeros")),
             "rest": rest}

@@ -17,8 +17,9 @@ undone. Resampling follows nnU-Net's rules (re-stated, not copied):
   than a third of theirs), that axis takes the 10th percentile of its spacings
   instead, but not less than the other axes' spacing;
 * images: third-order spline; when the data is anisotropic (spacing ratio
-  above 3), in-plane with third order and along the thick axis with nearest
-  neighbour, so thick slices are not blurred into each other;
+  above 3) with one thickest axis, in-plane with third order and along the
+  thick axis with nearest neighbour, so thick slices are not blurred into
+  each other (two axes tied for the thickest: all three alike);
 * label maps: each label as a mask resampled linearly (nearest along the
   thick axis) and thresholded at 0.5, so boundaries do not shift;
 * probabilities: linear.
@@ -36,6 +37,8 @@ import numpy as np
 ANISOTROPY_RATIO = 3.0
 """Spacing ratio above which an axis is resampled on its own (nnU-Net's threshold)."""
 THICK_AXIS_PERCENTILE = 10
+SAME_SPACING = 1e-3
+"""Relative difference under which two axes' spacings count as the same (affines carry rounding noise)."""
 
 Box = tuple[tuple[int, int], tuple[int, int], tuple[int, int]]
 """(start, stop) per axis (Z, Y, X)."""
@@ -116,11 +119,19 @@ def resampled_shape(shape: Sequence[int], spacing: Sequence[float], target: Sequ
 
 
 def thick_axis(spacing: Sequence[float], target: Sequence[float]) -> Optional[int]:
-    """The axis to resample on its own (nearest neighbour), or ``None`` when neither spacing is anisotropic."""
+    """The axis to resample on its own (nearest neighbour), or ``None`` to resample all three alike.
+
+    nnU-Net's rule: the first of ``spacing`` and ``target`` (sz, sy, sx) that
+    is anisotropic (largest over smallest above :data:`ANISOTROPY_RATIO`)
+    decides; its thick axis is the one with the largest spacing. When two axes
+    share the largest spacing (e.g. 5 x 5 x 1 mm) there is no single thick
+    axis, and all three are resampled alike. ``None`` also when neither is anisotropic.
+    """
     for candidate in (spacing, target):
         candidate = np.asarray(candidate, dtype=float)
         if candidate.max() / candidate.min() > ANISOTROPY_RATIO:
-            return int(np.argmax(candidate))
+            thickest = np.flatnonzero(np.isclose(candidate, candidate.max(), rtol=SAME_SPACING, atol=0))
+            return int(thickest[0]) if len(thickest) == 1 else None
     return None
 
 

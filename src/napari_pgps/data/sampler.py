@@ -11,9 +11,18 @@ processes and still give the same batches:
 
 Foreground oversampling follows nnU-Net by default: the last ``round(B x p)``
 crops of a batch of B are centred on a foreground voxel (p = 0.33: one of
-two at B = 2), the label chosen at random among those the case holds. With
+two at B = 2), the label chosen at random among those the case holds. Under
+DDP the rule counts the global batch, not each rank's share (nnU-Net's rule
+too): with B = 2 on two ranks, rank 1's crop is forced. With
 ``oversampling="crop"`` each crop is forced with probability p instead.
-Crops reaching past a case's border are padded (image 0, labels background).
+
+Where a crop lies follows nnU-Net's data loader: the final patch lies inside
+the case (or holds all of it, when the case is smaller), and the larger crop
+that ``augmentation="nnunet"`` cuts around it for rotation and scaling may
+reach past the case's border by up to half its enlargement, so voxels at the
+border are in training patches as often as nnU-Net's. Whatever lies outside
+the case is padded: image 0 (the normalised mean) and labels background
+(nnU-Net pads its labels with -1 and then turns -1 into background).
 """
 
 from __future__ import annotations
@@ -114,38 +123,47 @@ class PatchSampler:
             raise ValueError("at least one case must stay active")
         self.active = [int(i) for i in indices]
 
-    def plan(self, patch: Sequence[int], batch_size: int, crops_per_case: int = 1) -> BatchPlan:
+    def plan(self, patch: Sequence[int], batch_size: int, crops_per_case: int = 1,
+             share: Optional[range] = None) -> BatchPlan:
         """Draw the cases and foreground crops of a batch of ``batch_size`` crops of ``patch`` (Z, Y, X).
 
         ``crops_per_case`` crops come from each case drawn, so a large batch of
-        small patches reads only ``ceil(batch_size / crops_per_case)`` cases.
+        small patches reads only ``ceil(n / crops_per_case)`` cases for its n crops.
+
+        Args:
+            batch_size: B, the step's global batch (all DDP ranks together).
+            share: under DDP, the indices (into the global batch) of this rank's crops
+                (:func:`~napari_pgps.engine.distributed.batch_share`); all B crops when ``None``.
         """
-        drawn = [self.active[int(self.rng.integers(len(self.active)))] for _ in range(-(-batch_size // crops_per_case))]
-        cases = tuple(drawn[b // crops_per_case] for b in range(batch_size))
+        share = range(batch_size) if share is None else share
+        crops = len(share)
+        drawn = [self.active[int(self.rng.integers(len(self.active)))] for _ in range(-(-crops // crops_per_case))]
+        cases = tuple(drawn[b // crops_per_case] for b in range(crops))
         if self.oversampling == "batch":
             forced = int(round(batch_size * self.foreground_probability))
-            foreground = tuple(b >= batch_size - forced for b in range(batch_size))
+            foreground = tuple(b >= batch_size - forced for b in share)
         else:
-            foreground = tuple(bool(self.rng.random() < self.foreground_probability) for _ in range(batch_size))
+            foreground = tuple(bool(self.rng.random() < self.foreground_probability) for _ in range(crops))
         return BatchPlan(tuple(int(p) for p in patch), cases, foreground, int(self.rng.integers(2**63)))
 
     def cut(self, plan: BatchPlan) -> PatchBatch:
         """The crops of a planned batch, augmented; depends on ``plan`` alone."""
         rng = np.random.default_rng(plan.seed)
         size = self.augmentation.crop_size(plan.patch)
+        margin = (np.array(size) - np.array(plan.patch)) // 2  # from the crop's first voxel to the patch's
         images, labels, origins = [], [], []
         for case, foreground in zip(plan.case_indices, plan.foreground):
             name = self.names[case]
             image, label_map = self.store.image(name), self.store.labels(name)
-            start = self._crop_start(name, label_map.shape, size, foreground, rng)
+            origin = self._patch_origin(name, label_map.shape, plan.patch, foreground, rng)
+            start = origin - margin
             image_crop = _crop(image, start, size, 0.0)
             label_crop = _crop(label_map[None], start, size, 0)
             del image, label_map  # close the memory maps: their pages do not stay in this process
             image_crop, label_crop = self.augmentation(image_crop, label_crop, plan.patch, rng)
             images.append(image_crop)
             labels.append(label_crop)
-            offset = [(s - p) // 2 for s, p in zip(size, plan.patch)]
-            origins.append(tuple(int(a + o) for a, o in zip(start, offset)))
+            origins.append(tuple(int(a) for a in origin))
         label_batch = np.stack(labels)
         return PatchBatch(np.stack(images), label_batch, class_fractions(label_batch, self.num_labels),
                           plan.case_indices, tuple(origins))
@@ -154,16 +172,18 @@ class PatchSampler:
         """:meth:`plan` and :meth:`cut` in one go (in this process)."""
         return self.cut(self.plan(patch, batch_size, crops_per_case))
 
-    def _crop_start(self, name: str, shape: Sequence[int], size: Sequence[int], foreground: bool,
-                    rng: np.random.Generator) -> np.ndarray:
-        """First voxel (Z, Y, X) of a crop of ``size``: centred on a foreground voxel, or uniform."""
-        shape, size = np.array(shape), np.array(size)
-        low, high = np.minimum(0, shape - size), np.maximum(0, shape - size)
-        rows = self.store.info(name)["foreground"] if foreground else {}
+    def _patch_origin(self, name: str, shape: Sequence[int], patch: Sequence[int], foreground: bool,
+                      rng: np.random.Generator) -> np.ndarray:
+        """First voxel (Z, Y, X) of a final ``patch`` in a case of ``shape``: uniform, or centred on a foreground
+        voxel; either way inside the case along each axis where the patch fits, else holding all of it."""
+        shape, patch = np.array(shape), np.array(patch)
+        low, high = np.minimum(0, shape - patch), np.maximum(0, shape - patch)
+        stored = self.store.info(name)["foreground"] if foreground else {}
+        rows = {index: span for index, span in stored.items() if int(index) < self.num_labels}  # not the ignore label
         if rows:
             first, last = rows[sorted(rows)[int(rng.integers(len(rows)))]]
             centre = np.asarray(self.store.foreground(name)[int(rng.integers(first, last)), 1:])
-            return np.clip(centre - size // 2, low, high)
+            return np.clip(centre - patch // 2, low, high)
         return np.array([int(rng.integers(lo, hi + 1)) for lo, hi in zip(low, high)])
 
 

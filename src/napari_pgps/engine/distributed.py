@@ -11,8 +11,10 @@ training is exactly the single-process one.
 Rules the trainer keeps so that all ranks stay in step:
 
 * each rank samples its own crops (its sampler generator is seeded from
-  ``(seed, rank)``), while the draw of a random schedule's patch (RPSS,
-  augment) uses a generator seeded identically on every rank;
+  ``(seed, rank)``; which of them are forced onto foreground is decided on
+  the global batch, :func:`batch_share`), while the draw of a random
+  schedule's patch (RPSS, augment) uses a generator seeded identically on
+  every rank;
 * a stop request on any rank is all-reduced before every step, so every rank
   stops after the same step;
 * every collective has the timeout of :func:`timeout` (10 minutes unless
@@ -175,6 +177,14 @@ def split_batch(global_batch: int, context: DistributedContext) -> int:
     """This rank's share of a step's global batch: ``B // W``, plus one for the first ``B % W`` ranks."""
     share, extra = divmod(global_batch, context.world_size)
     return share + (1 if context.rank < extra else 0)
+
+
+def batch_share(global_batch: int, context: DistributedContext) -> range:
+    """The indices, into a step's global batch of B, of this rank's crops: rank r takes the :func:`split_batch`
+    crops after those of ranks 0..r-1 (B = 5 on two ranks: ``range(0, 3)`` and ``range(3, 5)``)."""
+    share, extra = divmod(global_batch, context.world_size)
+    first = context.rank * share + min(context.rank, extra)
+    return range(first, first + split_batch(global_batch, context))
 
 
 def generators(seed: int, context: DistributedContext) -> tuple[np.random.Generator, np.random.Generator]:

@@ -4,7 +4,14 @@ Follows nnU-Net's inference conventions through MONAI's
 ``sliding_window_inference``: windows overlap by half a patch, each window's
 logits are weighted by a Gaussian (sigma = patch / 8) and the sums divided by
 the summed weights. Mirroring test-time augmentation averages the softmax of
-all 8 flips.
+every combination of flips of the axes the model was trained to flip (all 8
+for the "nnunet" and "mirror" augmentations); a model trained without
+mirroring is not mirrored (nnU-Net's rule), and the result's notes say so.
+
+The whole-volume arrays (the weighted sums, the softmax) stay on the GPU
+when they fit in half its free memory, else in CPU memory while the windows
+still run on the GPU; a GPU that runs out of memory all the same gets the
+segmentation again with them in CPU memory (nnU-Net's fallback).
 """
 
 from __future__ import annotations
@@ -23,6 +30,7 @@ from torch import nn
 from torch.overrides import TorchFunctionMode
 
 from ..config import RunConfig
+from ..data.augmentation import MIRRORED_AXES
 from ..data.preprocessing import PreprocessingPlan, preprocess_image, restore_probabilities
 from ..data.volume import Volume
 from ..errors import CheckpointError, InputError
@@ -35,6 +43,9 @@ from .postprocessing import Postprocessing
 
 OVERLAP = 0.5
 GAUSSIAN_SIGMA = 0.125
+GPU_ARRAYS_SHARE = 0.5
+"""The whole-volume arrays stay on the GPU when they need at most this share of its free memory (the rest is for
+the windows going through the network)."""
 RUNTIMES = ("torch", "onnx")
 """What runs the network in the sliding window: torch, or ONNX Runtime on the CPU (the ONNX network inside a package
 exported with --onnx)."""
@@ -72,6 +83,11 @@ class SegmentationModel:
     @property
     def patch_size(self) -> tuple[int, int, int]:
         return tuple(self.config.model.patch_size)
+
+    @property
+    def mirror_axes(self) -> tuple[int, ...]:
+        """The axes (0, 1, 2 = Z, Y, X) its training augmentation flipped: the only ones test-time mirroring flips."""
+        return MIRRORED_AXES.get(self.config.data.augmentation, ())
 
     @property
     def segmenting_patch(self) -> tuple[int, int, int]:
@@ -148,17 +164,52 @@ def window_count(shape: Sequence[int], patch: Sequence[int], overlap: float = OV
     return total
 
 
+def whole_volume_bytes(channels: int, classes: int, shape: Sequence[int]) -> int:
+    """Bytes of the float32 whole-volume arrays of one segmentation of a (padded) ``shape`` (Z, Y, X): the image
+    (C channels) and a flipped copy, the weighted logit sums (K) and weight sums (1), the softmax (K), a flipped
+    copy of it and the running mean (K)."""
+    return 4 * math.prod(int(n) for n in shape) * (2 * channels + 4 * classes + 1)
+
+
+def free_memory(device: torch.device) -> Optional[int]:
+    """Free bytes of a CUDA device; ``None`` for other devices (theirs is not asked)."""
+    return int(torch.cuda.mem_get_info(device)[0]) if device.type == "cuda" else None
+
+
+def accumulator_device(device: torch.device, needed_bytes: int) -> torch.device:
+    """Where the whole-volume arrays live: on ``device`` where they need at most :data:`GPU_ARRAYS_SHARE` of its
+    :func:`free_memory` (or it is not asked), else in CPU memory."""
+    free = free_memory(device)
+    return device if free is None or needed_bytes <= GPU_ARRAYS_SHARE * free else torch.device("cpu")
+
+
+def on_device_or_cpu(run: Callable[[torch.device], torch.Tensor], store: torch.device,
+                     notes: list[str]) -> torch.Tensor:
+    """``run(store)``; if the GPU runs out of memory with the whole-volume arrays on it, ``run`` again with them in
+    CPU memory, and a note says so."""
+    try:
+        return run(store)
+    except torch.cuda.OutOfMemoryError:
+        if store.type == "cpu":
+            raise
+    torch.cuda.empty_cache()  # out of the except clause: the failed try's tensors are released by now
+    notes.append("the GPU ran out of memory; segmented again with the whole-volume sums in CPU memory")
+    return run(torch.device("cpu"))
+
+
 def predict_probabilities(
     network: nn.Module | Callable[[torch.Tensor], torch.Tensor],
     image: np.ndarray,
     patch_size: Sequence[int],
     device: torch.device,
     *,
-    mirror: bool = False,
+    mirror_axes: Sequence[int] = (),
     batch_size: int = 2,
     mixed_precision: bool = True,
     progress: Optional[Progress] = None,
     cancel: Optional[Callable[[], bool]] = None,
+    classes: Optional[int] = None,
+    notes: Optional[list[str]] = None,
 ) -> np.ndarray:
     """Softmax probabilities of a preprocessed image.
 
@@ -167,20 +218,33 @@ def predict_probabilities(
             :class:`~napari_pgps.engine.onnx_runtime.OnnxNetwork`).
         image: preprocessed intensities (C, Z, Y, X), or (Z, Y, X) for one channel.
         patch_size: window (Z, Y, X); the image is padded where smaller.
-        mirror: average over all 8 axis flips.
+        device: where the windows go through the network.
+        mirror_axes: axes (0, 1, 2 = Z, Y, X) to mirror: the softmax of every combination of their flips is
+            averaged (2^n passes; none when empty).
         progress: called as ``progress(windows_done, windows_total)``.
         cancel: polled before each window batch; returning true raises :class:`Cancelled`.
+        classes: K, the network's outputs; with it the whole-volume arrays go to CPU memory up front when the GPU
+            cannot hold them (:func:`accumulator_device`), without it only once the GPU ran out of memory.
+        notes: a list that gets a line when the whole-volume arrays were kept in CPU memory.
 
     Returns:
         float32 array (K, Z, Y, X).
     """
     from monai.inferers import sliding_window_inference
 
-    flips = [f for r in range(4) for f in itertools.combinations((2, 3, 4), r)] if mirror else [()]
-    per_pass = math.ceil(window_count(image.shape, patch_size) / batch_size)
+    axes = sorted({2 + int(a) for a in mirror_axes})  # in the (1, C, Z, Y, X) tensor
+    flips = [f for r in range(len(axes) + 1) for f in itertools.combinations(axes, r)]
+    per_pass = math.ceil(window_count(image.shape[-3:], patch_size) / batch_size)
     total = per_pass * len(flips)
-    done = 0
     use_amp = mixed_precision and device.type == "cuda"
+    notes = [] if notes is None else notes
+    channels = 1 if image.ndim == 3 else image.shape[0]
+    padded = [max(int(n), int(p)) for n, p in zip(image.shape[-3:], patch_size)]
+    store = accumulator_device(device, whole_volume_bytes(channels, classes, padded) if classes else 0)
+    if store != device:
+        notes.append(f"the whole-volume sums were kept in CPU memory: the GPU's free memory "
+                     f"({free_memory(device) / 2**30:.1f} GiB) cannot hold them")
+    done = 0
 
     def predictor(windows: torch.Tensor) -> torch.Tensor:
         nonlocal done
@@ -193,30 +257,38 @@ def predict_probabilities(
             progress(min(done, total), total)
         return logits.float()
 
-    tensor = torch.as_tensor(np.ascontiguousarray(image, dtype=np.float32), device=device)
-    tensor = tensor[None, None] if tensor.dim() == 3 else tensor[None]
+    def mean_softmax(store: torch.device) -> torch.Tensor:
+        """The softmax (1, K, Z, Y, X) averaged over the flips, summed on ``store`` (windows on ``device``)."""
+        nonlocal done
+        done = 0
+        tensor = torch.as_tensor(np.ascontiguousarray(image, dtype=np.float32), device=store)
+        tensor = tensor[None, None] if tensor.dim() == 3 else tensor[None]
+        probabilities = None
+        for flip in flips:
+            flipped = torch.flip(tensor, flip) if flip else tensor
+            logits = sliding_window_inference(
+                flipped,
+                roi_size=tuple(int(p) for p in patch_size),
+                sw_batch_size=batch_size,
+                predictor=predictor,
+                overlap=OVERLAP,
+                mode="gaussian",
+                sigma_scale=GAUSSIAN_SIGMA,
+                sw_device=device,
+                device=store,
+            )
+            soft = torch.softmax(logits, dim=1)
+            soft = torch.flip(soft, flip) if flip else soft
+            probabilities = soft if probabilities is None else probabilities + soft
+        return probabilities / len(flips)
+
     module = network if isinstance(network, nn.Module) else None
     was_training = module is not None and module.training
     if module is not None:
         module.eval()
     try:
         with torch.inference_mode():
-            probabilities = None
-            for axes in flips:
-                flipped = torch.flip(tensor, axes) if axes else tensor
-                logits = sliding_window_inference(
-                    flipped,
-                    roi_size=tuple(int(p) for p in patch_size),
-                    sw_batch_size=batch_size,
-                    predictor=predictor,
-                    overlap=OVERLAP,
-                    mode="gaussian",
-                    sigma_scale=GAUSSIAN_SIGMA,
-                )
-                soft = torch.softmax(logits, dim=1)
-                soft = torch.flip(soft, axes) if axes else soft
-                probabilities = soft if probabilities is None else probabilities + soft
-            probabilities = probabilities / len(flips)
+            probabilities = on_device_or_cpu(mean_softmax, store, notes)
     finally:
         if module is not None:
             module.train(was_training)
@@ -289,14 +361,17 @@ def segment_volume(
     The image is preprocessed as each model's training cases were (reoriented
     to its orientation, cut to its nonzero region, normalised, resampled to its
     spacing); the probabilities go back to the input's own grid before they
-    are averaged and the argmax is taken. The first model's post-processing
-    (chosen on validation predictions) is applied unless ``postprocess`` is false.
+    are averaged and the argmax is taken. The post-processing chosen on the
+    model's validation predictions is applied unless ``postprocess`` is false;
+    for an ensemble only the steps every model chose (each model's choice was
+    made for that model alone; the folds of one cross-validation share theirs).
 
     Args:
         image: the raw intensities, (Z, Y, X) or (C, Z, Y, X) with the channels the models take, in their order.
         patch_size: sliding-window size (Z, Y, X); each model's training patch when ``None`` (its ONNX network's
             window with the ONNX runtime).
-        mirror: mirroring test-time augmentation.
+        mirror: mirroring test-time augmentation, along the axes each model was trained to flip
+            (:attr:`SegmentationModel.mirror_axes`); a model trained without mirroring is not mirrored (a note says so).
 
     Raises:
         InputError: the image has another number of channels than the models take, or the models differ in
@@ -324,9 +399,11 @@ def segment_volume(
     probabilities /= len(models)
     values = np.array(first.label_values)
     label_map = values[np.argmax(probabilities, axis=0)]
-    if postprocess and first.postprocessing is not None:
-        label_map = first.postprocessing.apply(label_map)
-        notes.append(f"post-processed: {first.postprocessing.describe(first.config.labels)}")
+    chosen = _shared_postprocessing(models)
+    if postprocess and chosen is not None:
+        label_map = chosen.apply(label_map)
+        notes.append(f"post-processed: {chosen.describe(first.config.labels)}"
+                     + (" (the steps all models chose)" if len(models) > 1 else ""))
     if len(models) > 1:
         notes.append(f"ensemble of {len(models)} models")
     dtype = np.uint8 if values.max() < 256 else np.int16
@@ -336,21 +413,36 @@ def segment_volume(
                         notes=notes)
 
 
+def _shared_postprocessing(models: Sequence[SegmentationModel]) -> Optional[Postprocessing]:
+    """The post-processing to apply: a model's own choice; for an ensemble the steps every model chose (a model
+    without a choice chose none). ``None`` when no model has a choice."""
+    if all(model.postprocessing is None for model in models):
+        return None
+    choices = [model.postprocessing or Postprocessing() for model in models]
+    return Postprocessing(foreground=all(choice.foreground for choice in choices),
+                          labels=[v for v in choices[0].labels if all(v in choice.labels for choice in choices)])
+
+
 def _probabilities(model: SegmentationModel, image: Volume, patch_size, mirror: bool, progress, cancel):
     """One model's class probabilities (K, Z, Y, X) on the image's own grid, and what was done to meet the model."""
     patch = tuple(int(p) for p in (patch_size or model.segmenting_patch))
     check_inference_patch(model.config.model, patch)
     plan = PreprocessingPlan.of(model.config)
     preprocessed, geometry = preprocess_image(image, plan)
+    notes = geometry.describe(plan)
+    if mirror and not model.mirror_axes:
+        notes.append("test-time mirroring skipped: the model was trained without mirroring")
     probabilities = predict_probabilities(
         model.network_for(patch),
         preprocessed,
         patch,
         model.device,
-        mirror=mirror,
+        mirror_axes=model.mirror_axes if mirror else (),
         batch_size=model.config.training.batch_size,
         mixed_precision=model.config.training.mixed_precision,
         progress=progress,
         cancel=cancel,
+        classes=len(model.label_values),
+        notes=notes,
     )
-    return restore_probabilities(probabilities, geometry, plan), geometry.describe(plan)
+    return restore_probabilities(probabilities, geometry, plan), notes
