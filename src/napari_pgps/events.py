@@ -65,7 +65,8 @@ class RunStarted(Event):
     expected_seconds: Optional[float] = None
     """The planned run's predicted duration (steps and validations), when planned to a budget."""
     notes: tuple[str, ...] = ()
-    """What the user should know before the run (from the training-loop plug-ins), one sentence each."""
+    """What the user should know before the run, one sentence each: the run folder's (a folder reused from a run
+    that ended before its first checkpoint) first, then the training-loop plug-ins'."""
 
 
 @dataclass(frozen=True)

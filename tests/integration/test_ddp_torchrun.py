@@ -108,7 +108,7 @@ def test_a_stop_on_one_rank_stops_every_rank_and_the_run_resumes_from_the_comman
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     assert result.stdout.count("resuming at epoch 1") == 1 and result.stdout.count("finished after 2 epochs") == 1  # rank 0 only
     logged = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
-    assert [e["step"] for e in logged if e["event"] == "StepDone"] == [1, 2, 3, 4, 4, 5, 6]
+    assert [e["step"] for e in logged if e["event"] == "StepDone"] == [1, 2, 3, 4, 5, 6]  # cut back to the checkpoint
     # Every rank's sampler, the schedule and the weights were restored: the resumed run ends where the straight one did.
     resumed = load_checkpoint(run_dir / "checkpoint_final.pt")
     straight = load_checkpoint(driven / "straight" / "checkpoint_final.pt")

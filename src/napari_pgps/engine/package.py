@@ -28,14 +28,34 @@ reads one wherever it reads a run folder or a checkpoint. Its members:
     hash-checked like every member and handed over as bytes: ONNX Runtime
     loads it from memory only when ``--runtime onnx`` asks for it.
 
+Every member is stored as it is, not compressed (deflate makes a real network's
+weights only 7-8% smaller, and a compressed member could inflate to far
+more than the file's size).
+
 Reading never extracts anything to disk and never runs anything found in the
-file: the members are read into memory, the manifest and the splits are JSON,
-the configuration YAML (``yaml.safe_load``), the weights a torch file read
-with ``weights_only=True`` (tensors and plain containers; any other pickled
-object is refused), the ONNX graph kept as bytes. A damaged or
-foreign zip, a missing or altered member, a member name with an absolute or
-``..`` path, or a weights file that holds anything but tensors is refused with
-a :class:`~napari_pgps.errors.CheckpointError` naming the file and the problem.
+file: the manifest and the splits are JSON, the configuration YAML
+(``yaml.safe_load``), the weights a torch file read with ``weights_only=True``
+(tensors and plain containers; any other pickled object is refused), the ONNX
+graph kept as bytes. Memory is bounded before anything is read: a member's size
+in the manifest must be the zip's (its ``file_size`` and, stored, its
+``compress_size``), and at most :data:`MAX_TEXT_BYTES` for the text members, at
+most what the network that the configuration plans can hold for the weights and
+the ONNX graph (:func:`planned_bytes` x :data:`SIZE_MARGIN` +
+:data:`CONTAINER_BYTES`); each member is hashed as a stream of 1 MiB chunks,
+and the weights are read by torch straight from the zip once their hash is
+right. A compressed member is refused, but for the text members of packages
+written by napari-pgps 0.1.0, which deflated them: these are inflated as a
+stream that stops at their declared size.
+
+The sizes and SHA-256 hashes in the manifest detect a damaged or incomplete
+file (a broken download, a truncated copy); they are no signature: whoever can
+change a member can write its new hash into the manifest. What keeps a hostile
+file harmless is that nothing in it is run and its sizes are bounded, not the
+hashes. A damaged or foreign zip, a missing member or one that differs from
+its manifest entry, a compressed or oversized member, a member name with an
+absolute or ``..`` path, or a weights file that holds anything but tensors is
+refused with a :class:`~napari_pgps.errors.CheckpointError` naming the file and
+the problem.
 """
 
 from __future__ import annotations
@@ -49,14 +69,16 @@ import pickle
 import zipfile
 import zlib
 from pathlib import Path
-from typing import Any
+from typing import IO, Any, Optional
 
 import torch
 import yaml
+from torch.overrides import TorchFunctionMode
 
-from ..config import RunConfig
+from ..config import ModelConfig, RunConfig
 from ..errors import CheckpointError, InputError
 from ..files import atomic_path
+from ..models import build_network, segmenting_config
 
 PACKAGE_FORMAT = "napari-pgps-model"
 PACKAGE_VERSION = 1
@@ -71,10 +93,17 @@ ONNX = "network.onnx"
 REQUIRED = (WEIGHTS, CONFIG, SPLITS, MODEL_CARD)
 OPTIONAL = (POSTPROCESSING, ONNX)
 BINARY = (WEIGHTS, ONNX)
-"""The members stored as they are (not deflated) and allowed up to :data:`MAX_BINARY_BYTES`."""
-MAX_TEXT_BYTES = 64 * 2**20
-"""The most a manifest, configuration, split or card may hold (a guard against a zip that inflates without end)."""
-MAX_BINARY_BYTES = 16 * 2**30
+"""The members bounded by the size of the network the configuration plans; the others are text."""
+MAX_TEXT_BYTES = 8 * 2**20
+"""The most the manifest, the configuration, the split, the post-processing choice or the card may hold (they hold a
+few kB; the split of 100,000 cases about 3 MB)."""
+SIZE_MARGIN = 1.25
+"""The weights and the ONNX graph may hold this many times :func:`planned_bytes` (measured on a 31-million-parameter
+DynUNet: its torch file 1.0003 times, its ONNX graph 1.0009 times; a channel-pruned network holds less) ..."""
+CONTAINER_BYTES = 4 * 2**20
+"""... plus this many bytes for the file's own structure (measured: 35 kB of tensor records, 120 kB of ONNX nodes)."""
+CHUNK_BYTES = 2**20
+"""Members are read and hashed in chunks of this size."""
 
 _EXPORT_HINT = "export the model again (napari-pgps export --model RUN_DIR --out MODEL.zip)"
 
@@ -100,7 +129,7 @@ def write_model_package(path: str | os.PathLike, members: dict[str, bytes], mani
     """Write a package atomically: the manifest (``manifest`` with the format, version and members added) and ``members``.
 
     ``members`` maps each member name (one of the names above) to its bytes;
-    the weights and the ONNX network are stored as they are, the text members deflated.
+    every member is stored as it is, not compressed.
     """
     path = Path(path)
     unknown = sorted(set(members) - set(REQUIRED) - set(OPTIONAL))
@@ -111,11 +140,9 @@ def write_model_package(path: str | os.PathLike, members: dict[str, bytes], mani
     manifest = {"format": PACKAGE_FORMAT, "version": PACKAGE_VERSION, **manifest, "members": listing}
     stamp = datetime.datetime.now().timetuple()[:6]
     with atomic_path(path, suffix=".zip") as tmp:
-        with zipfile.ZipFile(tmp, "w") as archive:
+        with zipfile.ZipFile(tmp, "w", zipfile.ZIP_STORED) as archive:
             for name, data in [(MANIFEST, (json.dumps(manifest, indent=1) + "\n").encode()), *members.items()]:
-                info = zipfile.ZipInfo(name, date_time=stamp)
-                info.compress_type = zipfile.ZIP_STORED if name in BINARY else zipfile.ZIP_DEFLATED
-                archive.writestr(info, data)
+                archive.writestr(zipfile.ZipInfo(name, date_time=stamp), data)
     return path
 
 
@@ -141,7 +168,7 @@ def read_model_package(path: str | os.PathLike) -> dict[str, Any]:
 
     Raises:
         CheckpointError: the file is not a readable zip, not a napari-pgps package, or a member is missing,
-            altered, unsafe or not what it should be.
+            differs from its manifest entry, is compressed, larger than its bound, unsafe or not what it should be.
     """
     path = Path(path)
     try:
@@ -175,7 +202,7 @@ def read_model_package(path: str | os.PathLike) -> dict[str, Any]:
         listed = manifest.get("members")
         if not isinstance(listed, dict):
             raise CheckpointError(f"{path}: {MANIFEST} lists no members; {_EXPORT_HINT}.")
-        data = {}
+        present = []
         for name in (*REQUIRED, *OPTIONAL):
             if name not in listed:
                 if name in REQUIRED:
@@ -185,17 +212,18 @@ def read_model_package(path: str | os.PathLike) -> dict[str, Any]:
             if name not in names:
                 raise CheckpointError(f"{path}: {name} is missing from the zip file (its manifest lists it); the package "
                                       f"is incomplete: {_EXPORT_HINT}.")
-            data[name] = _read(archive, path, name, MAX_BINARY_BYTES if name in BINARY else MAX_TEXT_BYTES)
-            entry = listed[name]
-            digest = hashlib.sha256(data[name]).hexdigest()
-            if not isinstance(entry, dict) or entry.get("sha256") != digest or entry.get("bytes") != len(data[name]):
-                raise CheckpointError(f"{path}: {name} is not the file its manifest describes (size or SHA-256 differ); "
-                                      f"the package was altered or damaged: {_EXPORT_HINT}.")
+            present.append(name)
+        data = {name: _read(archive, path, name, MAX_TEXT_BYTES, listed[name]) for name in present if name not in BINARY}
+        config = _config(path, data[CONFIG])
+        _read(archive, path, WEIGHTS, _bound(path, config.model), listed[WEIGHTS], keep=False)
+        if ONNX in present:
+            data[ONNX] = _read(archive, path, ONNX, _bound(path, segmenting_config(config.model)), listed[ONNX])
+        with archive.open(WEIGHTS) as handle:  # stored as it is: torch reads it from the zip, its hash checked above
+            weights = _weights(path, handle)
 
-    config = _config(path, data[CONFIG])
     payload: dict[str, Any] = {
-        "config": config,
-        "model": _weights(path, data[WEIGHTS]),
+        "config": config.to_dict(),
+        "model": weights,
         "split": _split(path, data[SPLITS]),
         "postprocessing": _postprocessing(path, data[POSTPROCESSING]) if POSTPROCESSING in data else None,
         "model_card": data[MODEL_CARD].decode("utf-8", errors="replace"),
@@ -211,6 +239,40 @@ def read_model_package(path: str | os.PathLike) -> dict[str, Any]:
     return payload
 
 
+def planned_bytes(model: ModelConfig) -> int:
+    """Bytes of the parameters and buffers of the network ``model`` plans (4 per float32 value), counted on a copy
+    built on the meta device, which holds no values (on the CPU for a network that cannot be built there: SwinUNETR
+    reads a value while it is built). A channel-pruned network holds less than its plan."""
+    try:
+        with torch.device("meta"), _NoRandomDraws():
+            network = build_network(model)
+    except (RuntimeError, NotImplementedError):
+        network = build_network(model)
+    return sum(t.numel() * t.element_size() for t in (*network.parameters(), *network.buffers()))
+
+
+class _NoRandomDraws(TorchFunctionMode):
+    """Skips drawing random initial values (``torch.nn.init``'s functions, ``normal_``, ``uniform_``), which meta
+    tensors do not hold: torch draws some of them there with Python code that first imports its compiler (seconds)."""
+
+    DRAWS = (torch.Tensor.normal_, torch.Tensor.uniform_)
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        if func in self.DRAWS or (getattr(func, "__module__", None) == "torch.nn.init" and func.__name__.endswith("_")):
+            return args[0] if args else kwargs["tensor"]
+        return func(*args, **kwargs)
+
+
+def _bound(path: Path, model: ModelConfig) -> int:
+    """The most bytes the weights (or the ONNX graph) of the network ``model`` plans may take in a package."""
+    try:
+        return int(planned_bytes(model) * SIZE_MARGIN) + CONTAINER_BYTES
+    except (InputError, ValueError, RuntimeError, KeyError, TypeError, AttributeError) as exc:
+        first = str(exc).splitlines()[0][:200] if str(exc) else type(exc).__name__
+        raise CheckpointError(f"{path} ({CONFIG}): its network cannot be built ({first}); {_EXPORT_HINT}.") from None
+
+
 def _safe_name(name: str) -> bool:
     """A relative path of plain parts: no leading '/', no drive or backslash, no '.', '..' or empty part."""
     if not name or name.startswith("/") or "\\" in name or ":" in name or "\0" in name:
@@ -218,20 +280,49 @@ def _safe_name(name: str) -> bool:
     return all(part not in ("", ".", "..") for part in name.split("/"))
 
 
-def _read(archive: zipfile.ZipFile, path: Path, name: str, limit: int) -> bytes:
+def _read(archive: zipfile.ZipFile, path: Path, name: str, limit: int, listed: Any = None, *,
+          keep: bool = True) -> Optional[bytes]:
+    """Member ``name`` read as a stream of :data:`CHUNK_BYTES` chunks and checked against its manifest entry
+    ``listed`` (``{"bytes", "sha256"}``, hashed as it streams; the manifest itself has none): its bytes, or ``None``
+    when not ``keep`` (the weights, which torch then reads from the zip).
+
+    Refused before a byte is read: a compressed member (but for the text members of napari-pgps 0.1.0, which deflated
+    them: inflated as a stream, which zipfile stops at the zip's size, so a bomb whose header lies ends in a CRC
+    error), sizes that disagree (the manifest's and the zip's ``file_size``; for a stored member its
+    ``compress_size`` too), more than ``limit`` bytes.
+    """
     info = archive.getinfo(name)
+    legacy = info.compress_type == zipfile.ZIP_DEFLATED and name not in BINARY
+    if info.compress_type != zipfile.ZIP_STORED and not legacy:
+        raise CheckpointError(f"{path}: {name} is compressed (zip method {info.compress_type}); a model package stores "
+                              f"its members as they are, so napari-pgps export did not write this one: {_EXPORT_HINT}.")
+    sizes_agree = (legacy or info.compress_size == info.file_size) and (
+        listed is None or isinstance(listed, dict) and listed.get("bytes") == info.file_size)
+    if not sizes_agree:
+        declared = listed.get("bytes") if isinstance(listed, dict) else None
+        raise CheckpointError(f"{path}: {name} is not the file its manifest describes (the manifest says {declared} "
+                              f"bytes, the zip {info.file_size}, {info.compress_size} stored); the package was altered "
+                              f"or damaged: {_EXPORT_HINT}.")
     if info.file_size > limit:
-        raise CheckpointError(f"{path}: {name} claims {info.file_size} bytes, more than a model package's {name} "
-                              f"holds (at most {limit}); refusing it.")
+        what = ("the network its configuration plans can fill" if name in BINARY
+                else f"a model package's {name} may hold")
+        raise CheckpointError(f"{path}: {name} holds {info.file_size:,} bytes, more than the {limit:,} that {what}; "
+                              "refusing it (nothing of it was read).")
+    digest, chunks, size = hashlib.sha256(), [], 0
     try:
         with archive.open(info) as handle:
-            data = handle.read(limit + 1)
+            while chunk := handle.read(CHUNK_BYTES):
+                size += len(chunk)
+                digest.update(chunk)
+                if keep:
+                    chunks.append(chunk)
     except (zipfile.BadZipFile, zlib.error, OSError, EOFError, NotImplementedError, RuntimeError) as exc:
         raise CheckpointError(f"{path}: {name} cannot be read ({type(exc).__name__}: {exc}); the package is damaged: "
                               f"{_EXPORT_HINT}.") from None
-    if len(data) > limit:
-        raise CheckpointError(f"{path}: {name} holds more than {limit} bytes; refusing it.")
-    return data
+    if size != info.file_size or (listed is not None and listed.get("sha256") != digest.hexdigest()):
+        raise CheckpointError(f"{path}: {name} is not the file its manifest describes (size or SHA-256 differ); the "
+                              f"package was altered or damaged: {_EXPORT_HINT}.")
+    return b"".join(chunks) if keep else None
 
 
 def _json(path: Path, name: str, data: bytes) -> Any:
@@ -241,7 +332,7 @@ def _json(path: Path, name: str, data: bytes) -> Any:
         raise CheckpointError(f"{path}: {name} is not valid JSON ({exc}); {_EXPORT_HINT}.") from None
 
 
-def _config(path: Path, data: bytes) -> dict[str, Any]:
+def _config(path: Path, data: bytes) -> RunConfig:
     where = f"{path} ({CONFIG})"
     try:
         values = yaml.safe_load(data.decode("utf-8"))
@@ -255,12 +346,13 @@ def _config(path: Path, data: bytes) -> dict[str, Any]:
         raise CheckpointError(str(exc)) from None
     if not config.labels or config.model.out_channels is None or config.model.channels is None:
         raise CheckpointError(f"{where}: not a trained model's resolved configuration (labels or network plan missing).")
-    return config.to_dict()
+    return config
 
 
-def _weights(path: Path, data: bytes) -> dict[str, torch.Tensor]:
+def _weights(path: Path, handle: IO[bytes]) -> dict[str, torch.Tensor]:
+    """The state dict in the weights member ``handle`` (read by torch's ``weights_only`` loader: tensors only)."""
     try:
-        weights = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
+        weights = torch.load(handle, map_location="cpu", weights_only=True)
     except (pickle.UnpicklingError, RuntimeError, EOFError, ValueError, KeyError, TypeError, AttributeError,
             zipfile.BadZipFile, OSError) as exc:
         first = str(exc).splitlines()[0][:200] if str(exc) else ""

@@ -284,6 +284,45 @@ def read_events(path: str | os.PathLike) -> Iterator[Event]:
                 yield event_from_dict(json.loads(line))
 
 
+def restart_log(path: str | os.PathLike, epoch: int, step: int) -> None:
+    """Make a run's ``metrics.jsonl`` end where the run starts, so that it tells every step once.
+
+    A new run (``epoch`` 0) starts with no log: that of an earlier run in the folder that ended before its first
+    checkpoint goes. A run resumed from the checkpoint of ``epoch`` (after global step ``step``) keeps the events
+    up to that checkpoint's ``CheckpointSaved`` lines; the steps after it, which the resumed run takes again, and
+    the earlier run's ``Finished`` go. Without such a line (the process died between writing the checkpoint and
+    logging it) the events before the first step after ``step`` stay. A last line cut short by a crash goes too.
+    The file is cut in one system call, so a crash leaves either the old log or the new one.
+    """
+    path = Path(path)
+    if epoch == 0:
+        path.unlink(missing_ok=True)
+        return
+    if not path.is_file():
+        return
+    saved_end = later_step_start = None
+    offset = parsed_end = 0
+    with open(path, "rb") as handle:
+        for line in handle:
+            if not line.endswith(b"\n"):  # the last line, cut short by a crash
+                break
+            start, offset = offset, offset + len(line)
+            try:
+                record = json.loads(line)
+            except ValueError:
+                continue
+            parsed_end = offset
+            if not isinstance(record, dict):
+                continue
+            if record.get("event") == "CheckpointSaved" and record.get("epoch") == epoch:
+                saved_end = offset
+            elif record.get("event") == "StepDone" and later_step_start is None and record.get("step", 0) > step:
+                later_step_start = start
+    end = saved_end if saved_end is not None else later_step_start if later_step_start is not None else parsed_end
+    if end < path.stat().st_size:
+        os.truncate(path, end)
+
+
 def fold(events: Iterable[Event]) -> TrainingProgress:
     """The progress after every one of ``events``."""
     progress = TrainingProgress()

@@ -3,8 +3,10 @@
 The package (its members: :mod:`napari_pgps.engine.package`) holds the
 weights as a plain file of tensors, the resolved configuration, the split,
 the post-processing choice when the run has one, a model card and a
-manifest; ``segment``, ``evaluate``, the Segment widget and ``train
---init-from`` read it like a run folder, without unpickling anything.
+manifest listing each member's size and SHA-256 (which detect a damaged file,
+not a deliberate change), every member stored uncompressed; ``segment``,
+``evaluate``, the Segment widget and ``train --init-from`` read it like a run
+folder, running nothing found in it.
 
 With ``onnx=True`` (``--onnx``) the network that segments also goes into the
 package, as its member ``network.onnx`` (:mod:`napari_pgps.engine.onnx_runtime`),
@@ -72,7 +74,7 @@ def export_model(model: str | os.PathLike, out: str | os.PathLike, *, overwrite:
     if out.is_dir():
         raise InputError(f"{out}: is a folder; give the name of the .zip file to write.")
     if out.exists() and not overwrite:
-        raise InputError(f"{out}: exists; choose another name or replace it (--force).")
+        raise InputError(f"{out}: exists; choose another name or replace it (--overwrite).")
     if patch_size is not None and not onnx:
         raise InputError("--patch-size chooses the window of the ONNX network; it goes with --onnx.")
     path = find_checkpoint(model)
