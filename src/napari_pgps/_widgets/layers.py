@@ -6,7 +6,8 @@ from typing import Optional
 
 import numpy as np
 
-from ..data.dataset import Case, TrainingSet, check_case
+from .._reader import STORED_AXES
+from ..data.dataset import AFFINE_TOLERANCE, Case, TrainingSet
 from ..data.volume import Volume, nifti_header, reverse_axes
 from ..errors import InputError
 
@@ -27,13 +28,23 @@ def placement(layer) -> dict:
     return {"affine": matrix}
 
 
+def source_grid(layer) -> dict:
+    """The metadata a layer made over ``layer`` carries so that the writer saves it on ``layer``'s source file grid:
+    the file's NIfTI header codes (``nifti``) and the order its axes are shown in (``stored_axes``), where known."""
+    metadata = layer.metadata or {}
+    return {key: metadata[key] for key in ("nifti", STORED_AXES) if key in metadata}
+
+
 def volume_from_layer(layer, kind: str = "image") -> Volume:
     """A copy of a layer's data as a :class:`Volume`: (Z, Y, X), or (C, Z, Y, X) for an image layer with a leading
     channel axis.
 
     The affine is the layer's placement in the world (:func:`world_matrix`), so
-    a volume read by our reader in any orientation keeps its own. The layer
-    itself is never modified.
+    a volume read by our reader in any orientation keeps its own. Its axes are
+    the layer's: for a file our reader showed with its axes reordered
+    (``stored_axes``), the same voxels in another order, which the engine
+    reorients to its canonical orientation as it does the file itself. The
+    layer is never modified.
     """
     data = np.asarray(layer.data)
     if data.ndim != 3 and not (kind == "image" and data.ndim == 4):
@@ -78,8 +89,19 @@ def label_names_of(layer) -> dict[int, str]:
     return {int(v): ("background" if v == 0 else f"label {int(v)}") for v in values} | {0: "background"}
 
 
-def training_set_from_layers(pairs: list[tuple[object, object]]) -> TrainingSet:
-    """Labelled cases from (image layer or list of channel layers, labels layer) pairs; label names merged."""
+def training_set_from_layers(pairs: list[tuple[object, object]], channels: Optional[list[str]] = None) -> TrainingSet:
+    """Labelled cases from (image layer or list of channel layers, labels layer) pairs; label names merged.
+
+    Args:
+        pairs: each image (one layer, or its channel layers in order) with its labels layer; a labels layer must
+            cover the same voxels as its image (same shape and placement in the world).
+        channels: the name of each image channel ("CT" gets CT normalisation, see
+            :mod:`napari_pgps.data.normalization`); ``None`` names them "channel 0", "channel 1", ...
+
+    Raises:
+        InputError: no pairs, a labels layer on other voxels than its image, channel counts that differ between
+            cases or from ``channels``.
+    """
     if not pairs:
         raise InputError("no training data: open an image and a labels layer, or choose a dataset folder.")
     cases, labels = [], {}
@@ -87,22 +109,29 @@ def training_set_from_layers(pairs: list[tuple[object, object]]) -> TrainingSet:
         image = image_from_layers(image_layer if isinstance(image_layer, (list, tuple)) else [image_layer])
         image_layer = image_layer[0] if isinstance(image_layer, (list, tuple)) else image_layer
         label_map = volume_from_layer(labels_layer, "labels")
-        label_map.affine = image.affine.copy()  # labels are taken on their image's voxels (as drawn over it)
         if image.shape != label_map.shape:
             raise InputError(
                 f"labels layer '{labels_layer.name}' has shape {label_map.shape}, image layer '{image_layer.name}' "
                 f"{image.shape}; pair layers that cover the same voxels."
             )
-        check_case(image, label_map)
+        if not np.allclose(image.affine, label_map.affine, atol=AFFINE_TOLERANCE):
+            raise InputError(
+                f"labels layer '{labels_layer.name}' is placed elsewhere in the world than image layer "
+                f"'{image_layer.name}' (another affine, scale or translate); pair layers that cover the same voxels."
+            )
         labels.update(label_names_of(labels_layer))
         cases.append(Case(name=image_layer.name, image=image, labels=label_map))
     present = set().union(*(np.unique(c.labels.array).tolist() for c in cases))
     labels.update({int(v): f"label {int(v)}" for v in present if int(v) not in labels})
-    channels = {case.image.channels for case in cases}
-    if len(channels) > 1:
+    counts = {case.image.channels for case in cases}
+    if len(counts) > 1:
         raise InputError("the training images differ in their number of channels; give every case the same channels.")
+    count = counts.pop()
+    if channels is not None and len(channels) != count:
+        raise InputError(f"{len(channels)} channel name(s) ({', '.join(channels)}) for images of {count} channel(s); "
+                         "give one name per channel.")
     return TrainingSet(cases=cases, labels=dict(sorted(labels.items())),
-                       channels=[f"channel {c}" for c in range(channels.pop())])
+                       channels=list(channels) if channels is not None else [f"channel {c}" for c in range(count)])
 
 
 def box_outlines(shape: tuple[int, int, int], boxes: list[tuple[tuple[int, int, int], tuple[int, int, int]]]) -> np.ndarray:

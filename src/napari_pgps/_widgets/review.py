@@ -33,7 +33,7 @@ class LabelReview:
     dice: float
     """NaN when both maps lack the label, 0 when only one has it."""
     hd95: float
-    """mm; NaN when either map lacks the label."""
+    """mm; NaN when both maps lack the label, the image's diagonal (mm) when only one has it."""
     ml_difference: float
     """result minus reference, mL."""
 

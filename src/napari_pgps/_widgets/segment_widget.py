@@ -24,7 +24,7 @@ from qtpy.QtWidgets import (
 )
 
 from .forms import ChannelPicker
-from .layers import find_layer, image_from_layers, placement
+from .layers import find_layer, image_from_layers, placement, source_grid
 from .state import state_for
 
 NO_REFERENCE = "(none)"
@@ -151,7 +151,7 @@ class SegmentWidget(QWidget):
         )
         self.estimate = QPushButton("Estimate memory")
         self._estimates: dict[tuple[str, str], list] = {}
-        self.tta = QCheckBox("test-time augmentation (8 mirrored passes)")
+        self.tta = QCheckBox("test-time augmentation (mirrored passes, if trained with mirroring)")
         self.uncertainty = QCheckBox("uncertainty (entropy) layer")
         self.postprocess = QCheckBox("post-processing (as chosen on the validation cases)")
         self.postprocess.setChecked(True)
@@ -474,7 +474,7 @@ class SegmentWidget(QWidget):
         values = sorted(labels)
         features = pd.DataFrame({"index": values, "name": [labels[v] for v in values]})
         metadata = {"affine": image.affine, "label_names": labels, "source": layer.name, "model": model.checkpoint,
-                    "nifti": (layer.metadata or {}).get("nifti", {})}
+                    **source_grid(layer)}
         added = self.viewer.add_labels(
             result.labels.array, name=f"{layer.name} segmentation", features=features, metadata=metadata,
             **placement(layer),
@@ -620,7 +620,8 @@ class SegmentWidget(QWidget):
             review.disagreement, name=name, features=features, opacity=0.7,
             colormap=DirectLabelColormap(color_dict=DISAGREEMENT_COLORS),
             metadata={DERIVED: "disagreement", "source": source, "result": result_layer.name,
-                      "reference": reference_layer.name, "label_names": DISAGREEMENT_NAMES},
+                      "reference": reference_layer.name, "label_names": DISAGREEMENT_NAMES,
+                      **source_grid(result_layer)},
             **placement(result_layer),
         )
         self.status.setText(

@@ -126,6 +126,11 @@ class TrainWidget(QWidget):
         self.add_pair, self.remove_pair = QPushButton("Add pair"), QPushButton("Remove")
         self.pairs = QListWidget()
         self.pairs.setMaximumHeight(70)
+        self.channel_names = QLineEdit()
+        self.channel_names.setPlaceholderText("channel 0, channel 1, ...")
+        self.channel_names.setToolTip("The modality of each image channel, comma-separated in channel order (e.g. "
+                                      "\"CT\" or \"T1, FLAIR\"): a channel named CT is clipped to its foreground "
+                                      "intensity percentiles, as nnU-Net does; any other is z-scored.")
         self.folder = QLineEdit()
         self.folder.setPlaceholderText("Decathlon or nnU-Net v2 dataset folder")
         browse = QPushButton("...")
@@ -166,6 +171,7 @@ class TrainWidget(QWidget):
         form.addRow("Training data", source)
         form.addRow("Image / labels", pair_row)
         form.addRow("", self.pairs)
+        form.addRow("Channels", self.channel_names)
         form.addRow("Folder", folder_row)
         form.addRow("Runs folder", self.run_root)
         form.addRow("Device", self.device)
@@ -231,6 +237,11 @@ class TrainWidget(QWidget):
                 pairs.append((channels, find_layer(self.viewer, labels)))
         return pairs
 
+    def channel_list(self) -> Optional[list[str]]:
+        """The channel names typed under "Channels" (``None`` when empty: "channel 0", "channel 1", ...)."""
+        names = [name.strip() for name in self.channel_names.text().split(",") if name.strip()]
+        return names or None
+
     # -- control ----------------------------------------------------------------
     def start_training(self) -> None:
         """Start a run in a background thread with the Curriculum widget's settings."""
@@ -250,7 +261,7 @@ class TrainWidget(QWidget):
                     raise InputError("choose a dataset folder, or train from the open layers.")
                 config.data.path = self.folder.text().strip()
             else:
-                dataset = training_set_from_layers(self.layer_pairs())
+                dataset = training_set_from_layers(self.layer_pairs(), self.channel_list())
         except InputError as exc:
             show_error(str(exc))
             return
@@ -286,7 +297,7 @@ class TrainWidget(QWidget):
                     raise InputError(f"{run_dir.name} was trained on the layers {', '.join(missing)}, which are not "
                                      "chosen under Image / labels; choose the same image and labels layers to resume "
                                      "it.")
-                dataset = training_set_from_layers(pairs)
+                dataset = training_set_from_layers(pairs, trained.channels)  # the run's own channel names
                 data_text = "the layers chosen above"
         except InputError as exc:
             show_error(f"Cannot resume: {exc}")
