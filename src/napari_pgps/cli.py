@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import errno
 import json
 import os
 import signal
@@ -25,7 +26,7 @@ from .engine.inference import RUNTIMES
 from .engine.metrics import SURFACE_TOLERANCE_MM
 from .engine.progress import size_text
 from .errors import InputError
-from .files import write_text_atomically
+from .files import WriteError, check_outputs, check_writable, write_text_atomically
 from .models import ARCHITECTURES
 
 EXIT_INPUT = 2
@@ -43,6 +44,31 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         except InputError as exc:
             print(f"napari-pgps {args.command}: error: {exc}", file=sys.stderr)
             return EXIT_INPUT
+        except OSError as exc:
+            line = file_fault(exc)
+            if line is None:  # not about a file: a fault of the program, shown with its traceback
+                raise
+            print(f"napari-pgps {args.command}: error: {line}", file=sys.stderr)
+            return EXIT_INPUT
+
+
+_WRITE_ERRNOS = {errno.ENOSPC, errno.EROFS, errno.EFBIG, getattr(errno, "EDQUOT", errno.ENOSPC)}
+"""System errors that only writing meets: a full disk or quota, a read-only file system, a file too large."""
+
+
+def file_fault(exc: OSError) -> Optional[str]:
+    """One line for a file the command could not write or use, or ``None`` for a system error about no file.
+
+    A write (:class:`napari_pgps.files.WriteError` names the output; the old file is kept) or a full disk:
+    ``cannot write PATH: No space left on device; free space or choose another folder``.
+    """
+    where = f" {exc.filename}" if exc.filename else ""
+    reason = exc.strerror or str(exc)
+    if isinstance(exc, WriteError) or exc.errno in _WRITE_ERRNOS:
+        return f"cannot write{where}: {reason}; free space or choose another folder."
+    if exc.filename:
+        return f"cannot use{where}: {reason}; check the path and its permissions."
+    return None
 
 
 @contextlib.contextmanager
@@ -77,6 +103,9 @@ def _sigterm_ends_as_an_exception() -> Iterator[None]:
     finally:
         signal.signal(signal.SIGTERM, previous)
 
+
+_OVERWRITE_HELP = ("replace outputs that exist (without it they are refused before any work); an input is never "
+                   "overwritten")
 
 _PRUNING_RULE_HELP = ("PSP-Seg's options as a set: reference (the PSP-Seg code's behaviour, the default; made for "
                       "1,000 epochs) or short-run (our earlier choices, which prune within tens of epochs)")
@@ -138,13 +167,16 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--input", required=True, metavar="FILE_OR_DIR")
     p.add_argument("--output", required=True, metavar="FILE_OR_DIR")
     p.add_argument("--patch-size", type=int, nargs=3, metavar=("Z", "Y", "X"), help="sliding-window size (default: the training patch)")
-    p.add_argument("--tta", action="store_true", help="mirroring test-time augmentation (8 flips; slower)")
+    p.add_argument("--tta", action="store_true", help="mirroring test-time augmentation: every flip of the axes the model was trained "
+                   "to flip (8 for nnunet/mirror augmentation; slower); skipped, with a note, for a model "
+                   "trained without mirroring")
     p.add_argument("--no-postprocessing", action="store_true", help="leave out the post-processing chosen for the model")
     p.add_argument("--uncertainty", action="store_true",
                    help="also write each segmentation's uncertainty beside it, NAME_uncertainty.nii.gz: the entropy of "
                         "the label probabilities per voxel (float32, 0 certain .. 1 uniform over the labels), same affine")
     p.add_argument("--device", choices=DEVICES, default="auto")
     p.add_argument("--runtime", choices=RUNTIMES, default="torch", help=_RUNTIME_HELP)
+    p.add_argument("--overwrite", action="store_true", help=_OVERWRITE_HELP)
     p.set_defaults(run=_segment)
 
     p = sub.add_parser("export", help="write a trained model as one .zip file to share (a model package)",
@@ -152,7 +184,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--model", required=True, metavar="RUN_DIR_OR_CHECKPOINT",
                    help="run folder (its final, else last checkpoint), checkpoint or model package")
     p.add_argument("--out", required=True, metavar="MODEL.zip", help="the package to write")
-    p.add_argument("--force", action="store_true", help="replace MODEL.zip if it exists")
+    p.add_argument("--overwrite", "--force", dest="overwrite", action="store_true",
+                   help="replace MODEL.zip if it exists (--force is the same)")
     p.add_argument("--onnx", action="store_true",
                    help="also put the network into MODEL.zip as an ONNX graph, network.onnx (dynamic batch, windows "
                         "of the patch size; checked against torch), for segment and evaluate --runtime onnx")
@@ -170,6 +203,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--predictions", metavar="DIR", help="a folder of segmentation files (CASE.nii.gz) made by any tool")
     p.add_argument("--data", required=True, metavar="DIR")
     p.add_argument("--json", metavar="FILE", help="write the results as JSON")
+    p.add_argument("--overwrite", action="store_true", help=_OVERWRITE_HELP)
     p.add_argument("--split", choices=("all", "validation", "training"), default="all",
                    help="evaluate all cases, or only the model's held-out (validation) or training cases")
     p.add_argument("--ensemble", action="store_true", help="average the models' probabilities")
@@ -253,7 +287,16 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--config", metavar="FILE.yaml",
                    help="every run starts from this configuration (e.g. data: {augmentation: mirror}); the profile, "
                    "the schedule, the seed and the flags above override it")
+    p.add_argument("--overwrite", action="store_true",
+                   help="measure again, and replace, the runs kept in REPORT_DIR with another configuration (without "
+                        "it such a folder is refused; runs of the same configuration are always kept)")
     p.set_defaults(run=_bench)
+
+    p = sub.add_parser("info", help="print what napari-pgps reads from a volume file (shape, spacing, orientation)",
+                       description=_INFO_HELP, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("file", metavar="FILE", help="a volume: NIfTI (.nii, .nii.gz) or TIFF (.tif, .tiff)")
+    p.add_argument("--json", action="store_true", help="print one JSON object instead of lines")
+    p.set_defaults(run=_info)
 
     p = sub.add_parser("demo", help="open napari with sample data, the widgets and a quick schedule",
                        description="The demo: napari with a generated phantom, the Curriculum, Train and Segment widgets "
@@ -306,10 +349,12 @@ def _train(args: argparse.Namespace) -> int:
     else:
         config = RunConfig.load(args.config) if args.config else RunConfig()
         _apply_train_flags(config, args)
+        config.validate()
         if not config.data.path:
             raise InputError("no training data: give --data DIR (or data.path in --config).")
     if args.device:
         config.training.device = args.device
+    check_writable(args.out, folder=True)
 
     control = TrainingControl()
     previous = signal.signal(signal.SIGINT, lambda *_: _request_stop(control, previous))
@@ -325,7 +370,7 @@ def _prune(args: argparse.Namespace) -> int:
 
     if args.progressive == (args.model is not None):
         raise InputError("give either --model RUN_DIR (channel pruning of a trained model) or --progressive (PSP-Seg).")
-    out = Path(args.out)
+    out = check_writable(args.out, folder=True)
     control = TrainingControl()
     if args.progressive:
         config = RunConfig.load(args.config) if args.config else RunConfig()
@@ -339,6 +384,7 @@ def _prune(args: argparse.Namespace) -> int:
         for name, section in (("epochs", config.training), ("iterations_per_epoch", config.training), ("max_cases", config.data)):
             if getattr(args, name) is not None:
                 setattr(section, name, getattr(args, name))
+        config.validate()
         events = train_progressively_pruned(config, out, baseline=args.baseline, control=control)
     else:
         events = prune_trained_model(args.model, args.data, out, ratio=args.ratio, steps=args.steps,
@@ -421,7 +467,12 @@ _EVALUATE_HELP = """Score segmentations against the labels of a dataset folder, 
 Dice (nnU-Net's convention: a label absent from both is not counted, a label
 predicted where the reference has none scores 0), the 95th-percentile Hausdorff
 distance and the surface Dice at --tolerance mm (both in the reference's
-spacing), precision and recall.
+spacing), precision and recall. A label that only one of the two maps holds (a
+missed or a spurious structure) gets the image's diagonal in mm as its HD95,
+longer than any distance inside it, so a miss makes the mean HD95 worse (as in
+the Medical Segmentation Decathlon's scoring); absent from both, not counted.
+Label values that dataset.json does not declare are refused; nnU-Net v2's
+"ignore" label is not scored, and the reference's ignore voxels are left out.
 
   napari-pgps evaluate --model RUN --data DIR [--split validation]
   napari-pgps evaluate --model RUN_F0 RUN_F1 ... --data DIR --split validation
@@ -466,7 +517,9 @@ def _export(args: argparse.Namespace) -> int:
     from .engine.package import read_model_package
     from .tasks.export import export_model
 
-    path = export_model(args.model, args.out, overwrite=args.force, onnx=args.onnx, patch_size=args.patch_size)
+    check_writable(args.out)
+    check_outputs([args.out], [args.model], overwrite=args.overwrite)
+    path = export_model(args.model, args.out, overwrite=args.overwrite, onnx=args.onnx, patch_size=args.patch_size)
     manifest = read_model_package(path)["package"]
     members = ", ".join(manifest["members"])
     print(f"{path}: {manifest['architecture']} ({manifest['parameters']:,} parameters, kind {manifest['kind']}), "
@@ -480,6 +533,14 @@ def _export(args: argparse.Namespace) -> int:
 
 # -- segment ------------------------------------------------------------------
 def _segment(args: argparse.Namespace) -> int:
+    """Segment every input, one image in memory at a time, after checking all of them and all outputs.
+
+    Nothing is written before every input is known to be good: the outputs are planned and checked first
+    (:func:`segment_plan`), then every input is read once and dropped (the reader refuses a damaged file, a 2D
+    volume, NaN or infinite values, channels of differing geometry), and only then is each read again, segmented
+    and written. A header-only check would be cheaper but would miss bad values and damaged data; reading twice
+    costs little beside segmenting, and memory no longer grows with the folder.
+    """
     from .data.volume import read_image, write_volume
     from .engine import load_model, segment_volume
     from .engine.metrics import entropy_map
@@ -490,14 +551,11 @@ def _segment(args: argparse.Namespace) -> int:
     if args.patch_size:
         for each in models:
             check_inference_patch(each.config.model, args.patch_size)
-    inputs = segment_inputs(Path(args.input), model.config.model.in_channels)
-    target = Path(args.output)
-    many = len(inputs) > 1 or Path(args.input).is_dir() or target.is_dir() or args.output.endswith(("/", "\\"))
-    images = []
-    for paths in inputs:  # read and check every input before writing anything
-        images.append(read_image(paths))
-    for paths, image in zip(inputs, images):
-        out = target / _output_name(paths[0]) if many else target
+    plan = segment_plan(args, model.config.model.in_channels)
+    for paths, _ in plan:  # read and check every input before writing anything
+        read_image(paths)
+    for paths, out in plan:
+        image = read_image(paths)
         result = segment_volume(models, image, patch_size=args.patch_size, mirror=args.tta,
                                 keep_probabilities=args.uncertainty, postprocess=not args.no_postprocessing)
         write_volume(result.labels, out)
@@ -508,6 +566,35 @@ def _segment(args: argparse.Namespace) -> int:
             notes += f"; uncertainty in {written.name}"
         print(f"{out}: {volumes}{notes}", flush=True)
     return 0
+
+
+def segment_plan(args: argparse.Namespace, channels: int) -> list[tuple[list[Path], Path]]:
+    """Each image to segment (its channel files) and the file its segmentation goes to, checked before any work.
+
+    ``--output`` is one file for one input file, else a folder (one that exists, or a name ending in ``/``). The
+    outputs (with ``--uncertainty`` their uncertainty files too) are refused when their folder cannot be written,
+    when one would replace an input (the output folder being the input folder included), when two would be one
+    file, or when one exists and ``--overwrite`` is not given.
+
+    Raises:
+        InputError: one line naming the input or output and what to do.
+    """
+    from .data.volume import case_name
+
+    source, target = Path(args.input), Path(args.output)
+    inputs = segment_inputs(source, channels)
+    many = len(inputs) > 1 or source.is_dir() or target.is_dir() or args.output.endswith(("/", "\\"))
+    check_writable(target, folder=many)
+    if not many and case_name(target) == target.name:
+        raise InputError(f"{target}: choose an output ending in .nii.gz, .nii, .tif or .tiff.")
+    if many and target.is_dir() and source.is_dir() and os.path.samefile(source, target):
+        raise InputError(f"{target}: is the input folder; write the segmentations to another folder, an input is "
+                         "never overwritten.")
+    plan = [(paths, target / _output_name(paths[0]) if many else target) for paths in inputs]
+    outputs = [out for _, out in plan] + ([_uncertainty_path(out) for _, out in plan] if args.uncertainty else [])
+    check_outputs(outputs, [source, *(path for paths in inputs for path in paths), *args.model],
+                  overwrite=args.overwrite)
+    return plan
 
 
 def _uncertainty_path(output: Path) -> Path:
@@ -582,6 +669,10 @@ def _evaluate(args: argparse.Namespace) -> int:
 
     if (args.model is None) == (args.predictions is None):
         raise InputError("give either --model RUN [RUN ...] (segment, then score) or --predictions DIR (score a folder).")
+    if args.json:
+        check_writable(args.json)
+        check_outputs([args.json], [args.data, *(args.model or []), *([args.predictions] if args.predictions else [])],
+                      overwrite=args.overwrite)
 
     def tell(name, dice):
         print(f"{name}: " + ", ".join(f"{k} {v:.4f}" for k, v in dice.items()), flush=True)
@@ -668,15 +759,49 @@ def _schedule(args: argparse.Namespace) -> int:
 
 
 def _bench(args: argparse.Namespace) -> int:
-    from .tasks.bench import BenchSettings, run_bench
+    from .tasks.bench import BenchSettings, replaced_runs, run_bench
 
     settings = BenchSettings(data=str(args.data), schedules=[s.strip() for s in args.schedules.split(",") if s.strip()],
                              seeds=args.seeds, first_seed=args.first_seed, profile=args.profile, epochs=args.epochs,
                              iterations_per_epoch=args.iterations_per_epoch, device=args.device,
                              time_budget=parse_duration(args.time_budget) if args.time_budget else None,
                              config=args.config)
-    run_bench(settings, Path(args.out), progress=lambda line: print(line, flush=True))
+    out = check_writable(args.out, folder=True)
+    if out.is_dir() and Path(args.data).is_dir() and os.path.samefile(out, args.data):
+        raise InputError(f"{out}: is the dataset folder; write the report to another folder.")
+    replaced = replaced_runs(settings, out)
+    if replaced and not args.overwrite:
+        raise InputError(f"{out}: keeps {len(replaced)} run(s) measured with another configuration (e.g. "
+                         f"{replaced[0].name}); choose another folder, or add --overwrite to measure them again.")
+    run_bench(settings, out, progress=lambda line: print(line, flush=True))
     print((Path(args.out) / "report.md").read_text())
+    return 0
+
+
+# -- info ---------------------------------------------------------------------
+_INFO_HELP = """Print what napari-pgps reads from a volume file: what training, segment and
+the napari reader will see.
+
+  shape        the voxels (Z, Y, X)
+  channels     1, or C of a 4D NIfTI or a TIFF hyperstack
+  spacing_mm   the voxel size (Z, Y, X) in mm (TIFF: from its resolution unit or ImageJ unit)
+  orientation  where the file's voxel axes point, in the file's order (i, j, k) = (X, Y, Z):
+               RAS is i to the right, j anterior, k superior (nibabel's aff2axcodes)
+  affine       voxel (i, j, k, 1) to world (x, y, z, 1) in mm, RAS+
+  dtype        the voxel type stored in the file
+  values       the value range; and the label values of a map of a few whole numbers
+  notes        what reading assumed (e.g. spacing unknown, 1 mm assumed), or what will be refused
+
+The --json keys shape, channels, spacing_mm and orientation are stable. A file that cannot
+be read ends with one line saying why, exit status 2.
+"""
+
+
+def _info(args: argparse.Namespace) -> int:
+    from .data.info import describe_file, info_text
+
+    description = describe_file(args.file)
+    print(json.dumps(description) if args.json else info_text(description))
     return 0
 
 
@@ -688,7 +813,7 @@ def _demo(args: argparse.Namespace) -> int:
     if args.headless:
         from .demo import run_headless_demo
 
-        run_headless_demo(Path(args.out), device=args.device)
+        run_headless_demo(check_writable(args.out, folder=True), device=args.device)
         return 0
     import napari
 

@@ -264,7 +264,11 @@ class RunConfig:
     training: TrainingConfig = field(default_factory=TrainingConfig)
     pruning: PruningConfig = field(default_factory=PruningConfig)
     labels: Optional[dict[int, str]] = None
-    """Label value -> name, background (0) included; read from ``dataset.json``."""
+    """Label value -> name, background (0) included; read from ``dataset.json``. The classes the network predicts:
+    nnU-Net v2's ``ignore`` label is not among them (see ``ignore_label``)."""
+    ignore_label: Optional[int] = None
+    """The value of nnU-Net v2's ``ignore`` label in the training label maps (unannotated voxels: left out of the
+    loss and the validation Dice, never predicted), or ``None``; read from ``dataset.json``."""
     channels: Optional[list[str]] = None
     """The input channels' names in the order the model takes them (e.g. ["FLAIR", "T1c"]); from ``dataset.json``."""
 
@@ -286,19 +290,91 @@ class RunConfig:
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> "RunConfig":
-        """Read a YAML config (``yaml.safe_load``: no code in the file is run)."""
+        """Read a YAML config (``yaml.safe_load``: no code in the file is run) and :meth:`validate` it.
+
+        Raises:
+            InputError: one line: the file is missing or not YAML (naming the line and column of the fault), a
+                setting is unknown, of the wrong type or out of its range.
+        """
         path = Path(path)
         try:
             values = yaml.safe_load(path.read_text())
         except FileNotFoundError:
             raise InputError(f"{path}: configuration file not found.") from None
-        except (OSError, UnicodeDecodeError, yaml.YAMLError) as exc:
+        except yaml.YAMLError as exc:
+            raise InputError(_yaml_fault(path, exc)) from None
+        except (OSError, UnicodeDecodeError) as exc:
             raise InputError(f"{path}: not a readable YAML configuration ({exc}).") from None
         if values is None:
             values = {}
         if not isinstance(values, dict):
             raise InputError(f"{path}: a configuration must be a YAML mapping of sections.")
-        return cls.from_dict(values, source=str(path))
+        return cls.from_dict(values, source=str(path)).validate(source=str(path))
+
+    def validate(self, source: str = "") -> "RunConfig":
+        """Check that every number is in its range; automatic (``None``) values pass. Returns the config.
+
+        Called when a configuration is read (:meth:`load`), by the command line once its flags are applied, and
+        by :func:`napari_pgps.engine.resolve.resolve_config` before a run, so that a bad value is refused before
+        any work, never met as a traceback mid-run.
+
+        Args:
+            source: where the values come from (a file), to name in the message.
+
+        Raises:
+            InputError: one line naming the option (its flag, where it has one), the value and the range.
+        """
+        data, model, training, pruning = self.data, self.model, self.training, self.pruning
+
+        def check(flag: Optional[str], setting: str, value: Any, rule: str, holds) -> None:
+            if value is None or holds(value):
+                return
+            name = f"{flag} ({setting})" if flag else setting
+            shown = " ".join(map(str, value)) if isinstance(value, (list, tuple)) else value
+            raise InputError(f"{source + ': ' if source else ''}{name} is {shown}; it must be {rule}.")
+
+        check("--learning-rate", "training.learning_rate", training.learning_rate,
+              "a number of 0 or more (0 leaves the weights as they start)", lambda v: 0 <= v < float("inf"))
+        check("--epochs", "training.epochs", training.epochs, "at least 1", lambda v: v >= 1)
+        check("--iterations-per-epoch", "training.iterations_per_epoch", training.iterations_per_epoch, "at least 1",
+              lambda v: v >= 1)
+        check("--batch-size", "training.batch_size", training.batch_size, "at least 1", lambda v: v >= 1)
+        check("--time-budget", "training.time_budget", training.time_budget, "longer than zero", lambda v: v > 0)
+        check(None, "training.validate_every", training.validate_every, "at least 1", lambda v: v >= 1)
+        check(None, "training.weight_decay", training.weight_decay, "0 or more", lambda v: v >= 0)
+        check(None, "training.momentum", training.momentum, "in [0, 1)", lambda v: 0 <= v < 1)
+        check(None, "training.poly_exponent", training.poly_exponent, "0 or more", lambda v: v >= 0)
+        check(None, "training.gradient_clip", training.gradient_clip, "greater than 0", lambda v: v > 0)
+        check("--max-cases", "data.max_cases", data.max_cases, "at least 1", lambda v: v >= 1)
+        check("--folds", "data.folds", data.folds, "at least 2", lambda v: v >= 2)
+        check("--fold", "data.fold", data.fold, f"a fold of the {data.folds}-fold cross-validation, 0 to {data.folds - 1}",
+              lambda v: 0 <= v < data.folds)
+        check(None, "data.validation_fraction", data.validation_fraction, "in [0, 1)", lambda v: 0 <= v < 1)
+        check(None, "data.foreground_oversampling", data.foreground_oversampling, "a probability in [0, 1]",
+              lambda v: 0 <= v <= 1)
+        check(None, "data.loader_workers", data.loader_workers, "0 or more", lambda v: v >= 0)
+        check("--patch-size", "model.patch_size", model.patch_size, "three sizes of at least 1 voxel",
+              lambda v: len(v) == 3 and min(v) >= 1)
+        check(None, "model.spacing", model.spacing, "three spacings greater than 0 mm", lambda v: min(v) > 0)
+        check(None, "model.base_channels", model.base_channels, "at least 1", lambda v: v >= 1)
+        check(None, "model.max_channels", model.max_channels, "at least 1", lambda v: v >= 1)
+        check(None, "model.hypernet_hidden", model.hypernet_hidden, "at least 1", lambda v: v >= 1)
+        check(None, "pruning.prune_step", pruning.prune_step, "at least 1", lambda v: v >= 1)
+        check(None, "pruning.stop_fraction", pruning.stop_fraction, "in [0, 1]", lambda v: 0 <= v <= 1)
+        check(None, "pruning.min_branches", pruning.min_branches, "0 or more", lambda v: v >= 0)
+        check(None, "pruning.patience", pruning.patience, "0 or more", lambda v: v >= 0)
+        check(None, "pruning.calibration_batches", pruning.calibration_batches, "at least 1", lambda v: v >= 1)
+        return self
+
+
+def _yaml_fault(path: Path, exc: yaml.YAMLError) -> str:
+    """One line for a file that is not YAML: where (line, column) and what the parser met."""
+    mark = getattr(exc, "problem_mark", None)
+    where = f", line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+    problem = getattr(exc, "problem", None) or str(exc)
+    problem = " ".join(problem.replace("\t", "\\t").split())
+    return (f"{path}{where}: not a readable YAML configuration ({problem}); correct the file there (indent with "
+            "spaces, put ': ' after each name, close quotes and brackets).")
 
 
 PRUNING_RULES = {

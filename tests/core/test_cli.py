@@ -46,7 +46,10 @@ def test_train_segment_evaluate(tmp_path, phantom_dataset, capsys):
     assert f"mean Dice {report['mean_dice']:.4f}" in capsys.readouterr().out
 
     assert main(["evaluate", "--model", str(tmp_path / "run"), "--data", str(phantom_dataset), "--split", "validation",
-                 "--json", str(report_path)]) == 0
+                 "--json", str(report_path)]) == 2  # the report of the first evaluation is kept...
+    assert "--overwrite" in capsys.readouterr().err and len(json.loads(report_path.read_text())["cases"]) == 6
+    assert main(["evaluate", "--model", str(tmp_path / "run"), "--data", str(phantom_dataset), "--split", "validation",
+                 "--json", str(report_path), "--overwrite"]) == 0  # ...unless replaced on purpose
     assert len(json.loads(report_path.read_text())["cases"]) == 1
 
 
@@ -103,7 +106,7 @@ def _break(dataset, kind):
         ("empty", "no training case"),
         ("undeclared", "not declared in dataset.json"),
         ("shape", "label shape"),
-        ("affine", "affine differs"),
+        ("affine", "grid differs from the image's"),
         ("fractional", "non-integer"),
     ],
 )

@@ -51,3 +51,70 @@ def test_yaml_with_python_tags_is_refused_not_run(tmp_path):
 def test_missing_config_file(tmp_path):
     with pytest.raises(InputError, match="not found"):
         RunConfig.load(Path(tmp_path / "nope.yaml"))
+
+
+def test_malformed_yaml_is_one_line_naming_line_and_column(tmp_path):
+    (tmp_path / "c.yaml").write_text("training:\n  epochs: 3\n  batch_size: 'two\n")
+    with pytest.raises(InputError) as error:
+        RunConfig.load(tmp_path / "c.yaml")
+    message = str(error.value)
+    assert "\n" not in message
+    assert message.startswith(f"{tmp_path / 'c.yaml'}, line 4, column 1: not a readable YAML configuration (")
+    assert "correct the file there" in message
+
+
+def test_a_tab_in_yaml_is_named_on_one_line(tmp_path):
+    (tmp_path / "c.yaml").write_text("training:\n\tepochs: 3\n")
+    with pytest.raises(InputError, match=r"line 2, column 1: .*found character '\\t'") as error:
+        RunConfig.load(tmp_path / "c.yaml")
+    assert "\n" not in str(error.value) and "\t" not in str(error.value)
+
+
+@pytest.mark.parametrize("section, name, value, says", [
+    ("training", "learning_rate", -1.0, "--learning-rate (training.learning_rate) is -1.0; it must be a number of 0 or more"),
+    ("training", "epochs", 0, "--epochs (training.epochs) is 0; it must be at least 1"),
+    ("training", "iterations_per_epoch", 0, "--iterations-per-epoch"),
+    ("training", "batch_size", 0, "--batch-size"),
+    ("training", "time_budget", 0.0, "--time-budget (training.time_budget) is 0.0; it must be longer than zero"),
+    ("training", "momentum", 1.0, "training.momentum is 1.0; it must be in [0, 1)"),
+    ("data", "max_cases", 0, "--max-cases"),
+    ("data", "folds", 1, "--folds (data.folds) is 1; it must be at least 2"),
+    ("data", "fold", 3, "--fold (data.fold) is 3; it must be a fold of the 3-fold cross-validation, 0 to 2"),
+    ("data", "foreground_oversampling", -0.1, "data.foreground_oversampling is -0.1; it must be a probability in [0, 1]"),
+    ("data", "validation_fraction", 1.0, "data.validation_fraction"),
+    ("model", "patch_size", (8, 0, 32), "--patch-size (model.patch_size) is 8 0 32; it must be three sizes"),
+    ("pruning", "stop_fraction", 2.0, "pruning.stop_fraction"),
+])
+def test_validate_names_the_option_out_of_range(section, name, value, says):
+    config = RunConfig()
+    config.data.folds = 3
+    setattr(getattr(config, section), name, value)
+    with pytest.raises(InputError) as error:
+        config.validate()
+    assert says in str(error.value) and "\n" not in str(error.value)
+
+
+def test_validate_passes_the_defaults_and_automatic_values():
+    config = RunConfig()
+    assert config.validate() is config
+    config.data.fold, config.training.learning_rate, config.training.epochs = 4, 3e-4, 1
+    config.validate()
+
+
+def test_a_config_file_is_validated_when_read(tmp_path):
+    (tmp_path / "c.yaml").write_text("training: {batch_size: 0}\n")
+    with pytest.raises(InputError, match=r"c.yaml: --batch-size \(training.batch_size\) is 0; it must be at least 1"):
+        RunConfig.load(tmp_path / "c.yaml")
+
+
+def test_resolve_validates_a_config_given_in_python(phantom_dataset):
+    """The widgets and Python train without the command line's checks: resolve_config refuses the value too."""
+    from helpers import quick_config
+
+    from napari_pgps import train
+
+    config = quick_config(phantom_dataset)
+    config.training.learning_rate = -1.0
+    with pytest.raises(InputError, match="--learning-rate"):
+        for _ in train(config):
+            pass

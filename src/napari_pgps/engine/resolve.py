@@ -13,6 +13,7 @@ augmentation (both from the architecture registry).
 from __future__ import annotations
 
 import copy
+import os
 from dataclasses import dataclass
 from typing import Optional, Sequence
 
@@ -89,18 +90,23 @@ def resolve_config(
     channels: Sequence[str],
     fingerprint: Fingerprint,
     device: torch.device,
+    ignore_label: Optional[int] = None,
 ) -> RunConfig:
     """A copy of ``config`` with every automatic value filled and every choice checked.
 
     Args:
-        labels: label value -> name, background included.
+        labels: the classes, label value -> name, background included (the network has one output per class).
         channels: the input channels' names (``dataset.json``), in order.
         fingerprint: of the dataset's cases (spacing and shape in the canonical orientation, foreground intensities).
+        ignore_label: the value of nnU-Net v2's ignore label in the label maps (not a class), or ``None``.
 
     Raises:
-        InputError: an unknown choice or a patch size the network cannot take.
+        InputError: an unknown choice, a number out of its range (:meth:`RunConfig.validate`) or a patch size the
+            network cannot take.
     """
-    resolved = copy.deepcopy(config)
+    resolved = copy.deepcopy(config.validate())
+    if resolved.data.path:  # stored absolute, so that a resume from another working folder finds the data
+        resolved.data.path = os.path.abspath(resolved.data.path)
     model, training, curriculum = resolved.model, resolved.training, resolved.curriculum
     if model.architecture is None:
         model.architecture = default_architecture(resolved)
@@ -120,13 +126,7 @@ def resolve_config(
                          "(or curriculum.schedule: augment).")
     if spec.only_training_patch and curriculum.schedule != "constant":
         raise InputError(f"{spec.name} takes only its training patch size; use --schedule constant or another network.")
-    if model.hypernet_hidden < 1:
-        raise InputError(f"hypernet_hidden {model.hypernet_hidden} must be at least 1.")
-    if training.batch_size < 1:
-        raise InputError(f"batch size {training.batch_size} must be at least 1.")
     data = resolved.data
-    if not 0.0 <= data.foreground_oversampling <= 1.0:
-        raise InputError("foreground oversampling must be a probability between 0 and 1.")
     if data.oversampling not in OVERSAMPLING_RULES:
         raise InputError(f"unknown oversampling rule '{data.oversampling}'; choose one of {', '.join(OVERSAMPLING_RULES)}.")
     data.augmentation = data.augmentation or profile.augmentation
@@ -134,18 +134,13 @@ def resolve_config(
         raise InputError(f"unknown augmentation '{data.augmentation}'; choose one of {', '.join(AUGMENTATIONS)}.")
     if data.loader_workers is None:
         data.loader_workers = profile.loader_workers
-    if data.loader_workers < 0:
-        raise InputError("loader workers must be 0 (cut crops in the training process) or more.")
     if len(resolved.preprocessing.orientation) != 3 or set(resolved.preprocessing.orientation.upper()) - set("RLAPSI"):
         raise InputError(f"orientation '{resolved.preprocessing.orientation}' is not three axis codes such as RAS or LPS.")
-    if training.validate_every < 1:
-        raise InputError("validate every N epochs needs N of at least 1.")
     if resolved.pruning.enabled and not spec.branch_prunable:
         raise InputError("progressive pruning removes PRM branches: use --architecture prm (or channel pruning of a trained model: napari-pgps prune).")
-    if not 0.0 <= resolved.pruning.stop_fraction <= 1.0 or resolved.pruning.min_branches < 0 or resolved.pruning.prune_step < 1:
-        raise InputError("pruning needs a stop fraction in [0, 1], a prune step of at least 1 and min branches of at least 0.")
 
     resolved.labels = dict(sorted(labels.items()))
+    resolved.ignore_label = ignore_label
     if resolved.channels is not None and list(resolved.channels) != list(channels):
         raise InputError(f"the data has channels {list(channels)}, the configuration {list(resolved.channels)}; "
                          "give the channels in the order the model takes them.")
@@ -177,12 +172,8 @@ def resolve_config(
     if training.time_budget is None and training.epochs is None:
         # the device's defaults: its epochs, within its budget
         training.time_budget, training.epochs = profile.time_budget, profile.epochs
-    if training.time_budget is not None and training.time_budget <= 0:
-        raise InputError("the time budget must be longer than zero.")
     if training.iterations_per_epoch is None:
         training.iterations_per_epoch = profile.iterations_per_epoch
     if training.learning_rate is None:
         training.learning_rate = 1e-2 if training.optimizer == "sgd" else 1e-3
-    if (training.epochs is not None and training.epochs < 1) or training.iterations_per_epoch < 1:
-        raise InputError("epochs and iterations per epoch must be at least 1.")
     return resolved

@@ -70,7 +70,7 @@ from ..files import write_text_atomically
 from ..models import build_network, count_parameters, deep_supervision_heads, model_kind, patch_divisor, split_outputs
 from ..models.architectures import minimum_patch
 from ..plugins import TrainingPlugin
-from . import distributed
+from . import distributed, run_folder
 from .budget import RunCost, measure_step_cost, plan_epochs
 from .checkpoint import BEST, FINAL, LAST, SPLITS_FILE, load_checkpoint, save_checkpoint, start_from_model
 from .control import TrainingControl
@@ -78,11 +78,8 @@ from .device import autocast_dtype, describe, pick_device, training_memory_forma
 from .inference import predict_probabilities, window_count
 from .losses import BatchDiceCELoss
 from .metrics import dice_per_label, mean_of, summarize_dice
+from .progress import restart_log
 from .resolve import resolve_config
-
-RUN_FILES = (CONFIG_FILE, METRICS_FILE, LAST)
-"""A folder holding any of these holds a run."""
-
 
 REPLAN_MARGIN = 0.05
 """A run planned to a budget is planned again at the end of an epoch when, at the speed its steps go now, it would
@@ -128,8 +125,10 @@ def train(
             checkpoint is used instead (only ``training.device`` is taken from
             ``config``).
         run_dir: a new folder for ``config.yaml``, ``splits.json``,
-            ``metrics.jsonl`` and the checkpoints (one that already holds a
-            run is refused unless resuming it); ``None`` trains without writing anything.
+            ``metrics.jsonl`` and the checkpoints, made and locked before the
+            data is read (:mod:`.run_folder`: one that is in use by another run, or already
+            holds a checkpoint, is refused unless resuming it; the files of a
+            run that ended before its first checkpoint are replaced); ``None`` trains without writing anything.
         dataset: labelled cases in memory (e.g. napari layers); read from
             ``config.data.path`` when ``None``.
         control: stop / pause requests from another thread.
@@ -145,21 +144,20 @@ def train(
         Validated, CheckpointSaved, the plug-ins' events (CasesAdded,
         PruningStep) and finally Finished.
     """
-    control = control or TrainingControl()
     run_dir = Path(run_dir) if run_dir is not None else None
+    with run_folder.claim(run_dir, resume=resume, lock=distributed.context_from_env().is_main) as notes:
+        yield from _train(config, run_dir, dataset, control or TrainingControl(), resume, initial_weights, plugins, notes)
+
+
+def _train(config, run_dir, dataset, control, resume, initial_weights, plugins, notes) -> Iterator[Event]:
+    """:func:`train` in its claimed run folder; ``notes`` (what the user should know of the folder) open RunStarted's."""
     device = pick_device(config.training.device)
     state: Optional[dict[str, Any]] = None
     if resume:
-        if run_dir is None:
-            raise InputError("resuming needs the run folder of the run to continue.")
-        if not (run_dir / LAST).is_file():
-            raise InputError(f"{run_dir}: no {LAST} to resume from; start a new run without resuming.")
         state = load_checkpoint(run_dir / LAST)
         requested_device = config.training.device
         config = RunConfig.from_dict(state["config"], source=str(run_dir / LAST))
         config.training.device = requested_device
-    elif run_dir is not None and any((run_dir / name).exists() for name in RUN_FILES):
-        raise InputError(f"{run_dir} already holds a run; resume it (--resume) or choose a new run folder.")
     missing = [name for name in training_methods(config) if name not in {p.name for p in plugins}]
     if missing:
         raise InputError(f"the configuration asks for {', '.join(missing)}, which this training loop was not given; "
@@ -187,10 +185,10 @@ def train(
         prep = config.preprocessing
         fingerprint = yield from _reporting("fingerprint", source.fingerprint(prep.orientation, prep.crop_to_nonzero))
         config = resolve_config(config, labels=source.labels, channels=source.channels, fingerprint=fingerprint,
-                                device=device)
+                                device=device, ignore_label=source.ignore_label)
         store = yield from _reporting("preprocessing", source.preprocessed(PreprocessingPlan.of(config)))
         with distributed.process_group(device) as (context, device):
-            run = _Run(config, run_dir, store, split, device, control, state, context, initial_weights, plugins)
+            run = _Run(config, run_dir, store, split, device, control, state, context, initial_weights, plugins, notes)
             try:
                 yield from run.run()
             finally:
@@ -224,9 +222,11 @@ class _Run:
     """One training run's state (what plug-ins see, :class:`napari_pgps.plugins.TrainingRun`); :meth:`run` yields the events."""
 
     def __init__(self, config, run_dir, store: PreprocessedDataset, split: dict, device, control, state,
-                 context=distributed.SINGLE, initial_weights=None, plugins=()):
+                 context=distributed.SINGLE, initial_weights=None, plugins=(), notes=()):
         self.config: RunConfig = config
         self.run_dir: Optional[Path] = run_dir
+        self.folder_notes: tuple[str, ...] = tuple(notes)
+        """What the user should know of the run folder (its files that this run replaces), for RunStarted."""
         self.context: distributed.DistributedContext = context
         self.writes = run_dir is not None and context.is_main
         self.device = device
@@ -234,6 +234,8 @@ class _Run:
         t = config.training
         self.label_names = [config.labels[v] for v in sorted(config.labels)][1:]
         self.num_labels = len(config.labels)
+        self.ignore_index = PreprocessingPlan.of(config).ignore_index
+        """The label index of nnU-Net v2's ignore label in the store (not a class), or ``None``."""
         torch.manual_seed(t.seed)
         self.rng, self.draw_rng = distributed.generators(t.seed, context)
         self.store = store
@@ -265,7 +267,8 @@ class _Run:
             device, memory_format=self.memory_format)
         self.amp = self.low_precision is torch.float16
         self.model = distributed.wrap(self.network, device, context)
-        self.loss = _loss(deep_supervision=deep_supervision_heads(config.model) > 0, across_ranks=context.enabled)
+        self.loss = _loss(deep_supervision=deep_supervision_heads(config.model) > 0, across_ranks=context.enabled,
+                          ignore_index=self.ignore_index)
         self.started_at = time.perf_counter()
         self._probe_sampler: Optional[PatchSampler] = None
         self._probe_optimizer: Optional[torch.optim.Optimizer] = None
@@ -310,6 +313,7 @@ class _Run:
             self.run_dir.mkdir(parents=True, exist_ok=True)
             self._save_config()
             write_text_atomically(self.run_dir / SPLITS_FILE, json.dumps(self.split, indent=1) + "\n")
+            restart_log(self.run_dir / METRICS_FILE, self.epoch, self.step)  # a resumed run's steps are logged once
         yield self._log(
             RunStarted(
                 run_dir=str(self.run_dir) if self.run_dir else None,
@@ -328,7 +332,7 @@ class _Run:
                 volume_class_fractions=self.volume_fractions,
                 time_budget=t.time_budget,
                 expected_seconds=self.expected_seconds,
-                notes=tuple(note for plugin in self.plugins for note in plugin.notes(self)),
+                notes=self.folder_notes + tuple(note for plugin in self.plugins for note in plugin.notes(self)),
             )
         )
         stopped = False
@@ -420,8 +424,8 @@ class _Run:
     def _plan(self, stage) -> tuple[Any, int]:
         """One step's batch plan (this rank's share of the global batch) and the global batch size."""
         patch, batch_size = self.schedule.draw(stage, self.draw_rng)
-        local = distributed.split_batch(batch_size, self.context)
-        return self.sampler.plan(patch, local, crops_per_case(batch_size, self.schedule.final_batch)), batch_size
+        share = distributed.batch_share(batch_size, self.context)
+        return self.sampler.plan(patch, batch_size, crops_per_case(batch_size, self.schedule.final_batch), share), batch_size
 
     def _train_step(self, batches: Iterator[Any], batch_size: int) -> StepDone:
         start = time.perf_counter()
@@ -635,7 +639,11 @@ class _Run:
                 batch_size=self.config.training.batch_size,
                 mixed_precision=self.config.training.mixed_precision,
             )
-            per_case.append(dice_per_label(np.argmax(probabilities, axis=0), truth, self.num_labels))
+            prediction = np.argmax(probabilities, axis=0)
+            if self.ignore_index is not None:  # the ignore label's voxels are scored as nothing
+                ignored = truth == self.ignore_index
+                prediction, truth = np.where(ignored, 0, prediction), np.where(ignored, 0, truth)
+            per_case.append(dice_per_label(prediction, truth, self.num_labels))
         self.network.train()
         dice = summarize_dice(distributed.unshard(per_case, self.context), self.label_names)
         self.last_mean_dice = mean_of(dice)
@@ -775,11 +783,12 @@ def _optimizer(network: torch.nn.Module, t) -> torch.optim.Optimizer:
     )
 
 
-def _loss(deep_supervision: bool, across_ranks: bool = False):
-    """Dice + cross-entropy (nnU-Net's batch Dice without background, global over DDP ranks), with deep supervision if used."""
+def _loss(deep_supervision: bool, across_ranks: bool = False, ignore_index: Optional[int] = None):
+    """Dice + cross-entropy (nnU-Net's batch Dice without background, global over DDP ranks), with deep supervision if
+    used; voxels of label index ``ignore_index`` (nnU-Net v2's ignore label) count in neither."""
     from monai.losses import DeepSupervisionLoss
 
-    dice_ce = BatchDiceCELoss(smooth=1e-5, distributed=across_ranks)
+    dice_ce = BatchDiceCELoss(smooth=1e-5, distributed=across_ranks, ignore_index=ignore_index)
     if deep_supervision:
         supervised = DeepSupervisionLoss(dice_ce, weight_mode="exp")
         return lambda outputs, target: supervised(outputs, target)

@@ -21,7 +21,7 @@ import statistics
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Optional, Sequence
+from typing import Any, Iterator, Optional, Sequence
 
 import numpy as np
 
@@ -149,23 +149,20 @@ def run_bench(settings: BenchSettings, out: Path, progress=print) -> dict[str, A
     out.mkdir(parents=True, exist_ok=True)
     runs = []
     context = multiprocessing.get_context("spawn")
-    for seed in range(settings.first_seed, settings.first_seed + settings.seeds):
-        for schedule in settings.schedules:
-            config = bench_config(settings, schedule, seed).to_dict()
-            saved = out / RUNS_FOLDER / f"{schedule}-seed{seed}.json"
-            result = _measured_before(saved, config)
-            if result is not None:
-                progress(f"seed {seed}, {schedule}: measured before with the same configuration ({saved}), kept")
-            else:
-                progress(f"seed {seed}, {schedule}: training...")
-                with context.Pool(1) as pool:
-                    result = pool.apply(run_one, (config,))
-                result["schedule"] = schedule  # the bench's name: constant+pdl trains the constant schedule
-                saved.parent.mkdir(exist_ok=True)
-                write_text_atomically(saved, json.dumps({"config": config, "result": result}, indent=1) + "\n")
-            runs.append(result)
-            progress(f"seed {seed}, {schedule}: mean Dice {result['mean_dice']:.4f}, "
-                     f"{result['training_seconds']:.0f} s training, peak {result['peak_memory_mib']:.0f} MiB")
+    for seed, schedule, config, saved in _planned_runs(settings, out):
+        result = _measured_before(saved, config)
+        if result is not None:
+            progress(f"seed {seed}, {schedule}: measured before with the same configuration ({saved}), kept")
+        else:
+            progress(f"seed {seed}, {schedule}: training...")
+            with context.Pool(1) as pool:
+                result = pool.apply(run_one, (config,))
+            result["schedule"] = schedule  # the bench's name: constant+pdl trains the constant schedule
+            saved.parent.mkdir(exist_ok=True)
+            write_text_atomically(saved, json.dumps({"config": config, "result": result}, indent=1) + "\n")
+        runs.append(result)
+        progress(f"seed {seed}, {schedule}: mean Dice {result['mean_dice']:.4f}, "
+                 f"{result['training_seconds']:.0f} s training, peak {result['peak_memory_mib']:.0f} MiB")
     results = summarize(runs, settings)
     write_text_atomically(out / "results.json", json.dumps(results, indent=1) + "\n")
     from .bench_report import write_figures, write_report
@@ -173,6 +170,21 @@ def run_bench(settings: BenchSettings, out: Path, progress=print) -> dict[str, A
     write_figures(results, out)
     write_report(results, out)
     return results
+
+
+def _planned_runs(settings: BenchSettings, out: Path) -> Iterator[tuple[int, str, dict[str, Any], Path]]:
+    """(seed, schedule, configuration, the file its result is kept in) of every run of the bench, in order."""
+    for seed in range(settings.first_seed, settings.first_seed + settings.seeds):
+        for schedule in settings.schedules:
+            saved = out / RUNS_FOLDER / f"{schedule}-seed{seed}.json"
+            yield seed, schedule, bench_config(settings, schedule, seed).to_dict(), saved
+
+
+def replaced_runs(settings: BenchSettings, out: Path) -> list[Path]:
+    """The results kept in ``out`` that the bench would measure again and replace: saved with another configuration
+    (the command line asks for ``--overwrite`` before it does)."""
+    return [saved for _, _, config, saved in _planned_runs(settings, out)
+            if saved.exists() and _measured_before(saved, config) is None]
 
 
 def _measured_before(path: Path, config: dict[str, Any]) -> Optional[dict[str, Any]]:
