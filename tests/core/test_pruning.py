@@ -220,3 +220,18 @@ def test_progressive_pruning_trains_the_prm_network_and_refuses_another(phantom_
     config.model.architecture = "dynunet"
     with pytest.raises(InputError, match="--architecture prm"):
         first_run_event(train(config))
+
+
+def test_the_decoupling_loss_counts_ignore_label_voxels_as_background():
+    from napari_pgps.pruning.decoupling import decoupling_terms
+
+    network = _trained_like(build_network(_prm_config()))  # 3 classes: indices 0, 1, 2; 3 is the ignore label
+    torch.manual_seed(1)
+    images = torch.randn(1, 1, 16, 32, 32)
+    labels = torch.zeros(1, 1, 16, 32, 32, dtype=torch.long)
+    labels[..., 4:10, 8:20, 8:20] = 1
+    ignored = labels.clone()
+    ignored[..., 10:14, :, :] = 3
+    terms = [decoupling_terms(network, images, each, network.encode(images), network.decode(network.encode(images)))
+             for each in (labels, ignored)]
+    torch.testing.assert_close(terms[0], terms[1])

@@ -639,11 +639,8 @@ class _Run:
                 batch_size=self.config.training.batch_size,
                 mixed_precision=self.config.training.mixed_precision,
             )
-            prediction = np.argmax(probabilities, axis=0)
-            if self.ignore_index is not None:  # the ignore label's voxels are scored as nothing
-                ignored = truth == self.ignore_index
-                prediction, truth = np.where(ignored, 0, prediction), np.where(ignored, 0, truth)
-            per_case.append(dice_per_label(prediction, truth, self.num_labels))
+            ignored = truth == self.ignore_index if self.ignore_index is not None else None  # scored as nothing
+            per_case.append(dice_per_label(np.argmax(probabilities, axis=0), truth, self.num_labels, ignore=ignored))
         self.network.train()
         dice = summarize_dice(distributed.unshard(per_case, self.context), self.label_names)
         self.last_mean_dice = mean_of(dice)

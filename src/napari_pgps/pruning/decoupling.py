@@ -21,10 +21,11 @@ from ..models.prm import PRMUNet
 LOW_PERCENTILE = 0.01
 
 
-def foreground_only(images: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-    """Images (B, 1, Z, Y, X) with background voxels (label 0 in labels (B, 1, Z, Y, X)) set to each image's 1st percentile."""
+def foreground_only(images: torch.Tensor, foreground: torch.Tensor) -> torch.Tensor:
+    """Images (B, 1, Z, Y, X) with the voxels outside ``foreground`` (boolean, (B, 1, Z, Y, X)) set to each image's
+    1st percentile."""
     low = torch.quantile(images.flatten(1).float(), LOW_PERCENTILE, dim=1).to(images.dtype)
-    return torch.where(labels > 0, images, low.view(-1, *([1] * (images.dim() - 1))))
+    return torch.where(foreground, images, low.view(-1, *([1] * (images.dim() - 1))))
 
 
 def decoupling_terms(
@@ -39,14 +40,16 @@ def decoupling_terms(
     The loss is their sum; progressive pruning also watches each one alone.
 
     Args:
-        images, labels: (B, 1, Z, Y, X).
+        images, labels: (B, 1, Z, Y, X); label indices from the network's classes up (nnU-Net v2's ignore label)
+            count as background here, as label 0 does.
         encoded: encoder features, full resolution first (:meth:`PRMUNet.encode`).
         decoded: decoder features, full resolution last (:meth:`PRMUNet.decode`).
     """
+    labelled = (labels > 0) & (labels < network.head.out_channels)
     with torch.no_grad():
-        reference = network.encode(foreground_only(images, labels))[1:]
+        reference = network.encode(foreground_only(images, labelled))[1:]
     l1 = sum((1.0 - F.cosine_similarity(f, r, dim=1)).mean() for f, r in zip(encoded[1:], reference))
     feature = decoded[-2] if len(decoded) > 1 else decoded[-1]
-    foreground = F.adaptive_avg_pool3d((labels > 0).to(feature.dtype), feature.shape[2:])
+    foreground = F.adaptive_avg_pool3d(labelled.to(feature.dtype), feature.shape[2:])
     l2 = F.binary_cross_entropy_with_logits(feature.mean(dim=1, keepdim=True), foreground)
     return l1, l2
