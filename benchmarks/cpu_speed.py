@@ -29,7 +29,7 @@ import torch
 
 from napari_pgps.config import ModelConfig
 from napari_pgps.engine.device import native_bf16
-from napari_pgps.engine.inference import cpu_convolutions
+from napari_pgps.engine.device import cpu_convolutions
 from napari_pgps.models import build_network, level_channels, plan_unet, split_outputs
 
 

@@ -11,6 +11,7 @@ import argparse
 import contextlib
 import errno
 import json
+import math
 import os
 import signal
 import sys
@@ -339,8 +340,9 @@ def _train(args: argparse.Namespace) -> int:
 
     overrides = [name for name in ("data", "config", "schedule", "epochs", "iterations_per_epoch", "batch_size",
                                    "patch_size", "architecture", "optimizer", "learning_rate", "max_cases", "seed",
-                                   "fold", "folds", "time_budget", "init_from")
-                 if getattr(args, name) is not None] + (["pdl"] if args.pdl else [])
+                                   "fold", "folds", "time_budget", "init_from", "prm_variant", "pruning_rule")
+                 if getattr(args, name) is not None]
+    overrides += [name for name in ("pdl", "progressive_pruning") if getattr(args, name)]  # store_true flags
     if args.resume:
         if overrides:
             flags = ", ".join("--" + n.replace("_", "-") for n in overrides)
@@ -714,7 +716,7 @@ def _print_scores(report: dict) -> None:
     header = ["label", "Dice", "HD95 (mm)", f"surface Dice ({report['tolerance_mm']:g} mm)", "precision", "recall"]
     print("  " + " | ".join(header))
     for name in report["dice_per_label"]:
-        cells = [f"{metrics[m][name]:.4f}" if metrics[m][name] == metrics[m][name] else "-"
+        cells = ["-" if math.isnan(metrics[m][name]) else f"{metrics[m][name]:.4f}"
                  for m in ("dice", "hd95", "surface_dice", "precision", "recall")]
         print("  " + " | ".join([name, *cells]))
 

@@ -402,14 +402,17 @@ def use_pruning_rule(config: RunConfig, rule: str) -> None:
             setattr(getattr(config, section), name, value)
 
 
+PDL_METHOD = "pdl"
+"""The name of PDL's training-loop plug-in (:class:`napari_pgps.curriculum.pdl.PDLCurriculum`): its key in
+checkpoints."""
+PSP_SEG_METHOD = "psp-seg"
+"""The name of PSP-Seg's training-loop plug-in (:class:`napari_pgps.pruning.psp_seg.PSPSeg`): its key in checkpoints."""
+
+
 def training_methods(config: RunConfig) -> list[str]:
     """The training-loop plug-ins (``napari_pgps.plugins.TrainingPlugin.name``) this configuration asks for."""
-    methods = []
-    if config.curriculum.pdl.enabled:
-        methods.append("pdl")
-    if config.pruning.enabled:
-        methods.append("psp-seg")
-    return methods
+    asked = {PDL_METHOD: config.curriculum.pdl.enabled, PSP_SEG_METHOD: config.pruning.enabled}
+    return [name for name, on in asked.items() if on]
 
 
 def _plain(value: Any) -> Any:

@@ -45,7 +45,7 @@ def open_demo_viewer(device: str = "auto"):
     viewer = napari.Viewer(title="napari-pgps demo")
     for data, meta, kind in phantom_layers():
         getattr(viewer, f"add_{kind}")(data, **meta)
-    state_for(viewer).set_config(demo_config(device=device))
+    state_for(viewer).config = demo_config(device=device)  # the widgets read it as they are built
     curriculum, trainer, segmenter = CurriculumWidget(viewer), TrainWidget(viewer), SegmentWidget(viewer)
     trainer.device.setCurrentText(device)
     trainer.time_budget.setValue(DEMO_MINUTES)

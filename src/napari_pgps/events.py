@@ -73,9 +73,9 @@ class RunStarted(Event):
 class Replanned(Event):
     """A run planned to a time budget, at the end of an epoch: its steps so far (those of stages with at least a
     quarter of the final step's voxels) took ``slowdown`` times the time the plan had measured, at which pace the
-    run would end more than 5% of the budget before or after it (e.g. a machine busy while the plan was timed), so
-    the epochs left were planned again with every cost scaled by it. ``epochs`` and ``expected_seconds`` replace
-    :class:`RunStarted`'s (or the last re-plan's)."""
+    run would end more than 5% of the budget or 60 s, whichever is less, before or after it (e.g. a machine busy
+    while the plan was timed), so the epochs left were planned again with every cost scaled by it. ``epochs`` and
+    ``expected_seconds`` replace :class:`RunStarted`'s (or the last re-plan's)."""
 
     epoch: int
     """Epochs completed when it was re-planned."""

@@ -7,6 +7,7 @@ import time
 import types
 
 import pytest
+import torch
 
 from helpers import quick_config
 from napari_pgps.engine import fold
@@ -89,6 +90,25 @@ def test_the_timed_steps_change_no_weight_and_no_draw(phantom_dataset):
                 return event.loss
 
     assert first_loss(600.0) == first_loss(None)
+
+
+@pytest.mark.skipif(not torch.backends.mkldnn.is_available(), reason="oneDNN is not in this torch build")
+def test_the_plan_times_validation_windows_on_the_kernels_validation_uses(phantom_dataset, monkeypatch):
+    """Validation segments on the CPU through oneDNN (``cpu_convolutions``); the plan's timed windows must too, or
+    a budget plans validations at the speed of kernels they do not run on."""
+    from napari_pgps import train
+
+    calls = []
+    original = torch.mkldnn_convolution
+    monkeypatch.setattr(torch, "mkldnn_convolution", lambda *a: calls.append(1) or original(*a))
+    config = quick_config(phantom_dataset, epochs=2, iterations=2)
+    config.training.time_budget = 600.0
+    events = train(config)
+    for event in events:
+        if isinstance(event, RunStarted):  # planned: its timed steps and windows have run, no training step yet
+            break
+    events.close()
+    assert calls  # the timed windows went through oneDNN, as validation's windows do
 
 
 def test_each_fixed_stage_is_planned_at_its_own_measured_cost():

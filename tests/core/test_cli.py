@@ -134,6 +134,21 @@ def test_bad_options_and_run_folders(tmp_path, phantom_dataset, trained_phantom_
     assert "no checkpoint_last.pt to resume from" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize("flags, named", [
+    (["--epochs", "3"], "--epochs"),
+    (["--pdl"], "--pdl"),
+    (["--prm-variant", "B"], "--prm-variant"),
+    (["--progressive-pruning"], "--progressive-pruning"),
+    (["--pruning-rule", "short-run"], "--pruning-rule"),
+])
+def test_resume_refuses_the_flags_it_would_ignore(tmp_path, flags, named, capsys):
+    # a resumed run keeps its stored configuration: a flag that would change it is refused, not silently dropped
+    assert main(["train", "--out", str(tmp_path / "run"), "--resume", *flags]) == 2
+    err = capsys.readouterr().err
+    assert "--resume continues with the run's stored configuration" in err and named in err
+    assert not (tmp_path / "run").exists()
+
+
 @pytest.mark.parametrize("content, message", [(b"garbage", "damaged or not a napari-pgps checkpoint"), (None, "not a napari-pgps checkpoint")])
 def test_bad_checkpoints_exit_2(tmp_path, phantom_dataset, content, message, capsys):
     checkpoint = tmp_path / "model.pt"

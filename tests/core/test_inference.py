@@ -59,7 +59,7 @@ def test_label_volumes_in_millilitres():
 
 def test_cpu_inference_runs_convolutions_through_onednn_with_the_same_result(monkeypatch):
     from napari_pgps.config import ModelConfig
-    from napari_pgps.engine import inference
+    from napari_pgps.engine.device import cpu_convolutions
     from napari_pgps.models import build_network
 
     model = ModelConfig(patch_size=(8, 32, 32), out_channels=3, kernel_sizes=[(1, 3, 3), (3, 3, 3), (3, 3, 3)],
@@ -71,7 +71,7 @@ def test_cpu_inference_runs_convolutions_through_onednn_with_the_same_result(mon
     monkeypatch.setattr(torch, "mkldnn_convolution", lambda *a: calls.append(1) or original(*a))
     with torch.no_grad():
         expected = network(x)
-        with inference.cpu_convolutions(torch.device("cpu")):
+        with cpu_convolutions(torch.device("cpu")):
             forced = network(x)
     assert len(calls) == sum(isinstance(m, torch.nn.Conv3d) for m in network.modules())
     assert torch.allclose(forced, expected, atol=1e-4)

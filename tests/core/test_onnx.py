@@ -19,7 +19,7 @@ from napari_pgps.cli import main  # noqa: E402
 from napari_pgps.data.preprocessing import PreprocessingPlan, preprocess_image  # noqa: E402
 from napari_pgps.data.volume import Volume, affine_from_spacing, read_volume, write_volume  # noqa: E402
 from napari_pgps.engine import load_model, onnx_runtime, segment_volume  # noqa: E402
-from napari_pgps.engine.inference import cpu_convolutions  # noqa: E402
+from napari_pgps.engine.device import cpu_convolutions  # noqa: E402
 from napari_pgps.engine.onnx_runtime import OnnxExportError, OnnxNetwork  # noqa: E402
 from napari_pgps.engine.package import MANIFEST, ONNX  # noqa: E402
 from napari_pgps.errors import CheckpointError, InputError  # noqa: E402

@@ -165,6 +165,28 @@ def test_reader_and_writer_round_trip_keep_the_affine(make_napari_viewer, tmp_pa
     np.testing.assert_array_equal(np.asanyarray(saved.dataobj), np.asanyarray(nib.load(str(labels_file)).dataobj))
 
 
+def test_the_patch_boxes_follow_the_chosen_model_of_any_form(viewer_with_phantom, tmp_path, trained_phantom_run):
+    """A run folder, a checkpoint (.pt) and a model package (.zip) each show their own training patch."""
+    from napari_pgps.engine import load_checkpoint, save_checkpoint
+    from napari_pgps.tasks.export import export_model
+
+    payload = load_checkpoint(trained_phantom_run / "checkpoint_final.pt")
+    payload["config"]["model"]["patch_size"] = [16, 32, 32]
+    checkpoint = save_checkpoint(payload, tmp_path / "other.pt")
+    package = export_model(trained_phantom_run, tmp_path / "phantom.zip")
+    segmenter = SegmentWidget(viewer_with_phantom)
+    shown = lambda: tuple(spin.value() for spin in segmenter.patch)  # noqa: E731
+    segmenter.offer_model(trained_phantom_run)
+    assert shown() == (8, 32, 32)
+    segmenter.offer_model(checkpoint)
+    assert shown() == (16, 32, 32)
+    segmenter.offer_model(package)
+    assert shown() == (8, 32, 32)
+    segmenter.model.setCurrentText(str(checkpoint))  # chosen again from the list
+    segmenter.model.activated.emit(segmenter.model.currentIndex())
+    assert shown() == (16, 32, 32)
+
+
 def test_the_segment_widget_averages_an_ensemble_and_can_leave_out_postprocessing(viewer_with_phantom, qtbot,
                                                                                    trained_phantom_run):
     from napari_pgps.engine import load_model, segment_volume

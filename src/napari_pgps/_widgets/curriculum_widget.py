@@ -193,7 +193,7 @@ class CurriculumWidget(QWidget):
 
     def load(self, path: str | Path) -> None:
         config = RunConfig.load(path)
-        self.state.set_config(config)
+        self.state.config = config
         self.set_config(config)
         self._changed()
 

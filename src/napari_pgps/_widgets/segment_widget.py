@@ -85,18 +85,25 @@ def _review(result: np.ndarray, reference: np.ndarray, spacing, labels: dict[int
     return review_labels(result, reference, spacing, labels)
 
 
-def _estimate(model_path: str, device: str):
-    """Yield the memory estimate of each candidate patch size of a model (run folder or checkpoint), smallest first."""
+def _model_config(model_path: str | Path):
+    """The configuration a model (run folder, checkpoint or model package) was trained with."""
     from ..config import CONFIG_FILE, RunConfig
-    from ..engine import find_checkpoint, load_checkpoint, pick_device
-    from ..engine.memory import candidate_patches, estimate_memory
+    from ..engine import find_checkpoint, load_checkpoint
 
     path = Path(model_path)
     if (path / CONFIG_FILE).is_file():
-        config = RunConfig.load(path / CONFIG_FILE)
-    else:
-        checkpoint = find_checkpoint(path)
-        config = RunConfig.from_dict(load_checkpoint(checkpoint)["config"], source=str(checkpoint))
+        return RunConfig.load(path / CONFIG_FILE)
+    checkpoint = find_checkpoint(path)
+    return RunConfig.from_dict(load_checkpoint(checkpoint)["config"], source=str(checkpoint))
+
+
+def _estimate(model_path: str, device: str):
+    """Yield the memory estimate of each candidate patch size of a model (run folder, checkpoint or package), smallest
+    first."""
+    from ..engine import pick_device
+    from ..engine.memory import candidate_patches, estimate_memory
+
+    config = _model_config(model_path)
     chosen = pick_device(device)
     for patch in candidate_patches(config.model):
         yield estimate_memory(config.model, patch, chosen, batch=config.training.batch_size,
@@ -230,6 +237,7 @@ class SegmentWidget(QWidget):
         self._refresh_labels_layers()
         self.estimate.clicked.connect(self.estimate_memory)
         self.sizes.activated.connect(self._choose_size)
+        self.model.activated.connect(lambda _: self._show_training_patch(Path(self.model.currentText().strip())))
         self.cancel.clicked.connect(self.cancel_segmentation)
         self._progress.advanced.connect(self._advance)
         self.state.model_trained.connect(self.offer_model)
@@ -248,13 +256,12 @@ class SegmentWidget(QWidget):
         self._show_training_patch(Path(text))
 
     def _show_training_patch(self, model: Path) -> None:
-        """Show a run folder's training patch in the (disabled) patch boxes."""
-        from ..config import CONFIG_FILE, RunConfig
+        """Show the training patch of a run folder, checkpoint or model package in the (disabled) patch boxes."""
         from ..errors import InputError
 
         try:
-            patch = RunConfig.load(model / CONFIG_FILE).model.patch_size if model.is_dir() else None
-        except InputError:
+            patch = _model_config(model).model.patch_size
+        except InputError:  # not (yet) a model: the boxes keep their values
             patch = None
         for spin, value in zip(self.patch, patch or ()):
             spin.setValue(int(value))

@@ -14,21 +14,16 @@ from ..config import RunConfig
 class PluginState:
     """Evented state shared by the Curriculum, Train and Segment widgets of one viewer.
 
-    ``config`` is what the Curriculum widget designs and the Train widget trains;
-    ``last_model`` is the run folder the Train widget finished last, offered first
-    by the Segment widget.
+    ``config`` is what the Curriculum widget designs and the Train and Prune widgets read when they start (no
+    signal: nothing follows it live); ``last_model`` is the run folder the Train widget finished last, offered first
+    by the Segment widget (``model_trained``).
     """
 
-    config_changed = Signal()
     model_trained = Signal(object)
 
     def __init__(self) -> None:
         self.config = RunConfig()
         self.last_model: Optional[Path] = None
-
-    def set_config(self, config: RunConfig) -> None:
-        self.config = config
-        self.config_changed.emit()
 
     def set_last_model(self, path: Path) -> None:
         self.last_model = Path(path)

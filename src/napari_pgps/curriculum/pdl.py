@@ -16,6 +16,7 @@ from typing import Iterator, Optional, Sequence
 import numpy as np
 import torch
 
+from ..config import PDL_METHOD
 from ..errors import InputError
 from ..events import CasesAdded
 from ..plugins import TrainingPlugin, TrainingRun
@@ -132,7 +133,7 @@ def default_interval(epochs: int, groups: int) -> int:
 class PDLCurriculum(TrainingPlugin):
     """The PDL data curriculum as a training-loop plug-in (active when ``curriculum.pdl.enabled``)."""
 
-    name = "pdl"
+    name = PDL_METHOD
 
     def __init__(self) -> None:
         self.order: Optional[list[int]] = None

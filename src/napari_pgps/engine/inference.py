@@ -16,7 +16,6 @@ segmentation again with them in CPU memory (nnU-Net's fallback).
 
 from __future__ import annotations
 
-import contextlib
 import itertools
 import math
 import os
@@ -25,19 +24,16 @@ from typing import Callable, Optional, Sequence
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import nn
-from torch.overrides import TorchFunctionMode
 
 from ..config import RunConfig
 from ..data.augmentation import MIRRORED_AXES
 from ..data.preprocessing import PreprocessingPlan, preprocess_image, restore_probabilities
 from ..data.volume import Volume
 from ..errors import CheckpointError, InputError
-from ..models import build_network, check_inference_patch
-from ..models.hypernetwork import PatchSizeHypernetwork
+from ..models import architecture, build_network, check_inference_patch
 from .checkpoint import find_checkpoint, load_checkpoint
-from .device import pick_device
+from .device import cpu_convolutions, pick_device
 from .metrics import label_volumes
 from .postprocessing import Postprocessing
 
@@ -62,7 +58,8 @@ class SegmentationModel:
     """A trained network ready to segment, with the configuration it was trained with."""
 
     network: nn.Module
-    """The trained network; for a hypernetwork (HN) the :class:`PatchSizeHypernetwork`, see :meth:`network_for`."""
+    """The trained network; for a hypernetwork (HN, an architecture that ``bakes_to`` a plain one) the
+    :class:`~napari_pgps.models.hypernetwork.PatchSizeHypernetwork`, see :meth:`network_for`."""
     config: RunConfig
     device: torch.device
     checkpoint: Optional[str] = None
@@ -107,7 +104,7 @@ class SegmentationModel:
                                  f"{' x '.join(map(str, self.onnx.patch_size))} only; leave out --patch-size, "
                                  "or export it again with --onnx --patch-size Z Y X.")
             return self.onnx
-        if not isinstance(self.network, PatchSizeHypernetwork):
+        if not architecture(self.config.model).bakes_to:
             return self.network
         patch = tuple(int(p) for p in patch_size)
         if self._baked is None or self._baked[0] != patch:
@@ -293,39 +290,6 @@ def predict_probabilities(
         if module is not None:
             module.train(was_training)
     return probabilities[0].cpu().numpy().astype(np.float32)
-
-
-class _OneDNNConvolutions(TorchFunctionMode):
-    """Runs every 3D convolution through oneDNN (``torch.mkldnn_convolution``).
-
-    PyTorch's CPU heuristic sends a one-window batch with few channels
-    (N*C*Z*Y <= 20480) to its slow im2col kernel; forcing oneDNN made one
-    40x56x40 window 1.9x faster for the default network and 4.4x faster for a
-    channel-pruned one (docs/benchmarks.md, section 6).
-    """
-
-    def __torch_function__(self, func, types, args=(), kwargs=None):
-        kwargs = kwargs or {}
-        if func is F.conv3d and not kwargs:
-            x, weight, bias, stride, padding, dilation, groups = (*args, *_CONV3D_DEFAULTS[len(args) :])
-            if not isinstance(padding, str) and x.dtype == torch.float32:
-                return torch.mkldnn_convolution(x.contiguous(), weight, bias, _triple(padding), _triple(stride),
-                                                _triple(dilation), groups)
-        return func(*args, **kwargs)
-
-
-_CONV3D_DEFAULTS = (None, None, None, 1, 0, 1, 1)
-
-
-def _triple(value) -> list[int]:
-    return [int(value)] * 3 if isinstance(value, int) else [int(v) for v in value]
-
-
-def cpu_convolutions(device: torch.device):
-    """Inside this context, CPU float32 3D convolutions use oneDNN (see :class:`_OneDNNConvolutions`)."""
-    if device.type == "cpu" and torch.backends.mkldnn.is_available():
-        return _OneDNNConvolutions()
-    return contextlib.nullcontext()
 
 
 @dataclass

@@ -50,7 +50,7 @@ import torch
 from torch import nn
 
 from ..errors import CheckpointError, InputError
-from .inference import cpu_convolutions
+from .device import cpu_convolutions
 from .package import ONNX
 
 OPSET = 17

@@ -74,7 +74,7 @@ from . import distributed, run_folder
 from .budget import RunCost, measure_step_cost, plan_epochs
 from .checkpoint import BEST, FINAL, LAST, SPLITS_FILE, load_checkpoint, save_checkpoint, start_from_model
 from .control import TrainingControl
-from .device import autocast_dtype, describe, pick_device, training_memory_format
+from .device import autocast_dtype, cpu_convolutions, describe, pick_device, training_memory_format
 from .inference import predict_probabilities, window_count
 from .losses import BatchDiceCELoss
 from .metrics import dice_per_label, mean_of, summarize_dice
@@ -592,12 +592,15 @@ class _Run:
                               enabled=low_precision and self.low_precision is not None)
 
     def _timed_windows(self) -> float:
-        """Seconds of one sliding-window batch at the final patch (the median of two after a warm-up)."""
+        """Seconds of one sliding-window batch at the final patch (the median of two after a warm-up), run as
+        validation runs its windows (:func:`.inference.predict_probabilities`: fp16 autocast on CUDA, oneDNN on the
+        CPU)."""
         model, t = self.config.model, self.config.training
         windows = torch.zeros((t.batch_size, model.in_channels, *model.patch_size), device=self.device)
         times = []
         self.network.eval()
-        with torch.inference_mode(), torch.autocast("cuda", dtype=torch.float16, enabled=self.amp):
+        autocast = torch.autocast("cuda", dtype=torch.float16, enabled=self.amp)
+        with torch.inference_mode(), autocast, cpu_convolutions(self.device):
             for _ in range(3):
                 start = time.perf_counter()
                 self.network(windows)

@@ -22,6 +22,7 @@ from typing import Any, Iterator, Optional
 import numpy as np
 import torch
 
+from ..config import PSP_SEG_METHOD
 from ..errors import InputError
 from ..events import PruningStep
 from ..models import architecture
@@ -33,7 +34,7 @@ from .progressive import ProgressivePruner
 class PSPSeg(TrainingPlugin):
     """Decoupling loss for a PRM network, and progressive pruning of its branches when ``pruning.enabled``."""
 
-    name = "psp-seg"
+    name = PSP_SEG_METHOD
 
     def __init__(self) -> None:
         self.decoupling_weight = 0.0
