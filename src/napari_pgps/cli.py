@@ -538,13 +538,15 @@ def _segment(args: argparse.Namespace) -> int:
     """Segment every input, one image in memory at a time, after checking all of them and all outputs.
 
     Nothing is written before every input is known to be good: the outputs are planned and checked first
-    (:func:`segment_plan`), then every input is read once and dropped (the reader refuses a damaged file, a 2D
-    volume, NaN or infinite values, channels of differing geometry), and only then is each read again, segmented
+    (:func:`segment_plan`), then every input is read once and dropped (the reader refuses a damaged file, NaN or
+    infinite values, channels of differing geometry; :func:`check_segmentable` a single slice or another number
+    of channels than the model takes), and only then is each read again, segmented
     and written. A header-only check would be cheaper but would miss bad values and damaged data; reading twice
     costs little beside segmenting, and memory no longer grows with the folder.
     """
     from .data.volume import read_image, write_volume
     from .engine import load_model, segment_volume
+    from .engine.inference import check_segmentable
     from .engine.metrics import entropy_map
     from .models import check_inference_patch
 
@@ -555,7 +557,7 @@ def _segment(args: argparse.Namespace) -> int:
             check_inference_patch(each.config.model, args.patch_size)
     plan = segment_plan(args, model.config.model.in_channels)
     for paths, _ in plan:  # read and check every input before writing anything
-        read_image(paths)
+        check_segmentable(models, read_image(paths))
     for paths, out in plan:
         image = read_image(paths)
         result = segment_volume(models, image, patch_size=args.patch_size, mirror=args.tta,

@@ -176,6 +176,20 @@ def test_segment_checks_every_input_before_writing(tmp_path, trained_phantom_run
     assert "cannot be taken" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize("bad, words", [((1, 16, 16), "a single slice"), ((8, 8, 8, 2), "2 channel(s), but the model")],
+                         ids=["single-slice", "two-channels"])
+def test_segment_refuses_a_volume_it_cannot_segment_before_writing_any(tmp_path, trained_phantom_run, phantom_dataset,
+                                                                      capsys, bad, words):
+    (tmp_path / "in").mkdir()  # a.nii.gz is segmented first, z.nii.gz (bad) last
+    shutil.copy(phantom_dataset / "imagesTr" / "case_000.nii.gz", tmp_path / "in" / "a.nii.gz")
+    nib.save(nib.Nifti1Image(np.random.rand(*bad).astype(np.float32), np.eye(4)), str(tmp_path / "in" / "z.nii.gz"))
+    assert main(["segment", "--model", str(trained_phantom_run), "--input", str(tmp_path / "in"), "--output",
+                 str(tmp_path / "out") + "/"]) == 2
+    err = capsys.readouterr().err
+    assert "z.nii.gz" in err and words in err and len(err.strip().splitlines()) == 1
+    assert not (tmp_path / "out").exists() or not any((tmp_path / "out").iterdir())
+
+
 def test_demo_without_a_display_runs_headless(tmp_path, monkeypatch, capsys):
     import napari_pgps.demo as demo
 

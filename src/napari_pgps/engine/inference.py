@@ -28,6 +28,7 @@ from torch import nn
 
 from ..config import RunConfig
 from ..data.augmentation import MIRRORED_AXES
+from ..data.dataset import check_image
 from ..data.preprocessing import PreprocessingPlan, preprocess_image, restore_probabilities
 from ..data.volume import Volume
 from ..errors import CheckpointError, InputError
@@ -309,6 +310,25 @@ class Segmentation:
     notes: list[str] = field(default_factory=list)
 
 
+def check_segmentable(models: Sequence[SegmentationModel], image: Volume) -> None:
+    """Check, before any work, that ``models`` (one, or an ensemble) can segment ``image`` (C, Z, Y, X) or (Z, Y, X).
+
+    Raises:
+        InputError: the models differ in their labels or channels, the image has another number of channels than
+            they take, or it is a single slice (:func:`~napari_pgps.data.dataset.check_image`).
+    """
+    first = models[0]
+    for model in models[1:]:
+        if model.config.labels != first.config.labels or model.config.channels != first.config.channels:
+            raise InputError(f"{model.checkpoint}: its labels or channels differ from {first.checkpoint}'s; an "
+                             "ensemble averages models of the same labels and channels.")
+    channels = first.config.channels or ["image"] * first.config.model.in_channels
+    if image.channels != len(channels):
+        raise InputError(f"{image.path or 'the image'}: {image.channels} channel(s), but the model takes "
+                         f"{len(channels)} ({', '.join(channels)}), in that order.")
+    check_image(image)
+
+
 def segment_volume(
     models: SegmentationModel | Sequence[SegmentationModel],
     image: Volume,
@@ -342,15 +362,7 @@ def segment_volume(
             their labels or channels.
     """
     models = [models] if isinstance(models, SegmentationModel) else list(models)
-    first = models[0]
-    for model in models[1:]:
-        if model.config.labels != first.config.labels or model.config.channels != first.config.channels:
-            raise InputError(f"{model.checkpoint}: its labels or channels differ from {first.checkpoint}'s; an "
-                             "ensemble averages models of the same labels and channels.")
-    channels = first.config.channels or ["image"] * first.config.model.in_channels
-    if image.channels != len(channels):
-        raise InputError(f"{image.path or 'the image'}: {image.channels} channel(s), but the model takes "
-                         f"{len(channels)} ({', '.join(channels)}), in that order.")
+    check_segmentable(models, image)
     probabilities, notes = None, []
     for index, model in enumerate(models):
         def advanced(done: int, total: int, index: int = index) -> None:
