@@ -193,3 +193,21 @@ def test_a_binary_member_larger_than_the_planned_network_is_refused_unread(tmp_p
                                                *(_stored(n, d) for n, d in members.items())])
     message = _refusal(path)
     assert f"{name} holds {len(data):,} bytes, more than the {limit:,} that the network its configuration plans" in message
+
+
+def test_the_weights_of_a_network_trained_in_channels_last_memory_fit_their_bound():
+    """fp32 steps on a CPU without native bf16 train in channels-last memory; made contiguous entry by entry, the
+    weights file stores DynUNet's aliased encoder entries apart (twice its parameters' bytes), which the bound must
+    allow (a hippocampus package of the default network was refused by 27 kB)."""
+    from napari_pgps.engine.package import SIZE_MARGIN, CONTAINER_BYTES
+    from napari_pgps.models import build_network
+
+    config = _tiny_config()
+    config.model.patch_size, config.model.base_channels = (40, 56, 40), 32
+    plan = plan_unet(config.model.patch_size, config.model.spacing)
+    config.model.kernel_sizes, config.model.strides = plan.kernel_sizes, plan.strides
+    config.model.channels = level_channels(len(plan.strides), config.model.base_channels, config.model.max_channels)
+    network = build_network(config.model).to(memory_format=torch.channels_last_3d)
+    data = weights_bytes(network.state_dict())
+    assert len(data) > 1.5 * sum(p.numel() * 4 for p in network.parameters())  # the aliases stored apart
+    assert len(data) <= planned_bytes(config.model) * SIZE_MARGIN + CONTAINER_BYTES

@@ -363,6 +363,7 @@ def segment_volume(
     """
     models = [models] if isinstance(models, SegmentationModel) else list(models)
     check_segmentable(models, image)
+    first = models[0]
     probabilities, notes = None, []
     for index, model in enumerate(models):
         def advanced(done: int, total: int, index: int = index) -> None:

@@ -240,15 +240,21 @@ def read_model_package(path: str | os.PathLike) -> dict[str, Any]:
 
 
 def planned_bytes(model: ModelConfig) -> int:
-    """Bytes of the parameters and buffers of the network ``model`` plans (4 per float32 value), counted on a copy
-    built on the meta device, which holds no values (on the CPU for a network that cannot be built there: SwinUNETR
-    reads a value while it is built). A channel-pruned network holds less than its plan."""
+    """Bytes of the state dict of the network ``model`` plans (4 per float32 value), counted on a copy built on the
+    meta device, which holds no values (on the CPU for a network that cannot be built there: SwinUNETR reads a value
+    while it is built). A channel-pruned network holds less than its plan.
+
+    Every entry counts, also one that shares its tensor with another (MONAI's DynUNet lists its encoder twice, as
+    ``input_block`` and ``skip_layers.downsample``): a weights file keeps them shared only while the tensors are
+    contiguous; weights trained in channels-last memory (fp32 steps on a CPU without native bf16) are made
+    contiguous one entry at a time by :func:`weights_bytes`, which stores each alias apart (twice the bytes of a
+    DynUNet's parameters)."""
     try:
         with torch.device("meta"), _NoRandomDraws():
             network = build_network(model)
     except (RuntimeError, NotImplementedError):
         network = build_network(model)
-    return sum(t.numel() * t.element_size() for t in (*network.parameters(), *network.buffers()))
+    return sum(t.numel() * t.element_size() for t in network.state_dict().values())
 
 
 class _NoRandomDraws(TorchFunctionMode):
