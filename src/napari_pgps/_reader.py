@@ -26,6 +26,7 @@ from typing import Callable, Optional, Union
 
 import numpy as np
 
+from .data.info import label_values
 from .data.volume import NIFTI_SUFFIXES, TIFF_SUFFIXES, nifti_codes, read_volume, reverse_axes
 
 _LABEL_HINTS = ("label", "seg", "mask")
@@ -53,16 +54,7 @@ def is_label_file(path: Path) -> bool:
 def holds_labels(array: np.ndarray) -> bool:
     """Whether an array (Z, Y, X) can be a label map: whole numbers in 0..32767, at most :data:`MAX_LABEL_VALUES`
     distinct values."""
-    if array.ndim != 3 or array.size == 0 or array.min() < 0 or array.max() > 32767:
-        return False
-    seen = np.zeros(32768, dtype=bool)
-    for plane in array:  # one (Y, X) slice at a time, so that the copies stay small
-        if not np.array_equal(plane, np.round(plane)):
-            return False
-        seen[plane.astype(np.intp).ravel()] = True
-        if np.count_nonzero(seen) > MAX_LABEL_VALUES:
-            return False
-    return True
+    return array.ndim == 3 and label_values(array, most=MAX_LABEL_VALUES) is not None
 
 
 def display_axes(affine: np.ndarray) -> tuple[int, int, int]:

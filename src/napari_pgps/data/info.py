@@ -63,9 +63,9 @@ def describe_volume(volume: Volume) -> dict[str, Any]:
     }
 
 
-def label_values(array: np.ndarray) -> Optional[list[int]]:
-    """The distinct values of an array of whole numbers in 0..MAX_LABEL_VALUE holding at most :data:`FEW_VALUES` of
-    them; ``None`` for any other array (an image's intensities)."""
+def label_values(array: np.ndarray, most: int = FEW_VALUES) -> Optional[list[int]]:
+    """The distinct values of an array of whole numbers in 0..MAX_LABEL_VALUE holding at most ``most`` of them;
+    ``None`` for any other array (an image's intensities). Read a chunk at a time, so the copies stay small."""
     flat = array.reshape(-1)
     if flat.size == 0 or flat.min() < 0 or flat.max() > MAX_LABEL_VALUE:
         return None
@@ -77,7 +77,7 @@ def label_values(array: np.ndarray) -> Optional[list[int]]:
             return None
         counts += np.bincount(whole, minlength=len(counts))
     values = np.flatnonzero(counts)
-    return values.tolist() if len(values) <= FEW_VALUES else None
+    return values.tolist() if len(values) <= most else None
 
 
 def info_text(description: dict[str, Any]) -> str:
