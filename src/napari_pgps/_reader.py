@@ -1,22 +1,33 @@
-"""napari reader for NIfTI and TIFF volumes, placed in world space with their full direction.
+"""napari reader for NIfTI, TIFF, NRRD and MetaImage volumes and DICOM series, placed in world space with their
+full direction.
 
 Each layer's ``affine`` maps its (Z, Y, X) voxels to the world (z, y, x) the
 file's affine gives (RAS millimetres, axes in napari's order), so a volume
 stored in LPS or obliquely, or at another voxel size, lies where it belongs and
-lines up with any other volume of the same patient. An image of several
-channels (a 4D NIfTI, an ImageJ hyperstack) opens as one layer per channel. A TIFF
+lines up with any other volume of the same patient. NRRD, MetaImage and DICOM
+place their voxels in LPS; :func:`~napari_pgps.data.volume.read_volume` turns
+that into the same RAS affine, so a DICOM series and the NIfTI of the same
+voxels open as the same layer. An image of several channels (a 4D NIfTI, an
+ImageJ hyperstack, an NRRD vector image) opens as one layer per channel. A TIFF
 lies at the spacing its resolution tags and ImageJ metadata give, in mm (1 mm
 where the file names none), as ``read_volume`` reads it for training.
+
+A DICOM series opens from its folder or from any one of its files (napari
+hands this reader a ``.dcm`` or ``.dicom`` file; an extension-less file is
+opened through its folder, as npe2 matches files by their name's pattern only);
+a folder of several series is refused with the list of them. The layer keeps
+the series' UID, description and files (``dicom_series``, no patient data),
+which the writer needs to save a DICOM SEG over it.
 
 napari shows a 2D slice through the sub-block of the affine for the two world
 axes on screen, taken from the same two data axes; for a file stored with its
 axes in another order (sagittal or coronal storage: voxel axes along world
 (y, z, x), say) that block is not invertible and napari cannot draw the layer.
 So the reader hands napari the array with its axes put in world order
-(:func:`display_axes`: a transpose, no flips, no resampling; napari draws
-flips and small obliques itself) and records that order in the layer's
-metadata (``stored_axes``), which the writer uses to save results on the
-file's own grid.
+(:func:`~napari_pgps.data.geometry.display_axes`: a transpose, no flips, no
+resampling; napari draws flips and small obliques itself) and records that
+order in the layer's metadata (``stored_axes``), which the writer uses to save
+results on the file's own grid.
 """
 
 from __future__ import annotations
@@ -26,23 +37,38 @@ from typing import Callable, Optional, Union
 
 import numpy as np
 
+from .data.dicom import is_dicom_file, is_dicom_folder
+from .data.geometry import axes_matrix, display_axes, label_dtype, reverse_axes
 from .data.info import label_values
-from .data.volume import NIFTI_SUFFIXES, TIFF_SUFFIXES, nifti_codes, read_volume, reverse_axes
+from .data.volume import VOLUME_SUFFIXES, Volume, nifti_codes, read_volume
 
 _LABEL_HINTS = ("label", "seg", "mask")
 _LABEL_FOLDERS = ("labelstr", "labelsts")
 MAX_LABEL_VALUES = 256
 """A file with more distinct values than this is an image whatever its name (label maps hold a few classes)."""
 STORED_AXES = "stored_axes"
-"""Layer metadata key: the file's (Z, Y, X) array axis shown as each of the layer's axes (see :func:`display_axes`)."""
+"""Layer metadata key: the file's (Z, Y, X) array axis shown as each of the layer's axes (see
+:func:`~napari_pgps.data.geometry.display_axes`)."""
+DICOM_SERIES = "dicom_series"
+"""Layer metadata key: the DICOM series a layer was read from, what a DICOM SEG written for it references (see
+:func:`dicom_series_metadata`). A layer made over such a layer (a segmentation) carries it on, with ``stored_axes``."""
 
 
 def napari_get_reader(path: Union[str, list[str]]) -> Optional[Callable]:
-    """Return :func:`read_volumes` for ``.nii`` / ``.nii.gz`` / ``.tif`` / ``.tiff`` paths, else ``None``."""
+    """Return :func:`read_volumes` for NIfTI, TIFF, NRRD and MetaImage files, DICOM files and folders holding
+    DICOM files; else ``None``."""
     paths = [path] if isinstance(path, str) else list(path)
-    if paths and all(str(p).lower().endswith(NIFTI_SUFFIXES + TIFF_SUFFIXES) for p in paths):
+    if paths and all(_readable(Path(p)) for p in paths):
         return read_volumes
     return None
+
+
+def _readable(path: Path) -> bool:
+    """Whether :func:`read_volumes` takes ``path``: a volume file by its name, a DICOM file by its first bytes, or
+    a folder with a DICOM file in it or its subfolders."""
+    if path.is_dir():
+        return is_dicom_folder(path)
+    return path.name.lower().endswith(VOLUME_SUFFIXES) or is_dicom_file(path)
 
 
 def is_label_file(path: Path) -> bool:
@@ -57,67 +83,59 @@ def holds_labels(array: np.ndarray) -> bool:
     return array.ndim == 3 and label_values(array, most=MAX_LABEL_VALUES) is not None
 
 
-def display_axes(affine: np.ndarray) -> tuple[int, int, int]:
-    """For a NIfTI ``affine``, the order of our (Z, Y, X) array axes that lies nearest world (z, y, x).
+def dicom_series_metadata(volume: Volume) -> dict:
+    """What a layer read from a DICOM series keeps of it under :data:`DICOM_SERIES`: plain values, no patient data.
 
-    ``np.transpose(array, display_axes(affine))`` has axis ``i`` along world axis
-    ``i`` (up to a flip or an oblique tilt): ``(0, 1, 2)`` for a file stored
-    axial (RAS, LPS, ...), e.g. ``(1, 2, 0)`` for one whose voxel axes run
-    along world (y, z, x). An affine without a clear direction keeps its order.
+    ``{"uid": SeriesInstanceUID, "description": SeriesDescription, "files": [str, ...], "shape": (Z, Y, X),
+    "affine": 4x4}``: ``files[z]`` (an absolute path) holds slice ``z`` of the series' grid, which is the layer's
+    data with its axes put back in the file's order (``stored_axes`` undone); ``shape`` and the NIfTI-style RAS
+    ``affine`` (voxel (i, j, k) = (column, row, slice) -> world (x, y, z) mm) are that grid's.
     """
-    import nibabel.orientations as nio
-
-    world_of_voxel = nio.io_orientation(np.asarray(affine, dtype=float))[:, 0]  # NIfTI voxel axis i, j, k -> x, y, z
-    if np.isnan(world_of_voxel).any():
-        return (0, 1, 2)
-    # array axis a is NIfTI voxel axis 2 - a; world axis w is napari axis 2 - w
-    axes = [0, 0, 0]
-    for array_axis in range(3):
-        axes[2 - int(world_of_voxel[2 - array_axis])] = array_axis
-    return tuple(axes)
-
-
-def axes_matrix(axes: tuple[int, ...]) -> np.ndarray:
-    """The 4x4 matrix taking an index of ``np.transpose(array, axes)`` (3D) to the same voxel's index of ``array``.
-
-    A layer placed by ``affine`` shows the transposed array where ``array`` lay
-    with ``affine @ axes_matrix(axes)``.
-    """
-    matrix = np.zeros((4, 4))
-    matrix[3, 3] = 1.0
-    for new, old in enumerate(axes):
-        matrix[old, new] = 1.0
-    return matrix
+    series = volume.dicom
+    return {"uid": series.uid, "description": series.description, "files": [str(f.absolute()) for f in series.files],
+            "shape": volume.shape, "affine": np.asarray(volume.affine, dtype=float)}
 
 
 def read_volumes(path: Union[str, list[str]]) -> list[tuple]:
-    """Layer data tuples ((Z, Y, X) arrays in world order, see :func:`display_axes`) for one or more NIfTI or TIFF files.
+    """Layer data tuples ((Z, Y, X) arrays in world order, see :func:`~napari_pgps.data.geometry.display_axes`) for
+    one or more NIfTI, TIFF, NRRD or MetaImage files or DICOM series (a folder, or one of its files; several files
+    of one series open it once).
 
     A file is a labels layer when its name or folder says so (:func:`is_label_file`)
-    and its values can be labels (:func:`holds_labels`); otherwise an image.
-    ``metadata`` holds the file's NIfTI ``affine``, its ``path``, ``spacing``
-    (sz, sy, sx of the file's own axes), its header's sform/qform codes and
-    units (``nifti``) and the file's axes in the layer (``stored_axes``), for
-    writing results back as the file was.
+    and its values can be labels (:func:`holds_labels`); otherwise an image. A
+    DICOM series is always an image.
+    ``metadata`` holds the file's NIfTI-style ``affine``, its ``path`` (a DICOM
+    series: its folder), ``spacing`` (sz, sy, sx of the file's own axes), a NIfTI
+    header's sform/qform codes and units (``nifti``), the file's axes in the
+    layer (``stored_axes``) and, for a DICOM series, the series (``dicom_series``,
+    :func:`dicom_series_metadata`), for writing results back as the file was.
+
+    Raises:
+        InputError: a file or series that cannot be read (one line naming it; a folder of several DICOM series
+            lists them).
     """
     layers = []
+    opened: set[Path] = set()  # the files of the DICOM series opened so far
     for item in [path] if isinstance(path, str) else path:
         item = Path(item)
+        if item.resolve() in opened:
+            continue
         volume = read_volume(item, kind="image")
-        labels = is_label_file(item) and holds_labels(volume.array)
+        if volume.dicom is not None:
+            opened.update(file.resolve() for file in volume.dicom.files)
+        labels = volume.dicom is None and is_label_file(item) and holds_labels(volume.array)
         axes = display_axes(volume.affine)
         array = volume.array
         if labels:
-            array = array.astype(np.uint8 if array.max() < 256 else np.int16)
+            array = array.astype(label_dtype(array.max()))
         if axes != (0, 1, 2):
             channels = array.ndim - 3  # a leading channel axis stays first
             array = np.ascontiguousarray(np.transpose(array, (*range(channels), *(channels + a for a in axes))))
-        meta = {
-            "name": volume.name,
-            "affine": reverse_axes(volume.affine) @ axes_matrix(axes),
-            "metadata": {"affine": volume.affine, "path": str(item), "spacing": volume.spacing,
-                         "nifti": nifti_codes(volume.header), STORED_AXES: axes},
-        }
+        metadata = {"affine": volume.affine, "path": str(volume.path), "spacing": volume.spacing,
+                    "nifti": nifti_codes(volume.header), STORED_AXES: axes}
+        if volume.dicom is not None:
+            metadata[DICOM_SERIES] = dicom_series_metadata(volume)
+        meta = {"name": volume.name, "affine": reverse_axes(volume.affine) @ axes_matrix(axes), "metadata": metadata}
         if volume.channels > 1:
             meta["channel_axis"] = 0
             meta["name"] = [f"{volume.name} [{c}]" for c in range(volume.channels)]

@@ -56,7 +56,8 @@ def make_phantom(seed: int = 0, shape: tuple[int, int, int] = PHANTOM_SHAPE, spa
 
 def write_phantom_dataset(folder: str | Path, cases: int = 12, seed: int = 0) -> Path:
     """Write ``cases`` phantoms as a Decathlon-layout dataset (NIfTI) and return the folder."""
-    from .data.volume import Volume, affine_from_spacing, write_volume
+    from .data.geometry import affine_from_spacing
+    from .data.volume import Volume, write_volume
 
     folder = Path(folder)
     affine = affine_from_spacing(PHANTOM_SPACING)

@@ -25,8 +25,6 @@ import yaml
 from .errors import InputError
 from .files import write_text_atomically
 
-CONFIG_FILE = "config.yaml"
-"""The resolved configuration in a run folder."""
 OPTIMIZERS = ("sgd", "adamw")
 DEVICES = ("auto", "cpu", "cuda", "mps")
 
@@ -147,25 +145,24 @@ class PDLConfig:
 
 
 @dataclass
-class CurriculumConfig:
-    """How the patch size, the batch size and the training cases change over training."""
+class ScheduleOptions:
+    """The tuning knobs of the patch schedules (:mod:`napari_pgps.curriculum.schedules`), all optional."""
 
-    schedule: Optional[str] = None
-    """constant, pgps-efficiency, pgps-performance, rpss or augment; by default the network's own (the hypernetwork
-    trains with augment, every other network with constant)."""
     growth: str = "journal"
     """PGPS growth rule: "journal" (smallest next size first) or "miccai" (round-robin from axis Y)."""
     start_fraction: float = 0.0
-    """Start growing from the first size holding at least this fraction of the final voxels."""
+    """Start growing from the first size holding at least this fraction of the final voxels (start later)."""
     growth_fraction: float = 1.0
-    """Share of the epochs the growing stages take; the final size trains for the rest."""
+    """Share of the epochs the growing stages take; the final size trains for the rest (stop earlier)."""
     max_batch: Optional[int] = None
-    """Cap on the Performance mode's batch size (memory budget)."""
+    """Cap on the Performance mode's batch size (a memory budget)."""
     performance_batch: str = "voxels"
     """Performance mode's batch rule: "voxels" (the journal's, floor(B x final voxels / patch voxels)) or "miccai"
-    (PGPS+, the MICCAI paper's: backwards from the last stage, each batch the next one's x the voxel ratio, rounded down)."""
+    (PGPS+, the MICCAI paper's: backwards from the last stage, each batch the next one's x the voxel ratio, rounded
+    down). ``augment`` keeps the voxels whatever this is: its patches are not stages."""
     single_voxel_bottleneck: bool = False
-    """Start from the reference's minimum patch with a 1-voxel bottleneck."""
+    """Start from the reference's minimum patch (a 1-voxel bottleneck); by default growth starts one step later,
+    where the bottleneck holds 2 voxels, because instance normalisation cannot normalise a single voxel."""
     augment_range: tuple[float, float] = (0.25, 1.5)
     """augment: each axis drawn from the sizes the network takes in [low, high] x final (the paper: 32..192 for 128)."""
     augment_final_share: float = 0.25
@@ -176,6 +173,18 @@ class CurriculumConfig:
     or "efficiency" (the batch size for every size, the paper)."""
     rpss_mode: str = "efficiency"
     """rpss: batch rule of the stages drawn ("efficiency" or "performance")."""
+
+
+@dataclass
+class CurriculumConfig:
+    """How the patch size, the batch size and the training cases change over training."""
+
+    schedule: Optional[str] = None
+    """constant, pgps-efficiency, pgps-performance, rpss or augment; by default the network's own (the hypernetwork
+    trains with augment, every other network with constant)."""
+    options: ScheduleOptions = field(default_factory=ScheduleOptions)
+    """The schedules' tuning knobs. A configuration may also write them flat in ``curriculum`` (``curriculum.growth``,
+    the form before they were nested): :meth:`RunConfig.from_dict` reads both."""
     pdl: PDLConfig = field(default_factory=PDLConfig)
 
 
@@ -278,8 +287,12 @@ class RunConfig:
 
     @classmethod
     def from_dict(cls, values: dict[str, Any], source: str = "configuration") -> "RunConfig":
-        """Build a config from a (possibly partial) nested dict; unknown keys are an error."""
-        return _build(cls, values, source)
+        """Build a config from a (possibly partial) nested dict; unknown keys are an error.
+
+        The schedule options may be written flat in ``curriculum`` (the form before ``curriculum.options``: a
+        ``config.yaml`` or checkpoint written then); they mean the same.
+        """
+        return _build(cls, _nested_schedule_options(values, source), source)
 
     def to_yaml(self) -> str:
         return yaml.safe_dump(self.to_dict(), sort_keys=False)
@@ -421,6 +434,29 @@ def _plain(value: Any) -> Any:
     if isinstance(value, (list, tuple)):
         return [_plain(v) for v in value]
     return value
+
+
+def _nested_schedule_options(values: Any, where: str) -> Any:
+    """``values`` with the schedule options written flat in its ``curriculum`` section moved into
+    ``curriculum.options`` (anything else unchanged: :func:`_build` judges it).
+
+    Raises:
+        InputError: an option given both flat and in ``curriculum.options``.
+    """
+    curriculum = values.get("curriculum") if isinstance(values, dict) else None
+    if not isinstance(curriculum, dict):
+        return values
+    names = {f.name for f in dataclasses.fields(ScheduleOptions)}
+    flat = {key: value for key, value in curriculum.items() if key in names}
+    nested = curriculum.get("options") or {}
+    if not flat or not isinstance(nested, dict):
+        return values
+    twice = sorted(set(flat) & set(nested))
+    if twice:
+        raise InputError(f"{where}: curriculum: {', '.join(twice)} given twice, in curriculum and in "
+                         "curriculum.options; keep one.")
+    rest = {key: value for key, value in curriculum.items() if key not in names}
+    return {**values, "curriculum": {**rest, "options": {**flat, **nested}}}
 
 
 def _build(cls: type, values: Any, where: str) -> Any:

@@ -29,15 +29,17 @@ def demo_config(data: Path | None = None, device: str = "auto") -> RunConfig:
 
 
 def open_demo_viewer(device: str = "auto"):
-    """napari with the phantom, the Curriculum, Train and Segment widgets docked (tabbed) and the demo schedule set.
+    """napari with the phantom, the Curriculum, Train, Segment and Review widgets docked (tabbed) and the demo
+    schedule set.
 
     Returns:
-        (viewer, (curriculum widget, train widget, segment widget), their dock widgets)
+        (viewer, (curriculum widget, train widget, segment widget, review widget), their dock widgets)
     """
     import napari
 
     from ._sample_data import phantom_layers
     from ._widgets.curriculum_widget import CurriculumWidget
+    from ._widgets.review_widget import ReviewWidget
     from ._widgets.segment_widget import SegmentWidget
     from ._widgets.state import state_for
     from ._widgets.train_widget import TrainWidget
@@ -46,21 +48,24 @@ def open_demo_viewer(device: str = "auto"):
     for data, meta, kind in phantom_layers():
         getattr(viewer, f"add_{kind}")(data, **meta)
     state_for(viewer).config = demo_config(device=device)  # the widgets read it as they are built
-    curriculum, trainer, segmenter = CurriculumWidget(viewer), TrainWidget(viewer), SegmentWidget(viewer)
+    curriculum, trainer, segmenter, reviewer = (CurriculumWidget(viewer), TrainWidget(viewer), SegmentWidget(viewer),
+                                                ReviewWidget(viewer))
     trainer.device.setCurrentText(device)
     trainer.time_budget.setValue(DEMO_MINUTES)
     docks = (
         viewer.window.add_dock_widget(curriculum, name="Curriculum", area="right"),
         viewer.window.add_dock_widget(trainer, name="Train", area="right", tabify=True),
         viewer.window.add_dock_widget(segmenter, name="Segment", area="right", tabify=True),
+        viewer.window.add_dock_widget(reviewer, name="Review", area="right", tabify=True),
     )
     docks[0].raise_()
-    return viewer, (curriculum, trainer, segmenter), docks
+    return viewer, (curriculum, trainer, segmenter, reviewer), docks
 
 
 def run_headless_demo(out: Path, device: str = "auto") -> dict:
     """Generate phantoms, train with the demo schedule, write figures, segment an unseen phantom."""
-    from .data.volume import Volume, affine_from_spacing, write_volume
+    from .data.geometry import affine_from_spacing
+    from .data.volume import Volume, write_volume
     from .engine import TrainingProgress, describe_event, load_model, segment_volume
     from .engine.metrics import dice_per_label
     from .tasks.training import train

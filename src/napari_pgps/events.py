@@ -13,9 +13,6 @@ import dataclasses
 from dataclasses import dataclass
 from typing import Any, Optional
 
-METRICS_FILE = "metrics.jsonl"
-"""One event per line, as JSON, in a run folder."""
-
 
 @dataclass(frozen=True)
 class Event:

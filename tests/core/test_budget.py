@@ -140,6 +140,7 @@ def test_the_bench_names_pdl_runs_by_their_schedule_plus_pdl(phantom_dataset, tm
 def test_a_plan_timed_on_a_busy_machine_is_made_again_once_its_steps_show_the_pace(phantom_dataset, monkeypatch):
     from napari_pgps import train
     from napari_pgps.engine import trainer
+    from napari_pgps.engine.budget import EVIDENCE_SHARE
     from napari_pgps.events import Replanned, StageStarted
 
     timed = trainer._Run._timed_step
@@ -161,7 +162,7 @@ def test_a_plan_timed_on_a_busy_machine_is_made_again_once_its_steps_show_the_pa
     steps = [e for e in events if isinstance(e, StepDone)]
     stages = [e for e in events if isinstance(e, StageStarted)]
     final_voxels = 2 * math.prod(started.final_patch)
-    first_evidence = next(s.epoch for s in stages if s.batch * math.prod(s.patch) >= trainer.EVIDENCE_SHARE * final_voxels)
+    first_evidence = next(s.epoch for s in stages if s.batch * math.prod(s.patch) >= EVIDENCE_SHARE * final_voxels)
     assert replanned and replanned[0].epoch == first_evidence + 1  # not from the small stages' steps
     assert all(r.slowdown < 0.9 for r in replanned)
     assert replanned[-1].epochs > started.epochs  # the time the busy plan left unused is spent
@@ -172,7 +173,7 @@ def test_a_plan_timed_on_a_busy_machine_is_made_again_once_its_steps_show_the_pa
 
 
 def test_a_long_budget_is_re_planned_when_a_minute_of_it_would_be_left_unused_or_overrun():
-    from napari_pgps.engine.trainer import replan_margin
+    from napari_pgps.engine.budget import replan_margin
 
     assert replan_margin(5 * 60) == pytest.approx(15.0)  # 5% of short budgets, as measured at 5 and 15 minutes
     assert replan_margin(15 * 60) == pytest.approx(45.0)
@@ -272,3 +273,90 @@ def test_the_bench_starts_every_run_from_a_given_configuration_the_profile_overr
     settings.config = str(tmp_path / "missing.yaml")
     with pytest.raises(InputError, match="configuration file not found"):
         bench_config(settings, "constant", 0)
+
+
+class _Clock:
+    """A stand-in for ``time.perf_counter`` that a test moves."""
+
+    def __init__(self) -> None:
+        self.now = 0.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def _timed(shapes, fixed=0.01, per_voxel=1e-5):
+    """A step timer's cost without timing anything: each probed shape costs ``fixed + per_voxel x voxels``, except
+    that a step of small crops costs twice that (off the line through the others)."""
+    from napari_pgps.engine.budget import StepCost
+
+    def seconds(patch, batch):
+        return (fixed + per_voxel * batch * math.prod(patch)) * (2.0 if math.prod(patch) < 16**3 else 1.0)
+
+    return StepCost(fixed, per_voxel, tuple(((tuple(p), b), seconds(p, b)) for p, b in shapes))
+
+
+def test_a_budget_is_planned_from_a_step_timer_and_a_schedule_factory_without_a_network():
+    from napari_pgps.curriculum import build_schedule
+    from napari_pgps.engine.budget import BudgetPlanner
+
+    def schedule_for(epochs):
+        return build_schedule("pgps-efficiency", (16, 32, 32), (2, 3, 3), epochs, 2)
+
+    clock = _Clock()
+    planner = BudgetPlanner(600.0, schedule_for, validate_every=5, started_at=0.0, clock=clock)
+    shapes = planner.probe_shapes(seed=0)
+    every_stage = {(s.patch, s.batch) for s in schedule_for(1000).stages}
+    assert shapes[0] == ((16, 32, 32), 2) and set(shapes) == every_stage  # the final shape first, then each stage's
+    cost = _timed(shapes)
+    clock.now = 10.0  # timing the steps took 10 s of the budget
+    plan = planner.plan(cost, validation_seconds=3.0, iterations_per_epoch=10)
+
+    def run_seconds(epochs):  # each stage at its own timed cost, and a validation every 5 epochs and after the last
+        steps = sum(s.epochs * 10 * cost.at(s.patch, s.batch) for s in schedule_for(epochs).stages)
+        return steps + math.ceil(epochs / 5) * 3.0
+
+    assert run_seconds(plan.epochs) <= 590.0 < run_seconds(plan.epochs + 1)
+    assert plan.iterations_per_epoch == 10 and plan.expected_seconds == pytest.approx(10.0 + run_seconds(plan.epochs))
+    capped = BudgetPlanner(600.0, schedule_for, validate_every=5, cap=7, started_at=0.0, clock=clock)
+    assert capped.plan(cost, 3.0, 10).epochs == 7  # the user's epochs, when fewer fit
+    small = ((8, 8, 8), 2)
+    assert cost.at(*small) == pytest.approx(2 * cost.seconds(2 * 8**3))  # a stage's own timed cost, not the line's
+
+    stages = schedule_for(plan.epochs).stages  # a small stage's steps, however slow, say nothing of the pace
+    small = next(s for s in stages if s.voxels_per_step < 0.25 * 2 * 16 * 32 * 32)
+    slow = [3 * cost.at(small.patch, small.batch)] * 10
+    assert planner.replan(stages, small, slow, 1, plan.epochs, 10) is None
+
+
+def test_a_budget_is_planned_again_when_the_steps_show_another_pace():
+    from napari_pgps.curriculum import build_schedule
+    from napari_pgps.engine.budget import BudgetPlanner
+
+    def schedule_for(epochs):
+        return build_schedule("constant", (16, 32, 32), (2, 3, 3), epochs, 2)
+
+    def planned(cap=None):
+        clock = _Clock()
+        planner = BudgetPlanner(300.0, schedule_for, validate_every=1, cap=cap, started_at=0.0, clock=clock)
+        plan = planner.plan(_timed(planner.probe_shapes(0)), validation_seconds=1.0, iterations_per_epoch=10)
+        return planner, plan, clock
+
+    planner, plan, clock = planned()
+    stage = schedule_for(plan.epochs).stages[0]
+    step = planner.step_seconds(stage)
+    epoch = 10 * step + 1.0  # its steps and a validation
+    clock.now = 2 * epoch
+    assert planner.replan((stage,), stage, [step] * 10, 2, plan.epochs, 10) is None  # on time: the plan holds
+
+    planner, plan, clock = planned()
+    clock.now = 2 * (10 * 2 * step + 2.0)
+    replan = planner.replan((stage,), stage, [2 * step] * 10, 2, plan.epochs, 10)  # twice as slow as timed
+    assert replan.slowdown == pytest.approx(2.0) and 2 < replan.epochs < plan.epochs
+    assert replan.stages[0].patch == stage.patch and sum(s.epochs for s in replan.stages) == replan.epochs
+    assert replan.expected_seconds <= 300.0 < replan.expected_seconds + 2 * epoch  # no room for another epoch
+
+    planner, plan, clock = planned(cap=plan.epochs + 3)
+    clock.now = 2 * (10 * 0.5 * step + 0.5)
+    faster = planner.replan((stage,), stage, [0.5 * step] * 10, 2, plan.epochs, 10)
+    assert faster.epochs == plan.epochs + 3 and faster.slowdown == pytest.approx(0.5)  # more, up to the user's cap

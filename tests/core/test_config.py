@@ -118,3 +118,45 @@ def test_resolve_validates_a_config_given_in_python(phantom_dataset):
     with pytest.raises(InputError, match="--learning-rate"):
         for _ in train(config):
             pass
+
+
+def test_schedule_options_written_flat_mean_the_same_as_nested(tmp_path):
+    """A config.yaml (or checkpoint) written before the options were nested in curriculum.options still reads."""
+    (tmp_path / "flat.yaml").write_text("curriculum:\n  schedule: pgps-performance\n  growth: miccai\n  max_batch: 16\n"
+                                        "  augment_range: [0.25, 2.0]\n  rpss_mode: performance\n  pdl:\n    enabled: true\n")
+    (tmp_path / "nested.yaml").write_text("curriculum:\n  schedule: pgps-performance\n  options:\n    growth: miccai\n"
+                                          "    max_batch: 16\n    augment_range: [0.25, 2.0]\n    rpss_mode: performance\n"
+                                          "  pdl:\n    enabled: true\n")
+    flat, nested = RunConfig.load(tmp_path / "flat.yaml"), RunConfig.load(tmp_path / "nested.yaml")
+    assert flat == nested
+    options = flat.curriculum.options
+    assert (options.growth, options.max_batch, options.augment_range, options.rpss_mode) == ("miccai", 16, (0.25, 2.0), "performance")
+    assert options.performance_batch == "voxels" and flat.curriculum.pdl.enabled
+    # written back nested, and read again the same
+    assert "growth" not in flat.to_dict()["curriculum"] and flat.to_dict()["curriculum"]["options"]["growth"] == "miccai"
+    assert RunConfig.from_dict(flat.to_dict()) == flat
+    # flat and nested together: each option once
+    mixed = RunConfig.from_dict({"curriculum": {"growth": "miccai", "options": {"max_batch": 16}}})
+    assert (mixed.curriculum.options.growth, mixed.curriculum.options.max_batch) == ("miccai", 16)
+    with pytest.raises(InputError, match="curriculum: growth given twice"):
+        RunConfig.from_dict({"curriculum": {"growth": "miccai", "options": {"growth": "journal"}}})
+    with pytest.raises(InputError, match=r"curriculum: options: unknown setting\(s\) growht; known: .*growth"):
+        RunConfig.from_dict({"curriculum": {"options": {"growht": "miccai"}}})
+
+
+def test_a_bench_run_saved_with_flat_schedule_options_counts_as_measured(tmp_path):
+    import json
+
+    from napari_pgps.tasks.bench import _measured_before
+
+    config = RunConfig()
+    config.curriculum.options.growth = "miccai"
+    nested = config.to_dict()
+    flat = json.loads(json.dumps(nested))
+    flat["curriculum"].update(flat["curriculum"].pop("options"))  # as a bench before curriculum.options saved it
+    saved = tmp_path / "constant-seed0.json"
+    saved.write_text(json.dumps({"config": flat, "result": {"mean_dice": 0.5}}))
+    assert _measured_before(saved, nested) == {"mean_dice": 0.5}
+    flat["curriculum"]["growth"] = "journal"
+    saved.write_text(json.dumps({"config": flat, "result": {"mean_dice": 0.5}}))
+    assert _measured_before(saved, nested) is None

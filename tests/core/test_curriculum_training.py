@@ -86,9 +86,9 @@ def test_pdl_with_unknown_reference_is_refused(phantom_dataset):
 def test_schedules_round_trip_through_yaml(tmp_path):
     config = RunConfig()
     config.curriculum.schedule = "pgps-performance"
-    config.curriculum.growth = "miccai"
-    config.curriculum.max_batch = 16
-    config.curriculum.augment_range = (0.25, 2.0)
+    config.curriculum.options.growth = "miccai"
+    config.curriculum.options.max_batch = 16
+    config.curriculum.options.augment_range = (0.25, 2.0)
     config.curriculum.pdl.enabled = True
     config.curriculum.pdl.metric = "psnr"
     config.save(tmp_path / "c.yaml")

@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 
 from napari_pgps.data import load_cases, load_training_set, read_dataset_info, split_cases
+from napari_pgps.data.dataset import nnunet_image_name
 from napari_pgps.errors import InputError
 
 
@@ -111,3 +112,9 @@ def test_split_is_reproducible_disjoint_and_80_20():
 def test_split_keeps_one_validation_case_for_tiny_sets():
     train, val = split_cases(["a", "b", "c"], 0.2, seed=0)
     assert len(val) == 1 and len(train) == 2
+
+
+def test_nnunet_image_names_carry_the_channel_in_four_digits():
+    assert nnunet_image_name("case_7", 0) == "case_7_0000.nii.gz"
+    assert nnunet_image_name("BRATS_001", 3, ".tif") == "BRATS_001_0003.tif"
+    assert nnunet_image_name("", 0, ".nii") == "_0000.nii"

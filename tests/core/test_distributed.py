@@ -10,7 +10,7 @@ import torch
 from napari_pgps.cli import main
 from napari_pgps.engine import distributed
 from napari_pgps.engine.distributed import DistributedContext
-from napari_pgps.engine.trainer import _loss
+from napari_pgps.engine.losses import training_loss
 from napari_pgps.errors import InputError
 
 
@@ -72,7 +72,7 @@ def test_the_loss_is_monai_dice_ce_bit_for_bit_in_one_process(deep_supervision):
     heads = [torch.randn((3, 3, 8, 12, 12), generator=generator, requires_grad=True) for _ in range(3 if deep_supervision else 1)]
     target = torch.randint(0, 3, (3, 1, 8, 12, 12), generator=generator)
     expected = DeepSupervisionLoss(monai, weight_mode="exp")(heads, target) if deep_supervision else monai(heads[0], target)
-    ours = _loss(deep_supervision)(heads, target)
+    ours = training_loss(deep_supervision)(heads, target)
     assert torch.equal(ours, expected)
     for mine, theirs in zip(torch.autograd.grad(ours, heads), torch.autograd.grad(expected, heads)):
         assert torch.equal(mine, theirs)

@@ -10,13 +10,21 @@ import pytest
 from helpers import quick_config, run_events
 from napari_pgps.config import NormalizationConfig
 from napari_pgps.data.geometry import (
+    affine_from_spacing,
+    axes_matrix,
     canonical_grid,
+    display_axes,
+    geometry_difference,
+    label_dtype,
+    layer_to_world,
     nonzero_box,
     orientation_of,
     reorient,
     resample,
     resample_labels,
     resampled_shape,
+    reverse_axes,
+    spacing_of,
     target_spacing,
     thick_axis,
 )
@@ -124,3 +132,58 @@ def test_the_preprocessed_dataset_is_kept_for_later_runs(tmp_path, fresh_dataset
     os.utime(image, ns=(image.stat().st_atime_ns, image.stat().st_mtime_ns + 10**9))  # the file changed
     assert prepared(train(quick_config(fresh_dataset, epochs=1, iterations=1))) == {("fingerprint", 3),
                                                                                      ("preprocessing", 3)}
+
+
+def test_spacing_of_an_affine_and_of_its_reversed_layer_matrix_is_z_y_x():
+    affine = affine_from_spacing((2.5, 0.9, 0.8))  # (sz, sy, sx)
+    np.testing.assert_array_equal(affine, np.diag([0.8, 0.9, 2.5, 1.0]))
+    assert spacing_of(affine) == (2.5, 0.9, 0.8)
+    assert spacing_of(LPS) == (2.5, 0.9, 0.8)
+    layer = reverse_axes(LPS)  # (Z, Y, X) -> world (z, y, x), as napari takes it
+    np.testing.assert_array_equal(layer[:3, 3], [30.0, -20.0, 10.0])
+    np.testing.assert_array_equal(np.diag(layer), [2.5, -0.9, -0.8, 1.0])
+    np.testing.assert_array_equal(reverse_axes(layer), LPS)
+    assert spacing_of(reverse_axes(layer)) == (2.5, 0.9, 0.8)
+
+
+def test_label_maps_are_uint8_up_to_255_and_int16_beyond():
+    assert label_dtype(0) == np.uint8 and label_dtype(255) == np.uint8
+    assert label_dtype(256) == np.int16 and label_dtype(32767) == np.int16
+
+
+def test_layer_to_world_composes_affine_rotation_shear_scale_and_translation():
+    np.testing.assert_array_equal(layer_to_world(), np.eye(4))
+    scaled = layer_to_world(scale=(2.5, 0.9, 0.8), translate=(30.0, -20.0, 10.0))
+    np.testing.assert_array_equal(scaled, [[2.5, 0, 0, 30.0], [0, 0.9, 0, -20.0], [0, 0, 0.8, 10.0], [0, 0, 0, 1]])
+    turn = np.array([[1.0, 0, 0], [0, 0, -1], [0, 1, 0]])  # a quarter turn in the (y, x) plane
+    shear = layer_to_world(rotate=turn, shear=[0.1, 0.2, 0.3], scale=(1.0, 2.0, 4.0))
+    sheared = np.array([[1, 0.1, 0.2], [0, 1, 0.3], [0, 0, 1]])
+    np.testing.assert_allclose(shear[:3, :3], turn @ sheared @ np.diag([1.0, 2.0, 4.0]))
+    # a layer's own affine comes after its placement; a 4D layer's last three axes are (Z, Y, X)
+    outer = affine_from_spacing((1.0, 1.0, 3.0))
+    np.testing.assert_allclose(layer_to_world(outer, scale=(2.0, 1.0, 1.0)), outer @ np.diag([2.0, 1, 1, 1]))
+    four = layer_to_world(np.eye(5), scale=(7.0, 2.0, 3.0, 4.0), translate=(9.0, 1.0, 2.0, 3.0))
+    np.testing.assert_array_equal(four, [[2, 0, 0, 1], [0, 3, 0, 2], [0, 0, 4, 3], [0, 0, 0, 1]])
+
+
+def test_display_axes_put_a_sagittal_file_in_world_order_and_axes_matrix_finds_its_voxels():
+    sagittal = np.array([[0, 0, 2.0, 0], [1.0, 0, 0, 0], [0, 1.5, 0, 0], [0, 0, 0, 1]])  # voxel i, j, k along y, z, x
+    assert display_axes(LPS) == (0, 1, 2)
+    axes = display_axes(sagittal)
+    array = np.arange(3 * 4 * 5).reshape(3, 4, 5)  # (Z, Y, X) = (k, j, i)
+    shown = np.transpose(array, axes)
+    layer = reverse_axes(sagittal) @ axes_matrix(axes)
+    np.testing.assert_allclose(np.abs(layer[:3, :3]), np.diag(np.abs(np.diag(layer[:3, :3]))))  # world order
+    for index in [(0, 0, 0), (2, 3, 1), (1, 2, 4)]:
+        shown_index = tuple(index[a] for a in axes)
+        voxel = axes_matrix(axes) @ [*shown_index, 1]
+        assert shown[shown_index] == array[tuple(int(v) for v in voxel[:3])]
+        np.testing.assert_allclose(layer @ [*shown_index, 1], reverse_axes(sagittal) @ [*index, 1])
+
+
+def test_geometry_difference_names_spacing_origin_and_turn():
+    moved = LPS.copy()
+    moved[:3, 3] += [3.0, 4.0, 0.0]
+    moved[2, 2] = 3.0
+    assert geometry_difference(LPS, moved) == "spacing along Z 2.5 vs 3 mm, origin differs by 5 mm"
+    assert geometry_difference(LPS, LPS + 1e-6) == "the affines differ slightly"

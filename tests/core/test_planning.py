@@ -3,7 +3,7 @@ import math
 import pytest
 
 from napari_pgps.errors import InputError
-from napari_pgps.models import check_patch_size, plan_patch_size, plan_unet
+from napari_pgps.models import UNetPlan, check_patch_size, plan_patch_size, plan_unet
 
 
 def test_hippocampus_plan_matches_nnunet():
@@ -33,3 +33,10 @@ def test_a_patch_the_network_cannot_take_gets_a_suggestion():
         check_patch_size((37, 50, 40), (8, 8, 8))
     with pytest.raises(InputError, match="three positive sizes"):
         check_patch_size((0, 8, 8), (8, 8, 8))
+
+
+@pytest.mark.parametrize("poolings", [(5, 5, 5), (2, 5, 5), (1, 3, 3), (0, 0, 0)])
+def test_a_plan_with_given_poolings(poolings):
+    plan = UNetPlan.with_poolings(poolings)
+    assert plan.poolings == poolings and plan.divisor == tuple(2**p for p in poolings)
+    assert plan.strides[0] == (1, 1, 1) and len(plan.kernel_sizes) == len(plan.strides)

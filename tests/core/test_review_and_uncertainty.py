@@ -7,7 +7,7 @@ import pytest
 from helpers import REVIEW_SPACING, shifted_cubes
 from napari_pgps.cli import main
 from napari_pgps.engine.metrics import entropy_map
-from napari_pgps._widgets.review import FALSE_NEGATIVE, FALSE_POSITIVE, disagreement_map, review_labels
+from napari_pgps.engine.review import FALSE_NEGATIVE, FALSE_POSITIVE, disagreement_map, review_labels
 
 SPACING = REVIEW_SPACING
 NAMES = {0: "background", 1: "lesion", 2: "vessel"}
@@ -47,6 +47,23 @@ def test_disagreement_counts_another_label_as_a_false_positive_and_names_unknown
     assert [row.name for row in review.labels] == ["a", "label 5"]
     # label 5 is only in the result (a spurious structure): Dice 0, HD95 the diagonal of the 1 x 1 x 5 mm image
     assert review.labels[1].hd95 == pytest.approx(np.sqrt(27)) and review.labels[1].dice == 0.0
+
+
+def test_the_review_scores_a_case_to_the_last_digit_as_evaluate_does():
+    from napari_pgps.data.geometry import affine_from_spacing
+    from napari_pgps.data.volume import Volume
+    from napari_pgps.tasks.evaluation import score_cases
+
+    result, reference = shifted_cubes()
+    result[0, 0, :3] = 7  # a structure only the result has: Dice 0, HD95 the image's diagonal
+    names = NAMES | {7: "spurious"}
+    affine = affine_from_spacing(SPACING)
+    [case] = score_cases([(Volume(reference, affine), Volume(result, affine))], names, references_given=True)["cases"]
+    review = review_labels(result, reference, SPACING, names)
+    assert [row.name for row in review.labels] == ["lesion", "vessel", "spurious"]
+    for row in review.labels:
+        assert (row.dice, row.hd95) == (case["dice"][row.name], case["hd95"][row.name])
+    assert review.labels[2].dice == 0.0 and review.labels[2].hd95 > 10
 
 
 def test_entropy_map_is_0_when_certain_and_1_when_uniform():

@@ -8,8 +8,8 @@ import sys
 import numpy as np
 import pytest
 
-from napari_pgps.config import RunConfig
-from napari_pgps.curriculum import ScheduleOptions, build_schedule, crops_per_case, growth_sizes
+from napari_pgps.config import RunConfig, ScheduleOptions
+from napari_pgps.curriculum import RANDOM_PATCH_SCHEDULES, SCHEDULES, build_schedule, crops_per_case, growth_sizes, schedule_for
 from napari_pgps.errors import InputError
 
 CASES = [((40, 56, 40), (3, 3, 3), 28, 2), ((128, 128, 128), (5, 5, 5), 1000, 2), ((20, 192, 224), (2, 5, 5), 250, 4), ((16, 64, 64), (1, 3, 3), 40, 2)]
@@ -58,7 +58,7 @@ def test_paper_worked_example():
 
 
 def test_voxels_is_the_default_performance_batch_and_unchanged():
-    assert ScheduleOptions().performance_batch == "voxels" and RunConfig().curriculum.performance_batch == "voxels"
+    assert ScheduleOptions().performance_batch == "voxels" and RunConfig().curriculum.options.performance_batch == "voxels"
     for growth in ("journal", "miccai"):
         default = build_schedule("pgps-performance", (128,) * 3, (5,) * 3, 1000, 2, ScheduleOptions(growth=growth))
         voxels_options = ScheduleOptions(growth=growth, performance_batch="voxels")
@@ -95,10 +95,10 @@ def test_pgps_plus_batches_of_the_miccai_worked_example():
 
 def test_performance_batch_from_the_configuration_and_unknown_rules():
     config = RunConfig.from_dict({"curriculum": {"growth": "miccai", "performance_batch": "miccai"}})
-    schedule = build_schedule("pgps-performance", (128,) * 3, (5,) * 3, 1000, 2, ScheduleOptions.from_config(config.curriculum))
+    schedule = build_schedule("pgps-performance", (128,) * 3, (5,) * 3, 1000, 2, config.curriculum.options)
     assert schedule.stages[0].batch == 24
-    config.curriculum.rpss_mode = "performance"
-    rpss = build_schedule("rpss", (128,) * 3, (5,) * 3, 1000, 2, ScheduleOptions.from_config(config.curriculum))
+    config.curriculum.options.rpss_mode = "performance"
+    rpss = build_schedule("rpss", (128,) * 3, (5,) * 3, 1000, 2, config.curriculum.options)
     assert [c.batch for c in rpss.choices] == [24, 12, 6, 4, 3, 2, 2, 2, 2]
     for name in ("pgps-performance", "constant"):
         with pytest.raises(InputError, match="Performance batch rule 'journal'; choose one of voxels, miccai"):
@@ -204,3 +204,47 @@ def test_schedule_command_json():
     bad = subprocess.run([sys.executable, "-m", "napari_pgps", "schedule", "--final-patch", "30", "32", "32", "--poolings", "3", "3", "3",
                           "--epochs", "10", "--batch-size", "2", "--mode", "constant"], capture_output=True, text=True)
     assert bad.returncode == 2 and "Try 32 32 32" in bad.stderr
+
+
+def _run_config(architecture, patch, schedule, epochs=100, batch=2, strides=None, **options):
+    return RunConfig.from_dict({"model": {"architecture": architecture, "patch_size": list(patch), "strides": strides,
+                                          "kernel_sizes": None if strides is None else [[3, 3, 3]] * len(strides)},
+                                "curriculum": {"schedule": schedule, "options": options},
+                                "training": {"epochs": epochs, "batch_size": batch}})
+
+
+def test_schedule_for_takes_the_patch_grid_of_the_registry():
+    # a planned U-Net: its strides' poolings (here 3, 3, 3: steps of 8)
+    strides = [[1, 1, 1], [2, 2, 2], [2, 2, 2], [2, 2, 2]]
+    dynunet = _run_config("dynunet", (40, 56, 40), "pgps-performance", epochs=28, strides=strides, growth="miccai")
+    assert schedule_for(dynunet) == build_schedule("pgps-performance", (40, 56, 40), (3, 3, 3), 28, 2,
+                                                   ScheduleOptions(growth="miccai"))
+    # UNETR's fixed divisor 16 (4 poolings), whatever a U-Net would plan for the patch
+    unetr = schedule_for(_run_config("unetr", (128, 128, 128), "pgps-efficiency"))
+    assert unetr == build_schedule("pgps-efficiency", (128,) * 3, (4, 4, 4), 100, 2)
+    assert unetr.stages[0].patch == (32, 16, 16)
+    # SwinUNETR's divisor 32 and its minimum of 64 voxels per axis
+    swin = schedule_for(_run_config("swinunetr", (128, 128, 128), "rpss"))
+    assert swin == build_schedule("rpss", (128,) * 3, (5, 5, 5), 100, 2, minimum_patch=(64, 64, 64))
+    assert min(min(c.patch) for c in swin.choices) == 64
+    augment = schedule_for(_run_config("swinunetr", (128, 128, 128), "augment"))
+    assert min(min(sizes) for sizes in augment.axis_sizes) == 64
+    # the network's own schedule when the configuration names none (the hypernetwork: augment)
+    assert schedule_for(_run_config("hypernet", (40, 56, 40), None, strides=strides)).name == "augment"
+
+
+def test_schedule_for_epochs_leaves_the_config_alone_and_checks_the_patch():
+    config = _run_config("unetr", (64, 64, 64), "pgps-efficiency", epochs=100)
+    assert schedule_for(config, epochs=7).epochs == 7 and schedule_for(config).epochs == 100
+    assert config.training.epochs == 100
+    with pytest.raises(InputError, match=r"final patch 48 x 48 x 40 cannot be taken.*multiple of 16 x 16 x 16"):
+        schedule_for(_run_config("unetr", (48, 48, 40), "constant"))
+    with pytest.raises(InputError, match="swinunetr needs a patch of at least 64"):
+        schedule_for(_run_config("swinunetr", (32, 64, 64), "constant"))
+
+
+def test_a_schedule_says_how_it_draws():
+    draws = {name: build_schedule(name, (40, 56, 40), (3, 3, 3), 10, 2).draws for name in SCHEDULES}
+    assert draws == {"constant": "stages", "pgps-efficiency": "stages", "pgps-performance": "stages",
+                     "rpss": "choices", "augment": "axis_sizes"}
+    assert {name for name, how in draws.items() if how != "stages"} == set(RANDOM_PATCH_SCHEDULES)

@@ -1,4 +1,5 @@
-"""The Segment widget's review against a reference and "Segment all open images", in a real napari viewer."""
+"""The Review widget's comparison with a reference and the Segment widget's "Segment all open images", in a real
+napari viewer."""
 
 import numpy as np
 import pytest
@@ -6,7 +7,8 @@ import pytest
 from helpers import REVIEW_SPACING, SMALL_SHAPE, SMALL_SPACING, shifted_cubes
 from napari_pgps._sample_data import PHANTOM_LABELS, make_phantom
 from napari_pgps._widgets.layers import world_matrix
-from napari_pgps._widgets.segment_widget import DERIVED, REVIEW_COLUMNS, SegmentWidget
+from napari_pgps._widgets.review_widget import REVIEW_COLUMNS, ReviewWidget
+from napari_pgps._widgets.segment_widget import DERIVED, SegmentWidget
 
 pytestmark = pytest.mark.gui
 
@@ -39,7 +41,7 @@ def test_compare_fills_the_table_and_adds_a_disagreement_layer(make_napari_viewe
     result_layer = viewer.add_labels(result.copy(), name="result", affine=placed,
                                      metadata={"label_names": {0: "background", 1: "lesion", 2: "vessel"}})
     reference_layer = viewer.add_labels(reference.copy(), name="reference", scale=SPACING, translate=ORIGIN)
-    widget = SegmentWidget(viewer)
+    widget = ReviewWidget(viewer)
     assert widget.compare_with.currentText() == "(none)"
     widget.compare_with.setCurrentText("reference")
     widget.compare_result.setCurrentText("result")
@@ -81,7 +83,7 @@ def test_a_reference_of_another_shape_or_placement_is_refused(make_napari_viewer
     viewer.add_labels(result, name="result", scale=SPACING)
     viewer.add_labels(reference[:, :, :20].copy(), name="cropped", scale=SPACING)
     viewer.add_labels(reference, name="coarser", scale=(2.0, 1.0, 1.0))
-    widget = SegmentWidget(viewer)
+    widget = ReviewWidget(viewer)
     layers_before = len(viewer.layers)
     widget.compare_result.setCurrentText("result")
     widget.compare_with.setCurrentText("cropped")
@@ -108,21 +110,21 @@ def test_segment_then_review_and_segment_every_open_image(make_napari_viewer, qt
                                           metadata={"label_names": PHANTOM_LABELS})
     originals = [np.array(layer.data, copy=True) for layer in sources]
     reference_copy = np.array(reference.data, copy=True)
-    widget = SegmentWidget(viewer)
+    widget, reviewer = SegmentWidget(viewer), ReviewWidget(viewer)
     widget.offer_model(trained_phantom_run)
     widget.device.setCurrentText("cpu")
 
     # one image, with its uncertainty, reviewed against its labels as soon as it is segmented
     widget.image.layer.setCurrentText("case 0")
     widget.uncertainty.setChecked(True)
-    widget.compare_with.setCurrentText("case 0 labels")
+    reviewer.compare_with.setCurrentText("case 0 labels")
     widget.segment()
-    qtbot.waitUntil(lambda: widget.worker is None and widget.review_worker is None
-                    and widget.disagreement_layer is not None, timeout=120_000)
-    assert [r[0] for r in _table(widget)] == ["lesion", "vessel"]
-    assert widget.table.columnCount() == len(REVIEW_COLUMNS)
+    qtbot.waitUntil(lambda: widget.worker is None and reviewer.review_worker is None
+                    and reviewer.disagreement_layer is not None, timeout=120_000)
+    assert [r[0] for r in _table(reviewer)] == ["lesion", "vessel"]
+    assert reviewer.table.columnCount() == len(REVIEW_COLUMNS)
     assert viewer.layers["case 0 uncertainty"].metadata[DERIVED] == "uncertainty"
-    disagreement = widget.disagreement_layer
+    disagreement = reviewer.disagreement_layer
     assert disagreement.name == "case 0 disagreement"
     np.testing.assert_allclose(world_matrix(disagreement), world_matrix(sources[0]))
     segmentation = np.asarray(widget.result_layer.data)
@@ -131,7 +133,7 @@ def test_segment_then_review_and_segment_every_open_image(make_napari_viewer, qt
 
     # every open image in turn (not the uncertainty layer), the model loaded once
     widget.uncertainty.setChecked(False)
-    widget.compare_with.setCurrentText("(none)")
+    reviewer.compare_with.setCurrentText("(none)")
     assert [layer.name for layer in widget.images_to_segment()] == ["case 0", "case 1", "case 2"]
     statuses = []
     set_text = widget.status.setText

@@ -29,7 +29,7 @@ import torch
 
 from napari_pgps import train
 from napari_pgps.config import RunConfig
-from napari_pgps.engine import TrainingControl, distributed, trainer
+from napari_pgps.engine import TrainingControl, distributed, losses, trainer
 from napari_pgps.data.fingerprint import CaseFingerprint, Fingerprint
 from napari_pgps.engine.resolve import resolve_config
 from napari_pgps.events import Finished, StepDone
@@ -115,12 +115,12 @@ def step_against_single_process(context: distributed.DistributedContext) -> dict
         return loss.detach(), grads, [p.detach().clone() for p in parameters]
 
     cpu = torch.device("cpu")
-    ref_loss, ref_grads, ref_weights = sgd_step(copy.deepcopy(initial), trainer._loss(True), images, labels)
+    ref_loss, ref_grads, ref_weights = sgd_step(copy.deepcopy(initial), losses.training_loss(True), images, labels)
     ddp = distributed.wrap(copy.deepcopy(initial), cpu, context)
-    loss, grads, weights = sgd_step(ddp, trainer._loss(True, across_ranks=True), images[mine], labels[mine])
+    loss, grads, weights = sgd_step(ddp, losses.training_loss(True, across_ranks=True), images[mine], labels[mine])
     # The same DDP step with the single-process loss (local batch Dice, unweighted CE) must miss: the test can tell.
     naive = distributed.wrap(copy.deepcopy(initial), cpu, context)
-    _, naive_grads, _ = sgd_step(naive, trainer._loss(True), images[mine], labels[mine])
+    _, naive_grads, _ = sgd_step(naive, losses.training_loss(True), images[mine], labels[mine])
 
     def largest(a, b):
         return max(float((x - y).abs().max()) for x, y in zip(a, b))

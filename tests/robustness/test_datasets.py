@@ -18,7 +18,7 @@ from napari_pgps.data.source import folder_source
 from napari_pgps.data.store import PreprocessedDataset
 from napari_pgps.data.volume import Volume, affine_from_spacing, write_volume
 from napari_pgps.engine.losses import BatchDiceCELoss
-from napari_pgps.engine.trainer import _loss
+from napari_pgps.engine.losses import training_loss
 from napari_pgps.errors import InputError
 from napari_pgps.events import RunStarted, StepDone, Validated
 
@@ -92,7 +92,7 @@ def test_the_loss_does_not_change_with_the_predictions_at_ignored_voxels(deep_su
     heads = [torch.randn((2, 2, 8, 12, 12), generator=generator) for _ in range(3 if deep_supervision else 1)]
     target = torch.randint(0, 2, (2, 1, 8, 12, 12), generator=generator)
     target[:, :, :, :, :5] = 2  # the ignore label's index: one past the two classes
-    loss = _loss(deep_supervision, ignore_index=2)
+    loss = training_loss(deep_supervision, ignore_index=2)
     changed = [torch.where(target == 2, torch.randn(head.shape, generator=generator) * 10, head) for head in heads]
     assert not torch.equal(changed[0], heads[0])
     assert torch.allclose(loss(changed, target), loss(heads, target), rtol=0, atol=1e-6)

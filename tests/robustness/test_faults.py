@@ -21,7 +21,7 @@ from napari_pgps import train
 from napari_pgps.cli import main
 from napari_pgps.engine import TrainingControl, load_checkpoint
 from napari_pgps.engine.progress import read_events
-from napari_pgps.engine.run_folder import LOCK_FILE, claim
+from napari_pgps.engine.run_lock import LOCK_FILE, claim
 from napari_pgps.errors import InputError
 from napari_pgps.events import Finished, Preparing, RunStarted, StepDone
 

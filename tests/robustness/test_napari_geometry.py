@@ -84,6 +84,27 @@ def _assert_same_extent(layer, reference) -> None:
 
 
 # -- layers, no viewer ---------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("affine", [None, np.diag([1.0, 2.0, 0.5, 1.0])], ids=["own-affine-none", "own-affine"])
+def test_layer_to_world_places_a_voxel_where_napari_does(affine):
+    """data/geometry's layer_to_world (numpy only) against napari's own transform of a rotated, sheared layer."""
+    from napari.utils.transforms import Affine
+
+    from napari_pgps._widgets.layers import world_matrix
+    from napari_pgps.data.geometry import layer_to_world
+
+    layer = Labels(np.zeros((3, 4, 5), np.uint8), scale=(2.0, 3.0, 0.5), translate=(1.0, -2.0, 3.0),
+                   rotate=(10.0, 20.0, 30.0), shear=(0.1, 0.2, 0.3), affine=affine)
+    napari_matrix = (layer.affine.affine_matrix @ Affine(scale=layer.scale, translate=layer.translate,
+                                                          rotate=layer.rotate, shear=layer.shear).affine_matrix)
+    np.testing.assert_array_equal(world_matrix(layer), napari_matrix)  # the same numbers, to the last bit
+    state = layer.as_layer_data_tuple()[1]  # rotate as a matrix, shear as its upper triangle, as napari saves them
+    np.testing.assert_array_equal(
+        layer_to_world(state["affine"], state["scale"], state["translate"], state["rotate"], state["shear"]),
+        napari_matrix)
+    for voxel in [(0, 0, 0), (2, 3, 4), (1, 0, 3)]:
+        np.testing.assert_allclose((world_matrix(layer) @ [*voxel, 1.0])[:3], layer.data_to_world(voxel), atol=1e-9)
+
+
 @pytest.mark.parametrize("tilt", [0.0, TILT_DEGREES], ids=["straight", "oblique"])
 @pytest.mark.parametrize("storage", list(STORAGES))
 def test_a_layer_read_from_any_storage_order_lies_where_the_ras_anatomy_lies(tmp_path, storage, tilt):
@@ -166,6 +187,7 @@ def _draw_every_way(viewer) -> None:
 def test_a_permuted_volume_and_every_layer_made_over_it_draw_and_line_up(viewer, qtbot, tmp_path, storage, tilt):
     import napari
 
+    from napari_pgps._widgets.review_widget import ReviewWidget
     from napari_pgps._widgets.segment_widget import SegmentWidget
     from napari_pgps._widgets.train_widget import OVERLAY_NAME, TrainWidget
 
@@ -175,17 +197,17 @@ def test_a_permuted_volume_and_every_layer_made_over_it_draw_and_line_up(viewer,
     assert isinstance(labels, Labels)
     _draw_every_way(viewer)
 
-    # the layers the widgets add over it: segmentation and uncertainty (Segment), disagreement, training patches
-    segmenter = SegmentWidget(viewer)
+    # the layers the widgets add over it: segmentation and uncertainty (Segment), disagreement (Review), patches
+    segmenter, reviewer = SegmentWidget(viewer), ReviewWidget(viewer)
     model = SimpleNamespace(config=SimpleNamespace(labels={0: "background", 1: "box", 2: "corner"}), checkpoint="m")
     probabilities = np.stack([np.asarray(labels.data) == v for v in range(3)]).astype(np.float32)
     result = SimpleNamespace(labels=SimpleNamespace(array=np.asarray(labels.data).copy()), probabilities=probabilities)
     segmentation = segmenter._add_result(image, volume_from_layer(image), model, result)
-    segmenter.compare_layers(segmentation, labels)
-    qtbot.waitUntil(lambda: segmenter.review_worker is None, timeout=30_000)
+    reviewer.compare_layers(segmentation, labels)
+    qtbot.waitUntil(lambda: reviewer.review_worker is None, timeout=30_000)
     trainer = TrainWidget(viewer)
     trainer._show_patches(SimpleNamespace(crop_cases=(image.name,), crop_origins=((1, 1, 1),), crop_sizes=((4, 4, 4),)))
-    made = [segmentation, viewer.layers[f"{image.name} uncertainty"], segmenter.disagreement_layer,
+    made = [segmentation, viewer.layers[f"{image.name} uncertainty"], reviewer.disagreement_layer,
             viewer.layers[OVERLAY_NAME]]
     _draw_every_way(viewer)
 

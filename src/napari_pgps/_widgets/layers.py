@@ -6,20 +6,23 @@ from typing import Optional
 
 import numpy as np
 
-from .._reader import STORED_AXES
-from ..data.dataset import AFFINE_TOLERANCE, Case, TrainingSet
-from ..data.volume import Volume, nifti_header, reverse_axes
+from .._reader import DICOM_SERIES, STORED_AXES
+from ..data.dataset import Case, TrainingSet
+from ..data.geometry import AFFINE_TOLERANCE, label_dtype, layer_to_world, reverse_axes
+from ..data.volume import Volume, nifti_header
 from ..errors import InputError
 
 
 def world_matrix(layer) -> np.ndarray:
     """The 4x4 matrix taking a layer's last three data axes (Z, Y, X) to world (z, y, x): its affine after its
-    scale, translate, rotation and shear."""
-    from napari.utils.transforms import Affine
+    scale, translate, rotation and shear (:func:`~napari_pgps.data.geometry.layer_to_world`)."""
+    return layer_to_world(layer.affine.affine_matrix, layer.scale, layer.translate, layer.rotate, layer.shear)
 
-    placement = Affine(scale=layer.scale, translate=layer.translate, rotate=layer.rotate, shear=layer.shear,
-                       ndim=layer.ndim).affine_matrix
-    return (layer.affine.affine_matrix @ placement)[-4:, -4:]
+
+def nifti_affine(layer) -> np.ndarray:
+    """The NIfTI affine (voxel (i, j, k) -> world (x, y, z) mm) of a layer's last three data axes (Z, Y, X), as
+    :class:`~napari_pgps.data.volume.Volume` and :func:`~napari_pgps.data.geometry.spacing_of` take it."""
+    return reverse_axes(world_matrix(layer))
 
 
 def placement(layer) -> dict:
@@ -30,9 +33,10 @@ def placement(layer) -> dict:
 
 def source_grid(layer) -> dict:
     """The metadata a layer made over ``layer`` carries so that the writer saves it on ``layer``'s source file grid:
-    the file's NIfTI header codes (``nifti``) and the order its axes are shown in (``stored_axes``), where known."""
+    the file's NIfTI header codes (``nifti``), the order its axes are shown in (``stored_axes``) and, for a DICOM
+    series, the series it came from (``dicom_series``, for a DICOM SEG), where known."""
     metadata = layer.metadata or {}
-    return {key: metadata[key] for key in ("nifti", STORED_AXES) if key in metadata}
+    return {key: metadata[key] for key in ("nifti", STORED_AXES, DICOM_SERIES) if key in metadata}
 
 
 def volume_from_layer(layer, kind: str = "image") -> Volume:
@@ -50,12 +54,12 @@ def volume_from_layer(layer, kind: str = "image") -> Volume:
     if data.ndim != 3 and not (kind == "image" and data.ndim == 4):
         raise InputError(f"layer '{layer.name}' is {data.ndim}D (shape {data.shape}); a 3D layer "
                          "(or, for an image, channels x 3D) is expected.")
-    affine = reverse_axes(world_matrix(layer))
+    affine = nifti_affine(layer)
     codes = (layer.metadata or {}).get("nifti") or {}
     if kind == "labels":
         if not np.issubdtype(data.dtype, np.integer):
             raise InputError(f"labels layer '{layer.name}' holds {data.dtype} values; labels must be whole numbers.")
-        array = data.astype(np.uint8 if data.max(initial=0) < 256 else np.int16)
+        array = data.astype(label_dtype(data.max(initial=0)))
     else:
         array = data.astype(np.float32)
         if not np.isfinite(array).all():
@@ -72,7 +76,7 @@ def image_from_layers(layers: list) -> Volume:
     volumes = [volume_from_layer(layer) for layer in layers]
     first = volumes[0]
     for layer, volume in zip(layers[1:], volumes[1:]):
-        if volume.shape != first.shape or not np.allclose(volume.affine, first.affine, atol=1e-3):
+        if volume.shape != first.shape or not np.allclose(volume.affine, first.affine, atol=AFFINE_TOLERANCE):
             raise InputError(f"image layer '{layer.name}' differs from '{layers[0].name}' in shape or placement; the "
                              "channels of an image must cover the same voxels.")
     if len(volumes) == 1:

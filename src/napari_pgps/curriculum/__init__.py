@@ -10,6 +10,7 @@ from .schedules import (
     crops_per_case,
     growth_sizes,
     pgps_stages,
+    schedule_for,
     stage_at,
     stages_laid_out_again,
 )
@@ -24,6 +25,7 @@ __all__ = [
     "crops_per_case",
     "growth_sizes",
     "pgps_stages",
+    "schedule_for",
     "stage_at",
     "stages_laid_out_again",
 ]

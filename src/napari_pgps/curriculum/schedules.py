@@ -4,6 +4,9 @@ A schedule turns (final patch, poolings per axis, total epochs, final batch
 size, mode) into a :class:`Schedule`: stages the trainer follows in order, and
 for the random schedules a rule for drawing each step's patch. Sizes are
 (Z, Y, X); an axis with ``p`` 2x poolings takes multiples of ``2 ** p``.
+:func:`schedule_for` is the schedule of a run's configuration: its network's
+patch grid (from the architecture registry) and its curriculum options; the
+trainer, the Curriculum widget and ``napari-pgps schedule`` all use it.
 
 Schedules (PGPS: Fischer, Lang et al., MICCAI 2024, arXiv 2407.07853, and its journal extension,
 arXiv 2510.23241; patch-size augmentation: Balle Sanchez et al., MIDL 2025):
@@ -31,7 +34,10 @@ from typing import Optional, Sequence
 
 import numpy as np
 
+from ..config import RunConfig, ScheduleOptions
 from ..errors import InputError
+from ..models.architectures import check_minimum_patch, minimum_patch, patch_divisor, patch_poolings, schedule_of
+from ..models.planning import check_patch_size
 
 SCHEDULES = ("constant", "pgps-efficiency", "pgps-performance", "rpss", "augment")
 RANDOM_PATCH_SCHEDULES = ("rpss", "augment")
@@ -82,12 +88,20 @@ class Schedule:
     def epochs(self) -> int:
         return sum(s.epochs for s in self.stages)
 
-    def draw(self, stage: Stage, rng: np.random.Generator) -> tuple[tuple[int, int, int], int]:
-        """The (patch, batch) of one step within ``stage``; random for ``rpss`` and ``augment``."""
+    @property
+    def draws(self) -> str:
+        """How a step's (patch, batch) is chosen: "stages" (the current stage's), "choices" (one of
+        :attr:`choices` at random, ``rpss``) or "axis_sizes" (each axis from :attr:`axis_sizes`, ``augment``)."""
         if self.choices:
+            return "choices"
+        return "axis_sizes" if self.axis_sizes else "stages"
+
+    def draw(self, stage: Stage, rng: np.random.Generator) -> tuple[tuple[int, int, int], int]:
+        """The (patch, batch) of one step within ``stage``; random unless :attr:`draws` is "stages"."""
+        if self.draws == "choices":
             choice = self.choices[int(rng.integers(len(self.choices)))]
             return choice.patch, choice.batch
-        if self.axis_sizes:
+        if self.draws == "axis_sizes":
             if self.final_share > 0 and rng.random() < self.final_share:
                 return self.final_patch, stage.batch
             patch = tuple(int(sizes[int(rng.integers(len(sizes)))]) for sizes in self.axis_sizes)
@@ -102,9 +116,9 @@ class Schedule:
     def relative_voxels(self) -> float:
         """Voxels processed over the whole run relative to the constant schedule (expected value when random)."""
         constant = self.epochs * self.final_batch * math.prod(self.final_patch)
-        if self.choices:
+        if self.draws == "choices":
             return float(np.mean([c.voxels_per_step for c in self.choices])) * self.epochs / constant
-        if self.axis_sizes:
+        if self.draws == "axis_sizes":
             # every combination of axis sizes is equally likely: their volumes, as one array
             volumes = functools.reduce(np.multiply.outer, [np.asarray(s, dtype=np.int64) for s in self.axis_sizes]).ravel()
             batches = self.final_batch
@@ -121,57 +135,38 @@ class Schedule:
             "stages": [{"patch": list(s.patch), "batch": s.batch, "epochs": s.epochs} for s in self.stages],
             "relative_voxels": self.relative_voxels(),
         }
-        if self.choices:
+        if self.draws == "choices":
             out["random_stages"] = [{"patch": list(s.patch), "batch": s.batch} for s in self.choices]
-        if self.axis_sizes:
+        if self.draws == "axis_sizes":
             out["random_axis_sizes"] = [list(sizes) for sizes in self.axis_sizes]
             out["final_share"] = self.final_share
             out["batch_keeps_voxels"] = self.keep_voxels
         return out
 
 
-@dataclass(frozen=True)
-class ScheduleOptions:
-    """Tuning knobs shared by the schedules (all optional)."""
+def schedule_for(config: RunConfig, epochs: Optional[int] = None) -> Schedule:
+    """The patch schedule a run with ``config`` trains with.
 
-    growth: str = "journal"
-    """``journal`` (smallest next size first) or ``miccai`` (round-robin from axis 1)."""
-    start_fraction: float = 0.0
-    """Start growing from the first stage holding at least this fraction of the final voxels (start later)."""
-    growth_fraction: float = 1.0
-    """Share of the epochs the growing stages take; the final size trains for the rest (stop earlier)."""
-    max_batch: Optional[int] = None
-    """Cap on the Performance mode's batch size (a memory budget)."""
-    performance_batch: str = "voxels"
-    """The Performance mode's batch rule: ``voxels`` (the journal's, :func:`performance_batch`) or ``miccai``
-    (PGPS+, :func:`miccai_batches`). ``augment`` keeps the voxels whatever this is: its patches are not stages."""
-    single_voxel_bottleneck: bool = False
-    """Start from the reference's minimum patch (a 1-voxel bottleneck); by default growth starts one step later,
-    where the bottleneck holds 2 voxels, because instance normalisation cannot normalise a single voxel."""
-    augment_range: tuple[float, float] = (0.25, 1.5)
-    """``augment``: each axis is drawn from the sizes the network takes in [low, high] x its final size."""
-    augment_final_share: float = 0.25
-    """``augment``: share of the steps trained at the final patch instead of a drawn one (the paper: 0)."""
-    augment_mode: str = "performance"
-    """``augment``: "performance" keeps the voxels per step, "efficiency" keeps the batch (the paper)."""
-    rpss_mode: str = "efficiency"
-    """``rpss``: the batch rule of the stages it draws from."""
+    The network's patch grid comes from the architecture registry (its divisor per axis as 2x poolings, and its
+    minimum patch); the schedule's name (:func:`napari_pgps.models.architectures.schedule_of`: the network's
+    default when the configuration names none) and options from ``config.curriculum``; the final patch
+    (Z, Y, X) from ``config.model.patch_size``, whose network must be planned (kernel sizes and strides, unless
+    the network has a fixed divisor); the final batch from ``config.training.batch_size``.
 
-    @classmethod
-    def from_config(cls, curriculum) -> "ScheduleOptions":
-        """The options of a :class:`napari_pgps.config.CurriculumConfig`."""
-        return cls(
-            growth=curriculum.growth,
-            start_fraction=curriculum.start_fraction,
-            growth_fraction=curriculum.growth_fraction,
-            max_batch=curriculum.max_batch,
-            performance_batch=curriculum.performance_batch,
-            single_voxel_bottleneck=curriculum.single_voxel_bottleneck,
-            augment_range=tuple(curriculum.augment_range),
-            augment_final_share=curriculum.augment_final_share,
-            augment_mode=curriculum.augment_mode,
-            rpss_mode=curriculum.rpss_mode,
-        )
+    Args:
+        epochs: the run's epochs in place of ``config.training.epochs`` (a run planned to a time budget tries
+            several; the configuration is not changed).
+
+    Raises:
+        InputError: the final patch is not on the network's grid or below its minimum; an unknown schedule or
+            option.
+    """
+    model = config.model
+    epochs = config.training.epochs if epochs is None else epochs
+    check_patch_size(model.patch_size, patch_divisor(model), what="final patch")
+    check_minimum_patch(model, model.patch_size)
+    return build_schedule(schedule_of(config), model.patch_size, patch_poolings(model), epochs,
+                          config.training.batch_size, config.curriculum.options, minimum_patch(model))
 
 
 def build_schedule(
@@ -180,7 +175,7 @@ def build_schedule(
     poolings: Sequence[int],
     epochs: int,
     batch: int,
-    options: ScheduleOptions = ScheduleOptions(),
+    options: Optional[ScheduleOptions] = None,
     minimum_patch: Sequence[int] = (1, 1, 1),
 ) -> Schedule:
     """The schedule called ``name``.
@@ -190,11 +185,13 @@ def build_schedule(
         poolings: 2x poolings of the network per axis (Z, Y, X).
         epochs: total epochs E.
         batch: the final-stage batch size B.
+        options: the tuning knobs (the defaults when ``None``).
         minimum_patch: the smallest size per axis the network takes (SwinUNETR: 64).
 
     Raises:
         InputError: unknown name or option.
     """
+    options = ScheduleOptions() if options is None else options
     final = tuple(int(p) for p in final_patch)
     if epochs < 1 or batch < 1:
         raise InputError("a schedule needs at least 1 epoch and a batch of at least 1.")
@@ -232,13 +229,14 @@ def build_schedule(
 
 
 def growth_sizes(
-    final: Sequence[int], poolings: Sequence[int], options: ScheduleOptions = ScheduleOptions(), minimum_patch: Sequence[int] = (1, 1, 1)
+    final: Sequence[int], poolings: Sequence[int], options: Optional[ScheduleOptions] = None, minimum_patch: Sequence[int] = (1, 1, 1)
 ) -> list[tuple[int, int, int]]:
     """The patch sizes PGPS grows through, smallest first, ending with ``final``.
 
     Each size differs from the one before in one axis, by that axis's step
     ``2 ** p`` (clamped at the final size).
     """
+    options = ScheduleOptions() if options is None else options
     if options.growth not in GROWTH_RULES:
         raise InputError(f"unknown growth rule '{options.growth}'; choose one of {', '.join(GROWTH_RULES)}.")
     step = [2**int(p) for p in poolings]
@@ -278,7 +276,7 @@ def pgps_stages(
     epochs: int,
     batch: int,
     mode: str,
-    options: ScheduleOptions = ScheduleOptions(),
+    options: Optional[ScheduleOptions] = None,
     minimum_patch: Sequence[int] = (1, 1, 1),
 ) -> list[Stage]:
     """PGPS stages with their epochs and batch sizes.
@@ -293,6 +291,7 @@ def pgps_stages(
     ``options.performance_batch``, worked out on every size before the sizes
     are thinned to the epochs, then capped by ``options.max_batch``.
     """
+    options = ScheduleOptions() if options is None else options
     if mode not in ("efficiency", "performance"):
         raise InputError(f"unknown PGPS mode '{mode}'; choose efficiency or performance.")
     if not 0 < options.growth_fraction <= 1 or not 0 <= options.start_fraction <= 1:

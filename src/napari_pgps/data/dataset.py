@@ -4,7 +4,8 @@ Decathlon: ``dataset.json`` with ``labels``, ``modality`` (one name per
 channel) and ``training`` entries, ``imagesTr/CASE.nii.gz`` (4D (x, y, z, c)
 when there are several channels) and ``labelsTr/CASE.nii.gz``.
 nnU-Net v2: ``dataset.json`` with ``channel_names``, ``labels`` (name -> value)
-and ``file_ending``; ``imagesTr/CASE_0000.nii.gz``, ``CASE_0001.nii.gz``, ...
+and ``file_ending`` (any volume ending read: ``.nii.gz``, ``.nrrd``, ``.mha``, ...);
+``imagesTr/CASE_0000.nii.gz``, ``CASE_0001.nii.gz``, ...
 (one file per channel) and ``labelsTr/CASE.nii.gz``.
 
 Cases are validated as they load (see :func:`check_case`) so a problem is
@@ -27,9 +28,8 @@ from typing import Optional, Sequence
 import numpy as np
 
 from ..errors import InputError
-from .volume import Volume, case_name, is_volume_file, read_image, read_volume
-
-AFFINE_TOLERANCE = 1e-3
+from .geometry import AFFINE_TOLERANCE, geometry_difference
+from .volume import VOLUME_SUFFIXES, Volume, case_name, is_volume_file, read_image, read_volume
 
 
 @dataclass
@@ -209,15 +209,25 @@ def _inside(root: Path, relative: str) -> Path:
     return root / normal
 
 
+def nnunet_image_name(case: str, channel: int, ending: str = ".nii.gz") -> str:
+    """nnU-Net's name of a case's image file of one channel: ``nnunet_image_name("case", 0)`` is
+    ``"case_0000.nii.gz"`` (the channel in four digits, then the file ending)."""
+    return f"{case}_{channel:04d}{ending}"
+
+
 def _nnunet_files(root: Path, meta: dict, channels: int) -> list[CaseFiles]:
     ending = str(meta.get("file_ending", ".nii.gz"))
     if "/" in ending or "\\" in ending:
         raise InputError(f"{root / 'dataset.json'}: file_ending {ending!r} holds a path; it is the files' suffix, "
                          "e.g. .nii.gz.")
+    if not ending.lower().endswith(VOLUME_SUFFIXES):
+        raise InputError(f"{root / 'dataset.json'}: file_ending {ending!r} is not a volume format napari-pgps reads; "
+                         f"use one of {', '.join(VOLUME_SUFFIXES)}.")
     files = []
-    for first in sorted((root / "imagesTr").glob(f"*_0000{ending}")):
-        name = first.name[: -len(f"_0000{ending}")]
-        images = [root / "imagesTr" / f"{name}_{c:04d}{ending}" for c in range(channels)]
+    first_channel = nnunet_image_name("", 0, ending)  # "_0000.nii.gz"
+    for first in sorted((root / "imagesTr").glob(f"*{first_channel}")):
+        name = first.name[: -len(first_channel)]
+        images = [root / "imagesTr" / nnunet_image_name(name, c, ending) for c in range(channels)]
         missing = [p for p in images if not p.is_file()]
         if missing:
             raise InputError(f"{missing[0]}: not found; dataset.json declares {channels} channel(s), so case '{name}' "
@@ -269,26 +279,6 @@ def check_case(image: Volume, labels: Optional[Volume], declared: Optional[dict[
             )
 
 
-def geometry_difference(first: np.ndarray, second: np.ndarray) -> str:
-    """How two NIfTI affines (voxel (x, y, z) -> world mm) differ, in words for one line: the largest spacing
-    difference (with its axis), the distance between the origins and the largest angle between axes, each only
-    where it exceeds :data:`AFFINE_TOLERANCE`; e.g. "spacing along Z 1 vs 1.2 mm, origin differs by 3.2 mm"."""
-    first, second = np.asarray(first, dtype=float), np.asarray(second, dtype=float)
-    sizes = [np.linalg.norm(a[:3, :3], axis=0) for a in (first, second)]  # (sx, sy, sz)
-    notes = []
-    axis = int(np.argmax(np.abs(sizes[0] - sizes[1])))
-    if abs(sizes[0][axis] - sizes[1][axis]) > AFFINE_TOLERANCE:
-        notes.append(f"spacing along {'XYZ'[axis]} {sizes[0][axis]:.4g} vs {sizes[1][axis]:.4g} mm")
-    shift = float(np.linalg.norm(first[:3, 3] - second[:3, 3]))
-    if shift > AFFINE_TOLERANCE:
-        notes.append(f"origin differs by {shift:.3g} mm")
-    cosines = np.sum((first[:3, :3] / sizes[0]) * (second[:3, :3] / sizes[1]), axis=0)
-    angle = float(np.degrees(np.arccos(np.clip(cosines, -1.0, 1.0))).max())
-    if angle > np.degrees(AFFINE_TOLERANCE):
-        notes.append(f"axes turned by up to {angle:.3g} degrees")
-    return ", ".join(notes) or "the affines differ slightly"
-
-
 def case_files(
     info: DatasetInfo, *, require_labels: bool = True, max_cases: Optional[int] = None,
     names: Optional[Sequence[str]] = None,
@@ -303,7 +293,7 @@ def case_files(
     files = [f for f in info.files if names is None or f.name in set(names)]
     if max_cases is not None:
         files = files[:max_cases]
-    absent = next((path for f in files for path in f.images if not path.is_file()), None)
+    absent = next((path for f in files for path in f.images if not path.exists()), None)  # a file or DICOM folder
     if absent is not None:
         raise InputError(f"{absent}: file not found.")
     missing = [f for f in files if f.labels is None]

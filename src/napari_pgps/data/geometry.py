@@ -25,6 +25,13 @@ undone. Resampling follows nnU-Net's rules (re-stated, not copied):
 * probabilities: linear.
 
 All arrays are (..., Z, Y, X) and spacings (sz, sy, sx) in mm.
+
+Two matrices place voxels in the world. A NIfTI affine takes a voxel index
+(i, j, k) = (x, y, z) to world (x, y, z) RAS mm; napari's layers are placed by
+the same matrix with every axis in the reverse order, taking our (Z, Y, X)
+indices to world (z, y, x) (:func:`reverse_axes` turns one into the other, and
+:func:`layer_to_world` composes a layer's placement). A label map is stored as
+uint8, or int16 beyond 255 (:func:`label_dtype`).
 """
 
 from __future__ import annotations
@@ -39,9 +46,125 @@ ANISOTROPY_RATIO = 3.0
 THICK_AXIS_PERCENTILE = 10
 SAME_SPACING = 1e-3
 """Relative difference under which two axes' spacings count as the same (affines carry rounding noise)."""
+AFFINE_TOLERANCE = 1e-3
+"""Largest difference of any entry (mm) under which two affines place voxels alike (affines carry rounding noise)."""
 
 Box = tuple[tuple[int, int], tuple[int, int], tuple[int, int]]
 """(start, stop) per axis (Z, Y, X)."""
+
+
+# -- affines, layers and label types ------------------------------------------------------
+def spacing_of(affine: np.ndarray) -> tuple[float, float, float]:
+    """Voxel size (sz, sy, sx) in mm of a NIfTI affine (voxel (i, j, k) -> world (x, y, z)): the lengths of its
+    columns, in our (Z, Y, X) order. For a napari layer's matrix, ``spacing_of(reverse_axes(matrix))``."""
+    sizes = np.sqrt((np.asarray(affine, dtype=float)[:3, :3] ** 2).sum(axis=0))  # (sx, sy, sz)
+    return tuple(float(s) for s in sizes[::-1])
+
+
+def affine_from_spacing(spacing: Sequence[float]) -> np.ndarray:
+    """A diagonal NIfTI affine for a (sz, sy, sx) spacing and origin 0."""
+    sz, sy, sx = spacing
+    return np.diag([sx, sy, sz, 1.0])
+
+
+def reverse_axes(affine: np.ndarray) -> np.ndarray:
+    """A NIfTI affine (voxel (i, j, k) -> world (x, y, z)) as the affine of our (Z, Y, X) arrays to world (z, y, x),
+    as napari takes it; and back (the operation is its own inverse)."""
+    flip = np.eye(4)[[2, 1, 0, 3]]
+    return flip @ np.asarray(affine, dtype=float) @ flip
+
+
+def layer_to_world(affine: Optional[np.ndarray] = None, scale: Optional[Sequence[float]] = None,
+                   translate: Optional[Sequence[float]] = None, rotate: Optional[np.ndarray] = None,
+                   shear: Optional[np.ndarray] = None, ndim: int = 3) -> np.ndarray:
+    """The 4x4 matrix taking a napari layer's last three data axes (Z, Y, X) to world (z, y, x).
+
+    A layer is placed by its ``affine`` after its own scale, translate, rotation
+    and shear, composed as napari composes them:
+    ``affine @ [rotate @ shear @ diag(scale) | translate]``.
+
+    Args:
+        affine: the layer's affine, (ndim + 1) x (ndim + 1) (napari's ``layer.affine.affine_matrix``); ``None``
+            for none.
+        scale, translate: one value per data axis (defaults 1 and 0).
+        rotate: the rotation matrix, ndim x ndim (napari's ``layer.rotate``); ``None`` for none.
+        shear: the shear as napari gives it, a vector of the upper triangle's values (``layer.shear``) or an
+            ndim x ndim triangular matrix; ``None`` for none.
+        ndim: the layer's number of data axes, when ``scale`` and ``translate`` are not given.
+    """
+    ndim = len(scale) if scale is not None else len(translate) if translate is not None else ndim
+    scale_matrix = np.diag(np.ones(ndim) if scale is None else np.asarray(scale, dtype=float))
+    rotate_matrix = np.eye(ndim) if rotate is None else np.asarray(rotate, dtype=float)
+    if shear is None:
+        shear_matrix = np.eye(ndim)
+    elif np.ndim(shear) == 2:
+        shear_matrix = np.asarray(shear, dtype=float)
+    else:
+        shear_matrix = np.eye(ndim)
+        shear_matrix[np.triu(np.ones((ndim, ndim)), 1).astype(bool)] = shear
+    placement = np.eye(ndim + 1)
+    placement[:-1, :-1] = rotate_matrix @ shear_matrix @ scale_matrix
+    placement[:-1, -1] = 0.0 if translate is None else np.asarray(translate, dtype=float)
+    world = placement if affine is None else np.asarray(affine, dtype=float) @ placement
+    return world[-4:, -4:]
+
+
+def geometry_difference(first: np.ndarray, second: np.ndarray) -> str:
+    """How two NIfTI affines (voxel (x, y, z) -> world mm) differ, in words for one line: the largest spacing
+    difference (with its axis), the distance between the origins and the largest angle between axes, each only
+    where it exceeds :data:`AFFINE_TOLERANCE`; e.g. "spacing along Z 1 vs 1.2 mm, origin differs by 3.2 mm"."""
+    first, second = np.asarray(first, dtype=float), np.asarray(second, dtype=float)
+    sizes = [np.linalg.norm(a[:3, :3], axis=0) for a in (first, second)]  # (sx, sy, sz)
+    notes = []
+    axis = int(np.argmax(np.abs(sizes[0] - sizes[1])))
+    if abs(sizes[0][axis] - sizes[1][axis]) > AFFINE_TOLERANCE:
+        notes.append(f"spacing along {'XYZ'[axis]} {sizes[0][axis]:.4g} vs {sizes[1][axis]:.4g} mm")
+    shift = float(np.linalg.norm(first[:3, 3] - second[:3, 3]))
+    if shift > AFFINE_TOLERANCE:
+        notes.append(f"origin differs by {shift:.3g} mm")
+    cosines = np.sum((first[:3, :3] / sizes[0]) * (second[:3, :3] / sizes[1]), axis=0)
+    angle = float(np.degrees(np.arccos(np.clip(cosines, -1.0, 1.0))).max())
+    if angle > np.degrees(AFFINE_TOLERANCE):
+        notes.append(f"axes turned by up to {angle:.3g} degrees")
+    return ", ".join(notes) or "the affines differ slightly"
+
+
+def display_axes(affine: np.ndarray) -> tuple[int, int, int]:
+    """For a NIfTI ``affine``, the order of our (Z, Y, X) array axes that lies nearest world (z, y, x).
+
+    ``np.transpose(array, display_axes(affine))`` has axis ``i`` along world axis
+    ``i`` (up to a flip or an oblique tilt): ``(0, 1, 2)`` for a file stored
+    axial (RAS, LPS, ...), e.g. ``(1, 2, 0)`` for one whose voxel axes run
+    along world (y, z, x). An affine without a clear direction keeps its order.
+    """
+    import nibabel.orientations as nio
+
+    world_of_voxel = nio.io_orientation(np.asarray(affine, dtype=float))[:, 0]  # NIfTI voxel axis i, j, k -> x, y, z
+    if np.isnan(world_of_voxel).any():
+        return (0, 1, 2)
+    # array axis a is NIfTI voxel axis 2 - a; world axis w is napari axis 2 - w
+    axes = [0, 0, 0]
+    for array_axis in range(3):
+        axes[2 - int(world_of_voxel[2 - array_axis])] = array_axis
+    return tuple(axes)
+
+
+def axes_matrix(axes: Sequence[int]) -> np.ndarray:
+    """The 4x4 matrix taking an index of ``np.transpose(array, axes)`` (3D) to the same voxel's index of ``array``.
+
+    A layer placed by ``affine`` shows the transposed array where ``array`` lay
+    with ``affine @ axes_matrix(axes)``.
+    """
+    matrix = np.zeros((4, 4))
+    matrix[3, 3] = 1.0
+    for new, old in enumerate(axes):
+        matrix[old, new] = 1.0
+    return matrix
+
+
+def label_dtype(highest_label: int) -> np.dtype:
+    """The type a label map whose highest value is ``highest_label`` is kept in: uint8 up to 255, else int16."""
+    return np.dtype(np.uint8 if highest_label < 256 else np.int16)
 
 
 # -- orientation ---------------------------------------------------------------------
@@ -92,11 +215,6 @@ def _apply(array: np.ndarray, transform: np.ndarray) -> np.ndarray:
     order = tuple(range(array.ndim))[::-1]  # to (x, y, z[, c]) for nibabel, and back
     return np.ascontiguousarray(np.transpose(nio.apply_orientation(np.transpose(array, order), transform), order))
 
-
-def spacing_of(affine: np.ndarray) -> tuple[float, float, float]:
-    """Voxel size (sz, sy, sx) in mm of a NIfTI affine."""
-    sizes = np.sqrt((np.asarray(affine, dtype=float)[:3, :3] ** 2).sum(axis=0))  # (sx, sy, sz)
-    return tuple(float(s) for s in sizes[::-1])
 
 
 # -- spacing -------------------------------------------------------------------------

@@ -24,13 +24,14 @@ CHUNK_VOXELS = 1 << 24
 """Voxels counted at a time for the label values, so a large volume needs no whole-size copy."""
 
 
-def describe_file(path: str | os.PathLike) -> dict[str, Any]:
-    """:func:`describe_volume` of the file read as an image (any number of channels).
+def describe_file(path: str | os.PathLike, series: Optional[str] = None) -> dict[str, Any]:
+    """:func:`describe_volume` of the file read as an image (any number of channels); ``series``: the DICOM series
+    to read from a folder of several.
 
     Raises:
         InputError: a file napari-pgps cannot read (the reason in one line).
     """
-    return describe_volume(read_volume(path, kind="image"))
+    return describe_volume(read_volume(path, kind="image", series=series))
 
 
 def describe_volume(volume: Volume) -> dict[str, Any]:
@@ -41,7 +42,8 @@ def describe_volume(volume: Volume) -> dict[str, Any]:
     superior) or "LPS" (nibabel's ``aff2axcodes``; the closest codes for an oblique affine); ``affine``, the 4x4
     matrix from voxel (i, j, k, 1) to world (x, y, z, 1) in mm, RAS+; ``dtype``, the voxel type in the file;
     ``value_range``, [min, max] over every channel; ``label_values``, the distinct values of a map of a few whole
-    numbers (``None`` for other images); ``notes``, what reading assumed or what napari-pgps will refuse.
+    numbers (``None`` for other images); ``notes``, what reading assumed or what napari-pgps will refuse; for a
+    DICOM series ``dicom_series``: its ``uid``, ``description`` and ``slices`` (no patient or study data).
     """
     notes = list(volume.notes)
     try:
@@ -49,6 +51,9 @@ def describe_volume(volume: Volume) -> dict[str, Any]:
     except InputError as error:
         notes.append(f"training and segment refuse it: {error}")
     array = volume.array
+    series = volume.dicom
+    dicom = {"dicom_series": {"uid": series.uid, "description": series.description, "slices": len(series.files)}
+             } if series is not None else {}
     return {
         "file": str(volume.path) if volume.path else None,
         "shape": list(volume.shape),
@@ -60,6 +65,7 @@ def describe_volume(volume: Volume) -> dict[str, Any]:
         "value_range": [float(array.min()), float(array.max())],
         "label_values": label_values(array),
         "notes": notes,
+        **dicom,
     }
 
 
@@ -97,5 +103,8 @@ def info_text(description: dict[str, Any]) -> str:
         + (f"; label values {', '.join(map(str, d['label_values']))}" if d["label_values"] is not None else ""),
         "affine       " + "\n             ".join(" ".join(f"{v:>10.6g}" for v in row) for row in d["affine"]),
     ]
+    if "dicom_series" in d:
+        series = d["dicom_series"]
+        lines.insert(1, f"series       {series['uid']} {series['description']!r}, {series['slices']} slices (DICOM)")
     lines += [f"note         {note}" for note in d["notes"]]
     return "\n".join(lines)

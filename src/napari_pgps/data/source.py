@@ -3,7 +3,8 @@
 A dataset folder's cases are read file by file when needed; its fingerprint
 and preprocessed datasets are kept in the cache folder under a name made of
 the folder's name and a digest of its files (names, sizes, modification
-times, a hash of each file's ends) and of the versions of the package and its
+times, a hash of each file's ends; the data file of a detached NRRD or
+MetaImage header, every file of a case given as a DICOM series' folder) and of the versions of the package and its
 readers, so a later run, another fold or another DDP rank on the same files
 reuses them, and a changed file or version makes new ones. Cases given in
 memory (napari layers) are preprocessed into a temporary folder that lives as
@@ -25,6 +26,7 @@ from ..errors import InputError
 from ..files import write_text_atomically
 from .dataset import Case, TrainingSet, case_files, fold_splits, read_case, read_dataset_info, split_cases
 from .fingerprint import Fingerprint, fingerprint_cases
+from .itk_image import data_files
 from .preprocessing import PreprocessingPlan
 from .store import (PreprocessedDataset, cache_folder, load_fingerprint, prepare_store, save_fingerprint,
                     source_signature)
@@ -107,10 +109,19 @@ def folder_source(path: str | os.PathLike, max_cases: Optional[int] = None, cach
     """The labelled cases of a dataset folder (the first ``max_cases`` by name)."""
     info = read_dataset_info(path)
     files = case_files(info, max_cases=max_cases)
-    digest = source_signature(info.root.resolve(), [(e.name, file) for e in files for file in (*e.images, e.labels)])
+    signed = [(e.name, file) for e in files for given in (*e.images, e.labels) for file in _files_of(given)]
+    digest = source_signature(info.root.resolve(), signed)
     folder = cache_folder(cache) / f"{info.root.resolve().name}-{digest}"
     cases = [(entry.name, lambda entry=entry: read_case(info, entry)) for entry in files]
     return DataSource(cases, info.labels, info.channels, folder, ignore_label=info.ignore_label)
+
+
+def _files_of(path: Path) -> list[Path]:
+    """The files holding a case's volume: its file (and the data file of a detached NRRD or MetaImage header), or
+    every file of a DICOM series' folder (its subfolders' too, in name order)."""
+    if not path.is_dir():
+        return [path, *data_files(path)]
+    return sorted(file for file in path.rglob("*") if file.is_file() and not file.name.startswith("."))
 
 
 def memory_source(dataset: TrainingSet) -> DataSource:

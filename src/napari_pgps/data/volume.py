@@ -1,7 +1,11 @@
 """Reading and writing 3D volumes with their geometry.
 
 A :class:`Volume` carries the voxel array in (Z, Y, X) order together with the
-spacing and the affine, so nothing downstream loses the geometry.
+spacing and the affine, so nothing downstream loses the geometry. Formats:
+NIfTI (nibabel), TIFF (tifffile), NRRD and MetaImage (SimpleITK,
+:mod:`~napari_pgps.data.itk_image`) and DICOM series, read only
+(:mod:`~napari_pgps.data.dicom`; written back as a DICOM SEG by
+:mod:`~napari_pgps.data.dicom_seg`).
 
 Conventions:
 
@@ -13,6 +17,9 @@ Conventions:
 * ``affine`` is the 4x4 NIfTI affine of the file, mapping a voxel index
   (i, j, k, 1) = (x, y, z, 1) to world coordinates in mm (RAS+). It is kept as
   the file had it, so written results share the source's geometry exactly.
+  NRRD, MetaImage and DICOM place voxels in LPS (x to the left, y posterior):
+  their affine is the same placement turned to RAS, and their arrays are the
+  file's (k, j, i) voxels, like NIfTI's.
 
 TIFF has no world geometry of its own: a TIFF volume gets a diagonal affine
 (no orientation: its voxel axes are taken as RAS) from its voxel size, read
@@ -36,9 +43,16 @@ import numpy as np
 
 from ..errors import InputError
 from ..files import atomic_path
+from .dicom import DicomSeries, is_dicom_file, read_dicom
+from .geometry import affine_from_spacing, label_dtype
+from .itk_image import ITK_SUFFIXES, ITK_WRITE_SUFFIXES, read_itk, write_itk
 
 NIFTI_SUFFIXES = (".nii", ".nii.gz")
 TIFF_SUFFIXES = (".tif", ".tiff")
+VOLUME_SUFFIXES = NIFTI_SUFFIXES + TIFF_SUFFIXES + ITK_SUFFIXES
+"""The endings of the volume files read (a DICOM series is a folder, or files of any name)."""
+WRITE_SUFFIXES = NIFTI_SUFFIXES + TIFF_SUFFIXES + ITK_WRITE_SUFFIXES
+"""The endings of the volume files written."""
 MAX_LABEL_VALUE = 32767
 """The highest label value read (label maps are kept as int16 beyond 255)."""
 
@@ -50,10 +64,12 @@ class Volume:
     Attributes:
         array: voxel values, shape (Z, Y, X); an image of several channels (C, Z, Y, X).
         affine: 4x4 NIfTI-style voxel-to-world matrix for index order (x, y, z).
-        path: where the volume was read from, if anywhere.
+        path: where the volume was read from, if anywhere (a DICOM series: its folder).
         header: the source NIfTI header, kept to write results with the same geometry.
         notes: what reading the file had to assume (e.g. "spacing unknown, 1 mm assumed"), one sentence each.
         stored_dtype: the voxel type in the file, before it was read as float32 (images) or uint8/int16 (labels).
+        dicom: the DICOM series it was read from (UID, description, files in Z order), what a DICOM SEG written for
+            it references; ``None`` for other formats.
     """
 
     array: np.ndarray
@@ -62,6 +78,7 @@ class Volume:
     header: Any = None
     notes: tuple[str, ...] = ()
     stored_dtype: Optional[str] = None
+    dicom: Optional[DicomSeries] = None
 
     @property
     def spacing(self) -> tuple[float, float, float]:
@@ -88,18 +105,12 @@ class Volume:
         return case_name(self.path) if self.path else "volume"
 
     def with_array(self, array: np.ndarray) -> "Volume":
-        """A new volume with the same geometry (affine, header and the notes on it) and another array of the same
-        spatial shape."""
+        """A new volume with the same geometry (affine, header, DICOM series and the notes on it) and another array
+        of the same spatial shape."""
         if tuple(array.shape[-3:]) != self.shape:
             raise ValueError(f"spatial shape {tuple(array.shape[-3:])} differs from {self.shape}")
-        return Volume(array=array, affine=self.affine.copy(), path=self.path, header=self.header, notes=self.notes)
-
-
-def reverse_axes(affine: np.ndarray) -> np.ndarray:
-    """A NIfTI affine (voxel (i, j, k) -> world (x, y, z)) as the affine of our (Z, Y, X) arrays to world (z, y, x),
-    as napari takes it; and back (the operation is its own inverse)."""
-    flip = np.eye(4)[[2, 1, 0, 3]]
-    return flip @ np.asarray(affine, dtype=float) @ flip
+        return Volume(array=array, affine=self.affine.copy(), path=self.path, header=self.header, notes=self.notes,
+                      dicom=self.dicom)
 
 
 def nifti_codes(header: Any) -> dict[str, Any]:
@@ -121,52 +132,58 @@ def nifti_header(affine: np.ndarray, codes: dict[str, Any]) -> Any:
     return header
 
 
-def affine_from_spacing(spacing: tuple[float, float, float]) -> np.ndarray:
-    """A diagonal NIfTI affine for a (sz, sy, sx) spacing and origin 0."""
-    sz, sy, sx = spacing
-    return np.diag([sx, sy, sz, 1.0])
-
-
 def case_name(path: Path) -> str:
     """File name without its volume suffix: ``a/case_001.nii.gz`` -> ``case_001``."""
     name = Path(path).name
-    for suffix in NIFTI_SUFFIXES + TIFF_SUFFIXES:
+    for suffix in VOLUME_SUFFIXES:
         if name.lower().endswith(suffix):
             return name[: -len(suffix)]
     return name
 
 
 def is_volume_file(path: Path) -> bool:
+    """Whether a file's name is that of a volume file read (a DICOM series, a folder, is not one)."""
     name = path.name.lower()
-    return not name.startswith(".") and name.endswith(NIFTI_SUFFIXES + TIFF_SUFFIXES)
+    return not name.startswith(".") and name.endswith(VOLUME_SUFFIXES)
 
 
-def read_volume(path: str | os.PathLike, *, kind: str = "image") -> Volume:
-    """Read a 3D NIfTI (``.nii``, ``.nii.gz``) or TIFF volume; an image may be 4D (channels).
+def read_volume(path: str | os.PathLike, *, kind: str = "image", series: Optional[str] = None) -> Volume:
+    """Read a 3D volume: NIfTI (``.nii``, ``.nii.gz``), TIFF, NRRD (``.nrrd``, ``.nhdr``), MetaImage (``.mha``,
+    ``.mhd``) or a DICOM series (its folder or any one of its files); an image may have channels.
 
     Args:
-        path: the file.
+        path: the file, or a DICOM series' folder.
         kind: ``"image"`` (intensities must be finite; returned as float32,
             (Z, Y, X) or (C, Z, Y, X)) or ``"labels"`` (values must be whole
             numbers; returned as uint8/int16, (Z, Y, X)).
+        series: for a folder holding several DICOM series, the SeriesInstanceUID of the one to read.
 
     Raises:
-        InputError: missing or unreadable file, a NIfTI header claiming more data than the file holds, not 3D (or
-            4D for an image), NaN or infinite intensities, or labels that are not whole numbers.
+        InputError: missing or unreadable file, a header claiming more data than the file holds, not 3D (or
+            4D for an image), NaN or infinite intensities, labels that are not whole numbers, or a DICOM folder
+            or series that cannot be read as one volume (see :mod:`~napari_pgps.data.dicom`).
     """
     path = Path(path)
-    if not path.is_file():
+    if not path.exists():
         raise InputError(f"{path}: file not found.")
     name = path.name.lower()
     notes: tuple[str, ...] = ()
+    header = dicom = stored_dtype = None
     if name.endswith(NIFTI_SUFFIXES):
         array, affine, header = _read_nifti(path)
     elif name.endswith(TIFF_SUFFIXES):
         array, affine, notes = _read_tiff(path)
-        header = None
+    elif name.endswith(ITK_SUFFIXES):
+        array, affine = read_itk(path)
+    elif path.is_dir() or is_dicom_file(path):
+        array, affine, notes, dicom, stored_dtype = read_dicom(path, series)
+        path = path if path.is_dir() else path.parent
     else:
-        raise InputError(f"{path}: unsupported file type; use NIfTI (.nii, .nii.gz) or TIFF (.tif, .tiff).")
-    stored_dtype = str(array.dtype)
+        raise InputError(f"{path}: unsupported file type; use NIfTI (.nii, .nii.gz), TIFF (.tif, .tiff), NRRD "
+                         "(.nrrd, .nhdr), MetaImage (.mha, .mhd) or a DICOM series (its folder or one of its files).")
+    if series is not None and dicom is None:
+        raise InputError(f"{path}: not a DICOM series; a series UID chooses among the series of a DICOM folder.")
+    stored_dtype = stored_dtype or str(array.dtype)
     array = _spatial_array(array, path, channels_allowed=kind != "labels")
     if kind == "labels":
         array = _as_labels(array, path)
@@ -178,7 +195,7 @@ def read_volume(path: str | os.PathLike, *, kind: str = "image") -> Volume:
                 f"{path}: {bad} voxel(s) are NaN or infinite; fix or mask them before using this image."
             )
     return Volume(array=np.ascontiguousarray(array), affine=affine, path=path, header=header, notes=notes,
-                  stored_dtype=stored_dtype)
+                  stored_dtype=stored_dtype, dicom=dicom)
 
 
 def _read_nifti(path: Path) -> tuple[np.ndarray, np.ndarray, Any]:
@@ -339,15 +356,16 @@ def _spatial_array(array: np.ndarray, path: Path, channels_allowed: bool) -> np.
     return array
 
 
-def read_image(paths: Sequence[str | os.PathLike]) -> Volume:
+def read_image(paths: Sequence[str | os.PathLike], *, series: Optional[str] = None) -> Volume:
     """One image from one file per channel (nnU-Net's ``CASE_0000``, ``CASE_0001``, ...), as (C, Z, Y, X).
 
-    A single path is read as it is (3D, or 4D with its channels).
+    A single path is read as it is (3D, or 4D with its channels). ``series``: the DICOM series to read from a
+    folder of several (:func:`read_volume`).
 
     Raises:
         InputError: a file cannot be read, or the channels differ in shape or geometry.
     """
-    volumes = [read_volume(path, kind="image") for path in paths]
+    volumes = [read_volume(path, kind="image", series=series) for path in paths]
     if len(volumes) == 1:
         return volumes[0]
     first = volumes[0]
@@ -356,7 +374,8 @@ def read_image(paths: Sequence[str | os.PathLike]) -> Volume:
             raise InputError(f"{volume.path}: its shape or geometry differs from {first.path}; the channels of a case "
                              "must cover the same voxels.")
     array = np.concatenate([v.channel_first() for v in volumes])
-    return Volume(array=array, affine=first.affine, path=first.path, header=first.header, notes=first.notes)
+    return Volume(array=array, affine=first.affine, path=first.path, header=first.header, notes=first.notes,
+                  dicom=first.dicom)
 
 
 def _as_labels(array: np.ndarray, path: Path) -> np.ndarray:
@@ -372,24 +391,27 @@ def _as_labels(array: np.ndarray, path: Path) -> np.ndarray:
         raise InputError(f"{path}: label values of type {array.dtype} are not whole numbers.")
     if array.size and (array.min() < 0 or array.max() > MAX_LABEL_VALUE):
         raise InputError(f"{path}: label values must lie in 0..{MAX_LABEL_VALUE} (found {array.min()}..{array.max()}).")
-    dtype = np.uint8 if array.size == 0 or array.max() < 256 else np.int16
-    return array.astype(dtype)
+    return array.astype(label_dtype(array.max(initial=0)))
 
 
 def write_volume(volume: Volume, path: str | os.PathLike) -> Path:
-    """Write ``volume`` as NIfTI (or TIFF) atomically, keeping its affine and header geometry.
+    """Write ``volume`` as NIfTI, TIFF, NRRD (``.nrrd``) or MetaImage (``.mha``) atomically, on its grid.
 
-    The array is written in (x, y, z) order, the transpose of ``volume.array``.
-    A header copied from the source keeps its qform/sform codes; the data type
-    follows the array.
+    NIfTI: the array is written in (x, y, z) order, the transpose of ``volume.array``; a header copied from the
+    source keeps its qform/sform codes. NRRD and MetaImage: the affine as ITK's LPS origin, spacing and direction
+    (:func:`~napari_pgps.data.itk_image.write_itk`), so a result written for an NRRD, MetaImage or DICOM input has
+    that input's size, origin and direction. The data type follows the array.
     """
     import nibabel as nib
 
     path = Path(path)
     name = path.name.lower()
+    if name.endswith(ITK_SUFFIXES):
+        write_itk(volume.array, volume.affine, path)
+        return path
     suffix = ".nii.gz" if name.endswith(".nii.gz") else path.suffix
-    if not name.endswith(NIFTI_SUFFIXES + TIFF_SUFFIXES):
-        raise InputError(f"{path}: choose an output ending in .nii.gz, .nii, .tif or .tiff.")
+    if not name.endswith(WRITE_SUFFIXES):
+        raise InputError(f"{path}: choose an output ending in .nii.gz, .nii, .tif, .tiff, .nrrd or .mha.")
     with atomic_path(path, suffix=suffix) as tmp:
         if name.endswith(NIFTI_SUFFIXES):
             data = np.transpose(volume.array, tuple(range(volume.array.ndim))[::-1])  # (x, y, z[, c])

@@ -8,10 +8,12 @@ from .control import TrainingControl
 from .device import pick_device
 from .inference import Cancelled, Segmentation, SegmentationModel, load_model, predict_probabilities, segment_volume
 from .progress import TrainingProgress, describe_event, fold, read_events
+from .run_folder import RunFolder, model_config
 from .trainer import TrainingDiverged, train
 
 __all__ = [
     "Cancelled",
+    "RunFolder",
     "Segmentation",
     "SegmentationModel",
     "TrainingControl",
@@ -22,6 +24,7 @@ __all__ = [
     "fold",
     "load_checkpoint",
     "load_model",
+    "model_config",
     "pick_device",
     "predict_probabilities",
     "read_events",

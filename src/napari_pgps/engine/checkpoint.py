@@ -11,7 +11,10 @@ training-loop plug-in's state by its name), ``split`` (the training and
 validation case names), ``epoch`` (epochs completed), ``step``, ``rng``
 (torch / numpy / CUDA states; under torchrun also ``numpy_ranks``, every
 rank's sampler state in rank order, and ``schedule``, the shared patch-draw
-state), ``best_mean_dice``, ``last_mean_dice``, ``training_seconds``.
+state), ``best_mean_dice``, ``last_mean_dice``, ``training_seconds``, ``stages`` (the patch stages as
+``[z, y, x, batch, epochs]``, as laid out when the run was last re-planned to its budget).
+
+:func:`checkpoint_payload` takes these from a training run, :func:`restore` puts them back into one.
 """
 
 from __future__ import annotations
@@ -21,14 +24,18 @@ import os
 import pickle
 import zipfile
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Optional, Protocol, Sequence
 
+import numpy as np
 import torch
 
 from ..config import RunConfig
+from ..curriculum import Stage
 from ..errors import CheckpointError, InputError
 from ..files import atomic_write
-from ..models import build_network, check_patch_size, patch_divisor
+from ..models import build_network, check_patch_size, model_kind, patch_divisor
+from ..plugins import TrainingPlugin
+from . import distributed
 from .package import is_model_package, read_model_package
 
 FORMAT = "napari-pgps-checkpoint"
@@ -37,8 +44,123 @@ VERSION = 2
 LAST = "checkpoint_last.pt"
 BEST = "checkpoint_best.pt"
 FINAL = "checkpoint_final.pt"
-SPLITS_FILE = "splits.json"
-"""Beside the checkpoints: the run's training and validation case names, ``{"training": [...], "validation": [...]}``."""
+"""The names of a run's checkpoints in its run folder (:mod:`.run_folder`)."""
+
+
+class CheckpointedRun(Protocol):
+    """What a checkpoint holds of a training run (the training loop's run, :mod:`.trainer`)."""
+
+    config: RunConfig
+    network: torch.nn.Module
+    """The network being trained (never the DDP wrapper)."""
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LRScheduler
+    scaler: torch.amp.GradScaler
+    plugins: Sequence[TrainingPlugin]
+    split: dict
+    epoch: int
+    """Epochs completed."""
+    step: int
+    stages: tuple[Stage, ...]
+    training_seconds: float
+    best_mean_dice: float
+    last_mean_dice: Optional[float]
+    rng: np.random.Generator
+    """The sampler's random generator (this rank's)."""
+    draw_rng: np.random.Generator
+    """The schedule's patch draws (``rng`` itself without torchrun)."""
+    context: distributed.DistributedContext
+
+
+def checkpoint_payload(run: CheckpointedRun) -> dict[str, Any]:
+    """The checkpoint of ``run`` as it now is (the keys above, less ``format`` and ``version``); collective under
+    torchrun (every rank's sampler state is gathered)."""
+    return {
+        "config": run.config.to_dict(),
+        "kind": model_kind(run.config),
+        "model": run.network.state_dict(),
+        "optimizer": run.optimizer.state_dict(),
+        "scheduler": run.scheduler.state_dict(),
+        "scaler": run.scaler.state_dict(),
+        "plugins": {plugin.name: plugin.state_dict() for plugin in run.plugins},
+        "split": run.split,
+        "epoch": run.epoch,
+        "step": run.step,
+        "stages": [[*stage.patch, stage.batch, stage.epochs] for stage in run.stages],
+        "training_seconds": run.training_seconds,
+        "best_mean_dice": run.best_mean_dice,
+        "last_mean_dice": run.last_mean_dice,
+        "rng": rng_states(run.rng, run.draw_rng, run.context),
+    }
+
+
+def rng_states(rng: np.random.Generator, draw_rng: np.random.Generator,
+               context: distributed.DistributedContext = distributed.SINGLE) -> dict[str, Any]:
+    """The random states a checkpoint keeps: torch's, CUDA's and the sampler's ``rng`` (``numpy``); a distributed
+    run adds every rank's sampler state (``numpy_ranks``, collective) and the schedule's ``draw_rng``
+    (``schedule``)."""
+    states = {
+        "torch": torch.get_rng_state(),
+        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+        "numpy": _plain_state(rng.bit_generator.state),
+    }
+    if context.enabled:
+        states["numpy_ranks"] = distributed.gather_objects(states["numpy"], context)
+        states["schedule"] = _plain_state(draw_rng.bit_generator.state)
+    return states
+
+
+def restore(run: CheckpointedRun, state: dict[str, Any]) -> None:
+    """Put a checkpoint's optimiser, scheduler, scaler and plug-in states, progress, stages and random states
+    back into ``run``, built as the checkpoint's run was.
+
+    Raises:
+        InputError: the run was trained by another number of processes.
+    """
+    run.optimizer.load_state_dict(state["optimizer"])
+    run.scheduler.load_state_dict(state["scheduler"])
+    if state.get("scaler"):
+        run.scaler.load_state_dict(state["scaler"])
+    saved = state.get("plugins", {})
+    for plugin in run.plugins:
+        if plugin.name in saved:
+            plugin.load_state_dict(saved[plugin.name])
+    run.epoch = int(state["epoch"])
+    run.step = int(state["step"])
+    if state.get("stages"):  # as laid out when the run was last re-planned to its budget
+        run.stages = tuple(Stage(tuple(int(v) for v in s[:3]), int(s[3]), int(s[4])) for s in state["stages"])
+    run.training_seconds = float(state.get("training_seconds", 0.0))
+    run.best_mean_dice = float(state.get("best_mean_dice", -1.0))
+    run.last_mean_dice = state.get("last_mean_dice")
+    restore_rng_states(state.get("rng", {}), run.rng, run.draw_rng, run.context)
+
+
+def restore_rng_states(states: dict[str, Any], rng: np.random.Generator, draw_rng: np.random.Generator,
+                       context: distributed.DistributedContext = distributed.SINGLE) -> None:
+    """Set the random states :func:`rng_states` returned (this rank's sampler state into ``rng``).
+
+    Raises:
+        InputError: they were taken by another number of processes than ``context``'s.
+    """
+    if "torch" in states:
+        torch.set_rng_state(states["torch"])
+    if states.get("cuda") and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(states["cuda"])
+    streams = states.get("numpy_ranks", [states["numpy"]] if "numpy" in states else [])
+    if streams and len(streams) != context.world_size:
+        raise InputError(
+            f"this run was trained by {len(streams)} process(es) and is being resumed by {context.world_size}; "
+            f"resume it with {len(streams)} in all (torchrun: --nnodes times --nproc_per_node)."
+        )
+    if streams:
+        rng.bit_generator.state = streams[context.rank]
+    if "schedule" in states and draw_rng is not rng:
+        draw_rng.bit_generator.state = states["schedule"]
+
+
+def _plain_state(state: dict[str, Any]) -> dict[str, Any]:
+    """A numpy bit generator's state with plain ints (a checkpoint loads with ``weights_only=True``)."""
+    return {k: _plain_state(v) if isinstance(v, dict) else (int(v) if isinstance(v, (np.integer,)) else v) for k, v in state.items()}
 
 
 def save_checkpoint(payload: dict[str, Any], path: str | os.PathLike) -> Path:
@@ -53,9 +175,12 @@ def save_checkpoint(payload: dict[str, Any], path: str | os.PathLike) -> Path:
     return path
 
 
-def load_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
+def load_checkpoint(path: str | os.PathLike, *, mmap: bool = False) -> dict[str, Any]:
     """Read a checkpoint safely (``weights_only=True``) onto the CPU; a model package (a ``.zip`` file, or any file
     holding the package manifest) is read by :func:`.package.read_model_package` into the same keys.
+
+    ``mmap``: map the checkpoint's tensors from the file instead of reading them (what reads only its configuration
+    or figures: the weights are not read into memory).
 
     Raises:
         CheckpointError: missing, damaged, or not a napari-pgps checkpoint or model package.
@@ -66,7 +191,7 @@ def load_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
     if path.suffix.lower() == ".zip" or is_model_package(path):
         return {"format": FORMAT, "version": VERSION, **read_model_package(path)}
     try:
-        payload = torch.load(path, map_location="cpu", weights_only=True)
+        payload = torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
     except (pickle.UnpicklingError, zipfile.BadZipFile, EOFError, RuntimeError, OSError, ValueError, KeyError) as exc:
         raise CheckpointError(
             f"{path}: damaged or not a napari-pgps checkpoint ({type(exc).__name__}: {str(exc).splitlines()[0][:200]})."
@@ -83,6 +208,18 @@ def load_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
         if key not in payload:
             raise CheckpointError(f"{path}: damaged checkpoint ('{key}' missing).")
     return payload
+
+
+def trained_config(payload: dict[str, Any], path: str | os.PathLike) -> RunConfig:
+    """The configuration a checkpoint's (or package's) model was trained with, from its payload read from ``path``.
+
+    Raises:
+        CheckpointError: the configuration cannot be read.
+    """
+    try:
+        return RunConfig.from_dict(payload["config"], source=str(path))
+    except InputError as exc:
+        raise CheckpointError(f"{path}: its configuration cannot be read ({exc}).") from None
 
 
 def find_checkpoint(model: str | os.PathLike) -> Path:
@@ -122,10 +259,7 @@ def start_from_model(
     """
     path = find_checkpoint(model)
     payload = load_checkpoint(path)
-    try:
-        trained = RunConfig.from_dict(payload["config"], source=str(path))
-    except InputError as exc:
-        raise CheckpointError(f"{path}: its configuration cannot be read ({exc}).") from None
+    trained = trained_config(payload, path)
     theirs, ours = dict(trained.labels or {}), {int(v): str(n) for v, n in labels.items()}
     if theirs != ours:
         differences = []

@@ -29,11 +29,12 @@ from torch import nn
 from ..config import RunConfig
 from ..data.augmentation import MIRRORED_AXES
 from ..data.dataset import check_image
+from ..data.geometry import label_dtype
 from ..data.preprocessing import PreprocessingPlan, preprocess_image, restore_probabilities
 from ..data.volume import Volume
 from ..errors import CheckpointError, InputError
 from ..models import architecture, build_network, check_inference_patch
-from .checkpoint import find_checkpoint, load_checkpoint
+from .checkpoint import find_checkpoint, load_checkpoint, trained_config
 from .device import cpu_convolutions, pick_device
 from .metrics import label_volumes
 from .postprocessing import Postprocessing
@@ -128,8 +129,8 @@ def load_model(model: str | os.PathLike, device: str | torch.device = "auto", ru
         device = "cpu"
     path = find_checkpoint(model)
     payload = load_checkpoint(path)
+    config = trained_config(payload, path)
     try:
-        config = RunConfig.from_dict(payload["config"], source=str(path))
         network = build_network(config.model, payload["model"])
     except (InputError, ValueError, RuntimeError, KeyError, TypeError) as exc:
         raise CheckpointError(f"{path}: the checkpoint's network cannot be rebuilt ({exc}).") from None
@@ -300,7 +301,10 @@ class Segmentation:
     Attributes:
         labels: label values (Z, Y, X) on the input's own grid, with its affine and header.
         volumes: per label name, ``{"voxels": int, "ml": float}``, measured on the input's grid.
-        probabilities: softmax (K, Z, Y, X) on the input's grid if asked for, else ``None``.
+        probabilities: if asked for (``keep_probabilities``), else ``None``: the class probabilities (K, Z, Y, X)
+            float32 on the input's grid (resampled back linearly, background outside the region the model
+            segmented; averaged over an ensemble), channel ``k`` for the ``k``-th smallest label value. ``labels``
+            is their argmax, to the voxel, until the post-processing changes it.
         notes: what was done to the input to meet the model, e.g. "reoriented from LPS to RAS".
     """
 
@@ -356,6 +360,7 @@ def segment_volume(
             window with the ONNX runtime).
         mirror: mirroring test-time augmentation, along the axes each model was trained to flip
             (:attr:`SegmentationModel.mirror_axes`); a model trained without mirroring is not mirrored (a note says so).
+        keep_probabilities: keep the class probabilities in the result (:attr:`Segmentation.probabilities`).
 
     Raises:
         InputError: the image has another number of channels than the models take, or the models differ in
@@ -383,8 +388,7 @@ def segment_volume(
                      + (" (the steps all models chose)" if len(models) > 1 else ""))
     if len(models) > 1:
         notes.append(f"ensemble of {len(models)} models")
-    dtype = np.uint8 if values.max() < 256 else np.int16
-    labels = image.with_array(label_map.astype(dtype))
+    labels = image.with_array(label_map.astype(label_dtype(values.max())))
     volumes = label_volumes(labels.array, image.spacing, first.config.labels)
     return Segmentation(labels=labels, volumes=volumes, probabilities=probabilities if keep_probabilities else None,
                         notes=notes)

@@ -83,3 +83,16 @@ class BatchDiceCELoss(torch.nn.Module):
         false_negative = (actual - overlap) * 0.5
         dice = 1 - (2 * overlap + self.smooth) / (2 * (overlap + false_positive + false_negative) + self.smooth)
         return torch.mean(dice) + cross_entropy
+
+
+def training_loss(deep_supervision: bool, across_ranks: bool = False, ignore_index: int | None = None):
+    """The training loss of a step's outputs (the network's heads, full resolution first) and (B, 1, Z, Y, X) labels:
+    Dice + cross-entropy (:class:`BatchDiceCELoss`, global over DDP ranks ``across_ranks``), with deep supervision
+    if used; voxels of label index ``ignore_index`` (nnU-Net v2's ignore label) count in neither."""
+    from monai.losses import DeepSupervisionLoss
+
+    dice_ce = BatchDiceCELoss(smooth=1e-5, distributed=across_ranks, ignore_index=ignore_index)
+    if deep_supervision:
+        supervised = DeepSupervisionLoss(dice_ce, weight_mode="exp")
+        return lambda outputs, target: supervised(outputs, target)
+    return lambda outputs, target: dice_ce(outputs[0], target)

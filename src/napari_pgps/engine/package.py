@@ -171,48 +171,9 @@ def read_model_package(path: str | os.PathLike) -> dict[str, Any]:
             differs from its manifest entry, is compressed, larger than its bound, unsafe or not what it should be.
     """
     path = Path(path)
-    try:
-        archive = zipfile.ZipFile(path)
-    except FileNotFoundError:
-        raise CheckpointError(f"{path}: model package not found.") from None
-    except (OSError, zipfile.BadZipFile, ValueError) as exc:
-        raise CheckpointError(f"{path}: not a readable zip file ({exc}); the model package is damaged or incomplete: "
-                              f"{_EXPORT_HINT}.") from None
-    with archive:
-        names = [info.filename for info in archive.infolist()]
-        for name in names:
-            if not _safe_name(name):
-                raise CheckpointError(f"{path}: holds a member named {name!r}, an absolute or parent ('..') path; a "
-                                      "model package holds plain file names only, so this file is refused (nothing was "
-                                      "extracted).")
-        if len(set(names)) != len(names):
-            twice = sorted({n for n in names if names.count(n) > 1})
-            raise CheckpointError(f"{path}: holds {', '.join(twice)} more than once; {_EXPORT_HINT}.")
-        if MANIFEST not in names:
-            raise CheckpointError(f"{path}: not a napari-pgps model package (no {MANIFEST} in this zip file); make one "
-                                  "with napari-pgps export --model RUN_DIR --out MODEL.zip.")
-        manifest = _json(path, MANIFEST, _read(archive, path, MANIFEST, MAX_TEXT_BYTES))
-        if not isinstance(manifest, dict) or manifest.get("format") != PACKAGE_FORMAT:
-            raise CheckpointError(f"{path}: {MANIFEST} is not a napari-pgps model manifest (no '{PACKAGE_FORMAT}' format).")
-        version = manifest.get("version")
-        if not isinstance(version, int) or version < 1:
-            raise CheckpointError(f"{path}: {MANIFEST} has no valid format version ({version!r}); {_EXPORT_HINT}.")
-        if version > PACKAGE_VERSION:
-            raise CheckpointError(f"{path}: written by a newer napari-pgps (package format {version}); upgrade napari-pgps.")
-        listed = manifest.get("members")
-        if not isinstance(listed, dict):
-            raise CheckpointError(f"{path}: {MANIFEST} lists no members; {_EXPORT_HINT}.")
-        present = []
-        for name in (*REQUIRED, *OPTIONAL):
-            if name not in listed:
-                if name in REQUIRED:
-                    raise CheckpointError(f"{path}: its manifest does not list {name}, which every model package holds; "
-                                          f"{_EXPORT_HINT}.")
-                continue
-            if name not in names:
-                raise CheckpointError(f"{path}: {name} is missing from the zip file (its manifest lists it); the package "
-                                      f"is incomplete: {_EXPORT_HINT}.")
-            present.append(name)
+    with _open(path) as archive:
+        manifest, present = _checked_manifest(archive, path)
+        listed = manifest["members"]
         data = {name: _read(archive, path, name, MAX_TEXT_BYTES, listed[name]) for name in present if name not in BINARY}
         config = _config(path, data[CONFIG])
         _read(archive, path, WEIGHTS, _bound(path, config.model), listed[WEIGHTS], keep=False)
@@ -237,6 +198,78 @@ def read_model_package(path: str | os.PathLike) -> dict[str, Any]:
     if isinstance(manifest.get("kind"), str):
         payload["kind"] = manifest["kind"]
     return payload
+
+
+def read_package_config(path: str | os.PathLike) -> RunConfig:
+    """The configuration a package's model was trained with, checked like :func:`read_model_package` checks it (the
+    manifest, then the ``config.yaml`` member's size and SHA-256), without reading the weights or any other member.
+
+    Raises:
+        CheckpointError: as :func:`read_model_package`, for the manifest and the configuration.
+    """
+    path = Path(path)
+    with _open(path) as archive:
+        manifest, _ = _checked_manifest(archive, path)
+        return _config(path, _read(archive, path, CONFIG, MAX_TEXT_BYTES, manifest["members"][CONFIG]))
+
+
+def _open(path: Path) -> zipfile.ZipFile:
+    """The package's zip file, opened.
+
+    Raises:
+        CheckpointError: missing, or not a readable zip file.
+    """
+    try:
+        return zipfile.ZipFile(path)
+    except FileNotFoundError:
+        raise CheckpointError(f"{path}: model package not found.") from None
+    except (OSError, zipfile.BadZipFile, ValueError) as exc:
+        raise CheckpointError(f"{path}: not a readable zip file ({exc}); the model package is damaged or incomplete: "
+                              f"{_EXPORT_HINT}.") from None
+
+
+def _checked_manifest(archive: zipfile.ZipFile, path: Path) -> tuple[dict[str, Any], list[str]]:
+    """The package's manifest, checked (member names safe and unique, format and version known, every required member
+    listed and present), and the names of the members it holds (required, then optional, in that order).
+
+    Raises:
+        CheckpointError: as :func:`read_model_package`.
+    """
+    names = [info.filename for info in archive.infolist()]
+    for name in names:
+        if not _safe_name(name):
+            raise CheckpointError(f"{path}: holds a member named {name!r}, an absolute or parent ('..') path; a "
+                                  "model package holds plain file names only, so this file is refused (nothing was "
+                                  "extracted).")
+    if len(set(names)) != len(names):
+        twice = sorted({n for n in names if names.count(n) > 1})
+        raise CheckpointError(f"{path}: holds {', '.join(twice)} more than once; {_EXPORT_HINT}.")
+    if MANIFEST not in names:
+        raise CheckpointError(f"{path}: not a napari-pgps model package (no {MANIFEST} in this zip file); make one "
+                              "with napari-pgps export --model RUN_DIR --out MODEL.zip.")
+    manifest = _json(path, MANIFEST, _read(archive, path, MANIFEST, MAX_TEXT_BYTES))
+    if not isinstance(manifest, dict) or manifest.get("format") != PACKAGE_FORMAT:
+        raise CheckpointError(f"{path}: {MANIFEST} is not a napari-pgps model manifest (no '{PACKAGE_FORMAT}' format).")
+    version = manifest.get("version")
+    if not isinstance(version, int) or version < 1:
+        raise CheckpointError(f"{path}: {MANIFEST} has no valid format version ({version!r}); {_EXPORT_HINT}.")
+    if version > PACKAGE_VERSION:
+        raise CheckpointError(f"{path}: written by a newer napari-pgps (package format {version}); upgrade napari-pgps.")
+    listed = manifest.get("members")
+    if not isinstance(listed, dict):
+        raise CheckpointError(f"{path}: {MANIFEST} lists no members; {_EXPORT_HINT}.")
+    present = []
+    for name in (*REQUIRED, *OPTIONAL):
+        if name not in listed:
+            if name in REQUIRED:
+                raise CheckpointError(f"{path}: its manifest does not list {name}, which every model package holds; "
+                                      f"{_EXPORT_HINT}.")
+            continue
+        if name not in names:
+            raise CheckpointError(f"{path}: {name} is missing from the zip file (its manifest lists it); the package "
+                                  f"is incomplete: {_EXPORT_HINT}.")
+        present.append(name)
+    return manifest, present
 
 
 def planned_bytes(model: ModelConfig) -> int:

@@ -25,7 +25,6 @@ from pathlib import Path
 from typing import Iterable, Iterator, Optional
 
 from ..events import (
-    METRICS_FILE,
     CasesAdded,
     ChannelPruningStep,
     CheckpointSaved,
@@ -45,6 +44,9 @@ from ..events import (
     event_from_dict,
 )
 
+METRICS_FILE = "metrics.jsonl"
+"""A run's log: each event of the run as one line of JSON (:meth:`~napari_pgps.events.Event.to_dict`), in a run
+folder (:mod:`.run_folder`)."""
 RECENT_STEPS = 10
 """Steps the "recent class balance" averages over."""
 

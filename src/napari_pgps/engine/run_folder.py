@@ -1,195 +1,185 @@
-"""Run folders: one run at a time in each, claimed before the run reads its data.
+"""Run folders: the files a training run writes, and one reader for them.
 
-:func:`claim` makes the run folder (so an unwritable one is found before any
-work) and locks its file ``.run.lock`` for the run's whole life; a second run
-started into the same folder, from this process or another, is refused with
-one line. The lock is ``flock`` (on Windows ``msvcrt.locking``), held by the
-open file: the system releases it when the process ends however it ends
-(``kill -9``, a crash), so a lock is never stale and no process id has to be
-checked; two runs in one process (two widgets) exclude each other as well. The
-file holds the process id and host of the run that holds it, for the message.
-On NFS, Linux maps ``flock`` to the server's POSIX locks; a file system that
-cannot lock at all leaves the folder unguarded.
+A run folder (``napari-pgps train --out RUN_DIR``, the Train widget's run)
+holds:
 
-It also decides what the folder's files allow: a folder holding a checkpoint
-holds a run, which only ``resume`` continues; one holding only the files a run
-writes before its first checkpoint (``config.yaml``, ``splits.json``,
-``metrics.jsonl``: the run ended during its first epoch) may take a new run,
-which replaces them, and has nothing to resume.
+``config.yaml`` (:data:`CONFIG_FILE`)
+    the run's whole resolved configuration, written when the run starts and
+    again when a method changes the network, so it says what the checkpoints hold;
+``splits.json`` (:data:`SPLITS_FILE`)
+    the training and validation case names, ``{"training": [...], "validation": [...]}``
+    (a cross-validation fold adds ``fold`` and ``folds``);
+``metrics.jsonl`` (:data:`~.progress.METRICS_FILE`)
+    one event per line (:mod:`napari_pgps.events`);
+``checkpoint_last.pt``, ``checkpoint_best.pt``, ``checkpoint_final.pt``
+    (:mod:`.checkpoint`), written after every epoch; the final one when the run ends;
+``postprocessing.json``
+    the post-processing chosen on the validation cases (:mod:`.postprocessing`), once ``napari-pgps postprocess``
+    chose one.
+
+:class:`RunFolder` reads a run folder; :func:`model_config` reads the
+configuration of any model path (a run folder, a checkpoint or a model
+package) without loading its weights. Nothing outside the engine names these
+files. Claiming a folder for a run (one run at a time): :mod:`.run_lock`.
 """
 
 from __future__ import annotations
 
 import contextlib
-import errno
+import json
 import os
-import socket
 from pathlib import Path
-from typing import Iterator, Optional
+from typing import Any, Optional
 
-from ..config import CONFIG_FILE
+from ..config import RunConfig
 from ..errors import InputError
-from ..events import METRICS_FILE
-from .checkpoint import BEST, FINAL, LAST, SPLITS_FILE
+from ..events import Event
+from .checkpoint import BEST, FINAL, LAST, find_checkpoint, load_checkpoint, trained_config
+from .package import is_model_package, read_package_config
+from .progress import METRICS_FILE, read_events
 
-try:
-    import fcntl
-except ImportError:  # Windows
-    fcntl = None
-    import msvcrt
-
-LOCK_FILE = ".run.lock"
-CHECKPOINTS = (LAST, BEST, FINAL)
+CONFIG_FILE = "config.yaml"
+"""The run's resolved configuration."""
+SPLITS_FILE = "splits.json"
+"""The run's training and validation case names, ``{"training": [...], "validation": [...]}``."""
+CHECKPOINTS = {"last": LAST, "best": BEST, "final": FINAL}
+"""The checkpoints of a run by what they are: of its latest epoch, of its best validation, of its end."""
 EARLY_FILES = (CONFIG_FILE, SPLITS_FILE, METRICS_FILE)
 """What a run writes before its first checkpoint."""
-_CANNOT_LOCK = {errno.ENOLCK, errno.EOPNOTSUPP, errno.ENOSYS}
-"""What locking fails with where the file system has no locks (any other failure: another run holds the lock)."""
-_LOCKED_BYTE = 2**20
-"""Windows locks a byte range, which then cannot be read: the byte locked lies past the holder's pid and host."""
+STOPPED_RUN = f"a run folder with a {LAST} and no {FINAL}"
+"""What a run that can be resumed leaves (for the words of the faces)."""
 
 
-@contextlib.contextmanager
-def claim(run_dir: Optional[Path], *, resume: bool, lock: bool = True) -> Iterator[tuple[str, ...]]:
-    """Hold ``run_dir`` for one run for the time of the ``with`` block; yields what the user should know of the
-    folder: a sentence naming the files of an earlier run that ended before its first checkpoint, which this (new)
-    run replaces (none otherwise).
-
-    Args:
-        run_dir: the run folder; ``None`` for a run that writes nothing.
-        resume: the run continues the one in ``run_dir`` from its last checkpoint.
-        lock: make and lock the folder (rank 0 of a distributed run; the other ranks only check it).
-
-    A folder made here that is still empty when the block ends (the run was refused before it wrote anything) is
-    removed.
+class RunFolder:
+    """A training run's folder, read-only: its configuration, split, events and checkpoints.
 
     Raises:
-        InputError: ``run_dir`` is a file, cannot be made or written, is in use by another run, holds a run (unless
-            resuming), or has no checkpoint to resume from.
+        InputError: ``path`` is not a folder, or holds none of the files a run writes.
     """
-    if run_dir is None:
-        if resume:
-            raise InputError("resuming needs the run folder of the run to continue.")
-        yield ()
-        return
-    if run_dir.exists() and not run_dir.is_dir():
-        raise InputError(f"{run_dir}: is a file, not a folder; choose a folder for the run (--out).")
-    if resume and not run_dir.is_dir():
-        raise InputError(f"{run_dir}: no {LAST} to resume from; start a new run without resuming.")
-    made = _outermost_missing(run_dir) if lock else None
-    try:
-        fd = _lock(run_dir) if lock else None
-        if fd is not None:
-            _remove_partial_writes(run_dir)
+
+    def __init__(self, path: str | os.PathLike) -> None:
+        self.path = Path(path)
+        if not self.path.is_dir():
+            raise InputError(f"{self.path}: not a run folder ("
+                             + ("a file" if self.path.exists() else "no such folder")
+                             + "); give the folder a training run wrote (--out).")
+        if not any((self.path / name).exists() for name in (*EARLY_FILES, *CHECKPOINTS.values())):
+            raise InputError(f"{self.path}: not a napari-pgps run folder (none of {', '.join(EARLY_FILES)} or a "
+                             "checkpoint in it); give the folder a training run wrote (--out).")
+
+    @classmethod
+    def holding(cls, checkpoint: str | os.PathLike) -> Optional["RunFolder"]:
+        """The run folder ``checkpoint`` lies in; ``None`` for a checkpoint kept outside a run folder."""
         try:
-            yield _check(run_dir, resume)
-        finally:
-            if fd is not None:
-                _unlock(run_dir / LOCK_FILE, fd)
-    finally:
-        folder = run_dir
-        while made is not None and folder.is_dir() and not any(folder.iterdir()):
-            folder.rmdir()
-            if folder == made:
-                break
-            folder = folder.parent
+            return cls(Path(checkpoint).parent)
+        except InputError:
+            return None
+
+    @classmethod
+    def to_resume(cls, path: Optional[str | os.PathLike]) -> "RunFolder":
+        """The folder of a stopped run, which Resume run continues (:attr:`resumable`).
+
+        Raises:
+            InputError: ``path`` is ``None``, not a run folder, or not that of a stopped run.
+        """
+        folder = None
+        if path is not None:
+            with contextlib.suppress(InputError):
+                folder = cls(path)
+        if folder is None or not folder.resumable:
+            raise InputError(f"{path or 'no run folder'}: nothing to resume; choose the folder of a stopped run "
+                             f"(one with {LAST} and without {FINAL}).")
+        return folder
+
+    def __repr__(self) -> str:
+        return f"RunFolder({str(self.path)!r})"
+
+    def config(self) -> RunConfig:
+        """The configuration the run was trained with: its ``config.yaml``; where that is missing or unreadable, its
+        model checkpoint's (final, else last; read without its weights).
+
+        Raises:
+            InputError: neither can be read (the message of ``config.yaml``'s fault).
+        """
+        try:
+            return RunConfig.load(self.path / CONFIG_FILE)
+        except InputError as unreadable:
+            try:
+                checkpoint = find_checkpoint(self.path)
+            except InputError:
+                raise unreadable from None
+        return _checkpoint_config(checkpoint)
+
+    def split(self) -> Optional[dict[str, Any]]:
+        """The training and validation case names (``splits.json``); ``None`` when the run has not written them.
+
+        Raises:
+            InputError: the file cannot be read or does not hold the two lists of case names.
+        """
+        path = self.path / SPLITS_FILE
+        if not path.is_file():
+            return None
+        try:
+            split = json.loads(path.read_text())
+        except (OSError, ValueError) as exc:
+            raise InputError(f"{path}: not readable ({exc}).") from None
+        if not isinstance(split, dict) or not all(
+                isinstance(split.get(key), list) and all(isinstance(name, str) for name in split[key])
+                for key in ("training", "validation")):
+            raise InputError(f"{path}: does not hold the training and validation case names "
+                             '({"training": [...], "validation": [...]}).')
+        return split
+
+    def events(self) -> list[Event]:
+        """The events the run logged (``metrics.jsonl``), in order; empty when it has logged none.
+
+        Raises:
+            InputError: a line is not an event (the log was damaged), or the log cannot be read.
+        """
+        path = self.path / METRICS_FILE
+        if not path.is_file():
+            return []
+        try:
+            return list(read_events(path))
+        except (OSError, ValueError, KeyError, TypeError) as exc:
+            raise InputError(f"{path}: not a readable event log ({type(exc).__name__}: "
+                             f"{str(exc).splitlines()[0][:200] if str(exc) else ''}).") from None
+
+    def checkpoint(self, name: str = "last") -> Optional[Path]:
+        """The run's checkpoint ``name`` ("last", "best" or "final"); ``None`` when the run has not written it."""
+        if name not in CHECKPOINTS:
+            raise ValueError(f"no checkpoint '{name}'; a run folder holds {', '.join(CHECKPOINTS)}")
+        path = self.path / CHECKPOINTS[name]
+        return path if path.is_file() else None
+
+    @property
+    def resumable(self) -> bool:
+        """Whether the run stopped before its end and can be continued: a last checkpoint and no final one."""
+        return self.checkpoint("last") is not None and not (self.path / FINAL).exists()
 
 
-def _remove_partial_writes(run_dir: Path) -> None:
-    """Remove the temporary files that a run killed while writing one of its files left beside it
-    (``.checkpoint_last.pt.XXXX.tmp``: see :func:`napari_pgps.files.atomic_path`); the folder is locked, so no other
-    run is writing them."""
-    for name in CHECKPOINTS + EARLY_FILES:
-        for leftover in run_dir.glob(f".{name}.*"):
-            leftover.unlink(missing_ok=True)
+def model_config(model: str | os.PathLike) -> RunConfig:
+    """The configuration a model was trained with, without loading its weights.
+
+    Args:
+        model: a run folder (its :meth:`RunFolder.config`), a checkpoint file (its ``config``; the tensors are
+            mapped from the file, not read) or a model package (its ``config.yaml`` member alone, checked against
+            the manifest).
+
+    Raises:
+        InputError: ``model`` is none of these (missing, a folder without a run, a file that is neither a
+            checkpoint nor a package: :class:`~napari_pgps.errors.CheckpointError`), or its configuration cannot
+            be read.
+    """
+    path = Path(model)
+    if path.is_dir():
+        return RunFolder(path).config()
+    path = find_checkpoint(path)
+    if path.suffix.lower() == ".zip" or is_model_package(path):
+        return read_package_config(path)
+    return _checkpoint_config(path)
 
 
-def _outermost_missing(folder: Path) -> Optional[Path]:
-    """The outermost of ``folder`` and its parents that does not exist yet (what making it makes), if any."""
-    missing = None
-    while not folder.exists() and folder != folder.parent:
-        missing, folder = folder, folder.parent
-    return missing
-
-
-def _check(run_dir: Path, resume: bool) -> tuple[str, ...]:
-    """What the folder's files allow (see the module's text); the note on the early files a new run replaces."""
-    checkpoints = [name for name in CHECKPOINTS if (run_dir / name).exists()]
-    early = tuple(name for name in EARLY_FILES if (run_dir / name).exists())
-    if resume:
-        if (run_dir / LAST).is_file():
-            return ()
-        if early and not checkpoints:
-            raise InputError(f"{run_dir}: no checkpoint yet (its run ended before its first epoch did); start the run "
-                             "again without --resume.")
-        raise InputError(f"{run_dir}: no {LAST} to resume from; start a new run without resuming.")
-    if checkpoints:
-        raise InputError(f"{run_dir} already holds a run; resume it (--resume) or choose a new run folder.")
-    if early:
-        return (f"{run_dir} held {', '.join(early)} of a run that ended before its first checkpoint; this run replaces "
-                "them.",)
-    return ()
-
-
-def _lock(run_dir: Path) -> int:
-    """Make ``run_dir`` and lock its lock file; returns the file's descriptor, which holds the lock."""
-    path = run_dir / LOCK_FILE
-    try:
-        run_dir.mkdir(parents=True, exist_ok=True)
-        while True:
-            fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666)
-            if not _try_lock(fd):
-                holder = _holder(fd)
-                os.close(fd)
-                raise InputError(f"{run_dir} is in use by another run ({holder}); wait for it or choose another run "
-                                 "folder (--out).")
-            try:  # the run that held it may have removed the file just before it let go: lock the one at the path
-                if os.path.samestat(os.fstat(fd), os.stat(path)):
-                    break
-            except FileNotFoundError:
-                pass
-            os.close(fd)
-        os.ftruncate(fd, 0)
-        os.lseek(fd, 0, os.SEEK_SET)
-        os.write(fd, f"{os.getpid()} {socket.gethostname()}\n".encode())
-    except InputError:
-        raise
-    except OSError as exc:
-        raise InputError(f"{run_dir}: cannot be made or written as a run folder ({exc.strerror or exc}); choose "
-                         "another folder (--out).") from None
-    return fd
-
-
-def _holder(fd: int) -> str:
-    """Who holds the lock, as its file says: "pid N", with " on HOST" when that is another host."""
-    os.lseek(fd, 0, os.SEEK_SET)
-    words = os.read(fd, 200).decode(errors="replace").split()
-    if not words:
-        return "starting"
-    host = words[1] if len(words) > 1 and words[1] != socket.gethostname() else None
-    return f"pid {words[0]}" + (f" on {host}" if host else "")
-
-
-def _try_lock(fd: int) -> bool:
-    """Lock the file ``fd``; False when another run holds it. A file system that cannot lock at all (a network mount
-    without a lock service) leaves the folder unguarded rather than refuse every run."""
-    try:
-        if fcntl is not None:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        else:
-            os.lseek(fd, _LOCKED_BYTE, os.SEEK_SET)
-            msvcrt.locking(fd, msvcrt.LK_NBLCK, 1)
-    except OSError as exc:
-        return exc.errno in _CANNOT_LOCK
-    return True
-
-
-def _unlock(path: Path, fd: int) -> None:
-    """Remove the lock file and let go of the lock (on POSIX in this order: a run that opened the file meanwhile sees
-    it is gone and makes a new one; Windows removes no open file)."""
-    if fcntl is not None:
-        path.unlink(missing_ok=True)
-        os.close(fd)
-    else:
-        os.close(fd)
-        with contextlib.suppress(OSError):
-            path.unlink(missing_ok=True)
+def _checkpoint_config(path: Path) -> RunConfig:
+    """The configuration in the checkpoint ``path``, its tensors mapped from the file, not read."""
+    return trained_config(load_checkpoint(path, mmap=True), path)

@@ -3,21 +3,20 @@
     for event in train(config, run_dir):
         ...
 
-Stop and pause requests (:class:`TrainingControl`) are honoured between steps.
-A checkpoint is written atomically after every epoch, so a stopped or failed
-run keeps its last good one; ``resume=True`` continues from it with the
-optimiser, scheduler and random-number states restored.
+A run is prepared first (:mod:`.preparation`: resume, split, start-from model, fingerprint, resolved
+configuration, preprocessing); a run with a time budget is then planned to it (:mod:`.budget`); :class:`_Run`
+keeps the loop: the steps, validation and events. Stop and pause requests (:class:`TrainingControl`) are honoured
+between steps. A checkpoint (:mod:`.checkpoint`) is written atomically after every epoch, so a stopped or failed
+run keeps its last good one; ``resume=True`` continues from it with the optimiser, scheduler and random-number
+states restored.
 
-Methods that change training from within the loop (the PDL data curriculum,
-PSP-Seg pruning) are plug-ins (:mod:`napari_pgps.plugins`) given to
-:func:`train`; the loop calls their hooks and saves their state in
-checkpoints, and knows nothing else of them. ``napari_pgps.train`` plugs in
-every method napari-pgps has.
+Methods that change training from within the loop (the PDL data curriculum, PSP-Seg pruning) are plug-ins
+(:mod:`napari_pgps.plugins`) given to :func:`train`; the loop calls their hooks and saves their state in
+checkpoints, and knows nothing else of them. ``napari_pgps.train`` plugs in every method napari-pgps has.
 
-Started by ``torchrun`` the loop trains with DDP (:mod:`.distributed`): each
-step's global batch is split over the ranks, only rank 0 writes files, and
-every rank yields the same events except that a ``StepDone``'s crops and class
-fractions are its own (its ``batch`` and ``loss`` are the global ones).
+Started by ``torchrun`` the loop trains with DDP (:mod:`.distributed`): each step's global batch is split over the
+ranks, only rank 0 writes files, and every rank yields the same events except that a ``StepDone``'s crops and
+class fractions are its own (its ``batch`` and ``loss`` are the global ones).
 """
 
 from __future__ import annotations
@@ -28,36 +27,24 @@ import json
 import math
 import time
 from pathlib import Path
-from typing import Any, Callable, Iterator, Optional, Sequence
+from typing import Any, Iterator, Optional, Sequence
 
 import numpy as np
 import torch
 
-from ..config import CONFIG_FILE, RunConfig, training_methods
-from ..curriculum import (
-    RANDOM_PATCH_SCHEDULES,
-    ScheduleOptions,
-    Stage,
-    build_schedule,
-    crops_per_case,
-    stage_at,
-    stages_laid_out_again,
-)
+from ..config import RunConfig
+from ..curriculum import RANDOM_PATCH_SCHEDULES, crops_per_case, schedule_for, stage_at
 from ..data.augmentation import Augmentation
 from ..data.dataset import TrainingSet
 from ..data.loader import BatchLoader
 from ..data.preprocessing import PreprocessingPlan
 from ..data.sampler import PatchSampler
-from ..data.source import folder_source, memory_source
-from ..data.store import PreprocessedDataset, StoredImages
-from ..errors import InputError
+from ..data.store import StoredImages
 from ..events import (
-    METRICS_FILE,
     CheckpointSaved,
     Event,
     Finished,
     Paused,
-    Preparing,
     Replanned,
     Resumed,
     RunStarted,
@@ -67,40 +54,19 @@ from ..events import (
     Validated,
 )
 from ..files import write_text_atomically
-from ..models import build_network, count_parameters, deep_supervision_heads, model_kind, patch_divisor, split_outputs
-from ..models.architectures import minimum_patch
+from ..models import build_network, count_parameters, deep_supervision_heads, model_kind, split_outputs
 from ..plugins import TrainingPlugin
-from . import distributed, run_folder
-from .budget import RunCost, measure_step_cost, plan_epochs
-from .checkpoint import BEST, FINAL, LAST, SPLITS_FILE, load_checkpoint, save_checkpoint, start_from_model
+from . import distributed, run_lock
+from .budget import BudgetPlanner, Replan, measure_step_cost, measure_window_seconds
+from .checkpoint import BEST, FINAL, LAST, checkpoint_payload, restore, save_checkpoint
 from .control import TrainingControl
-from .device import autocast_dtype, cpu_convolutions, describe, pick_device, training_memory_format
+from .device import autocast_dtype, describe, training_memory_format
 from .inference import predict_probabilities, window_count
-from .losses import BatchDiceCELoss
+from .losses import training_loss
 from .metrics import dice_per_label, mean_of, summarize_dice
-from .progress import restart_log
-from .resolve import resolve_config
-
-REPLAN_MARGIN = 0.05
-"""A run planned to a budget is planned again at the end of an epoch when, at the speed its steps go now, it would
-end more than this share of the budget before or after it (or more than ``REPLAN_MARGIN_MOST_SECONDS``)."""
-
-REPLAN_MARGIN_MOST_SECONDS = 60.0
-"""The re-plan's band in seconds for long budgets: 5% of 45 minutes left 135 s of a user's budget unused (measured:
-runs ending 3.5-4.3% early), 5% of a night 24 minutes."""
-
-
-def replan_margin(time_budget: float) -> float:
-    """Seconds a run planned to ``time_budget`` seconds may be projected to end before or after it without a re-plan."""
-    return min(REPLAN_MARGIN * time_budget, REPLAN_MARGIN_MOST_SECONDS)
-
-
-EVIDENCE_SHARE = 0.25
-"""Only steps of at least this share of the final stage's voxels (batch x patch) say how fast the rest of a run will go.
-
-Measured (hippocampus, 2-core CPU, PGPS Efficiency to 3 minutes): its three smallest stages (at most 5% of the
-final step's voxels) took 1.5-2.9x their timed cost, the ones from 27% on 0.85-1.22x (two runs); a re-plan after the first
-epoch, scaling every stage by its 2.1x, left 44% of the budget unused."""
+from .preparation import PreparedRun, prepare_run
+from .progress import METRICS_FILE, restart_log
+from .run_folder import CONFIG_FILE, SPLITS_FILE
 
 
 class TrainingDiverged(RuntimeError):
@@ -126,7 +92,7 @@ def train(
             ``config``).
         run_dir: a new folder for ``config.yaml``, ``splits.json``,
             ``metrics.jsonl`` and the checkpoints, made and locked before the
-            data is read (:mod:`.run_folder`: one that is in use by another run, or already
+            data is read (:mod:`.run_lock`: one that is in use by another run, or already
             holds a checkpoint, is refused unless resuming it; the files of a
             run that ended before its first checkpoint are replaced); ``None`` trains without writing anything.
         dataset: labelled cases in memory (e.g. napari layers); read from
@@ -145,84 +111,28 @@ def train(
         PruningStep) and finally Finished.
     """
     run_dir = Path(run_dir) if run_dir is not None else None
-    with run_folder.claim(run_dir, resume=resume, lock=distributed.context_from_env().is_main) as notes:
-        yield from _train(config, run_dir, dataset, control or TrainingControl(), resume, initial_weights, plugins, notes)
-
-
-def _train(config, run_dir, dataset, control, resume, initial_weights, plugins, notes) -> Iterator[Event]:
-    """:func:`train` in its claimed run folder; ``notes`` (what the user should know of the folder) open RunStarted's."""
-    device = pick_device(config.training.device)
-    state: Optional[dict[str, Any]] = None
-    if resume:
-        state = load_checkpoint(run_dir / LAST)
-        requested_device = config.training.device
-        config = RunConfig.from_dict(state["config"], source=str(run_dir / LAST))
-        config.training.device = requested_device
-    missing = [name for name in training_methods(config) if name not in {p.name for p in plugins}]
-    if missing:
-        raise InputError(f"the configuration asks for {', '.join(missing)}, which this training loop was not given; "
-                         "train with napari_pgps.train (or the command line), which plugs in every method.")
-    if dataset is None and not config.data.path:
-        raise InputError("no training data: give a dataset folder (--data DIR).")
-    source = memory_source(dataset) if dataset is not None else folder_source(
-        config.data.path, config.data.max_cases, config.data.preprocessed)
-    try:
-        if state is not None and state.get("split"):
-            split = state["split"]
-            unknown = sorted(set(split["training"] + split["validation"]) - set(source.names))
-            if unknown:
-                raise InputError(f"the run was trained on cases that are not in its data now: {', '.join(unknown[:5])}.")
-        else:
-            data = config.data
-            split = source.split(data.fold, data.folds, data.validation_fraction, config.training.seed)
-        if state is None and config.training.init_from:
-            if initial_weights is None:  # train --init-from: the model's network, weights and preprocessing
-                config, initial_weights = start_from_model(config, config.training.init_from, source.labels,
-                                                           source.channels)
-            else:  # the weights given are where this run starts (e.g. a pruned copy of a model)
-                config = copy.deepcopy(config)
-                config.training.init_from = None
-        prep = config.preprocessing
-        fingerprint = yield from _reporting("fingerprint", source.fingerprint(prep.orientation, prep.crop_to_nonzero))
-        config = resolve_config(config, labels=source.labels, channels=source.channels, fingerprint=fingerprint,
-                                device=device, ignore_label=source.ignore_label)
-        store = yield from _reporting("preprocessing", source.preprocessed(PreprocessingPlan.of(config)))
-        with distributed.process_group(device) as (context, device):
-            run = _Run(config, run_dir, store, split, device, control, state, context, initial_weights, plugins, notes)
-            try:
-                yield from run.run()
-            finally:
-                run.loader.close()
-    finally:
-        source.close()
-
-
-def _reporting(task: str, work):
-    """Run a (done, total)-yielding generator, yielding a Preparing event for each; returns its result."""
-    while True:
+    with run_lock.claim(run_dir, resume=resume, lock=distributed.context_from_env().is_main) as notes:
+        prepared = yield from prepare_run(config, run_dir, dataset=dataset, resume=resume,
+                                          initial_weights=initial_weights, plugins=plugins)
         try:
-            done, total = next(work)
-        except StopIteration as stop:
-            return stop.value
-        yield Preparing(task=task, done=done, total=total)
-
-
-@dataclasses.dataclass(frozen=True)
-class _BudgetPlan:
-    """What a run planned to a time budget was planned from."""
-
-    step_seconds: Callable[[Stage], float]
-    """A step's timed seconds at a stage's patch and batch."""
-    validation_seconds: float
-    cap: Optional[int]
-    """The most epochs the user allowed (``training.epochs`` given with the budget), if any."""
+            with distributed.process_group(prepared.device) as (context, device):
+                run = _Run(prepared, run_dir, device, control or TrainingControl(), context, plugins, notes)
+                try:
+                    yield from run.run()
+                finally:
+                    run.loader.close()
+        finally:
+            prepared.close()
 
 
 class _Run:
-    """One training run's state (what plug-ins see, :class:`napari_pgps.plugins.TrainingRun`); :meth:`run` yields the events."""
+    """One training run's state (what plug-ins see, :class:`napari_pgps.plugins.TrainingRun`; what a checkpoint
+    holds, :class:`.checkpoint.CheckpointedRun`); :meth:`run` yields the events."""
 
-    def __init__(self, config, run_dir, store: PreprocessedDataset, split: dict, device, control, state,
-                 context=distributed.SINGLE, initial_weights=None, plugins=(), notes=()):
+    def __init__(self, prepared: PreparedRun, run_dir: Optional[Path], device: torch.device, control: TrainingControl,
+                 context: distributed.DistributedContext = distributed.SINGLE, plugins: Sequence[TrainingPlugin] = (),
+                 notes: Sequence[str] = ()):
+        config, store, split, state = prepared.config, prepared.store, prepared.split, prepared.checkpoint
         self.config: RunConfig = config
         self.run_dir: Optional[Path] = run_dir
         self.folder_notes: tuple[str, ...] = tuple(notes)
@@ -244,40 +154,29 @@ class _Run:
         self.training_images = StoredImages(store, self.training_names)
         self.split = split
         val_names = split["validation"]
-        counts = np.zeros(self.num_labels, dtype=np.int64)
-        for name in self.training_names:
-            found = store.info(name)["label_counts"][: self.num_labels]
-            counts[: len(found)] += found
-        self.volume_fractions = tuple(float(c) / max(int(counts.sum()), 1) for c in counts)
-        self.sampler = PatchSampler(
-            store,
-            self.training_names,
-            num_labels=self.num_labels,
-            rng=self.rng,
-            foreground_probability=config.data.foreground_oversampling,
-            oversampling=config.data.oversampling,
-            augmentation=Augmentation(config.data.augmentation),
-        )
+        self.volume_fractions = prepared.label_fractions()
+        self.sampler = PatchSampler(store, self.training_names, num_labels=self.num_labels, rng=self.rng,
+                                    foreground_probability=config.data.foreground_oversampling,
+                                    oversampling=config.data.oversampling,
+                                    augmentation=Augmentation(config.data.augmentation))
         self.loader = BatchLoader(self.sampler, config.data.loader_workers)
         self.validating_on_training = not val_names
         self.validation_names = list(val_names) or self.training_names
         self.low_precision = autocast_dtype(device, t.mixed_precision)
         self.memory_format = training_memory_format(device, self.low_precision)
-        self.network = build_network(config.model, state["model"] if state is not None else initial_weights).to(
+        self.network = build_network(config.model, state["model"] if state is not None else prepared.initial_weights).to(
             device, memory_format=self.memory_format)
         self.amp = self.low_precision is torch.float16
         self.model = distributed.wrap(self.network, device, context)
-        self.loss = _loss(deep_supervision=deep_supervision_heads(config.model) > 0, across_ranks=context.enabled,
-                          ignore_index=self.ignore_index)
+        self.loss = training_loss(deep_supervision=deep_supervision_heads(config.model) > 0,
+                                  across_ranks=context.enabled, ignore_index=self.ignore_index)
         self.started_at = time.perf_counter()
         self._probe_sampler: Optional[PatchSampler] = None
         self._probe_optimizer: Optional[torch.optim.Optimizer] = None
         self._saved_config: Optional[dict[str, Any]] = None
         """The configuration as ``config.yaml`` last received it."""
-        self._budget_plan: Optional[_BudgetPlan] = None
-        """What a run planned to a budget was planned from (kept to plan it again)."""
-        self._paced = (0.0, 0.0)
-        """(seconds taken, seconds the plan gave) of the steps that show the run's pace (see :meth:`_replan`)."""
+        self.budget_planner: Optional[BudgetPlanner] = None
+        """The planner of a run planned to a time budget (kept to plan it again)."""
         if device.type == "cuda":
             # cuDNN picks its fastest kernels once per input shape (before the budget's timed steps, which then
             # include it): worth it for the handful of PGPS stage shapes, as nnU-Net does for its one, not for
@@ -287,7 +186,7 @@ class _Run:
         self.optimizer = _optimizer(self.network, t)
         self.scheduler = torch.optim.lr_scheduler.PolynomialLR(self.optimizer, total_iters=t.epochs, power=t.poly_exponent)
         self.scaler = torch.amp.GradScaler("cuda", enabled=self.amp)
-        self.schedule = _schedule(config)
+        self.schedule = schedule_for(config)
         self.final_batch = self.schedule.final_batch
         self.distributed = context.enabled
         distributed.check_batch(min(s.batch for s in self.schedule.stages + self.schedule.choices), context)
@@ -303,8 +202,7 @@ class _Run:
         self.best_mean_dice = -1.0
         self.last_mean_dice: Optional[float] = None
         if state is not None:
-            self._restore(state)
-        self.train_count, self.val_count = len(self.training_names), len(val_names)
+            restore(self, state)
 
     # -- the loop ---------------------------------------------------------
     def run(self) -> Iterator[Any]:
@@ -314,27 +212,16 @@ class _Run:
             self._save_config()
             write_text_atomically(self.run_dir / SPLITS_FILE, json.dumps(self.split, indent=1) + "\n")
             restart_log(self.run_dir / METRICS_FILE, self.epoch, self.step)  # a resumed run's steps are logged once
-        yield self._log(
-            RunStarted(
-                run_dir=str(self.run_dir) if self.run_dir else None,
-                device=describe(self.device, self.low_precision),
-                training_cases=self.train_count,
-                validation_cases=self.val_count,
-                parameters=count_parameters(self.network),
-                start_epoch=self.epoch,
-                epochs=t.epochs,
-                iterations_per_epoch=t.iterations_per_epoch,
-                final_patch=tuple(self.config.model.patch_size),
-                schedule=self.schedule.name,
-                kind=model_kind(self.config),
-                architecture=self.config.model.architecture,
-                label_names=tuple(self.config.labels[v] for v in sorted(self.config.labels)),
-                volume_class_fractions=self.volume_fractions,
-                time_budget=t.time_budget,
-                expected_seconds=self.expected_seconds,
-                notes=self.folder_notes + tuple(note for plugin in self.plugins for note in plugin.notes(self)),
-            )
-        )
+        yield self._log(RunStarted(
+            run_dir=str(self.run_dir) if self.run_dir else None, device=describe(self.device, self.low_precision),
+            training_cases=len(self.training_names), validation_cases=len(self.split["validation"]),
+            parameters=count_parameters(self.network), start_epoch=self.epoch, epochs=t.epochs,
+            iterations_per_epoch=t.iterations_per_epoch, final_patch=tuple(self.config.model.patch_size),
+            schedule=self.schedule.name, kind=model_kind(self.config), architecture=self.config.model.architecture,
+            label_names=tuple(self.config.labels[v] for v in sorted(self.config.labels)),
+            volume_class_fractions=self.volume_fractions, time_budget=t.time_budget, expected_seconds=self.expected_seconds,
+            notes=self.folder_notes + tuple(note for plugin in self.plugins for note in plugin.notes(self)),
+        ))
         stopped = False
         current_stage = -1
         stage_fractions: list[tuple[float, ...]] = []
@@ -367,10 +254,11 @@ class _Run:
             batches.close()
             if stopped:
                 break
-            if self._budget_plan is not None:
-                replanned = self._replan(stage, epoch_step_seconds)
-                if replanned is not None:
-                    yield self._log(replanned)
+            if self.budget_planner is not None:
+                replan = self.budget_planner.replan(self.stages, stage, epoch_step_seconds, self.epoch + 1,
+                                                    t.epochs, t.iterations_per_epoch)
+                if replan is not None:
+                    yield self._log(self._replanned(replan))
             if self.epoch + 1 == t.epochs or stage_at(self.stages, self.epoch + 1) != current_stage:
                 yield self._log(self._stage_finished(current_stage, stage_fractions))
                 stage_fractions = []
@@ -389,30 +277,18 @@ class _Run:
                 break
         final = None
         if not stopped and self.run_dir is not None:
-            final = self._write(FINAL, self._payload())
+            final = self._write(FINAL, checkpoint_payload(self))
             yield self._log(CheckpointSaved(epoch=self.epoch, path=final))
-        yield self._log(
-            Finished(
-                stopped=stopped,
-                epochs_completed=self.epoch,
-                steps=self.step,
-                training_seconds=self.training_seconds,
-                final_mean_dice=self.last_mean_dice,
-                steps_redone_in_fp32=self.steps_redone_in_fp32,
-                checkpoint=final or (str(self.run_dir / LAST) if self.run_dir and (self.run_dir / LAST).exists() else None),
-            )
-        )
+        yield self._log(Finished(
+            stopped=stopped, epochs_completed=self.epoch, steps=self.step, training_seconds=self.training_seconds,
+            final_mean_dice=self.last_mean_dice, steps_redone_in_fp32=self.steps_redone_in_fp32,
+            checkpoint=final or (str(self.run_dir / LAST) if self.run_dir and (self.run_dir / LAST).exists() else None),
+        ))
 
     def _stage_finished(self, index: int, fractions: list[tuple[float, ...]]) -> StageFinished:
         stage = self.stages[index]
-        return StageFinished(
-            stage=index,
-            epoch=self.epoch,
-            patch=stage.patch,
-            batch=stage.batch,
-            steps=len(fractions),
-            class_fractions=tuple(float(f) for f in np.mean(fractions, axis=0)),
-        )
+        return StageFinished(stage=index, epoch=self.epoch, patch=stage.patch, batch=stage.batch, steps=len(fractions),
+                             class_fractions=tuple(float(f) for f in np.mean(fractions, axis=0)))
 
     def _epoch_start_events(self) -> list[Event]:
         """The plug-ins' epoch-start events; their time counts as training time."""
@@ -449,111 +325,59 @@ class _Run:
         self.scaler.update()
         value = distributed.mean_over_ranks(loss.detach(), self.context)
         if not np.isfinite(value):
-            raise TrainingDiverged(
-                f"training diverged at step {self.step + 1} (loss {value}); the last good checkpoint is kept. "
-                "Try a lower learning rate."
-            )
+            raise TrainingDiverged(f"training diverged at step {self.step + 1} (loss {value}); the last good checkpoint "
+                                   "is kept. Try a lower learning rate.")
         seconds = time.perf_counter() - start
         self.step += 1
         self.training_seconds += seconds
         boxes = [self._input_box(i, origin, batch.images.shape[2:]) for i, origin in zip(batch.case_indices, batch.origins)]
         return StepDone(
-            epoch=self.epoch,
-            step=self.step,
-            loss=value,
-            patch=tuple(int(p) for p in batch.images.shape[2:]),
-            batch=batch_size,
-            class_fractions=batch.class_fractions,
-            seconds=seconds,
+            epoch=self.epoch, step=self.step, loss=value, patch=tuple(int(p) for p in batch.images.shape[2:]),
+            batch=batch_size, class_fractions=batch.class_fractions, seconds=seconds,
             learning_rate=float(self.optimizer.param_groups[0]["lr"]),
             crop_cases=tuple(self.training_names[i] for i in batch.case_indices),
-            crop_origins=tuple(box[0] for box in boxes),
-            crop_sizes=tuple(box[1] for box in boxes),
-            data_seconds=waited,
+            crop_origins=tuple(box[0] for box in boxes), crop_sizes=tuple(box[1] for box in boxes), data_seconds=waited,
         )
 
     def _plan_to_budget(self) -> float:
-        """Set ``training.epochs`` (and, when even one epoch would not fit, the steps per epoch) so the run fits its
-        time budget, from steps and a validation window batch timed on this machine; returns the predicted seconds.
+        """Plan ``training.epochs`` (and, when even one epoch would not fit, the steps per epoch) so the run fits its
+        time budget (:class:`.budget.BudgetPlanner`), from steps and a validation window batch timed on this
+        machine; returns the predicted seconds.
 
         The timed steps (a warm-up and two per probed size, on real crops) change no weight: their optimiser is a
         throw-away one with a learning rate and weight decay of zero.
         """
-        t, model = self.config.training, self.config.model
-        cap = t.epochs
-        t.epochs = max(cap or 0, 1000)  # every stage size of the schedule
-        probe = _schedule(self.config)
-        sizes = _probe_sizes(probe, np.random.default_rng(t.seed))
+        t = self.config.training
+        self.budget_planner = BudgetPlanner(
+            t.time_budget, lambda epochs: schedule_for(self.config, epochs), validate_every=t.validate_every,
+            cap=t.epochs, started_at=self.started_at,
+            agree=lambda value: distributed.mean_over_ranks(torch.tensor(value), self.context))
+        sizes = self.budget_planner.probe_shapes(t.seed)
         self._probe_optimizer = _optimizer(self.network, dataclasses.replace(t, learning_rate=0.0, weight_decay=0.0))
         cost = measure_step_cost(self._timed_step, sizes)
         self._probe_optimizer = None  # its moments are a whole copy of the weights' size
+        plan = self.budget_planner.plan(cost, self._timed_validation(), t.iterations_per_epoch)
+        t.epochs, t.iterations_per_epoch = plan.epochs, plan.iterations_per_epoch
+        return plan.expected_seconds
+
+    def _replanned(self, replan: Replan) -> Replanned:
+        """Follow a budget's new plan: its stages and epochs; the learning-rate decay ends with them (plug-ins that
+        fixed their plan at the start, such as PSP-Seg's pruning window, keep it)."""
+        self.stages = replan.stages
+        self.config.training.epochs = replan.epochs
+        self.scheduler.total_iters = replan.epochs
+        self.expected_seconds = replan.expected_seconds
+        self._save_config()
+        return Replanned(epoch=self.epoch + 1, slowdown=replan.slowdown, epochs=replan.epochs,
+                         expected_seconds=replan.expected_seconds)
+
+    def _timed_validation(self) -> float:
+        """Seconds of a validation: its sliding-window batches at the final patch times one batch's timed seconds."""
+        model, t = self.config.model, self.config.training
         windows = sum(math.ceil(window_count(self.store.image(name).shape[1:], model.patch_size) / t.batch_size)
                       for name in self.validation_names)
-        validation = windows * self._timed_windows()
-
-        random_step = None
-        if probe.choices or probe.axis_sizes:  # a patch drawn every step: the expected voxels of a step
-            random_step = cost.seconds(probe.relative_voxels() * probe.final_batch * math.prod(probe.final_patch))
-
-        def step_seconds(stage: Stage) -> float:
-            return random_step if random_step is not None else cost.at(stage.patch, stage.batch)
-
-        def stages_for(epochs: int):
-            t.epochs = epochs
-            return [(stage.epochs, step_seconds(stage)) for stage in _schedule(self.config).stages]
-
-        run_cost = RunCost(stages_for, validation, t.validate_every)
-        before_training = time.perf_counter() - self.started_at
-        plan = plan_epochs(t.time_budget - before_training, run_cost, t.iterations_per_epoch)
-        t.epochs = min(plan.epochs, cap) if cap else plan.epochs
-        t.iterations_per_epoch = plan.iterations_per_epoch
-        self._budget_plan = _BudgetPlan(step_seconds, validation, cap)
-        return before_training + run_cost(t.epochs, t.iterations_per_epoch)
-
-    def _replan(self, stage: Stage, step_seconds: list[float]) -> Optional[Replanned]:
-        """At the end of an epoch of a run planned to a budget: when, at the pace its steps have gone so far (their
-        seconds against the plan's timed cost of the same steps, applied to every step and validation left), the
-        run would end more than :func:`replan_margin` before or after the budget (5% of it, at most 60 s), plan the
-        epochs left again so that it ends within it.
-
-        Only the steps of stages of at least a quarter of the final step's voxels are taken as evidence
-        (``EVIDENCE_SHARE``), all of them pooled: one stage's own error (PGPS Efficiency's stages of one epoch
-        each differ by up to 20%) would re-plan the run at every stage. The stages are laid out again for the new
-        number of epochs (:func:`stages_laid_out_again`: what is trained stays, the rest shares the epochs left by
-        the schedule's proportions) and the learning-rate decay ends with them; plug-ins that fixed their plan at
-        the start (PSP-Seg's pruning window) keep it.
-        """
-        plan, t = self._budget_plan, self.config.training
-        if not step_seconds or stage.voxels_per_step < EVIDENCE_SHARE * self.final_batch * math.prod(self.schedule.final_patch):
-            return None
-        self._paced = (self._paced[0] + sum(step_seconds), self._paced[1] + len(step_seconds) * plan.step_seconds(stage))
-        done = self.epoch + 1
-        pace = distributed.mean_over_ranks(torch.tensor(self._paced[0] / self._paced[1]), self.context)
-        elapsed = distributed.mean_over_ranks(torch.tensor(time.perf_counter() - self.started_at), self.context)
-        pace = min(max(pace, 0.25), 4.0)
-
-        def rest(epochs: int) -> list[tuple[int, float]]:
-            """The stages' epochs after ``done`` in a run of ``epochs`` epochs, with a step's seconds at this pace."""
-            parts, start = [], 0
-            for laid in stages_laid_out_again(self.stages, done, epochs):
-                parts.append((max(0, min(start + laid.epochs, epochs) - max(start, done)), plan.step_seconds(laid) * pace))
-                start += laid.epochs
-            return parts
-
-        left = RunCost(lambda more: rest(done + more), plan.validation_seconds * pace, t.validate_every)
-        budget_left = t.time_budget - elapsed
-        if abs(left(t.epochs - done, t.iterations_per_epoch) - budget_left) <= replan_margin(t.time_budget):
-            return None
-        more = 0 if left(1, t.iterations_per_epoch) > budget_left else plan_epochs(budget_left, left, t.iterations_per_epoch).epochs
-        epochs = min(done + more, plan.cap) if plan.cap else done + more
-        if epochs == t.epochs:
-            return None
-        self.stages = stages_laid_out_again(self.stages, done, epochs)
-        t.epochs = epochs
-        self.scheduler.total_iters = epochs
-        self.expected_seconds = elapsed + left(epochs - done, t.iterations_per_epoch)
-        self._save_config()
-        return Replanned(epoch=done, slowdown=pace, epochs=epochs, expected_seconds=self.expected_seconds)
+        return windows * measure_window_seconds(self.network, (t.batch_size, model.in_channels, *model.patch_size),
+                                                self.device, self.amp)
 
     def _timed_step(self, patch: tuple[int, int, int], batch_size: int) -> None:
         """What a training step costs, without changing a weight: forward and backward on real crops, gradient
@@ -591,25 +415,6 @@ class _Run:
         return torch.autocast(device_type=self.device.type, dtype=self.low_precision or torch.float32,
                               enabled=low_precision and self.low_precision is not None)
 
-    def _timed_windows(self) -> float:
-        """Seconds of one sliding-window batch at the final patch (the median of two after a warm-up), run as
-        validation runs its windows (:func:`.inference.predict_probabilities`: fp16 autocast on CUDA, oneDNN on the
-        CPU)."""
-        model, t = self.config.model, self.config.training
-        windows = torch.zeros((t.batch_size, model.in_channels, *model.patch_size), device=self.device)
-        times = []
-        self.network.eval()
-        autocast = torch.autocast("cuda", dtype=torch.float16, enabled=self.amp)
-        with torch.inference_mode(), autocast, cpu_convolutions(self.device):
-            for _ in range(3):
-                start = time.perf_counter()
-                self.network(windows)
-                if self.device.type == "cuda":
-                    torch.cuda.synchronize(self.device)
-                times.append(time.perf_counter() - start)
-        self.network.train()
-        return float(np.median(times[1:]))
-
     def _input_box(self, case: int, origin, size) -> tuple[tuple[int, ...], tuple[int, ...]]:
         """A crop's (first voxel, size) on its case's own grid."""
         name = self.training_names[case]
@@ -634,14 +439,9 @@ class _Run:
         per_case = []
         for name in distributed.shard(self.validation_names, self.context):
             truth = np.asarray(self.store.labels(name))
-            probabilities = predict_probabilities(
-                self.network,
-                np.array(self.store.image(name)),
-                self.config.model.patch_size,
-                self.device,
-                batch_size=self.config.training.batch_size,
-                mixed_precision=self.config.training.mixed_precision,
-            )
+            probabilities = predict_probabilities(self.network, np.array(self.store.image(name)), self.config.model.patch_size,
+                                                  self.device, batch_size=self.config.training.batch_size,
+                                                  mixed_precision=self.config.training.mixed_precision)
             ignored = truth == self.ignore_index if self.ignore_index is not None else None  # scored as nothing
             per_case.append(dice_per_label(np.argmax(probabilities, axis=0), truth, self.num_labels, ignore=ignored))
         self.network.train()
@@ -650,45 +450,15 @@ class _Run:
         return Validated(epoch=self.epoch, dice_per_label=dice, mean_dice=self.last_mean_dice,
                          seconds=time.perf_counter() - start, on_training_cases=self.validating_on_training)
 
+
     # -- checkpoints --------------------------------------------------------
-    def _payload(self) -> dict[str, Any]:
-        return {
-            "config": self.config.to_dict(),
-            "kind": model_kind(self.config),
-            "model": self.network.state_dict(),
-            "optimizer": self.optimizer.state_dict(),
-            "scheduler": self.scheduler.state_dict(),
-            "scaler": self.scaler.state_dict(),
-            "plugins": {plugin.name: plugin.state_dict() for plugin in self.plugins},
-            "split": self.split,
-            "epoch": self.epoch,
-            "step": self.step,
-            "stages": [[*stage.patch, stage.batch, stage.epochs] for stage in self.stages],
-            "training_seconds": self.training_seconds,
-            "best_mean_dice": self.best_mean_dice,
-            "last_mean_dice": self.last_mean_dice,
-            "rng": self._rng_states(),
-        }
-
-    def _rng_states(self) -> dict[str, Any]:
-        """Random states; distributed runs add every rank's sampler state (``numpy_ranks``) and the schedule's."""
-        states = {
-            "torch": torch.get_rng_state(),
-            "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
-            "numpy": _plain_state(self.rng.bit_generator.state),
-        }
-        if self.context.enabled:
-            states["numpy_ranks"] = distributed.gather_objects(states["numpy"], self.context)
-            states["schedule"] = _plain_state(self.draw_rng.bit_generator.state)
-        return states
-
     def _save_checkpoints(self) -> Iterator[CheckpointSaved]:
         if self.run_dir is None:
             return
         improved = self.last_mean_dice is not None and self.last_mean_dice > self.best_mean_dice
         if improved:
             self.best_mean_dice = self.last_mean_dice
-        payload = self._payload()
+        payload = checkpoint_payload(self)
         if payload["config"] != self._saved_config:
             # a plug-in changed the network (PSP-Seg removed branches): config.yaml says what the checkpoints hold
             self._save_config()
@@ -709,87 +479,14 @@ class _Run:
             save_checkpoint(payload, path)
         return str(path)
 
-    def _restore(self, state: dict[str, Any]) -> None:
-        self.optimizer.load_state_dict(state["optimizer"])
-        self.scheduler.load_state_dict(state["scheduler"])
-        if state.get("scaler"):
-            self.scaler.load_state_dict(state["scaler"])
-        saved = state.get("plugins", {})
-        for plugin in self.plugins:
-            if plugin.name in saved:
-                plugin.load_state_dict(saved[plugin.name])
-        self.epoch = int(state["epoch"])
-        self.step = int(state["step"])
-        if state.get("stages"):  # as laid out when the run was last re-planned to its budget
-            self.stages = tuple(Stage(tuple(int(v) for v in s[:3]), int(s[3]), int(s[4])) for s in state["stages"])
-        self.training_seconds = float(state.get("training_seconds", 0.0))
-        self.best_mean_dice = float(state.get("best_mean_dice", -1.0))
-        self.last_mean_dice = state.get("last_mean_dice")
-        rng = state.get("rng", {})
-        if "torch" in rng:
-            torch.set_rng_state(rng["torch"])
-        if rng.get("cuda") and torch.cuda.is_available():
-            torch.cuda.set_rng_state_all(rng["cuda"])
-        streams = rng.get("numpy_ranks", [rng["numpy"]] if "numpy" in rng else [])
-        if streams and len(streams) != self.context.world_size:
-            raise InputError(
-                f"this run was trained by {len(streams)} process(es) and is being resumed by {self.context.world_size}; "
-                f"resume it with {len(streams)} in all (torchrun: --nnodes times --nproc_per_node)."
-            )
-        if streams:
-            self.rng.bit_generator.state = streams[self.context.rank]
-        if "schedule" in rng and self.draw_rng is not self.rng:
-            self.draw_rng.bit_generator.state = rng["schedule"]
-
     def _log(self, event: Any) -> Any:
         if self.writes:
             with open(self.run_dir / METRICS_FILE, "a") as handle:
                 handle.write(json.dumps(event.to_dict()) + "\n")
         return event
 
-
-def _plain_state(state: dict[str, Any]) -> dict[str, Any]:
-    return {k: _plain_state(v) if isinstance(v, dict) else (int(v) if isinstance(v, (np.integer,)) else v) for k, v in state.items()}
-
-
-def _schedule(config: RunConfig):
-    """The run's patch schedule, from the curriculum settings and the network's poolings."""
-    model, curriculum, t = config.model, config.curriculum, config.training
-    poolings = tuple(int(np.log2(d)) for d in patch_divisor(model))
-    options = ScheduleOptions.from_config(curriculum)
-    return build_schedule(curriculum.schedule, model.patch_size, poolings, t.epochs, t.batch_size, options, minimum_patch(model))
-
-
-def _probe_sizes(schedule, rng: np.random.Generator) -> list[tuple[tuple[int, int, int], int]]:
-    """The (patch, batch) shapes whose step time is measured: every stage's of a schedule of fixed stages (each
-    stage is then planned at its own cost); for one that draws a patch every step, the final shape, the
-    smallest and a middle one by voxels per step (the line through them plans it)."""
-    final = (tuple(schedule.final_patch), schedule.final_batch)
-    if not schedule.axis_sizes and not schedule.choices:
-        return list(dict.fromkeys([final] + [(tuple(s.patch), s.batch) for s in schedule.stages]))
-    if schedule.axis_sizes:
-        options = {schedule.draw(schedule.stages[0], rng) for _ in range(50)}
-    else:
-        options = {(tuple(s.patch), s.batch) for s in schedule.stages + schedule.choices}
-    by_voxels = sorted(options | {final}, key=lambda o: o[1] * math.prod(o[0]))
-    return list(dict.fromkeys([final, by_voxels[0], by_voxels[len(by_voxels) // 2]]))
-
-
 def _optimizer(network: torch.nn.Module, t) -> torch.optim.Optimizer:
     if t.optimizer == "adamw":
         return torch.optim.AdamW(network.parameters(), lr=t.learning_rate, weight_decay=t.weight_decay)
-    return torch.optim.SGD(
-        network.parameters(), lr=t.learning_rate, momentum=t.momentum, nesterov=True, weight_decay=t.weight_decay
-    )
-
-
-def _loss(deep_supervision: bool, across_ranks: bool = False, ignore_index: Optional[int] = None):
-    """Dice + cross-entropy (nnU-Net's batch Dice without background, global over DDP ranks), with deep supervision if
-    used; voxels of label index ``ignore_index`` (nnU-Net v2's ignore label) count in neither."""
-    from monai.losses import DeepSupervisionLoss
-
-    dice_ce = BatchDiceCELoss(smooth=1e-5, distributed=across_ranks, ignore_index=ignore_index)
-    if deep_supervision:
-        supervised = DeepSupervisionLoss(dice_ce, weight_mode="exp")
-        return lambda outputs, target: supervised(outputs, target)
-    return lambda outputs, target: dice_ce(outputs[0], target)
+    return torch.optim.SGD(network.parameters(), lr=t.learning_rate, momentum=t.momentum, nesterov=True,
+                           weight_decay=t.weight_decay)

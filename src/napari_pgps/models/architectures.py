@@ -9,6 +9,7 @@ configuration names; it asks the entry what the network can do.
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass
 from typing import Callable, Optional, Sequence
 
@@ -146,6 +147,12 @@ def patch_divisor(model: ModelConfig) -> tuple[int, int, int]:
     if fixed is not None:
         return (fixed,) * 3
     return UNetPlan(model.kernel_sizes, model.strides).divisor
+
+
+def patch_poolings(model: ModelConfig) -> tuple[int, int, int]:
+    """The 2x poolings per axis (Z, Y, X) of the network's patch grid: ``log2`` of :func:`patch_divisor`, the
+    steps a patch schedule grows by."""
+    return tuple(int(math.log2(d)) for d in patch_divisor(model))
 
 
 def minimum_patch(model: ModelConfig) -> tuple[int, int, int]:

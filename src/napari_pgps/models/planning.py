@@ -45,6 +45,14 @@ class UNetPlan:
         """A patch the network takes is a multiple of this, per axis."""
         return tuple(2**p for p in self.poolings)
 
+    @classmethod
+    def with_poolings(cls, poolings: Sequence[int]) -> "UNetPlan":
+        """A plan of 3x3x3 kernels with ``poolings`` 2x poolings per axis (Z, Y, X), each axis pooled at the first
+        levels: a network given by its poolings alone (``napari-pgps schedule --poolings``)."""
+        levels = max(int(p) for p in poolings)
+        strides = [(1, 1, 1)] + [tuple(2 if level < p else 1 for p in poolings) for level in range(levels)]
+        return cls(kernel_sizes=[(3, 3, 3)] * (levels + 1), strides=strides)
+
 
 def plan_unet(patch_size: Sequence[int], spacing: Sequence[float], max_poolings: int = MAX_POOLINGS) -> UNetPlan:
     """Plan poolings and kernels for a final patch (Z, Y, X) and spacing (Z, Y, X) in mm."""

@@ -193,9 +193,13 @@ def _measured_before(path: Path, config: dict[str, Any]) -> Optional[dict[str, A
         saved = json.loads(path.read_text())
     except (OSError, ValueError):
         return None
-    if not isinstance(saved, dict) or saved.get("config") != json.loads(json.dumps(config)):
+    if not isinstance(saved, dict):
         return None
-    return saved.get("result")
+    try:  # read as a configuration: one saved in an earlier form (flat schedule options) is the same
+        same = RunConfig.from_dict(saved.get("config")).to_dict() == json.loads(json.dumps(config))
+    except InputError:
+        return None
+    return saved.get("result") if same else None
 
 
 def _time_to_reach(curve: Sequence[dict], target: float) -> Optional[float]:

@@ -30,7 +30,7 @@ from .. import __version__
 from ..config import RunConfig
 from ..data.dataset import case_files, read_case, read_dataset_info
 from ..data.preprocessing import PreprocessingPlan, preprocess_image
-from ..engine.checkpoint import SPLITS_FILE, find_checkpoint, load_checkpoint
+from ..engine.checkpoint import find_checkpoint, load_checkpoint, trained_config
 from ..engine.inference import SegmentationModel
 from ..engine.onnx_runtime import MANIFEST_KEY
 from ..engine.package import (
@@ -45,9 +45,10 @@ from ..engine.package import (
     write_model_package,
 )
 from ..engine.postprocessing import POSTPROCESSING_FILE
-from ..engine.progress import duration_text, read_events
+from ..engine.progress import duration_text
+from ..engine.run_folder import RunFolder
 from ..errors import CheckpointError, InputError
-from ..events import METRICS_FILE, Validated
+from ..events import Validated
 from ..models import build_network, check_inference_patch, count_parameters, model_kind
 
 
@@ -79,8 +80,8 @@ def export_model(model: str | os.PathLike, out: str | os.PathLike, *, overwrite:
         raise InputError("--patch-size chooses the window of the ONNX network; it goes with --onnx.")
     path = find_checkpoint(model)
     payload = load_checkpoint(path)
+    config = trained_config(payload, path)
     try:
-        config = RunConfig.from_dict(payload["config"], source=str(path))
         network = build_network(config.model, payload["model"])
         parameters = count_parameters(network)
     except (InputError, ValueError, RuntimeError, KeyError, TypeError) as exc:
@@ -173,12 +174,12 @@ def _middle_window(array: np.ndarray, patch: Sequence[int]) -> np.ndarray:
 
 
 def _split(payload: dict[str, Any], path: Path) -> dict[str, Any]:
+    """The model's training and validation case names: its own, else its run folder's (``recorded`` false when
+    neither has them)."""
     split = payload.get("split")
-    if not split and (path.parent / SPLITS_FILE).is_file() and "package" not in payload:
-        try:
-            split = json.loads((path.parent / SPLITS_FILE).read_text())
-        except (OSError, ValueError) as exc:
-            raise InputError(f"{path.parent / SPLITS_FILE}: not readable ({exc}).") from None
+    run = RunFolder.holding(path) if "package" not in payload else None
+    if not split and run is not None:
+        split = run.split()
     if not split:
         return {"training": [], "validation": [], "recorded": False}
     return split
@@ -203,18 +204,19 @@ def _postprocessing(payload: dict[str, Any], path: Path) -> Optional[dict[str, A
 
 
 def _last_validation(payload: dict[str, Any], path: Path) -> Optional[Validated]:
-    """The checkpoint's last validation from its run's ``metrics.jsonl`` (the last one up to its epoch), if logged."""
-    log = path.parent / METRICS_FILE
-    if "package" in payload or not log.is_file():
+    """The checkpoint's last validation from its run's events (the last one up to its epoch), if logged."""
+    run = RunFolder.holding(path) if "package" not in payload else None
+    if run is None:
+        return None
+    try:
+        events = run.events()
+    except InputError:
         return None
     epoch = payload.get("epoch")
     found = None
-    try:
-        for event in read_events(log):
-            if isinstance(event, Validated) and (not isinstance(epoch, int) or event.epoch <= epoch):
-                found = event
-    except (OSError, ValueError, KeyError, TypeError):
-        return None
+    for event in events:
+        if isinstance(event, Validated) and (not isinstance(epoch, int) or event.epoch <= epoch):
+            found = event
     return found
 
 

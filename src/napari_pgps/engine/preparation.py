@@ -1,0 +1,138 @@
+"""A training run's preparation: everything before its network is built, as one stage that returns a value.
+
+Like nnU-Net's plan-and-preprocess stage, :func:`prepare_run` turns a
+configuration and its data into what the training loop starts from
+(:class:`PreparedRun`), in this order: the checkpoint of a resumed run (whose
+configuration then rules), the data source, the training / validation split
+(a resumed run's own), the model a new run starts from (``--init-from``), the
+data's fingerprint, the resolved configuration (automatic values filled in from
+the data and the device), and the preprocessed cases. It reports its progress
+as :class:`napari_pgps.events.Preparing` events::
+
+    prepared = yield from prepare_run(config, run_dir, plugins=plugins)
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+from pathlib import Path
+from typing import Any, Generator, Optional, Sequence
+
+import numpy as np
+import torch
+
+from ..config import RunConfig, training_methods
+from ..data.dataset import TrainingSet
+from ..data.preprocessing import PreprocessingPlan
+from ..data.source import DataSource, folder_source, memory_source
+from ..data.store import PreprocessedDataset
+from ..errors import InputError
+from ..events import Preparing
+from ..plugins import TrainingPlugin
+from .checkpoint import LAST, load_checkpoint, start_from_model, trained_config
+from .device import pick_device
+from .resolve import resolve_config
+
+
+@dataclasses.dataclass
+class PreparedRun:
+    """What the training loop starts from. Close it (:meth:`close`) when the run ends."""
+
+    config: RunConfig
+    """The resolved configuration (a resumed run's is its checkpoint's, on the device asked for now)."""
+    device: torch.device
+    """The device asked for (``training.device``; ``auto`` picked)."""
+    source: DataSource
+    """Where the cases come from (open until :meth:`close`)."""
+    store: PreprocessedDataset
+    """The preprocessed cases: (C, Z, Y, X) images and (Z, Y, X) labels, in the plan's orientation and spacing."""
+    split: dict[str, list[str]]
+    """``{"training": [...], "validation": [...]}`` case names."""
+    checkpoint: Optional[dict[str, Any]] = None
+    """The last checkpoint of the run being resumed (:func:`.checkpoint.load_checkpoint`), else ``None``."""
+    initial_weights: Optional[dict[str, torch.Tensor]] = None
+    """The state dict a new run starts from (given, or the ``training.init_from`` model's), else ``None``."""
+
+    def label_fractions(self) -> tuple[float, ...]:
+        """The share of each label's voxels (background first, in label index order) over the training cases."""
+        count = len(self.config.labels)
+        counts = np.zeros(count, dtype=np.int64)
+        for name in self.split["training"]:
+            found = self.store.info(name)["label_counts"][:count]
+            counts[: len(found)] += found
+        return tuple(float(c) / max(int(counts.sum()), 1) for c in counts)
+
+    def close(self) -> None:
+        """Close the data source."""
+        self.source.close()
+
+
+def prepare_run(
+    config: RunConfig,
+    run_dir: Optional[Path],
+    *,
+    dataset: Optional[TrainingSet] = None,
+    resume: bool = False,
+    initial_weights: Optional[dict[str, torch.Tensor]] = None,
+    plugins: Sequence[TrainingPlugin] = (),
+) -> Generator[Preparing, None, PreparedRun]:
+    """Prepare a training run, yielding its progress; returns the :class:`PreparedRun`.
+
+    The arguments are :func:`.trainer.train`'s; ``run_dir`` is read only when resuming (its last checkpoint).
+
+    Raises:
+        InputError: a method the configuration asks for is not among ``plugins``; no data; a resumed run's cases
+            are not in its data now; the data does not fit the configuration or the model started from.
+        CheckpointError: the checkpoint resumed or the model started from cannot be read.
+    """
+    device = pick_device(config.training.device)
+    state: Optional[dict[str, Any]] = None
+    if resume:
+        state = load_checkpoint(run_dir / LAST)
+        requested_device = config.training.device
+        config = trained_config(state, run_dir / LAST)
+        config.training.device = requested_device
+    missing = [name for name in training_methods(config) if name not in {p.name for p in plugins}]
+    if missing:
+        raise InputError(f"the configuration asks for {', '.join(missing)}, which this training loop was not given; "
+                         "train with napari_pgps.train (or the command line), which plugs in every method.")
+    if dataset is None and not config.data.path:
+        raise InputError("no training data: give a dataset folder (--data DIR).")
+    source = memory_source(dataset) if dataset is not None else folder_source(
+        config.data.path, config.data.max_cases, config.data.preprocessed)
+    try:
+        if state is not None and state.get("split"):
+            split = state["split"]
+            unknown = sorted(set(split["training"] + split["validation"]) - set(source.names))
+            if unknown:
+                raise InputError(f"the run was trained on cases that are not in its data now: {', '.join(unknown[:5])}.")
+        else:
+            data = config.data
+            split = source.split(data.fold, data.folds, data.validation_fraction, config.training.seed)
+        if state is None and config.training.init_from:
+            if initial_weights is None:  # train --init-from: the model's network, weights and preprocessing
+                config, initial_weights = start_from_model(config, config.training.init_from, source.labels,
+                                                           source.channels)
+            else:  # the weights given are where this run starts (e.g. a pruned copy of a model)
+                config = copy.deepcopy(config)
+                config.training.init_from = None
+        prep = config.preprocessing
+        fingerprint = yield from _reporting("fingerprint", source.fingerprint(prep.orientation, prep.crop_to_nonzero))
+        config = resolve_config(config, labels=source.labels, channels=source.channels, fingerprint=fingerprint,
+                                device=device, ignore_label=source.ignore_label)
+        store = yield from _reporting("preprocessing", source.preprocessed(PreprocessingPlan.of(config)))
+    except BaseException:  # a failure, or the run's events closed while preparing
+        source.close()
+        raise
+    return PreparedRun(config, device, source, store, split, state, initial_weights)
+
+
+def _reporting(task: str, work):
+    """Run a (done, total)-yielding generator, yielding a Preparing event for each; returns its result."""
+    while True:
+        try:
+            done, total = next(work)
+        except StopIteration as stop:
+            return stop.value
+        yield Preparing(task=task, done=done, total=total)
