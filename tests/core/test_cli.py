@@ -24,6 +24,11 @@ def test_every_command_has_help(command):
     assert "usage: napari-pgps " + command in out.stdout
 
 
+def test_the_cli_package_runs_as_a_module():
+    out = subprocess.run([sys.executable, "-m", "napari_pgps.cli", "schedule", "--help"], capture_output=True, text=True)
+    assert out.returncode == 0 and "usage: napari-pgps schedule" in out.stdout
+
+
 def test_train_segment_evaluate(tmp_path, phantom_dataset, capsys):
     assert main(_train_args(phantom_dataset, tmp_path / "run")) == 0
     assert "finished after 1 epochs" in capsys.readouterr().out
@@ -204,7 +209,7 @@ def test_demo_without_a_display_runs_headless(tmp_path, monkeypatch, capsys):
 
 
 def test_patch_size_lists_ranges_and_per_axis_sizes():
-    from napari_pgps.cli import parse_patch_sizes
+    from napari_pgps.cli.evaluate import parse_patch_sizes
     from napari_pgps.errors import InputError
 
     assert parse_patch_sizes(["16:32:8", "40x56x40", "24"]) == [(16, 16, 16), (24, 24, 24), (32, 32, 32), (40, 56, 40), (24, 24, 24)]
@@ -269,3 +274,48 @@ def _state(pid: int) -> str:
         return open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()[0]
     except OSError:
         return "Z"
+
+
+def test_segment_groups_nnunet_channel_files_and_names_outputs_by_case(tmp_path):
+    import argparse
+
+    from napari_pgps.cli.segment import segment_inputs, segment_plan
+    from napari_pgps.errors import InputError
+
+    source = tmp_path / "in"
+    source.mkdir()
+    for name in ("a_0000.nii.gz", "a_0001.nii.gz", "b_0000.nii.gz", "b_0001.nii.gz", "notes.txt"):
+        (source / name).write_bytes(b"")
+    assert segment_inputs(source, 2) == [[source / "a_0000.nii.gz", source / "a_0001.nii.gz"],
+                                         [source / "b_0000.nii.gz", source / "b_0001.nii.gz"]]
+    assert len(segment_inputs(source, 1)) == 4  # one channel: every volume file is an image of its own
+    args = argparse.Namespace(input=str(source), output=str(tmp_path / "out") + "/", uncertainty=True, model=[],
+                              overwrite=False, series=None, output_format=None, save_probabilities=False, report=None,
+                              reference=None)
+    assert [job.output.name for job in segment_plan(args, 2)] == ["a.nii.gz", "b.nii.gz"]
+    (source / "b_0001.nii.gz").unlink()
+    with pytest.raises(InputError, match="the model takes 2 channels; case 'b' lacks b_0001.nii.gz"):
+        segment_inputs(source, 2)
+
+
+@pytest.mark.parametrize("mode, options", [("pgps-efficiency", []), ("pgps-performance", ["--performance-batch", "miccai"]),
+                                           ("rpss", []), ("augment", []), ("pgps-efficiency", ["--growth", "miccai"])])
+def test_schedule_prints_the_schedule_of_a_network_with_the_poolings_given(mode, options, capsys):
+    from napari_pgps.config import ScheduleOptions
+    from napari_pgps.curriculum import build_schedule
+
+    assert main(["schedule", "--final-patch", "40", "64", "48", "--poolings", "3", "4", "4", "--epochs", "30",
+                 "--batch-size", "2", "--mode", mode, "--json", *options]) == 0
+    growth = "miccai" if "--growth" in options else "journal"
+    performance_batch = "miccai" if "--performance-batch" in options else "voxels"
+    expected = build_schedule(mode, (40, 64, 48), (3, 4, 4), 30, 2,
+                              ScheduleOptions(growth=growth, performance_batch=performance_batch))
+    assert json.loads(capsys.readouterr().out) == json.loads(json.dumps(expected.to_dict()))
+
+
+def test_schedule_refuses_a_patch_off_the_grid_and_negative_poolings(capsys):
+    base = ["schedule", "--epochs", "10", "--batch-size", "2", "--mode", "constant", "--final-patch"]
+    assert main([*base, "40", "56", "40", "--poolings", "3", "4", "3"]) == 2
+    assert "multiple of 8 x 16 x 8 (its poolings). Try 40 64 40." in capsys.readouterr().err
+    assert main([*base, "64", "64", "64", "--poolings", "-1", "2", "2"]) == 2
+    assert "--poolings: a network pools each axis 0 or more times, got -1 2 2." in capsys.readouterr().err

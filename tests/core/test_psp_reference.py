@@ -311,13 +311,14 @@ def test_retraining_trains_the_pruned_architecture_from_fresh_weights(phantom_da
 
 # -- the rule as a set, and the warning for a short run ------------------------------------
 def test_the_short_run_rule_sets_our_earlier_choices_and_the_reference_rule_sets_them_back():
-    from napari_pgps.cli import _apply_train_flags, _parser
+    from napari_pgps.cli import _parser
+    from napari_pgps.cli.train import apply_train_flags
     from napari_pgps.config import use_pruning_rule
     from napari_pgps.errors import InputError
 
     config = RunConfig()
     args = _parser().parse_args(["train", "--out", "x", "--progressive-pruning", "--pruning-rule", "short-run"])
-    _apply_train_flags(config, args)
+    apply_train_flags(config, args)
     p, m = config.pruning, config.model
     assert p.enabled and (p.selection, p.judge, p.rollback, p.patience, p.min_branches) == (
         "global", "next-epoch", "halve", None, 1)

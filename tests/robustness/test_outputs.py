@@ -114,6 +114,26 @@ def test_an_existing_uncertainty_file_is_refused_before_any_output(trained_phant
     assert not (tmp_path / "seg.nii.gz").exists()
 
 
+@pytest.mark.parametrize("kept", ["seg_probabilities.npz", "seg_probabilities.nii.gz", "report.csv"])
+def test_existing_probabilities_or_report_are_refused_before_any_output(trained_phantom_run, image, tmp_path, capsys,
+                                                                        kept):
+    (tmp_path / kept).write_bytes(b"kept")
+    assert _segment(trained_phantom_run, image, tmp_path / "seg.nrrd", "--save-probabilities", "--report",
+                    str(tmp_path / "report.csv")) == 2
+    assert kept in _refused(capsys, "segment")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["in", kept] and (tmp_path / kept).read_bytes() == b"kept"
+
+
+def test_a_report_onto_an_input_or_its_reference_is_refused(trained_phantom_run, image, tmp_path, capsys):
+    reference = tmp_path / "reference.nii.gz"
+    shutil.copy(image, reference)
+    for onto in (image, reference):
+        assert _segment(trained_phantom_run, image, tmp_path / "seg.nii.gz", "--report", str(onto), "--reference",
+                        str(reference), "--overwrite") == 2
+        assert "is one of this command's inputs" in _refused(capsys, "segment")
+    assert not (tmp_path / "seg.nii.gz").exists()
+
+
 def test_export_takes_overwrite_and_its_older_name_force(trained_phantom_run, tmp_path, capsys):
     package = tmp_path / "model.zip"
     package.write_bytes(b"an earlier package")
@@ -338,8 +358,8 @@ def test_segment_holds_one_image_at_a_time(trained_phantom_run, image, tmp_path,
     read, alive_at_each = [], []
     real_read = volume.read_image
 
-    def reading(paths):
-        result = real_read(paths)
+    def reading(paths, **options):
+        result = real_read(paths, **options)
         read.append(weakref.ref(result))
         return result
 

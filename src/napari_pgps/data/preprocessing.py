@@ -28,6 +28,7 @@ from .dataset import check_image
 from .geometry import (
     Box,
     crop,
+    label_dtype,
     nonzero_box,
     orientation_of,
     reorient,
@@ -167,7 +168,7 @@ def preprocess_labels(labels: Volume, geometry: CaseGeometry, plan: Preprocessin
     values = list(plan.label_values) + ([plan.ignore_label] if plan.ignore_label is not None else [])
     lookup = np.zeros(max(max(values), int(array.max(initial=0))) + 1, dtype=np.int16)
     lookup[values] = np.arange(len(values))
-    indices = lookup[array].astype(np.uint8 if len(values) <= 256 else np.int16)
+    indices = lookup[array].astype(label_dtype(len(values) - 1))
     target = plan.spacing or geometry.spacing
     return resample_labels(indices, geometry.preprocessed_shape, thick_axis(geometry.spacing, target))
 

@@ -51,7 +51,7 @@ FOREGROUND_SAMPLES = 20_000
 """Foreground voxels kept per label and case for foreground-centred crops."""
 ARRAYS = ("", "_labels", "_foreground")
 """The suffixes of a case's arrays: CASE.npy (image), CASE_labels.npy, CASE_foreground.npy."""
-LIBRARIES = ("napari-pgps", "numpy", "scipy", "scikit-image", "nibabel", "tifffile")
+LIBRARIES = ("napari-pgps", "numpy", "scipy", "scikit-image", "nibabel", "tifffile", "SimpleITK", "pydicom")
 """The distributions whose versions name a dataset's cache: another version may read or preprocess differently."""
 HASHED_BYTES = 1 << 20
 """A source file's first and last this many bytes are hashed for its cache name (a .nii.gz's last bytes hold the

@@ -44,7 +44,7 @@ import numpy as np
 from ..errors import InputError
 from ..files import atomic_path
 from .dicom import DicomSeries, is_dicom_file, read_dicom
-from .geometry import affine_from_spacing, label_dtype
+from .geometry import affine_from_spacing, label_dtype, spacing_of
 from .itk_image import ITK_SUFFIXES, ITK_WRITE_SUFFIXES, read_itk, write_itk
 
 NIFTI_SUFFIXES = (".nii", ".nii.gz")
@@ -83,8 +83,7 @@ class Volume:
     @property
     def spacing(self) -> tuple[float, float, float]:
         """Voxel size in mm, (sz, sy, sx)."""
-        sizes = np.sqrt((np.asarray(self.affine)[:3, :3] ** 2).sum(axis=0))  # (sx, sy, sz)
-        return tuple(float(s) for s in sizes[::-1])
+        return spacing_of(self.affine)
 
     @property
     def shape(self) -> tuple[int, int, int]:

@@ -10,6 +10,11 @@ A label map holding a value that ``dataset.json`` does not declare is refused
 dataset declares nnU-Net v2's ``ignore`` label, the reference's ignore voxels
 are left out of every score (both maps count as background there), and the
 ignore label is not scored as a class; a prediction holding it is refused.
+
+Predictions and references may be in any volume format napari-pgps reads
+(NIfTI, TIFF, NRRD, MetaImage; a dataset's references in its
+``file_ending``), each in its own: a prediction must lie on its reference's
+grid, the same shape and the same affine to world RAS mm.
 """
 
 from __future__ import annotations
@@ -19,15 +24,14 @@ from typing import Callable, Iterable, Optional, Sequence
 
 import numpy as np
 
-from ..data.dataset import Case, case_files, geometry_difference, read_case, read_dataset_info
-from ..data.volume import Volume, read_volume
+from ..data.dataset import Case, case_files, read_case, read_dataset_info
+from ..data.geometry import AFFINE_TOLERANCE, geometry_difference
+from ..data.volume import VOLUME_SUFFIXES, Volume, read_volume
 from ..engine import SegmentationModel, segment_volume
 from ..engine.metrics import (METRICS, SURFACE_TOLERANCE_MM, class_indices, mean_of, scores_per_label,
                               summarize_dice)
 from ..errors import InputError
 from ..models import check_inference_patch, model_kind
-
-AFFINE_TOLERANCE = 1e-3
 
 
 def evaluate_model(
@@ -104,7 +108,9 @@ def evaluate_folder(
 
     Every labelled case needs its prediction, on the reference's grid (same
     shape and affine), holding only label values that ``dataset.json``
-    declares; checked for all cases before any is scored.
+    declares; checked for all cases before any is scored. A prediction may be
+    in any volume format read (:func:`prediction_file`), whatever the
+    references' format: ``CASE.nrrd`` is scored against ``CASE.nii.gz``.
 
     Raises:
         InputError: a prediction is missing, lies on another grid than its reference, or it or its reference holds
@@ -115,22 +121,45 @@ def evaluate_folder(
     if not folder.is_dir():
         raise InputError(f"{folder}: predictions folder not found.")
     files = case_files(info, require_labels=False)
-    found = {}
-    for entry in files:
-        suffix = entry.labels.name[len(entry.name):]
-        path = folder / f"{entry.name}{suffix}"
-        if not path.is_file():
-            raise InputError(f"{path}: no prediction for case '{entry.name}'; a prediction folder holds one "
-                             f"CASE{suffix} per labelled case of {info.root}.")
-        found[entry.name] = path
+    found = {entry.name: prediction_file(folder, entry.name, entry.labels.name[len(entry.name):], info.root)
+             for entry in files}
     for entry in files:  # geometry and values first, so a fault is told before minutes of scoring
         prediction, reference = read_volume(found[entry.name], kind="labels"), read_volume(entry.labels, kind="labels")
-        _check_same_grid(prediction, reference)
-        _check_declared(reference, info.labels, info.ignore_label, str(reference.path), reference=True)
-        _check_declared(prediction, info.labels, info.ignore_label, str(prediction.path), reference=False)
+        check_same_grid(prediction, reference, str(prediction.path), f"its reference {reference.path}",
+                        "write the prediction on its image's own grid (or resample it onto the reference's) and "
+                        "evaluate again")
+        check_declared(reference, info.labels, info.ignore_label, str(reference.path), reference=True)
+        check_declared(prediction, info.labels, info.ignore_label, str(prediction.path), reference=False)
     pairs = ((read_volume(entry.labels, kind="labels"), read_volume(found[entry.name], kind="labels")) for entry in files)
     return score_cases(pairs, info.labels, ignore_label=info.ignore_label, tolerance_mm=tolerance_mm,
                        progress=progress, references_given=True)
+
+
+def prediction_file(folder: Path, case: str, ending: str, dataset: Path) -> Path:
+    """The prediction of ``case`` in ``folder``: ``CASE`` with the references' ``ending`` where there is one, else
+    ``CASE`` with the one other volume ending found (:func:`volume_files_of`).
+
+    Raises:
+        InputError: no such file, or several in other formats (which one is meant is unknown).
+    """
+    found = volume_files_of(folder, case, ending)
+    if len(found) == 1:
+        return found[0]
+    own = folder / f"{case}{ending}"
+    if found:
+        raise InputError(f"{own}: no prediction for case '{case}' in the references' format, and {len(found)} in "
+                         f"others ({', '.join(p.name for p in found)}); keep one of them.")
+    raise InputError(f"{own}: no prediction for case '{case}'; a prediction folder holds one CASE{ending} (or CASE in "
+                     f"another volume format) per labelled case of {dataset}.")
+
+
+def volume_files_of(folder: Path, case: str, preferred: str = "") -> list[Path]:
+    """The volume files of ``case`` in ``folder``: ``CASE`` + ``preferred`` alone where that file exists, else every
+    ``CASE`` + a volume ending read (``.nii.gz``, ``.nii``, ``.tif``, ``.tiff``, ``.nrrd``, ``.nhdr``, ``.mha``,
+    ``.mhd``) that exists."""
+    if preferred and (folder / f"{case}{preferred}").is_file():
+        return [folder / f"{case}{preferred}"]
+    return [folder / f"{case}{suffix}" for suffix in VOLUME_SUFFIXES if (folder / f"{case}{suffix}").is_file()]
 
 
 def evaluate_patch_sizes(
@@ -238,9 +267,9 @@ def score_cases(
     for first, prediction in pairs:
         reference = first if references_given else first.labels
         name = reference.name if references_given else first.name
-        _check_declared(prediction, labels, ignore_label, str(prediction.path) if references_given
-                        else f"the prediction of case '{name}'", reference=False)
-        _check_declared(reference, labels, ignore_label, str(reference.path), reference=True)
+        check_declared(prediction, labels, ignore_label, str(prediction.path) if references_given
+                       else f"the prediction of case '{name}'", reference=False)
+        check_declared(reference, labels, ignore_label, str(reference.path), reference=True)
         truth, ignored = class_indices(reference.array, labels, ignore_label)
         scores = scores_per_label(class_indices(prediction.array, labels)[0], truth, len(values), reference.spacing,
                                   tolerance_mm, ignored)
@@ -266,8 +295,8 @@ def summarize_rows(rows: list[dict], labels: dict[int, str], tolerance_mm: float
             "cases": rows}
 
 
-def _check_declared(volume: Volume, labels: dict[int, str], ignore_label: Optional[int], what: str,
-                    reference: bool) -> None:
+def check_declared(volume: Volume, labels: dict[int, str], ignore_label: Optional[int], what: str,
+                   reference: bool) -> None:
     """Refuse a label map (``what`` names it; values 0 or more, as :func:`read_volume` and the engine give them)
     holding a value that is not a class of ``labels``, nor, in a ``reference``, the ignore label."""
     allowed = sorted(labels) + ([ignore_label] if reference and ignore_label is not None else [])
@@ -285,15 +314,15 @@ def _check_declared(volume: Volume, labels: dict[int, str], ignore_label: Option
                          f"or remove value(s) {shown} in this label map, then evaluate again.")
 
 
-def _check_same_grid(prediction: Volume, reference: Volume) -> None:
-    """Refuse, in one line, a prediction whose shape or affine is not its reference's."""
-    same_affine = np.allclose(prediction.affine, reference.affine, atol=AFFINE_TOLERANCE)
-    if prediction.shape == reference.shape and same_affine:
+def check_same_grid(volume: Volume, other: Volume, named: str, other_named: str, remedy: str) -> None:
+    """Refuse, in one line, ``volume`` when its shape or affine is not ``other``'s:
+    ``NAMED: shape A (Z, Y, X), spacing ... mm, but OTHER_NAMED has shape B ...[ (how the affines differ)]; REMEDY.``
+    """
+    same_affine = np.allclose(volume.affine, other.affine, atol=AFFINE_TOLERANCE)
+    if volume.shape == other.shape and same_affine:
         return
-    how = "" if same_affine else f" ({geometry_difference(prediction.affine, reference.affine)})"
-    raise InputError(f"{prediction.path}: shape {_grid(prediction)}, but its reference {reference.path} has shape "
-                     f"{_grid(reference)}{how}; write the prediction on its image's own grid (or resample it onto the "
-                     "reference's) and evaluate again.")
+    how = "" if same_affine else f" ({geometry_difference(volume.affine, other.affine)})"
+    raise InputError(f"{named}: shape {_grid(volume)}, but {other_named} has shape {_grid(other)}{how}; {remedy}.")
 
 
 def _grid(volume: Volume) -> str:
