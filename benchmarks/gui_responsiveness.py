@@ -24,7 +24,7 @@ from napari_pgps.demo import open_demo_viewer
 
 
 def one_run(seconds: float) -> dict:
-    viewer, (_, trainer, _), docks = open_demo_viewer(device="cpu")
+    viewer, (_, trainer, _, _), docks = open_demo_viewer(device="cpu")
     viewer.window.show()
     docks[1].raise_()
     trainer.run_root.setText(tempfile.mkdtemp(prefix="napari-pgps-gui-bench-"))

@@ -1,13 +1,14 @@
 """Regenerate the user guide's screenshots from the real widgets (docs/images/).
 
     xvfb-run -a -s "-screen 0 1600x1000x24" .venv/bin/python scripts/screenshots.py [OUT_DIR]
-        [--only SHOT ...] [--model RUN_DIR]
+        [--only SHOT ...] [--model RUN_DIR] [--epochs N] [--slow FACTOR]
 
 Opens the demo viewer, shows the Curriculum widget, trains the demo schedule on
 the CPU (pictures after 45 steps), lets it finish (about two minutes on 2
-cores), segments the phantom, compares the result with the phantom's labels
-(the comparison table and the disagreement layer), segments it again with the
-uncertainty layer, segments two open phantoms with "Segment all open images",
+cores), segments the phantom, compares the result with the phantom's labels in
+the Review widget (the comparison table and the disagreement layer), segments
+it again with the uncertainty layer, segments two open phantoms with "Segment
+all open images",
 then exports the model as a package, starts a new run from it and stops that
 run after its first epoch (the Train widget offering Resume run and Start from
 model). It saves a picture of each widget and of the whole window at each point.
@@ -17,14 +18,16 @@ The shots (``--only`` takes any of them):
 - ``curriculum``: curriculum_widget.png, window_curriculum.png
 - ``training``: train_widget.png, window_training.png
 - ``segment``: segment_widget.png, window_segmented.png
-- ``review``: segment_review.png, window_review.png
+- ``review``: review_widget.png, window_review.png
 - ``uncertainty``: window_uncertainty.png
 - ``batch``: segment_batch.png
 - ``resume``: train_resume.png
 
 The shots after ``training`` need a trained model: the demo run, or ``--model
 RUN_DIR`` (a finished run of the demo viewer, e.g. from an earlier run of this
-script), which skips the training.
+script), which skips the training. On a machine busy with other work the demo's
+time budget may be planned to a single step: ``--epochs 12`` trains the 240
+steps the budget gives on an idle 2-core machine instead.
 """
 
 from __future__ import annotations
@@ -66,11 +69,13 @@ def settle(seconds: float = 0.3) -> None:
     QApplication.processEvents()
 
 
-def main(out: Path, shots: tuple[str, ...] = SHOTS, model: Optional[Path] = None) -> None:
+def main(out: Path, shots: tuple[str, ...] = SHOTS, model: Optional[Path] = None, epochs: Optional[int] = None) -> None:
     out.mkdir(parents=True, exist_ok=True)
-    viewer, (curriculum, trainer, segmenter), docks = open_demo_viewer(device="cpu")
+    viewer, (curriculum, trainer, segmenter, reviewer), docks = open_demo_viewer(device="cpu")
     viewer.window._qt_window.resize(1600, 1000)
     viewer.window.show()
+    QApplication.processEvents()
+    docks[0].raise_()  # the Curriculum tab in front (raised before the window was shown, the last tab would be)
     viewer.dims.ndisplay = 2
     labels = viewer.layers["phantom labels"]
     busiest = int((labels.data > 0).sum(axis=(1, 2)).argmax())
@@ -83,11 +88,14 @@ def main(out: Path, shots: tuple[str, ...] = SHOTS, model: Optional[Path] = None
 
     runs = Path(tempfile.mkdtemp(prefix="napari-pgps-screens-"))
     trainer.run_root.setText(str(runs))
+    if epochs is not None:  # these epochs, not the demo's time budget
+        curriculum.epochs.setValue(epochs)
+        trainer.time_budget.setValue(0)
     if model is None and set(shots) - {"curriculum"}:
         docks[1].raise_()
         trainer.start_training()
         if "training" in shots:
-            wait_until(lambda: len(trainer.steps) >= 45, 600, trainer)
+            wait_until(lambda: len(trainer.history.steps) >= 45, 600, trainer)
             trainer.curves.redraw_now()
             trainer.balance.redraw_now()
             settle()
@@ -113,10 +121,13 @@ def main(out: Path, shots: tuple[str, ...] = SHOTS, model: Optional[Path] = None
             segmenter.grab().save(str(out / "segment_widget.png"))
             viewer.screenshot(str(out / "window_segmented.png"), canvas_only=False)
     if "review" in shots:
-        review(viewer, segmenter, out)
+        docks[3].raise_()
+        review(viewer, segmenter, reviewer, out)
     if "uncertainty" in shots:
-        uncertainty(viewer, segmenter, out)
+        docks[2].raise_()
+        uncertainty(viewer, segmenter, reviewer, out)
     if "batch" in shots:
+        docks[2].raise_()
         batch(viewer, segmenter, out)
     if "resume" in shots:
         resume(trainer, docks[1], model, runs, out)
@@ -130,25 +141,25 @@ def show_only(viewer, *names: str) -> None:
         layer.visible = layer.name in names
 
 
-def review(viewer, segmenter, out: Path) -> None:
-    """The phantom's segmentation compared with its labels: the table's Dice, HD95 and volume difference, and the
-    disagreement layer (red false positive, blue false negative) over the image."""
-    segmenter.compare_with.setCurrentText("phantom labels")
-    segmenter.compare_result.setCurrentText(segmenter.result_layer.name)
-    segmenter.compare()
-    wait_until(lambda: segmenter.review_worker is None and segmenter.disagreement_layer is not None, 120, segmenter)
-    show_only(viewer, "phantom", segmenter.disagreement_layer.name)
-    viewer.layers.selection.active = segmenter.disagreement_layer
+def review(viewer, segmenter, reviewer, out: Path) -> None:
+    """The phantom's segmentation compared with its labels in the Review widget: the table's Dice, HD95 and volume
+    difference, and the disagreement layer (red false positive, blue false negative) over the image."""
+    reviewer.compare_with.setCurrentText("phantom labels")
+    reviewer.compare_result.setCurrentText(segmenter.result_layer.name)
+    reviewer.compare()
+    wait_until(lambda: reviewer.review_worker is None and reviewer.disagreement_layer is not None, 120, reviewer)
+    show_only(viewer, "phantom", reviewer.disagreement_layer.name)
+    viewer.layers.selection.active = reviewer.disagreement_layer
     settle()
-    segmenter.grab().save(str(out / "segment_review.png"))
+    reviewer.grab().save(str(out / "review_widget.png"))
     viewer.screenshot(str(out / "window_review.png"), canvas_only=False)
 
 
-def uncertainty(viewer, segmenter, out: Path) -> None:
+def uncertainty(viewer, segmenter, reviewer, out: Path) -> None:
     """The phantom's uncertainty (entropy) layer over the image (segmented again with it if the first segmentation
     made none)."""
     if "phantom uncertainty" not in viewer.layers:
-        segmenter.compare_with.setCurrentText("(none)")
+        reviewer.compare_with.setCurrentText("(none)")  # no review of this segmentation
         segmenter.uncertainty.setChecked(True)
         segmenter.segment()
         wait_until(lambda: segmenter.worker is None, 300, segmenter)
@@ -196,11 +207,13 @@ if __name__ == "__main__":
                         help="take only these shots: " + ", ".join(SHOTS))
     parser.add_argument("--model", type=Path, metavar="RUN_DIR",
                         help="segment with this finished run instead of training one (not with the training shot)")
+    parser.add_argument("--epochs", type=int, metavar="N",
+                        help="train N epochs instead of planning the demo's time budget (a busy machine)")
     parser.add_argument("--slow", type=float, default=1.0, metavar="FACTOR",
                         help="wait FACTOR times longer for each step (a machine busy with other work)")
     args = parser.parse_args()
     TIMEOUT_SCALE = args.slow
     if args.model is not None and "training" in args.only:
         parser.error("--model skips the training: leave out the training shot (--only ...)")
-    main(args.out, tuple(args.only), args.model)
+    main(args.out, tuple(args.only), args.model, args.epochs)
     napari.Viewer.close_all()

@@ -3,28 +3,20 @@
 from __future__ import annotations
 
 import copy
+import dataclasses
 from pathlib import Path
 from typing import Optional
 
-from qtpy.QtWidgets import (
-    QCheckBox,
-    QComboBox,
-    QFileDialog,
-    QFormLayout,
-    QHBoxLayout,
-    QLabel,
-    QPushButton,
-    QVBoxLayout,
-    QWidget,
-)
+from magicgui.widgets import CheckBox, ComboBox, PushButton, SpinBox
+from qtpy.QtWidgets import QFileDialog, QLabel, QVBoxLayout, QWidget
 
 from ..config import RunConfig
-from ..curriculum import SCHEDULES, Schedule, ScheduleOptions, build_schedule
-from ..data.geometry import canonical_grid
-from ..data.volume import reverse_axes
+from ..curriculum import SCHEDULES, Schedule, schedule_for
+from ..data.geometry import canonical_grid, reverse_axes
 from ..errors import InputError
-from ..models.planning import check_patch_size, plan_patch_size, plan_unet
-from .forms import spin_box
+from ..models.architectures import patch_poolings
+from ..models.planning import plan_patch_size, plan_unet
+from .forms import form, row
 from .layers import world_matrix
 from .plots import PlotCanvas
 from .state import state_for
@@ -48,47 +40,33 @@ class CurriculumWidget(QWidget):
         self.spacing = (1.0, 1.0, 1.0)
         self.schedule: Optional[Schedule] = None
 
-        self.mode = QComboBox()
-        for key in SCHEDULES:
-            self.mode.addItem(MODE_NAMES[key], key)
-        self.pdl = QCheckBox("add cases by similarity (PDL)")
-        self.patch = [spin_box(8, 512, 8) for _ in range(3)]
-        patch_row = QHBoxLayout()
-        for label, spin in zip("ZYX", self.patch):
-            patch_row.addWidget(QLabel(label))
-            patch_row.addWidget(spin)
-        self.propose = QPushButton("Propose from image layer")
-        self.epochs = spin_box(1, 10000, 25)
-        self.iterations = spin_box(1, 10000, 50)
-        self.batch = spin_box(1, 256, 2)
+        mode = ComboBox(label="Mode", choices=[(MODE_NAMES[key], key) for key in SCHEDULES])
+        pdl = CheckBox(text="add cases by similarity (PDL)")
+        patch = [SpinBox(label=axis, min=8, max=512, value=8) for axis in "ZYX"]
+        propose = PushButton(text="Propose from image layer")
+        epochs = SpinBox(label="Epochs", min=1, max=10000, value=25)
+        iterations = SpinBox(label="Steps per epoch", min=1, max=10000, value=50)
+        batch = SpinBox(label="Batch size", min=1, max=256, value=2)
+        save, load = PushButton(text="Save YAML..."), PushButton(text="Load YAML...")
+        self.form = form(mode, pdl, row(*patch, label="Final patch", labels=True), propose, epochs, iterations, batch)
+        self.mode, self.pdl, self.propose = mode.native, pdl.native, propose.native
+        self.patch = [spin.native for spin in patch]
+        self.epochs, self.iterations, self.batch = epochs.native, iterations.native, batch.native
         self.summary = QLabel()
         self.summary.setWordWrap(True)
         self.preview = PlotCanvas(self._draw_preview, height=2.6)
-        save, load = QPushButton("Save YAML..."), QPushButton("Load YAML...")
 
-        form = QFormLayout()
-        form.addRow("Mode", self.mode)
-        form.addRow("", self.pdl)
-        form.addRow("Final patch", patch_row)
-        form.addRow("", self.propose)
-        form.addRow("Epochs", self.epochs)
-        form.addRow("Steps per epoch", self.iterations)
-        form.addRow("Batch size", self.batch)
-        buttons = QHBoxLayout()
-        buttons.addWidget(save)
-        buttons.addWidget(load)
         layout = QVBoxLayout(self)
-        layout.addLayout(form)
+        layout.addWidget(self.form.native)
         layout.addWidget(self.preview)
         layout.addWidget(self.summary)
-        layout.addLayout(buttons)
+        layout.addWidget(row(save, load).native)
         layout.addStretch()
 
         self.set_config(self.state.config)
-        for widget in [self.mode, *self.patch, self.epochs, self.iterations, self.batch]:
-            (widget.currentIndexChanged if isinstance(widget, QComboBox) else widget.valueChanged).connect(self._changed)
-        self.pdl.toggled.connect(self._changed)
-        self.propose.clicked.connect(self.propose_from_layer)
+        for field in (mode, pdl, *patch, epochs, iterations, batch):
+            field.changed.connect(self._changed)
+        propose.clicked.connect(self.propose_from_layer)
         save.clicked.connect(self._ask_save)
         load.clicked.connect(self._ask_load)
         self._changed()
@@ -125,18 +103,18 @@ class CurriculumWidget(QWidget):
         self.state.config = config  # no signal: the Train widget reads it when training starts
         final = config.model.patch_size
         try:
-            plan = plan_unet(final, self.spacing)
-            check_patch_size(final, plan.divisor)
-            self.schedule = build_schedule(config.curriculum.schedule, final, plan.poolings, config.training.epochs,
-                                           config.training.batch_size, ScheduleOptions.from_config(config.curriculum))
+            plan = plan_unet(final, self.spacing)  # the network as training will plan it
+            model = dataclasses.replace(config.model, kernel_sizes=plan.kernel_sizes, strides=plan.strides)
+            self.schedule = schedule_for(dataclasses.replace(config, model=model))
         except InputError as exc:
             self.schedule = None
             self.summary.setText(f"<span style='color:#e06c75'>{exc}</span>")
         else:
             steps = config.training.epochs * config.training.iterations_per_epoch
+            poolings = patch_poolings(model)
             self.summary.setText(
                 f"{len(self.schedule.stages)} stage(s), {steps} steps; compute relative to constant: "
-                f"<b>{self.schedule.relative_voxels():.2f}</b> (poolings {plan.poolings[0]}, {plan.poolings[1]}, {plan.poolings[2]})"
+                f"<b>{self.schedule.relative_voxels():.2f}</b> (poolings {poolings[0]}, {poolings[1]}, {poolings[2]})"
             )
         self.preview.mark_stale()
 
@@ -150,7 +128,7 @@ class CurriculumWidget(QWidget):
         for stage in self.schedule.stages:
             edges.append(edges[-1] + stage.epochs)
         sources = self.schedule.stages
-        if self.schedule.choices or self.schedule.axis_sizes:
+        if self.schedule.draws != "stages":
             ax.set_title("each step draws a random patch; nominal size shown", fontsize=8)
         for axis, name in enumerate("ZYX"):
             ys = [s.patch[axis] for s in sources] + [sources[-1].patch[axis]]

@@ -1,4 +1,5 @@
-"""What the widgets of one viewer share: the run configuration being designed and the last trained model."""
+"""What the widgets of one viewer share: the run configuration being designed, the last trained model, the last
+segmentation."""
 
 from __future__ import annotations
 
@@ -10,16 +11,23 @@ from psygnal import Signal
 
 from ..config import RunConfig
 
+DERIVED = "napari_pgps_derived"
+"""Metadata key of the layers the widgets derive from a result (its uncertainty, its disagreement with a reference):
+neither segmented by "Segment all open images" nor offered for review."""
+
 
 class PluginState:
-    """Evented state shared by the Curriculum, Train and Segment widgets of one viewer.
+    """Evented state shared by the widgets of one viewer.
 
     ``config`` is what the Curriculum widget designs and the Train and Prune widgets read when they start (no
     signal: nothing follows it live); ``last_model`` is the run folder the Train widget finished last, offered first
-    by the Segment widget (``model_trained``).
+    by the Segment and Prune widgets (``model_trained``). ``segmented`` is emitted with each Labels layer the Segment
+    widget adds and whether it was segmented alone (not as one of "Segment all open images"): the Review widget
+    chooses it, and reviews one segmented alone against the reference chosen there.
     """
 
     model_trained = Signal(object)
+    segmented = Signal(object, bool)
 
     def __init__(self) -> None:
         self.config = RunConfig()

@@ -8,78 +8,38 @@ from pathlib import Path
 from typing import Optional
 
 import numpy as np
-from qtpy.QtWidgets import (
-    QComboBox,
-    QFileDialog,
-    QFormLayout,
-    QHBoxLayout,
-    QLabel,
-    QLineEdit,
-    QListWidget,
-    QProgressBar,
-    QPushButton,
-    QRadioButton,
-    QVBoxLayout,
-    QWidget,
-)
+from magicgui.widgets import ComboBox, LineEdit, PushButton, RadioButton
+from qtpy.QtWidgets import QLabel, QListWidget, QProgressBar, QVBoxLayout, QWidget
 
-from ..config import CONFIG_FILE, DEVICES, RunConfig
-from ..engine import TrainingControl, TrainingProgress
-from ..engine.checkpoint import FINAL, LAST, SPLITS_FILE
-from ..engine.progress import duration_text, read_events, size_text
+from ..config import DEVICES, RunConfig
+from ..engine.progress import TrainingProgress, duration_text
+from ..engine.run_folder import STOPPED_RUN, RunFolder
 from ..errors import InputError
-from ..events import (
-    CasesAdded,
-    Finished,
-    Paused,
-    Preparing,
-    Replanned,
-    Resumed,
-    RunStarted,
-    StageStarted,
-    StepDone,
-    Validated,
-)
-from .forms import CHANNEL_SEPARATOR, ChannelPicker, PathField, show_notes, spin_box
+from ..events import Event, RunStarted, StepDone, Validated
+from .forms import CHANNEL_SEPARATOR, MODEL_FILES, ChannelPicker, PathField, count_box, form, qt_field, row
+from .jobs import Job
 from .layers import box_outlines, find_layer, placement, training_set_from_layers
 from .plots import PlotCanvas
+from .presenter import RunPresenter
 from .state import state_for
 
 OVERLAY_NAME = "training patches"
 OVERLAY_INTERVAL_S = 0.5
-MODEL_FILES = "Models (*.pt *.zip)"
 
 
-def _train_events(config: RunConfig, run_dir: Path, dataset, control: TrainingControl, resume: bool = False):
-    """The training generator (every method plugged in), run by napari's thread worker off the GUI thread."""
+def _train(config: RunConfig, run_dir: Path, dataset, control, resume: bool = False):
+    """The training generator (every method plugged in), imported and run by napari's thread worker off the GUI
+    thread."""
     from ..tasks.training import train
 
     yield from train(config, run_dir, dataset=dataset, control=control, resume=resume)
 
 
-def resumable(run_dir: Optional[Path]) -> bool:
-    """Whether ``run_dir`` holds a run that can be continued: a last checkpoint and no final one."""
-    return run_dir is not None and (run_dir / LAST).is_file() and not (run_dir / FINAL).exists()
-
-
-def stored_config(run_dir: Path) -> RunConfig:
-    """The configuration a run folder was trained with: its ``config.yaml``, else its last checkpoint's."""
+def stopped_run(path: Optional[Path]) -> Optional[RunFolder]:
+    """The run folder ``path`` if it holds a run that can be continued (:attr:`RunFolder.resumable`), else ``None``."""
     try:
-        return RunConfig.load(run_dir / CONFIG_FILE)
+        return RunFolder.to_resume(path)
     except InputError:
-        from ..engine.checkpoint import load_checkpoint
-
-        return RunConfig.from_dict(load_checkpoint(run_dir / LAST)["config"], source=str(run_dir / LAST))
-
-
-def trained_case_names(run_dir: Path) -> Optional[list[str]]:
-    """The training and validation case names of a run (its ``splits.json``); ``None`` when unreadable."""
-    import json
-
-    try:
-        split = json.loads((run_dir / SPLITS_FILE).read_text())
-        return list(dict.fromkeys([*split["training"], *split["validation"]]))
-    except (OSError, ValueError, KeyError, TypeError):
         return None
 
 
@@ -89,21 +49,18 @@ def _until(steps: list, dice: list, started: RunStarted) -> tuple[list, list]:
     return [s for s in steps if s.step <= last], [(step, d) for step, d in dice if step <= last]
 
 
-def logged_curves(run_dir: Path) -> tuple[list[StepDone], list[tuple[int, float]]]:
-    """The steps and the (step, mean Dice) validations a run folder's ``metrics.jsonl`` holds, for the curves of
-    a run resumed from it; steps that a later resume took again are left out. Empty when there is no log."""
+def logged_curves(events: list[Event]) -> tuple[list[StepDone], list[tuple[int, float]]]:
+    """The steps and the (step, mean Dice) validations a run logged (:meth:`RunFolder.events`), for the curves of a
+    run resumed from it; steps that a later resume took again are left out."""
     steps: list[StepDone] = []
     dice: list[tuple[int, float]] = []
-    try:
-        for event in read_events(run_dir):
-            if isinstance(event, RunStarted):
-                steps, dice = _until(steps, dice, event)
-            elif isinstance(event, StepDone):
-                steps.append(event)
-            elif isinstance(event, Validated):
-                dice.append((steps[-1].step if steps else 0, event.mean_dice))
-    except (OSError, ValueError, KeyError, TypeError):
-        return [], []
+    for event in events:
+        if isinstance(event, RunStarted):
+            steps, dice = _until(steps, dice, event)
+        elif isinstance(event, StepDone):
+            steps.append(event)
+        elif isinstance(event, Validated):
+            dice.append((steps[-1].step if steps else 0, event.mean_dice))
     return steps, dice
 
 
@@ -114,116 +71,102 @@ class TrainWidget(QWidget):
         super().__init__(parent)
         self.viewer = napari_viewer
         self.state = state_for(napari_viewer)
-        self.worker = None
-        self.control: Optional[TrainingControl] = None
         self.run_dir: Optional[Path] = None
-        self._reset_history()
 
-        self.from_layers = QRadioButton("open layers")
-        self.from_folder = QRadioButton("dataset folder")
-        self.from_layers.setChecked(True)
-        self.image_choice, self.labels_choice = ChannelPicker(napari_viewer, exclude=(OVERLAY_NAME,)), QComboBox()
-        self.add_pair, self.remove_pair = QPushButton("Add pair"), QPushButton("Remove")
+        from_layers = RadioButton(text="open layers", value=True)
+        from_folder = RadioButton(text="dataset folder")
+        self.image_choice = ChannelPicker(napari_viewer, exclude=(OVERLAY_NAME,))
+        labels_choice = ComboBox(choices=self._labels_layers)
+        add_pair, remove_pair = PushButton(text="Add pair"), PushButton(text="Remove")
         self.pairs = QListWidget()
         self.pairs.setMaximumHeight(70)
-        self.channel_names = QLineEdit()
-        self.channel_names.setPlaceholderText("channel 0, channel 1, ...")
-        self.channel_names.setToolTip("The modality of each image channel, comma-separated in channel order (e.g. "
-                                      "\"CT\" or \"T1, FLAIR\"): a channel named CT is clipped to its foreground "
-                                      "intensity percentiles, as nnU-Net does; any other is z-scored.")
-        self.folder = QLineEdit()
-        self.folder.setPlaceholderText("Decathlon or nnU-Net v2 dataset folder")
-        browse = QPushButton("...")
-        self.run_root = QLineEdit(str(Path.home() / "napari-pgps-runs"))
-        self.device = QComboBox()
-        self.device.addItems(list(DEVICES))
-        self.time_budget = spin_box(0, 24 * 60, 0)
-        self.time_budget.setSuffix(" min")
-        self.time_budget.setSpecialValueText("the schedule's epochs")
+        channel_names = LineEdit(label="Channels", tooltip=(
+            "The modality of each image channel, comma-separated in channel order (e.g. \"CT\" or \"T1, FLAIR\"): a "
+            "channel named CT is clipped to its foreground intensity percentiles, as nnU-Net does; any other is "
+            "z-scored."))
+        channel_names.native.setPlaceholderText("channel 0, channel 1, ...")
+        self.folder = PathField("Decathlon or nnU-Net v2 dataset folder", caption="Dataset folder")
+        self.run_root = PathField(caption="Runs folder")
+        self.run_root.setText(str(Path.home() / "napari-pgps-runs"))
+        device = ComboBox(label="Device", choices=list(DEVICES))
+        self.time_budget = count_box(0, 24 * 60, 0, "the schedule's epochs", " min")
         self.time_budget.setToolTip("Plan the run to end within this many minutes (its step cost is measured first); "
                                     "0 trains the epochs set in the Curriculum widget.")
         self.init_from = PathField("empty: fresh weights", MODEL_FILES, "Model to start from")
         self.init_from.setToolTip("A trained model (run folder, checkpoint .pt or model package .zip) whose network "
                                   "and weights the new run starts from; its labels and channels must be the data's.")
         self.resume_from = PathField("run folder of a stopped run", caption="Run folder to resume")
-        self.resume_from.setToolTip("A run folder with a checkpoint_last.pt and no checkpoint_final.pt: Resume run "
-                                    "continues it there with its own settings.")
-        self.device_label = QLabel("device: not started")
-        self.start, self.pause, self.stop = QPushButton("Start"), QPushButton("Pause"), QPushButton("Stop")
-        self.resume = QPushButton("Resume run")
-        self.resume.setToolTip("Continue the stopped run chosen above from its last checkpoint, in its own folder.")
+        self.resume_from.setToolTip(f"The folder of a stopped run ({STOPPED_RUN}): Resume run continues it there "
+                                    "with its own settings.")
+        start, pause, stop = PushButton(text="Start"), PushButton(text="Pause"), PushButton(text="Stop")
+        resume = PushButton(text="Resume run", tooltip="Continue the stopped run chosen above from its last "
+                                                       "checkpoint, in its own folder.")
+        self.form = form(
+            row(from_layers, from_folder, label="Training data"),
+            row(qt_field(self.image_choice), labels_choice, add_pair, remove_pair, label="Image / labels"),
+            qt_field(self.pairs),
+            channel_names,
+            qt_field(self.folder, "Folder"),
+            qt_field(self.run_root, "Runs folder"),
+            device,
+            qt_field(self.time_budget, "Time budget"),
+            qt_field(self.init_from, "Start from model"),
+            qt_field(self.resume_from, "Stopped run"),
+        )
+        self.from_layers, self.from_folder = from_layers.native, from_folder.native
+        self.labels_choice, self.add_pair, self.remove_pair = labels_choice.native, add_pair.native, remove_pair.native
+        self.channel_names, self.device = channel_names.native, device.native
+        self.start, self.resume, self.pause, self.stop = start.native, resume.native, pause.native, stop.native
         self.progress = QProgressBar()
+        self.device_label = QLabel("device: not started")
         self.status = QLabel("idle")
         self.status.setWordWrap(True)
         self.curves = PlotCanvas(self._draw_curves, height=3.2)
         self.balance = PlotCanvas(self._draw_balance, height=2.0)
 
-        source = QHBoxLayout()
-        source.addWidget(self.from_layers)
-        source.addWidget(self.from_folder)
-        pair_row = QHBoxLayout()
-        for w in (self.image_choice, self.labels_choice, self.add_pair, self.remove_pair):
-            pair_row.addWidget(w)
-        folder_row = QHBoxLayout()
-        folder_row.addWidget(self.folder)
-        folder_row.addWidget(browse)
-        form = QFormLayout()
-        form.addRow("Training data", source)
-        form.addRow("Image / labels", pair_row)
-        form.addRow("", self.pairs)
-        form.addRow("Channels", self.channel_names)
-        form.addRow("Folder", folder_row)
-        form.addRow("Runs folder", self.run_root)
-        form.addRow("Device", self.device)
-        form.addRow("Time budget", self.time_budget)
-        form.addRow("Start from model", self.init_from)
-        form.addRow("Stopped run", self.resume_from)
-        buttons = QHBoxLayout()
-        for b in (self.start, self.resume, self.pause, self.stop):
-            buttons.addWidget(b)
         layout = QVBoxLayout(self)
-        layout.addLayout(form)
-        layout.addLayout(buttons)
-        layout.addWidget(self.progress)
-        layout.addWidget(self.device_label)
-        layout.addWidget(self.status)
-        layout.addWidget(self.curves)
-        layout.addWidget(self.balance)
+        layout.addWidget(self.form.native)
+        layout.addWidget(row(start, resume, pause, stop).native)
+        for widget in (self.progress, self.device_label, self.status, self.curves, self.balance):
+            layout.addWidget(widget)
 
-        self.add_pair.clicked.connect(self._add_pair)
-        self.remove_pair.clicked.connect(lambda: self.pairs.takeItem(self.pairs.currentRow()))
-        browse.clicked.connect(self._browse)
-        self.start.clicked.connect(self.start_training)
-        self.resume.clicked.connect(self.resume_training)
+        self.job = Job("Training", self.status, self.progress, buttons=[self.start, self.resume],
+                       stop_buttons=[self.pause, self.stop])
+        self.presenter = RunPresenter(self.status)
+        self._reset_history()
+        add_pair.clicked.connect(self._add_pair)
+        remove_pair.clicked.connect(lambda: self.pairs.takeItem(self.pairs.currentRow()))
+        self.folder.chosen.connect(lambda _: self.from_folder.setChecked(True))
+        start.clicked.connect(self.start_training)
+        resume.clicked.connect(self.resume_training)
         self.resume_from.edited.connect(self._update_resume_button)
-        self.pause.clicked.connect(self.toggle_pause)
-        self.stop.clicked.connect(self.stop_training)
-        self.viewer.layers.events.inserted.connect(self._refresh_layer_choices)
-        self.viewer.layers.events.removed.connect(self._refresh_layer_choices)
-        self._refresh_layer_choices()
-        self._set_running(False)
+        pause.clicked.connect(self.toggle_pause)
+        stop.clicked.connect(self.stop_training)
+        self.viewer.layers.events.inserted.connect(labels_choice.reset_choices)
+        self.viewer.layers.events.removed.connect(labels_choice.reset_choices)
+        self._update_resume_button()
+
+    @property
+    def worker(self):
+        """napari's worker while a run is under way, ``None`` when idle."""
+        return self.job.worker
+
+    @property
+    def history(self) -> TrainingProgress:
+        """The run's events so far, folded."""
+        return self.presenter.history
 
     # -- data -----------------------------------------------------------------
-    def _refresh_layer_choices(self, *_) -> None:
+    def _labels_layers(self, *_) -> list[str]:
+        """The names of the open Labels layers the widget offers (not the training patches)."""
         from napari.layers import Labels
 
-        current = self.labels_choice.currentText()
-        self.labels_choice.clear()
-        self.labels_choice.addItems([layer.name for layer in self.viewer.layers
-                                     if isinstance(layer, Labels) and layer.name != OVERLAY_NAME])
-        if current:
-            self.labels_choice.setCurrentText(current)
+        return [layer.name for layer in self.viewer.layers if isinstance(layer, Labels) and layer.name != OVERLAY_NAME]
 
     def _add_pair(self) -> None:
         if self.image_choice.text() and self.labels_choice.currentText():
             self.pairs.addItem(f"{self.image_choice.text()} | {self.labels_choice.currentText()}")
             self.image_choice.reset()
-
-    def _browse(self) -> None:
-        folder = QFileDialog.getExistingDirectory(self, "Dataset folder")
-        if folder:
-            self.folder.setText(folder)
-            self.from_folder.setChecked(True)
 
     def layer_pairs(self) -> list[tuple[list, object]]:
         """The (image channel layers, labels layer) pairs to train on: the list, else the layers chosen above."""
@@ -257,9 +200,9 @@ class TrainWidget(QWidget):
         dataset = None
         try:
             if self.from_folder.isChecked():
-                if not self.folder.text().strip():
+                if not self.folder.text():
                     raise InputError("choose a dataset folder, or train from the open layers.")
-                config.data.path = self.folder.text().strip()
+                config.data.path = self.folder.text()
             else:
                 dataset = training_set_from_layers(self.layer_pairs(), self.channel_list())
         except InputError as exc:
@@ -280,23 +223,20 @@ class TrainWidget(QWidget):
         """
         from napari.utils.notifications import show_error
 
-        run_dir = Path(self.resume_from.text()).expanduser() if self.resume_from.text() else None
         dataset, data_text = None, ""
         try:
-            if run_dir is None or not resumable(run_dir):
-                raise InputError(f"{run_dir or 'no run folder'}: nothing to resume; choose the folder of a stopped run "
-                                 f"(one with {LAST} and without {FINAL}).")
-            trained = stored_config(run_dir)
+            folder = RunFolder.to_resume(Path(self.resume_from.text()).expanduser() if self.resume_from.text() else None)
+            trained = folder.config()
             if trained.data.path:
                 data_text = f"its dataset folder {trained.data.path}"
             else:  # trained on napari layers: they are not in the run folder, the same layers must be chosen again
                 pairs = self.layer_pairs()
-                needed = trained_case_names(run_dir) or []
+                needed = self._case_names(folder)
                 missing = [name for name in needed if name not in {channels[0].name for channels, _ in pairs}]
                 if missing:
-                    raise InputError(f"{run_dir.name} was trained on the layers {', '.join(missing)}, which are not "
-                                     "chosen under Image / labels; choose the same image and labels layers to resume "
-                                     "it.")
+                    raise InputError(f"{folder.path.name} was trained on the layers {', '.join(missing)}, which are "
+                                     "not chosen under Image / labels; choose the same image and labels layers to "
+                                     "resume it.")
                 dataset = training_set_from_layers(pairs, trained.channels)  # the run's own channel names
                 data_text = "the layers chosen above"
         except InputError as exc:
@@ -305,122 +245,90 @@ class TrainWidget(QWidget):
         config = copy.deepcopy(self.state.config)  # the run's stored settings are used; only the device is ours
         config.training.device = self.device.currentText()
         self._reset_history()
-        self._earlier_steps, self._earlier_dice = logged_curves(run_dir)
-        self._launch(config, run_dir, dataset, resume=True)
-        self.status.setText(f"resuming {run_dir.name} from its last checkpoint (its own settings) on {data_text}...")
+        try:
+            self._earlier_steps, self._earlier_dice = logged_curves(folder.events())
+        except InputError:  # a damaged log: the curves start at the resume
+            pass
+        self._launch(config, folder.path, dataset, resume=True)
+        self.status.setText(f"resuming {folder.path.name} from its last checkpoint (its own settings) on {data_text}...")
+
+    @staticmethod
+    def _case_names(folder: RunFolder) -> list[str]:
+        """The training and validation case names of a run (none when its split cannot be read)."""
+        try:
+            split = folder.split()
+        except InputError:
+            split = None
+        return list(dict.fromkeys([*split["training"], *split["validation"]])) if split else []
 
     def _launch(self, config: RunConfig, run_dir: Path, dataset, resume: bool = False) -> None:
         """Train in napari's thread worker (a new run, or ``resume`` the one in ``run_dir``)."""
-        from napari.qt.threading import thread_worker
-
         self.run_dir = run_dir
-        self.control = TrainingControl()
-        # handlers given at creation: an "errored" handler connected later would not stop the default re-raise
-        handlers = {"yielded": self._on_event, "errored": self._on_error, "finished": self._on_finished}
-        self.worker = thread_worker(_train_events, connect=handlers, start_thread=False)(
-            config, run_dir, dataset, self.control, resume
-        )
-        self._set_running(True)
-        self.worker.start()
+        self.job.start(_train, config, run_dir, dataset, self.job.control, resume, yielded=self._on_event,
+                       finished=self._on_finished)
+        self._update_resume_button()
 
     def toggle_pause(self) -> None:
-        if self.control is None:
+        if not self.job.running:
             return
-        if self.control.paused:
-            self.control.resume()
+        if self.job.control.paused:
+            self.job.control.resume()
         else:
-            self.control.pause()
+            self.job.control.pause()
 
     def stop_training(self) -> None:
         """Ask the run to stop after the current step; its last checkpoint is kept."""
-        if self.control is not None:
-            self.control.stop()
+        if self.job.running:
+            self.job.stop()
             self.status.setText("stopping after this step...")
-
-    def _set_running(self, running: bool) -> None:
-        self.start.setEnabled(not running)
-        self.pause.setEnabled(running)
-        self.stop.setEnabled(running)
-        self.pause.setText("Pause")
-        self._update_resume_button()
 
     def _update_resume_button(self, *_) -> None:
         """Resume run is offered, while idle, for a run folder with a last checkpoint and no final one."""
         run_dir = Path(self.resume_from.text()).expanduser() if self.resume_from.text() else None
-        self.resume.setEnabled(self.worker is None and resumable(run_dir))
+        self.resume.setEnabled(not self.job.running and stopped_run(run_dir) is not None)
 
     # -- events -------------------------------------------------------------------
     def _reset_history(self) -> None:
-        self.history = TrainingProgress()
+        self.presenter.reset()
         self._last_overlay = 0.0
         self._earlier_steps: list[StepDone] = []  # a resumed run's steps and validations before it stopped
         self._earlier_dice: list[tuple[int, float]] = []
 
-    def _on_event(self, event) -> None:
-        history = self.history.update(event)
-        if isinstance(event, Preparing):
-            self.progress.setRange(0, event.total)
-            self.progress.setValue(event.done)
-            what = "reading the cases" if event.task == "fingerprint" else "preprocessing the cases"
-            self.progress.setFormat(f"{what}: %v / %m")
-        elif isinstance(event, RunStarted):
+    def _on_event(self, event: Event) -> None:
+        history = self.presenter.show(event)
+        if history.started is event:
             self.device_label.setText(f"device: {event.device}")
             # the whole run's steps: a resumed run's bar and curves go on from the step it stopped at
             self._earlier_steps, self._earlier_dice = _until(self._earlier_steps, self._earlier_dice, event)
-            self.progress.setRange(0, max(event.epochs * event.iterations_per_epoch, 1))
-            self.progress.setValue(history.step)
-            self.progress.setFormat("%v / %m steps")
-            resumed = f"resumed at epoch {event.start_epoch} of {event.epochs}; " if event.start_epoch else ""
-            planned = (f"; planned to {duration_text(event.expected_seconds)} of the "
-                       f"{duration_text(event.time_budget)} budget" if event.time_budget else "")
-            self.status.setText(f"{resumed}{event.training_cases} training / {event.validation_cases} validation "
-                                f"case(s), {event.parameters:,} parameters, final patch {size_text(event.final_patch)}"
-                                f"{planned}")
-            show_notes(event)
-        elif isinstance(event, Replanned):
-            self.progress.setRange(0, max(event.epochs * history.started.iterations_per_epoch, 1))
-            self.status.setText(f"re-planned after epoch {event.epoch}: {event.epochs} epochs, expected "
-                                f"{duration_text(event.expected_seconds)} (steps took {event.slowdown:.2f}x the "
-                                "planned time)")
-        elif isinstance(event, StepDone):
-            self.progress.setValue(history.step)
-            self.progress.setFormat(f"%v / %m steps, ETA {duration_text(history.eta_seconds)}")
-            self.curves.mark_stale()
-            self.balance.mark_stale()
-            if time.perf_counter() - self._last_overlay >= OVERLAY_INTERVAL_S:
-                self._show_patches(event)
-        elif isinstance(event, StageStarted):
-            self.status.setText(f"stage {event.stage + 1}: patch {size_text(event.patch)}, batch {event.batch}")
-        elif isinstance(event, Validated):
-            self.curves.mark_stale()
-            if event.on_training_cases:
-                self.status.setText(f"Dice {event.mean_dice:.3f} on the training case(s): no case left to hold out")
-        elif isinstance(event, CasesAdded):
-            self.status.setText(f"PDL: training on the {event.cases} most similar of {event.total} cases")
-        elif isinstance(event, Paused):
-            self.pause.setText("Resume")
-            self.status.setText("paused")
-        elif isinstance(event, Resumed):
-            self.pause.setText("Pause")
-        elif isinstance(event, Finished):
-            state = "stopped" if event.stopped else "finished"
-            dice = f", mean Dice {event.final_mean_dice:.3f}" if event.final_mean_dice is not None else ""
-            resume = "; Resume run continues it" if event.stopped and resumable(self.run_dir) else ""
-            self.status.setText(f"{state} after {event.steps} steps{dice}; checkpoint {event.checkpoint}{resume}")
-            if resume:
-                self.resume_from.setText(str(self.run_dir))
+        self._show_progress(history)
+        self.pause.setText("Resume" if history.paused else "Pause")
+        self.curves.mark_stale()
+        self.balance.mark_stale()
+        if isinstance(event, StepDone) and time.perf_counter() - self._last_overlay >= OVERLAY_INTERVAL_S:
+            self._show_patches(event)
+        if history.finished is event:
+            run = stopped_run(self.run_dir)
+            if event.stopped and run is not None:
+                self.status.setText(self.status.text() + "; Resume run continues it")
+                self.resume_from.setText(str(run.path))
             if event.checkpoint:
                 self.state.set_last_model(self.run_dir)
 
-    def _on_error(self, exc: Exception) -> None:
-        from napari.utils.notifications import show_error
-
-        show_error(f"Training failed: {exc}")
-        self.status.setText(f"failed: {exc}")
+    def _show_progress(self, history: TrainingProgress) -> None:
+        """The data preparation's cases, then the whole run's steps (a resumed run's from its start) and the time
+        left."""
+        started, preparing = history.started, history.preparing
+        if started is None and preparing is not None:
+            what = "reading the cases" if preparing.task == "fingerprint" else "preprocessing the cases"
+            self.job.show_progress(f"{what}: %v / %m", preparing.done, preparing.total)
+        elif started is not None:
+            eta = history.eta_seconds
+            self.job.show_progress("%v / %m steps" + (f", ETA {duration_text(eta)}" if eta is not None else ""),
+                                   history.step, max(started.epochs * started.iterations_per_epoch, 1))
 
     def _on_finished(self) -> None:
-        self.worker = None
-        self._set_running(False)
+        self.pause.setText("Pause")
+        self._update_resume_button()
         self.curves.redraw_now()
         self.balance.redraw_now()
 
