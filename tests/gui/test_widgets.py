@@ -188,7 +188,7 @@ def test_the_patch_boxes_follow_the_chosen_model_of_any_form(viewer_with_phantom
 
 
 def test_the_segment_widget_averages_an_ensemble_and_can_leave_out_postprocessing(viewer_with_phantom, qtbot,
-                                                                                   trained_phantom_run):
+                                                                                   trained_phantom_run, tmp_path):
     from napari_pgps.engine import load_model, segment_volume
     from napari_pgps.engine.postprocessing import Postprocessing
 
@@ -210,5 +210,17 @@ def test_the_segment_widget_averages_an_ensemble_and_can_leave_out_postprocessin
 
         plain = segment_volume(load_model(trained_phantom_run, "cpu"), volume_from_layer(image), postprocess=False)
         np.testing.assert_array_equal(segmenter.result_layer.data, plain.labels.array)
+        # the volumes table exported as the report of `segment --report`: the table's voxels and mL, a row per label
+        assert segmenter.export.isEnabled()
+        written = segmenter.export_report(tmp_path / "volumes.csv")
+        import csv
+
+        rows = list(csv.DictReader(open(written)))
+        table = {segmenter.table.item(r, 0).text(): (segmenter.table.item(r, 1).text(), segmenter.table.item(r, 2).text())
+                 for r in range(segmenter.table.rowCount())}
+        assert [row["label"] for row in rows] == list(table) and all(row["case"] == "phantom" for row in rows)
+        for row in rows:
+            voxels, ml = table[row["label"]]
+            assert int(row["voxels"]) == int(voxels) and abs(float(row["volume_ml"]) - float(ml)) < 5e-4
     finally:
         (trained_phantom_run / "postprocessing.json").unlink()

@@ -112,6 +112,14 @@ def test_a_truncated_file_is_named(tmp_path, keep, words):
     assert message.startswith(str(files[6])) and words in message
 
 
+def test_a_file_cut_inside_its_header_before_the_image_size_is_named(tmp_path):
+    files = write_series(tmp_path, _voxels((8, 40, 40)))
+    data = files[5].read_bytes()
+    files[5].write_bytes(data[:data.index(b"\x28\x00\x10\x00")])  # just before Rows (0028,0010)
+    message = _refusal(tmp_path)
+    assert message.startswith(str(files[5])) and "header stops before its size" in message
+
+
 def test_pixel_data_the_decoder_cannot_decode_names_its_file(tmp_path):
     from pydicom.encaps import encapsulate
     from pydicom.uid import JPEGLosslessSV1

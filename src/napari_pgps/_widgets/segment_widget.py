@@ -122,6 +122,9 @@ class SegmentWidget(QWidget):
         device = ComboBox(label="Device", choices=list(DEVICES))
         run, run_all, cancel = PushButton(text="Segment"), PushButton(text="Segment all open images"), PushButton(
             text="Cancel")
+        export = PushButton(text="Export table...", enabled=False,
+                            tooltip="save the volumes of every result shown as CSV, a row per case and label (the "
+                                    "table of napari-pgps segment --report)")
         run_all.tooltip = ("load the model once and segment every open image layer in turn (not the uncertainty "
                            "layers), each as one image; Cancel stops after the case under way")
         self.form = form(
@@ -136,14 +139,16 @@ class SegmentWidget(QWidget):
         self.training_patch, self.patch = training_patch.native, [spin.native for spin in patch]
         self.estimate, self.tta, self.uncertainty = estimate.native, tta.native, uncertainty.native
         self.postprocess, self.device = postprocess.native, device.native
-        self.run, self.run_all, self.cancel = run.native, run_all.native, cancel.native
+        self.run, self.run_all, self.cancel, self.export = run.native, run_all.native, cancel.native, export.native
         self.progress = QProgressBar()
         self.status = QLabel("")
         self.status.setWordWrap(True)
         self.table = QTableWidget(0, len(VOLUME_COLUMNS))
         self.table.setHorizontalHeaderLabels(VOLUME_COLUMNS)
         layout = QVBoxLayout(self)
-        for widget in (self.form.native, row(run, run_all, cancel).native, self.progress, self.status, self.table):
+        self._report: list[tuple[str, object, dict]] = []  # (case, its labels Volume, the model's label names)
+        for widget in (self.form.native, row(run, run_all, cancel).native, self.progress, self.status, self.table,
+                       export.native):
             layout.addWidget(widget)
 
         self.job = Job("Segmentation", self.status, self.progress, buttons=[self.run, self.run_all],
@@ -159,6 +164,7 @@ class SegmentWidget(QWidget):
         run.clicked.connect(self.segment)
         run_all.clicked.connect(self.segment_all)
         cancel.clicked.connect(self.cancel_segmentation)
+        export.clicked.connect(self.choose_report_file)
         self._progress.advanced.connect(self._advance)
         self.state.model_trained.connect(self.offer_model)
         if self.state.last_model is not None:
@@ -306,7 +312,7 @@ class SegmentWidget(QWidget):
             show_error(str(exc))
             return
         self.results = []
-        self.table.setRowCount(0)
+        self._clear_table()
         self._batch = True
         self.status.setText(f"segmenting {len(images)} image(s): loading the model...")
         self.job.start(_segment_each, self.models(), images, *self._settings(),
@@ -323,7 +329,7 @@ class SegmentWidget(QWidget):
         layer = self._add_result(layers[index], images[index][1], model, result)
         self.result_layer = layer
         self.results.append(layer)
-        self._add_volume_rows(result.volumes, prefix=f"{name}: ")
+        self._add_volume_rows(name, model, result, prefix=f"{name}: ")
         self.state.segmented.emit(layer, False)
 
     def _all_done(self, count: int, total: int) -> None:
@@ -371,8 +377,15 @@ class SegmentWidget(QWidget):
                                   metadata={DERIVED: "uncertainty", "source": layer.name}, **placement(layer))
         return added
 
-    def _add_volume_rows(self, volumes: dict, prefix: str = "") -> None:
-        for name, volume in volumes.items():
+    def _clear_table(self) -> None:
+        self.table.setRowCount(0)
+        self._report = []
+        self.export.setEnabled(False)
+
+    def _add_volume_rows(self, case: str, model, result, prefix: str = "") -> None:
+        self._report.append((case, result.labels, model.config.labels))
+        self.export.setEnabled(True)
+        for name, volume in result.volumes.items():
             row = self.table.rowCount()
             self.table.insertRow(row)
             for column, text in enumerate((prefix + name, f"{volume['voxels']}", f"{volume['ml']:.3f}")):
@@ -384,10 +397,40 @@ class SegmentWidget(QWidget):
 
         self.result_layer = self._add_result(layer, image, model, result)
         self.results = [self.result_layer]
-        self.table.setRowCount(0)
-        self._add_volume_rows(result.volumes)
+        self._clear_table()
+        self._add_volume_rows(layer.name, model, result)
         size = " x ".join(str(s) for s in (patch or model.patch_size))
         baked = ", hypernetwork baked for it" if architecture(model.config.model).bakes_to else ""
         notes = "".join(f"; {note}" for note in result.notes)
         self.status.setText(f"'{self.result_layer.name}' added (patch {size}{baked}{notes})")
         self.state.segmented.emit(self.result_layer, True)
+
+    # -- the volumes table as a report ------------------------------------------------------
+    def choose_report_file(self) -> None:
+        """Ask where to save the volumes table (the file dialog asks before replacing a file), then save it."""
+        from qtpy.QtWidgets import QFileDialog
+
+        path, _ = QFileDialog.getSaveFileName(self, "Save the volumes table", "volumes.csv", "CSV (*.csv)")
+        if path:
+            self.export_report(path)
+
+    def export_report(self, path: str | Path) -> Optional[Path]:
+        """Write the volumes of every result in the table as CSV (:func:`napari_pgps.tasks.report.volume_report`'s
+        rows: case, label, value, voxels, volume in mL; Dice and HD95 stay empty: the Review widget scores against a
+        reference). Returns the file written, or ``None`` with the reason in the status line."""
+        from napari.utils.notifications import show_error
+
+        from ..errors import InputError
+        from ..tasks.report import volume_report, write_volume_report
+
+        if not self._report:
+            self.status.setText("nothing to export: segment an image first")
+            return None
+        rows = [row for case, labels, names in self._report for row in volume_report([(case, labels, None)], names)]
+        try:
+            written = write_volume_report(rows, path)
+        except (InputError, OSError) as exc:
+            show_error(f"{path}: the table could not be saved ({exc})")
+            return None
+        self.status.setText(f"volumes of {len(self._report)} case(s) saved to {written}")
+        return written

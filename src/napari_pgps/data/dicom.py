@@ -262,6 +262,9 @@ def _headers(files: Sequence[Path]) -> list[_Slice]:
         if "SOPClassUID" not in header or "SeriesInstanceUID" not in header:
             raise InputError(f"{path}: a truncated or damaged DICOM file (its header stops before naming its series); "
                              "remove it or export the series again.")
+        if "Rows" not in header and _names_an_image(header):
+            raise InputError(f"{path}: a truncated DICOM file (an image whose header stops before its size); export the "
+                             "series again.")
         if "Rows" in header and not any(tag in header for tag in PIXEL_DATA_TAGS):
             raise InputError(f"{path}: a truncated DICOM file (its header ends before its pixel data); export the "
                              "series again.")
@@ -273,6 +276,13 @@ def _headers(files: Sequence[Path]) -> list[_Slice]:
                                  f"{path.stat().st_size:,}); export the series again.")
         slices.append(_Slice(path, header))
     return slices
+
+
+def _names_an_image(header: Any) -> bool:
+    """Whether a header's SOP class is an image storage class (MR, CT, secondary capture, ...), whose header must
+    give the image's size."""
+    name = getattr(header.get("SOPClassUID"), "name", "")
+    return str(name).endswith("Image Storage")
 
 
 def _by_series(slices: Sequence[_Slice]) -> dict[str, list[_Slice]]:
