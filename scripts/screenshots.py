@@ -22,6 +22,8 @@ The shots (``--only`` takes any of them):
 - ``uncertainty``: window_uncertainty.png
 - ``batch``: segment_batch.png
 - ``resume``: train_resume.png
+- ``dicom``: dicom_series_seg.png (no training: the phantom written as an oblique DICOM series and its labels as a
+  DICOM SEG, both opened with the napari-pgps reader)
 
 The shots after ``training`` need a trained model: the demo run, or ``--model
 RUN_DIR`` (a finished run of the demo viewer, e.g. from an earlier run of this
@@ -33,17 +35,19 @@ steps the budget gives on an idle 2-core machine instead.
 from __future__ import annotations
 
 import argparse
+import sys
 import tempfile
 import time
 from pathlib import Path
 from typing import Optional
 
 import napari
+import numpy as np
 from qtpy.QtWidgets import QApplication
 
 from napari_pgps.demo import open_demo_viewer
 
-SHOTS = ("curriculum", "training", "segment", "review", "uncertainty", "batch", "resume")
+SHOTS = ("curriculum", "training", "segment", "review", "uncertainty", "batch", "resume", "dicom")
 
 
 TIMEOUT_SCALE = 1.0
@@ -71,6 +75,10 @@ def settle(seconds: float = 0.3) -> None:
 
 def main(out: Path, shots: tuple[str, ...] = SHOTS, model: Optional[Path] = None, epochs: Optional[int] = None) -> None:
     out.mkdir(parents=True, exist_ok=True)
+    if "dicom" in shots:
+        dicom_series_and_seg(out)
+        if shots == ("dicom",):
+            return
     viewer, (curriculum, trainer, segmenter, reviewer), docks = open_demo_viewer(device="cpu")
     viewer.window._qt_window.resize(1600, 1000)
     viewer.window.show()
@@ -198,6 +206,42 @@ def resume(trainer, dock, model: Path, runs: Path, out: Path) -> None:
     trainer.balance.redraw_now()
     settle()
     trainer.grab().save(str(out / "train_resume.png"))
+
+
+def dicom_series_and_seg(out: Path) -> None:
+    """A phantom written as an oblique DICOM series (by code, into a temporary folder) and its labels as a DICOM
+    SEG beside it; the series folder and the SEG opened with the napari-pgps reader in a viewer of their own, the
+    SEG's labels over the series, at a slice showing both labels."""
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+    from dicom_series import oblique_cosines, write_series
+
+    from napari_pgps._sample_data import PHANTOM_LABELS, PHANTOM_SPACING, make_phantom
+    from napari_pgps.data.dicom_seg import write_dicom_seg
+
+    folder = Path(tempfile.mkdtemp(prefix="napari-pgps-dicom-"))
+    image, labels = make_phantom(10)  # a phantom with a slice through both the lesion and the vessel
+    row, column = oblique_cosines()
+    files = write_series(folder / "phantom-series", image, row=row, column=column, spacing=PHANTOM_SPACING,
+                         description="phantom (oblique)")
+    seg = write_dicom_seg(labels, files, PHANTOM_LABELS, folder / "phantom-seg.dcm")
+    viewer = napari.Viewer()
+    viewer.window._qt_window.resize(1600, 1000)
+    viewer.window.show()
+    viewer.open(str(folder / "phantom-series"), plugin="napari-pgps")
+    segmentation = viewer.open(str(seg), plugin="napari-pgps")[0]
+    viewer.dims.ndisplay = 2
+    viewer.reset_view()
+    data = segmentation.data
+    # the slice showing the most labels (lesion and vessel together where a slice has both), then the most voxels
+    busiest = max(range(len(data)), key=lambda z: (len(np.unique(data[z])), int((data[z] > 0).sum())))
+    # napari slices an oblique layer by the slider's axis alone (the out-of-slice rotation left out): its data slice
+    # is that axis' row of the inverse affine applied to the slider's world value
+    to_data = np.linalg.inv(segmentation.affine.affine_matrix)
+    viewer.dims.set_point(0, (busiest - to_data[0, 3]) / to_data[0, 0])
+    viewer.layers.selection.active = segmentation
+    settle(0.5)
+    viewer.screenshot(str(out / "dicom_series_seg.png"), canvas_only=False)
+    viewer.close()
 
 
 if __name__ == "__main__":

@@ -17,7 +17,9 @@ hands this reader a ``.dcm`` or ``.dicom`` file; an extension-less file is
 opened through its folder, as npe2 matches files by their name's pattern only);
 a folder of several series is refused with the list of them. The layer keeps
 the series' UID, description and files (``dicom_series``, no patient data),
-which the writer needs to save a DICOM SEG over it.
+which the writer needs to save a DICOM SEG over it. A DICOM SEG file opens as a
+labels layer on the grid of the series it references (looked for in the SEG's
+folder, then the folder above), placed in world space as that series' layer.
 
 napari shows a 2D slice through the sub-block of the affine for the two world
 axes on screen, taken from the same two data axes; for a file stored with its
@@ -32,6 +34,7 @@ results on the file's own grid.
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 from typing import Callable, Optional, Union
 
@@ -40,7 +43,8 @@ import numpy as np
 from .data.dicom import is_dicom_file, is_dicom_folder
 from .data.geometry import axes_matrix, display_axes, label_dtype, reverse_axes
 from .data.info import label_values
-from .data.volume import VOLUME_SUFFIXES, Volume, nifti_codes, read_volume
+from .data.volume import VOLUME_SUFFIXES, Volume, nifti_codes, one_line, read_volume
+from .errors import InputError
 
 _LABEL_HINTS = ("label", "seg", "mask")
 _LABEL_FOLDERS = ("labelstr", "labelsts")
@@ -52,6 +56,12 @@ STORED_AXES = "stored_axes"
 DICOM_SERIES = "dicom_series"
 """Layer metadata key: the DICOM series a layer was read from, what a DICOM SEG written for it references (see
 :func:`dicom_series_metadata`). A layer made over such a layer (a segmentation) carries it on, with ``stored_axes``."""
+
+LABEL_NAMES = "label_names"
+"""Layer metadata key: label value -> name (the Segment widget's result carries its model's labels; a layer read
+from a DICOM SEG its segments' labels), what the writer names the labels with."""
+SEGMENTATION_STORAGE = "1.2.840.10008.5.1.4.1.1.66.4"
+"""The SOP class UID of a DICOM SEG (Segmentation Storage)."""
 
 
 def napari_get_reader(path: Union[str, list[str]]) -> Optional[Callable]:
@@ -96,6 +106,63 @@ def dicom_series_metadata(volume: Volume) -> dict:
             "shape": volume.shape, "affine": np.asarray(volume.affine, dtype=float)}
 
 
+def is_dicom_seg(path: Path) -> bool:
+    """Whether a file is a DICOM Segmentation object (SOP class Segmentation Storage)."""
+    import pydicom
+
+    if not is_dicom_file(path):
+        return False
+    try:
+        header = pydicom.dcmread(path, stop_before_pixels=True, specific_tags=["SOPClassUID"])
+    except Exception:  # a damaged file: read_volume says what is wrong with it
+        return False
+    return header.get("SOPClassUID") == SEGMENTATION_STORAGE
+
+
+def read_dicom_seg(path: Path) -> tuple[Volume, dict[int, str]]:
+    """A DICOM SEG's segments as one label map on the grid of the series it references, and the segments' labels.
+
+    The series is read from the SEG's folder, or else the folder above it. Each frame goes to the slice whose
+    SOP instance it references; segment number ``n`` becomes label value ``n`` (a SEG written by napari-pgps numbers
+    its segments in increasing order of label value, so labels 1, 2, ... come back as they were).
+
+    Returns:
+        The series' :class:`~napari_pgps.data.volume.Volume` with its array replaced by the labels (Z, Y, X) of the
+        series' own grid, and ``{segment number: segment label}``.
+
+    Raises:
+        InputError: the SEG cannot be read, or its series is in neither folder.
+    """
+    import highdicom as hd
+    import pydicom
+
+    try:
+        seg = hd.seg.segread(path)
+        series_uid = seg.ReferencedSeriesSequence[0].SeriesInstanceUID
+    except Exception as exc:  # pydicom and highdicom raise many types for damaged or unexpected files
+        raise InputError(f"{path}: not a readable DICOM SEG ({one_line(exc)}).") from None
+    volume = None
+    for folder in (path.parent, path.parent.parent):
+        try:
+            volume = read_volume(folder, series=series_uid)
+            break
+        except InputError:
+            continue
+    if volume is None:
+        raise InputError(f"{path}: a DICOM SEG of series {series_uid}, which is in neither its folder nor the folder "
+                         "above; put the SEG beside the series' files.")
+    instances = [str(pydicom.dcmread(file, stop_before_pixels=True, specific_tags=["SOPInstanceUID"]).SOPInstanceUID)
+                 for file in volume.dicom.files]
+    try:
+        array = seg.get_pixels_by_source_instance(instances, combine_segments=True,
+                                                  assert_missing_frames_are_empty=True)
+    except (ValueError, KeyError, RuntimeError) as exc:  # frames of other instances, overlapping segments, ...
+        raise InputError(f"{path}: its frames do not fit series {series_uid} as one label map "
+                         f"({one_line(exc)}).") from None
+    segments = {int(s.SegmentNumber): str(s.SegmentLabel) for s in seg.SegmentSequence}
+    return replace(volume, array=array.astype(label_dtype(max(segments))), path=path), segments
+
+
 def read_volumes(path: Union[str, list[str]]) -> list[tuple]:
     """Layer data tuples ((Z, Y, X) arrays in world order, see :func:`~napari_pgps.data.geometry.display_axes`) for
     one or more NIfTI, TIFF, NRRD or MetaImage files or DICOM series (a folder, or one of its files; several files
@@ -120,10 +187,14 @@ def read_volumes(path: Union[str, list[str]]) -> list[tuple]:
         item = Path(item)
         if item.resolve() in opened:
             continue
-        volume = read_volume(item, kind="image")
-        if volume.dicom is not None:
-            opened.update(file.resolve() for file in volume.dicom.files)
-        labels = volume.dicom is None and is_label_file(item) and holds_labels(volume.array)
+        segments = None
+        if item.is_file() and is_dicom_seg(item):
+            volume, segments = read_dicom_seg(item)
+        else:
+            volume = read_volume(item, kind="image")
+            if volume.dicom is not None:
+                opened.update(file.resolve() for file in volume.dicom.files)
+        labels = segments is not None or (volume.dicom is None and is_label_file(item) and holds_labels(volume.array))
         axes = display_axes(volume.affine)
         array = volume.array
         if labels:
@@ -135,6 +206,8 @@ def read_volumes(path: Union[str, list[str]]) -> list[tuple]:
                     "nifti": nifti_codes(volume.header), STORED_AXES: axes}
         if volume.dicom is not None:
             metadata[DICOM_SERIES] = dicom_series_metadata(volume)
+        if segments is not None:
+            metadata[LABEL_NAMES] = {0: "background", **segments}
         meta = {"name": volume.name, "affine": reverse_axes(volume.affine) @ axes_matrix(axes), "metadata": metadata}
         if volume.channels > 1:
             meta["channel_axis"] = 0

@@ -16,14 +16,12 @@ from typing import Any
 
 import numpy as np
 
-from ._reader import DICOM_SERIES, STORED_AXES
+from ._reader import DICOM_SERIES, LABEL_NAMES, STORED_AXES
 from .data import dicom_seg
 from .data.geometry import AFFINE_TOLERANCE, axes_matrix, geometry_difference, label_dtype, layer_to_world, reverse_axes
 from .data.volume import Volume, nifti_header, write_volume
 from .errors import InputError
 
-LABEL_NAMES = "label_names"
-"""Layer metadata key: label value -> name (the Segment widget's result carries its model's labels)."""
 FORMAT_NAMES = {".nii": "NIfTI", ".nii.gz": "NIfTI", ".nrrd": "NRRD", ".mha": "MetaImage", ".dcm": "a DICOM SEG"}
 """The format written for each file ending, as messages name it."""
 
