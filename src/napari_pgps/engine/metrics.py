@@ -184,8 +184,9 @@ def scores_per_label(
 def summarize_dice(per_case: list[np.ndarray], names: list[str]) -> dict[str, float]:
     """Mean per label name over cases, leaving out the cases where it is NaN (NaN if every case is)."""
     stacked = np.vstack(per_case) if per_case else np.full((1, len(names)), np.nan)
-    with np.errstate(all="ignore"):
-        means = np.nanmean(stacked, axis=0) if np.isfinite(stacked).any() else np.full(len(names), np.nan)
+    scored = np.isfinite(stacked).sum(axis=0)
+    sums = np.where(np.isfinite(stacked), stacked, 0.0).sum(axis=0)
+    means = np.divide(sums, scored, out=np.full(len(names), np.nan), where=scored > 0)
     return {name: float(value) for name, value in zip(names, means)}
 
 
