@@ -20,6 +20,27 @@ and 165 ms; it is already a dependency. Where it differs from nnU-Net
 0.7-1.5, one blur and low-resolution decision for all channels) is listed in
 ``docs/benchmarks.md``.
 
+Strength (an augmentation curriculum): ``Augmentation(name, strength)`` with
+a strength s in [0, 1] applies every random step with s times its probability
+and draws its magnitude from its range shrunk towards the identity by s:
+rotation within +-30 s degrees, scaling in 1 - 0.3 s .. 1 + 0.4 s, noise std
+up to 0.1 s, blur sigma 0.5 s .. 1 s, brightness and contrast 1 +- 0.25 s, low
+resolution zoom 1 - 0.5 s .. 1, gamma 1 - 0.3 s .. 1 + 0.5 s, mirroring of each
+axis with probability 0.5 s. At s = 1 this is exactly the pipeline above (the
+same draws, bit for bit); at s = 0 it is ``"none"``: nothing is drawn and the
+crop is the plain patch (``crop_size``), so a sampler gives the same batches
+as one without augmentation. Between, each step's draws from the generator
+are the ones it makes at s = 1, only compared with a smaller probability and
+mapped onto a smaller range, so a crop augmented at a lower strength is
+augmented by a subset of the same steps, each milder. The rule is ours:
+nnU-Net has no strength setting (it changes its augmentation by trainer
+variants, e.g. ``nnUNetTrainerNoDA``, ``nnUNetTrainerNoMirroring`` and the
+stronger ``nnUNetTrainerDA5``); batchgeneratorsv2 gives each transform an
+``apply_probability`` (``RandomTransform``) and its magnitudes as a
+``RandomScalar`` (a value, a (low, high) range or a callable), which is what
+the strength scales here. :func:`augmentation_strength` is the strength at an
+epoch of a run with ``data.augmentation_ramp``.
+
 Every augmentation draws from the generator it is given, so a batch depends on
 its seed alone, in whichever process it is cut. Arrays are (C, Z, Y, X).
 """
@@ -27,7 +48,7 @@ its seed alone, in whichever process it is cut. Arrays are (C, Z, Y, X).
 from __future__ import annotations
 
 import math
-from typing import Sequence
+from typing import Optional, Sequence
 
 import numpy as np
 
@@ -37,8 +58,29 @@ MIRRORED_AXES = {"nnunet": (0, 1, 2), "mirror": (0, 1, 2), "none": ()}
 MAX_ROTATION = math.radians(30)
 P_ROTATION = P_SCALING = 0.2
 SCALING = (0.7, 1.4)
+P_MIRROR = 0.5
+"""Each axis's probability of being flipped."""
 CROP_SCALE = 0.85
 """nnU-Net enlarges its crop for scaling down to this factor (not to 0.7)."""
+
+
+def augmentation_strength(ramp: Optional[tuple[float, float]], epoch: int, epochs: int) -> float:
+    """The augmentation strength of a run's epoch ``epoch`` (0-based) of ``epochs`` under an augmentation ramp.
+
+    ``ramp = (start, end)`` are shares of the run's epochs: the strength is 0 while the share of epochs done,
+    ``epoch / epochs``, is at most ``start``, rises linearly to 1 at ``end`` and stays 1 after; ``None``: 1 always.
+    """
+    if ramp is None:
+        return 1.0
+    if epochs < 1:
+        raise ValueError(f"a run has at least one epoch, not {epochs}")
+    start, end = ramp
+    done = epoch / epochs
+    if done >= end:
+        return 1.0
+    if done <= start:
+        return 0.0
+    return (done - start) / (end - start)
 
 
 def enlarged_crop(patch: Sequence[int]) -> tuple[int, int, int]:
@@ -53,31 +95,58 @@ def enlarged_crop(patch: Sequence[int]) -> tuple[int, int, int]:
     return tuple(int(v) for v in largest / CROP_SCALE)
 
 
-class Augmentation:
-    """One of :data:`AUGMENTATIONS`, applied to a crop and its labels."""
+def _toward(identity: float, values: Sequence[float], strength: float) -> tuple[float, ...]:
+    """``values`` (a magnitude range) moved towards ``identity`` by ``strength``: ``identity`` at 0, exactly
+    ``values`` at 1."""
+    return tuple((1 - strength) * identity + strength * v for v in values)
 
-    def __init__(self, name: str) -> None:
+
+class Augmentation:
+    """One of :data:`AUGMENTATIONS` at a strength in [0, 1] (see the module's docstring), applied to a crop and its
+    labels."""
+
+    def __init__(self, name: str, strength: float = 1.0) -> None:
         if name not in AUGMENTATIONS:
             raise ValueError(f"unknown augmentation {name!r}; choose one of {', '.join(AUGMENTATIONS)}")
+        if not 0 <= strength <= 1:
+            raise ValueError(f"an augmentation strength lies in [0, 1] (0: none, 1: full), not {strength}")
         self.name = name
+        self.strength = float(strength)
         self._intensity = None
+        self._other: Optional[Augmentation] = None
+        """The last one :meth:`at_strength` made (a run's ramp asks for the same strength a whole epoch)."""
 
     def __getstate__(self) -> dict:
-        return {"name": self.name, "_intensity": None}  # MONAI's transforms are rebuilt where they are used
+        # MONAI's transforms are rebuilt where they are used
+        return {"name": self.name, "strength": self.strength, "_intensity": None, "_other": None}
+
+    def at_strength(self, strength: float) -> "Augmentation":
+        """This augmentation at ``strength`` (this one itself at its own)."""
+        if strength == self.strength:
+            return self
+        if self._other is None or self._other.strength != strength:
+            self._other = Augmentation(self.name, strength)
+        return self._other
+
+    @property
+    def changes_crops(self) -> bool:
+        """Whether it does anything: not "none", and a strength above 0."""
+        return self.name != "none" and self.strength > 0
 
     def crop_size(self, patch: Sequence[int]) -> tuple[int, int, int]:
         """The size (Z, Y, X) to cut for a final ``patch``."""
-        return enlarged_crop(patch) if self.name == "nnunet" else tuple(int(p) for p in patch)
+        return enlarged_crop(patch) if self.name == "nnunet" and self.changes_crops else tuple(int(p) for p in patch)
 
     def __call__(self, image: np.ndarray, labels: np.ndarray, patch: Sequence[int],
                  rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
         """The augmented crop: image (C, Z, Y, X) and labels (1, Z, Y, X) of :meth:`crop_size`, to ``patch``."""
+        if not self.changes_crops:
+            return np.ascontiguousarray(image), np.ascontiguousarray(labels)
         if self.name == "nnunet":
             return self._nnunet(image, labels, tuple(int(p) for p in patch), rng)
-        if self.name == "mirror":
-            axes = tuple(1 + a for a in MIRRORED_AXES["mirror"] if rng.random() < 0.5)
-            if axes:
-                image, labels = np.flip(image, axes), np.flip(labels, axes)
+        axes = tuple(1 + a for a in MIRRORED_AXES["mirror"] if rng.random() < P_MIRROR * self.strength)
+        if axes:
+            image, labels = np.flip(image, axes), np.flip(labels, axes)
         return np.ascontiguousarray(image), np.ascontiguousarray(labels)
 
     def _nnunet(self, image: np.ndarray, labels: np.ndarray, patch: tuple[int, int, int],
@@ -86,9 +155,11 @@ class Augmentation:
         from monai.transforms import AffineGrid
 
         if self._intensity is None:
-            self._intensity = _intensity_transforms()
-        angles = rng.uniform(-MAX_ROTATION, MAX_ROTATION, 3).tolist() if rng.random() < P_ROTATION else None
-        scale = float(rng.uniform(*SCALING)) if rng.random() < P_SCALING else None
+            self._intensity = _intensity_transforms(self.strength)
+        s = self.strength
+        rotation = MAX_ROTATION * s
+        angles = rng.uniform(-rotation, rotation, 3).tolist() if rng.random() < P_ROTATION * s else None
+        scale = float(rng.uniform(*_toward(1.0, SCALING, s))) if rng.random() < P_SCALING * s else None
         image_t, labels_t = torch.from_numpy(np.ascontiguousarray(image)), torch.from_numpy(labels.astype(np.float32))
         if angles is None and scale is None:
             image_t, labels_t = _centre(image_t, patch), _centre(labels_t, patch)
@@ -109,8 +180,9 @@ def _centre(volume, patch: Sequence[int]):
     return volume[(...,) + tuple(slice(a, a + p) for a, p in zip(starts, patch))].contiguous()
 
 
-def _intensity_transforms() -> dict:
-    """MONAI's resamplers and the intensity and mirroring transforms of nnU-Net's pipeline, built once per process."""
+def _intensity_transforms(strength: float) -> dict:
+    """MONAI's resamplers and the intensity and mirroring transforms of nnU-Net's pipeline at ``strength``, built
+    once per process and strength."""
     import monai
     from monai.transforms import (
         Compose,
@@ -125,16 +197,19 @@ def _intensity_transforms() -> dict:
     )
 
     monai.data.set_track_meta(False)  # MONAI's metadata tracking tripled the cost of small crops
+    s = strength
+    sigma = _toward(0.0, (0.5, 1.0), s)
+    gamma = _toward(1.0, (0.7, 1.5), s)
     rest = Compose([
-        RandGaussianNoised("image", prob=0.1, mean=0.0, std=0.1, sample_std=True),
-        RandGaussianSmoothd("image", sigma_x=(0.5, 1.0), sigma_y=(0.5, 1.0), sigma_z=(0.5, 1.0), prob=0.1),
-        RandScaleIntensityd("image", factors=0.25, prob=0.15),
-        RandScaleIntensityFixedMeand("image", factors=0.25, fixed_mean=True, preserve_range=True, prob=0.15),
-        RandSimulateLowResolutiond("image", prob=0.125, downsample_mode="nearest-exact", upsample_mode="trilinear",
-                                   zoom_range=(0.5, 1.0)),
-        RandAdjustContrastd("image", prob=0.1, gamma=(0.7, 1.5), invert_image=True, retain_stats=True),
-        RandAdjustContrastd("image", prob=0.3, gamma=(0.7, 1.5), invert_image=False, retain_stats=True),
-        *(RandFlipd(("image", "label"), prob=0.5, spatial_axis=axis) for axis in MIRRORED_AXES["nnunet"]),
+        RandGaussianNoised("image", prob=0.1 * s, mean=0.0, std=0.1 * s, sample_std=True),
+        RandGaussianSmoothd("image", sigma_x=sigma, sigma_y=sigma, sigma_z=sigma, prob=0.1 * s),
+        RandScaleIntensityd("image", factors=0.25 * s, prob=0.15 * s),
+        RandScaleIntensityFixedMeand("image", factors=0.25 * s, fixed_mean=True, preserve_range=True, prob=0.15 * s),
+        RandSimulateLowResolutiond("image", prob=0.125 * s, downsample_mode="nearest-exact", upsample_mode="trilinear",
+                                   zoom_range=_toward(1.0, (0.5, 1.0), s)),
+        RandAdjustContrastd("image", prob=0.1 * s, gamma=gamma, invert_image=True, retain_stats=True),
+        RandAdjustContrastd("image", prob=0.3 * s, gamma=gamma, invert_image=False, retain_stats=True),
+        *(RandFlipd(("image", "label"), prob=P_MIRROR * s, spatial_axis=axis) for axis in MIRRORED_AXES["nnunet"]),
     ])
     return {"resample": (Resample(mode="bilinear", padding_mode="zeros"), Resample(mode="nearest", padding_mode="zeros")),
             "rest": rest}

@@ -3,9 +3,10 @@
 The training loop plans an epoch's batches up front (:meth:`PatchSampler.plan`,
 with the run's random state) and hands the plans to a :class:`BatchLoader`,
 which cuts them in worker processes a few batches ahead and gives them back
-in order. A batch depends on its plan alone, so the number of workers changes
-the speed, never the batches. With no worker, batches are cut in the training
-process when they are asked for.
+in order. A batch depends on its plan alone (its seed and its augmentation
+strength, which an augmentation curriculum changes as the run goes on), so the
+number of workers changes the speed, never the batches. With no worker,
+batches are cut in the training process when they are asked for.
 """
 
 from __future__ import annotations

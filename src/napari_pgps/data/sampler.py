@@ -18,11 +18,12 @@ too): with B = 2 on two ranks, rank 1's crop is forced. With
 
 Where a crop lies follows nnU-Net's data loader: the final patch lies inside
 the case (or holds all of it, when the case is smaller), and the larger crop
-that ``augmentation="nnunet"`` cuts around it for rotation and scaling may
-reach past the case's border by up to half its enlargement, so voxels at the
-border are in training patches as often as nnU-Net's. Whatever lies outside
-the case is padded: image 0 (the normalised mean) and labels background
-(nnU-Net pads its labels with -1 and then turns -1 into background).
+that ``augmentation="nnunet"`` (at a strength above 0) cuts around it for
+rotation and scaling may reach past the case's border by up to half its
+enlargement, so voxels at the border are in training patches as often as
+nnU-Net's. Whatever lies outside the case is padded: image 0 (the normalised
+mean) and labels background (nnU-Net pads its labels with -1 and then turns -1
+into background).
 """
 
 from __future__ import annotations
@@ -48,6 +49,7 @@ class PatchBatch:
         class_fractions: voxel fraction of each label index in this batch (length K, sums to 1).
         case_indices: which case (index into the sampler's names) each crop came from.
         origins: each crop's first voxel (Z, Y, X) in its preprocessed case (negative or past the end where padded).
+        augmentation_strength: the strength (0 to 1) the crops were augmented at.
     """
 
     images: np.ndarray
@@ -55,6 +57,7 @@ class PatchBatch:
     class_fractions: tuple[float, ...]
     case_indices: tuple[int, ...]
     origins: tuple[tuple[int, int, int], ...] = ()
+    augmentation_strength: float = 1.0
 
 
 @dataclass(frozen=True)
@@ -67,6 +70,8 @@ class BatchPlan:
     foreground: tuple[bool, ...]
     """Whether each crop is centred on foreground."""
     seed: int
+    augmentation_strength: float = 1.0
+    """The strength in [0, 1] of the sampler's augmentation for this batch (:class:`.augmentation.Augmentation`)."""
 
 
 def class_fractions(labels: np.ndarray, num_labels: int) -> tuple[float, ...]:
@@ -87,7 +92,7 @@ class PatchSampler:
         foreground_probability: the share p of crops forced onto foreground.
         oversampling: "batch" (the last ``round(B x p)`` crops of each batch) or "crop" (each with probability p).
         augmentation: what is done to each crop (its spatial part needs a larger crop, see
-            :meth:`Augmentation.crop_size`).
+            :meth:`Augmentation.crop_size`), at the strength each batch's plan gives.
     """
 
     def __init__(
@@ -124,7 +129,7 @@ class PatchSampler:
         self.active = [int(i) for i in indices]
 
     def plan(self, patch: Sequence[int], batch_size: int, crops_per_case: int = 1,
-             share: Optional[range] = None) -> BatchPlan:
+             share: Optional[range] = None, strength: float = 1.0) -> BatchPlan:
         """Draw the cases and foreground crops of a batch of ``batch_size`` crops of ``patch`` (Z, Y, X).
 
         ``crops_per_case`` crops come from each case drawn, so a large batch of
@@ -134,6 +139,8 @@ class PatchSampler:
             batch_size: B, the step's global batch (all DDP ranks together).
             share: under DDP, the indices (into the global batch) of this rank's crops
                 (:func:`~napari_pgps.engine.distributed.batch_share`); all B crops when ``None``.
+            strength: the augmentation's strength for this batch, 0 (none) to 1 (full; see
+                :func:`~napari_pgps.data.augmentation.augmentation_strength`).
         """
         share = range(batch_size) if share is None else share
         crops = len(share)
@@ -144,12 +151,14 @@ class PatchSampler:
             foreground = tuple(b >= batch_size - forced for b in share)
         else:
             foreground = tuple(bool(self.rng.random() < self.foreground_probability) for _ in range(crops))
-        return BatchPlan(tuple(int(p) for p in patch), cases, foreground, int(self.rng.integers(2**63)))
+        return BatchPlan(tuple(int(p) for p in patch), cases, foreground, int(self.rng.integers(2**63)),
+                         float(strength))
 
     def cut(self, plan: BatchPlan) -> PatchBatch:
         """The crops of a planned batch, augmented; depends on ``plan`` alone."""
         rng = np.random.default_rng(plan.seed)
-        size = self.augmentation.crop_size(plan.patch)
+        augmentation = self.augmentation.at_strength(plan.augmentation_strength)
+        size = augmentation.crop_size(plan.patch)
         margin = (np.array(size) - np.array(plan.patch)) // 2  # from the crop's first voxel to the patch's
         images, labels, origins = [], [], []
         for case, foreground in zip(plan.case_indices, plan.foreground):
@@ -160,13 +169,13 @@ class PatchSampler:
             image_crop = _crop(image, start, size, 0.0)
             label_crop = _crop(label_map[None], start, size, 0)
             del image, label_map  # close the memory maps: their pages do not stay in this process
-            image_crop, label_crop = self.augmentation(image_crop, label_crop, plan.patch, rng)
+            image_crop, label_crop = augmentation(image_crop, label_crop, plan.patch, rng)
             images.append(image_crop)
             labels.append(label_crop)
             origins.append(tuple(int(a) for a in origin))
         label_batch = np.stack(labels)
         return PatchBatch(np.stack(images), label_batch, class_fractions(label_batch, self.num_labels),
-                          plan.case_indices, tuple(origins))
+                          plan.case_indices, tuple(origins), plan.augmentation_strength)
 
     def sample(self, patch: Sequence[int], batch_size: int, crops_per_case: int = 1) -> PatchBatch:
         """:meth:`plan` and :meth:`cut` in one go (in this process)."""
