@@ -79,6 +79,7 @@ def _run(seed):
     from napari_pgps.config import RunConfig
     from napari_pgps.curriculum import Stage
     from napari_pgps.engine import distributed
+    from napari_pgps.engine.averaging import WeightAverage
     from napari_pgps.plugins import TrainingPlugin
 
     class Counter(TrainingPlugin):
@@ -97,8 +98,9 @@ def _run(seed):
     network = torch.nn.Linear(3, 2)
     optimizer = torch.optim.SGD(network.parameters(), lr=0.1, momentum=0.9)
     rng = np.random.default_rng(seed)
+    config = RunConfig()
     return SimpleNamespace(
-        config=RunConfig(), network=network, optimizer=optimizer,
+        config=config, network=network, weight_average=WeightAverage(network, config.training), optimizer=optimizer,
         scheduler=torch.optim.lr_scheduler.PolynomialLR(optimizer, total_iters=10),
         scaler=torch.amp.GradScaler("cuda", enabled=False), plugins=[Counter()], split={"training": ["a"], "validation": ["b"]},
         epoch=0, step=0, stages=(Stage((8, 8, 8), 2, 10),), training_seconds=0.0, best_mean_dice=-1.0, last_mean_dice=None,

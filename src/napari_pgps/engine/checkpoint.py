@@ -14,6 +14,12 @@ rank's sampler state in rank order, and ``schedule``, the shared patch-draw
 state), ``best_mean_dice``, ``last_mean_dice``, ``training_seconds``, ``stages`` (the patch stages as
 ``[z, y, x, batch, epochs]``, as laid out when the run was last re-planned to its budget).
 
+Once weight averaging has begun (:mod:`.averaging`), ``model`` holds the averaged weights, the model the run keeps
+(what ``segment --model RUN`` uses), ``raw_model`` the weights being trained, and ``weight_average`` the average's
+state (:meth:`.averaging.WeightAverage.state_dict`; its weights share their storage with ``model``, so the file holds
+them once); a checkpoint without them (averaging not begun, or written before weight averaging existed) trains on
+from ``model``.
+
 :func:`checkpoint_payload` takes these from a training run, :func:`restore` puts them back into one.
 """
 
@@ -36,6 +42,7 @@ from ..files import atomic_write
 from ..models import build_network, check_patch_size, model_kind, patch_divisor
 from ..plugins import TrainingPlugin
 from . import distributed
+from .averaging import WeightAverage
 from .package import is_model_package, read_model_package
 
 FORMAT = "napari-pgps-checkpoint"
@@ -70,12 +77,14 @@ class CheckpointedRun(Protocol):
     draw_rng: np.random.Generator
     """The schedule's patch draws (``rng`` itself without torchrun)."""
     context: distributed.DistributedContext
+    weight_average: WeightAverage
+    """The average of the network's weights over the last part of the run (never begun without averaging)."""
 
 
 def checkpoint_payload(run: CheckpointedRun) -> dict[str, Any]:
     """The checkpoint of ``run`` as it now is (the keys above, less ``format`` and ``version``); collective under
     torchrun (every rank's sampler state is gathered)."""
-    return {
+    payload = {
         "config": run.config.to_dict(),
         "kind": model_kind(run.config),
         "model": run.network.state_dict(),
@@ -92,6 +101,10 @@ def checkpoint_payload(run: CheckpointedRun) -> dict[str, Any]:
         "last_mean_dice": run.last_mean_dice,
         "rng": rng_states(run.rng, run.draw_rng, run.context),
     }
+    if run.weight_average.begun:
+        payload.update(model=run.weight_average.network.state_dict(), raw_model=payload["model"],
+                       weight_average=run.weight_average.state_dict())
+    return payload
 
 
 def rng_states(rng: np.random.Generator, draw_rng: np.random.Generator,
@@ -111,12 +124,16 @@ def rng_states(rng: np.random.Generator, draw_rng: np.random.Generator,
 
 
 def restore(run: CheckpointedRun, state: dict[str, Any]) -> None:
-    """Put a checkpoint's optimiser, scheduler, scaler and plug-in states, progress, stages and random states
-    back into ``run``, built as the checkpoint's run was.
+    """Put a checkpoint's optimiser, scheduler, scaler and plug-in states, progress, stages, weight average and
+    random states back into ``run``, built as the checkpoint's run was (its network holding ``model``; once averaging
+    had begun, the network gets ``raw_model`` back).
 
     Raises:
         InputError: the run was trained by another number of processes.
     """
+    if state.get("weight_average"):
+        run.network.load_state_dict(state["raw_model"])
+        run.weight_average.load_state_dict(state["weight_average"])
     run.optimizer.load_state_dict(state["optimizer"])
     run.scheduler.load_state_dict(state["scheduler"])
     if state.get("scaler"):
