@@ -49,9 +49,18 @@ class DataConfig:
     B = 2) or "crop" (each crop with that probability)."""
     max_cases: Optional[int] = None
     """Use only the first N cases (sorted by name); for quick runs and tests."""
+    test_fraction: float = 0.0
+    """Share of the cases set aside as a test split before the validation split (or the folds) is drawn: the same
+    cases for every seed and fold (drawn with a fixed seed), never trained on nor used to choose anything (best
+    checkpoint, recipe rules), so that their Dice is an honest estimate (``splits.json``'s "test"; ``evaluate
+    --split test``)."""
     augmentation: Optional[str] = None
     """"nnunet" (rotation, scaling, noise, blur, brightness, contrast, low resolution, gamma, mirroring, as nnU-Net's
     defaults), "mirror" (mirroring only) or "none"; from the device profile when ``None``."""
+    augmentation_ramp: Optional[tuple[float, float]] = None
+    """An augmentation curriculum: the strength of ``augmentation`` (its probabilities and magnitudes) rises from
+    none at this (start, end) share of the run's epochs to full at the end share; ``None``: full strength
+    throughout (or as the run's recipe chooses, see :mod:`napari_pgps.engine.recipe`)."""
     loader_workers: Optional[int] = None
     """Processes that cut and augment crops ahead of the training step (0: in the training process); from the device
     profile when ``None``."""
@@ -209,6 +218,11 @@ class TrainingConfig:
     gradient_clip: float = 12.0
     seed: int = 0
     device: str = "auto"
+    weight_averaging: Optional[str] = None
+    """"ema" (an exponential moving average of the weights over the last part of the run is the model kept,
+    validated and saved as the final checkpoint) or "none"; from the run's recipe when ``None``."""
+    averaging_start: float = 0.5
+    """"ema": share of the run's epochs after which the weights are averaged."""
     mixed_precision: bool = True
     """Train in lower precision where it is native: fp16 autocast with loss scaling on CUDA, bf16 autocast on a
     CPU with AVX512-BF16 or AMX (decided at run time; channels-last memory measured slower with it), fp32 elsewhere. Validation and
@@ -363,6 +377,12 @@ class RunConfig:
         check("--fold", "data.fold", data.fold, f"a fold of the {data.folds}-fold cross-validation, 0 to {data.folds - 1}",
               lambda v: 0 <= v < data.folds)
         check(None, "data.validation_fraction", data.validation_fraction, "in [0, 1)", lambda v: 0 <= v < 1)
+        check("--test-fraction", "data.test_fraction", data.test_fraction, "in [0, 1)", lambda v: 0 <= v < 1)
+        check(None, "data.augmentation_ramp", data.augmentation_ramp, "two shares 0 <= start <= end <= 1",
+              lambda v: 0 <= v[0] <= v[1] <= 1)
+        check(None, "training.weight_averaging", training.weight_averaging, "'ema' or 'none'",
+              lambda v: v in ("ema", "none"))
+        check(None, "training.averaging_start", training.averaging_start, "in [0, 1)", lambda v: 0 <= v < 1)
         check(None, "data.foreground_oversampling", data.foreground_oversampling, "a probability in [0, 1]",
               lambda v: 0 <= v <= 1)
         check(None, "data.loader_workers", data.loader_workers, "0 or more", lambda v: v >= 0)

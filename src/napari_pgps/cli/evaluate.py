@@ -30,6 +30,8 @@ Label values that dataset.json does not declare are refused; nnU-Net v2's
 "ignore" label is not scored, and the reference's ignore voxels are left out.
 
   napari-pgps evaluate --model RUN --data DIR [--split validation]
+  napari-pgps evaluate --model RUN --data DIR --split test
+      the cases train --test-fraction set aside: never trained, validated or chosen on
   napari-pgps evaluate --model RUN_F0 RUN_F1 ... --data DIR --split validation
       the folds of a cross-validation: each on its own validation cases, then pooled
   napari-pgps evaluate --model RUN_A RUN_B --ensemble --data DIR
@@ -59,8 +61,9 @@ def add_evaluate(commands) -> None:
     p.add_argument("--data", required=True, metavar="DIR")
     p.add_argument("--json", metavar="FILE", help="write the results as JSON")
     p.add_argument("--overwrite", action="store_true", help=OVERWRITE_HELP)
-    p.add_argument("--split", choices=("all", "validation", "training"), default="all",
-                   help="evaluate all cases, or only the model's held-out (validation) or training cases")
+    p.add_argument("--split", choices=("all", "validation", "training", "test"), default="all",
+                   help="evaluate all cases, or only the model's held-out (validation), training or test cases (those "
+                        "train --test-fraction set aside)")
     p.add_argument("--ensemble", action="store_true", help="average the models' probabilities")
     p.add_argument("--tolerance", type=float, default=SURFACE_TOLERANCE_MM, metavar="MM",
                    help=f"surface Dice tolerance in mm (default {SURFACE_TOLERANCE_MM:g})")

@@ -15,6 +15,7 @@ from ..engine.progress import size_text
 from ..errors import InputError
 from ..files import check_writable
 from ..models.planning import UNetPlan
+from ..tasks.bench import BUDGETS_TEST_FRACTION
 
 
 # -- schedule -----------------------------------------------------------------
@@ -80,22 +81,40 @@ def schedule_config(args: argparse.Namespace) -> RunConfig:
 # -- bench --------------------------------------------------------------------
 def add_bench(commands) -> None:
     p = commands.add_parser("bench", help="train several schedules side by side and report Dice, time and memory",
-                            description="Train every schedule with the same seeds, split and epochs; write results.json, "
-                            "report.md and PNG figures to REPORT_DIR. Each run's result is kept in REPORT_DIR/runs as it "
-                            "ends: the same command started again trains only the runs not measured yet with the same "
-                            "configuration.")
+                            description="Train every schedule with the same seeds, split and epochs (or wall time, or "
+                            "at each of several time budgets); write results.json, report.md and PNG figures to "
+                            "REPORT_DIR. Each run's result is kept in REPORT_DIR/runs as it ends: the same command "
+                            "started again trains only the runs not measured yet with the same configuration, so a long "
+                            "bench (e.g. --budgets 5m,15m,45m,120m --seeds 3 --max-seeded-budget 45m) can run in parts, "
+                            "shortest budget first.")
     p.add_argument("--data", required=True, metavar="DIR")
     p.add_argument("--out", required=True, metavar="REPORT_DIR")
     p.add_argument("--schedules", default="constant,pgps-efficiency,pgps-performance", help="comma-separated; must include constant; NAME+pdl adds the PDL data curriculum, e.g. constant+pdl")
     p.add_argument("--seeds", type=int, default=3, metavar="N")
     p.add_argument("--first-seed", type=int, default=0, metavar="N",
                    help="the seeds are N to N + seeds - 1 (default 0): e.g. --first-seed 2 --seeds 1 measures seed 2 alone")
-    p.add_argument("--profile", choices=("quick", "full"), default="full", help="quick: a few minutes for CI; full: the documented figures")
+    p.add_argument("--profile", choices=("quick", "full", "default"),
+                   help="quick: a few minutes for CI; full: the documented figures (28 epochs of 40 steps, validated "
+                        "every 4); default: the configuration as napari-pgps train has it, only the schedule, seed, "
+                        "budget and test split set (default: default with --budgets, else full)")
     p.add_argument("--epochs", type=int, metavar="N")
     p.add_argument("--iterations-per-epoch", type=int, metavar="N")
     p.add_argument("--device", choices=DEVICES, default="auto")
     p.add_argument("--time-budget", metavar="DURATION",
                    help="train every schedule for the same wall-clock time (e.g. 15m), its epochs planned to it")
+    p.add_argument("--budgets", metavar="DURATIONS",
+                   help="several time budgets, comma-separated (e.g. 5m,15m,45m,120m): every schedule and seed at each, "
+                        "shortest first; the report plots Dice against the budget")
+    p.add_argument("--max-seeded-budget", metavar="DURATION",
+                   help="with --budgets: budgets longer than this train only the first seed (e.g. --seeds 3 "
+                        "--max-seeded-budget 45m: 3 seeds up to 45 minutes, 1 above)")
+    p.add_argument("--test-fraction", type=float, metavar="F",
+                   help="set this share of the cases aside as a test split (the same for every run); each run's Dice "
+                        "is then its final model's on them, as evaluate --split test scores it (default: "
+                        f"{BUDGETS_TEST_FRACTION:g} with --budgets, else 0: the validation Dice)")
+    p.add_argument("--keep-runs", action="store_true",
+                   help="keep the run folders of the runs with a test split (REPORT_DIR/models) instead of deleting "
+                        "them once measured")
     p.add_argument("--config", metavar="FILE.yaml",
                    help="every run starts from this configuration (e.g. data: {augmentation: mirror}); the profile, "
                    "the schedule, the seed and the flags above override it")
@@ -106,13 +125,16 @@ def add_bench(commands) -> None:
 
 
 def _bench(args: argparse.Namespace) -> int:
-    from ..tasks.bench import BenchSettings, replaced_runs, run_bench
+    from ..tasks.bench import BenchSettings, check_settings, replaced_runs, run_bench
 
     settings = BenchSettings(data=str(args.data), schedules=[s.strip() for s in args.schedules.split(",") if s.strip()],
                              seeds=args.seeds, first_seed=args.first_seed, profile=args.profile, epochs=args.epochs,
                              iterations_per_epoch=args.iterations_per_epoch, device=args.device,
                              time_budget=parse_duration(args.time_budget) if args.time_budget else None,
-                             config=args.config)
+                             budgets=[parse_duration(b) for b in args.budgets.split(",")] if args.budgets else None,
+                             max_seeded_budget=parse_duration(args.max_seeded_budget) if args.max_seeded_budget else None,
+                             test_fraction=args.test_fraction, keep_runs=args.keep_runs, config=args.config)
+    check_settings(settings)
     out = check_writable(args.out, folder=True)
     if out.is_dir() and Path(args.data).is_dir() and os.path.samefile(out, args.data):
         raise InputError(f"{out}: is the dataset folder; write the report to another folder.")

@@ -7,6 +7,7 @@ from typing import Any
 
 from ..engine.progress import duration_text
 from ..files import write_text_atomically
+from .bench import budget_label
 
 # The papers' claims and the thresholds the project holds the bench to (docs/benchmarks.md).
 CLAIMS = {
@@ -131,6 +132,23 @@ def _length(results: dict[str, Any]) -> str:
     return f"equal wall time: every run planned to {duration_text(budget)} (epochs: {each})"
 
 
+def _ahead_of_constant(summary: dict[str, Any], runs: list[dict[str, Any]]) -> list[str]:
+    """One line per schedule but constant: ahead of or behind constant at equal wall time, by how much on average,
+    per seed, and in how many seeds."""
+    by_seed = {r["seed"]: r["mean_dice"] for r in runs if r["schedule"] == "constant"}
+    lines = []
+    for name, entry in summary.items():
+        if name == "constant":
+            continue
+        differences = [100 * (r["mean_dice"] - by_seed[r["seed"]]) for r in runs if r["schedule"] == name]
+        ahead = sum(d > 0 for d in differences)
+        verdict = "ahead of" if entry["dice_points_vs_constant"] > 0 else "behind"
+        lines.append(f"**{name}** at equal wall time: {verdict} constant by {abs(entry['dice_points_vs_constant']):.2f} "
+                     f"Dice points on average (per seed: {', '.join(f'{d:+.2f}' for d in differences)}; ahead in "
+                     f"{ahead} of {len(differences)} seeds).")
+    return lines
+
+
 def write_report(results: dict[str, Any], out: Path) -> Path:
     """report.md: settings, the table, the verdict on each claim."""
     settings = results["settings"]
@@ -141,7 +159,9 @@ def write_report(results: dict[str, Any], out: Path) -> Path:
         f"Data: `{settings['data']}`; profile `{settings['profile']}` ({_seeds(settings)}, "
         f"{_length(results)}); device: {results['device']}"
         + (f"; every run from the configuration `{settings['config']}`." if settings.get("config") else "."),
-        "Dice: held-out (validation) cases, sliding window at the final patch size. Time: training steps only, "
+        ("Dice: each run's final model on the test cases (`evaluate --split test`)"
+         if results["runs"][0].get("dice_on") == "test" else "Dice: held-out (validation) cases")
+        + ", sliding window at the final patch size. Time: training steps only, "
         "validation excluded; ratios are medians over seeds of each seed's ratio to its constant run.",
         "",
         f"| schedule | mean Dice (± sd over seeds) | vs constant | time ratio | reached constant's Dice | time to constant's Dice | peak memory ({results['memory_kind']}) |",
@@ -180,17 +200,7 @@ def write_report(results: dict[str, Any], out: Path) -> Path:
 
 def _equal_time_verdicts(results: dict[str, Any]) -> list[str]:
     """At equal wall time: is each schedule ahead of constant, by how much, and in how many seeds."""
-    by_seed = {r["seed"]: r["mean_dice"] for r in results["runs"] if r["schedule"] == "constant"}
-    lines = []
-    for name, entry in results["summary"].items():
-        if name == "constant":
-            continue
-        differences = [100 * (r["mean_dice"] - by_seed[r["seed"]]) for r in results["runs"] if r["schedule"] == name]
-        ahead = sum(d > 0 for d in differences)
-        verdict = "ahead of" if entry["dice_points_vs_constant"] > 0 else "behind"
-        lines.append(f"- **{name}** at equal wall time: {verdict} constant by {abs(entry['dice_points_vs_constant']):.2f} "
-                     f"Dice points on average (per seed: {', '.join(f'{d:+.2f}' for d in differences)}; ahead in "
-                     f"{ahead} of {len(differences)} seeds).")
+    lines = [f"- {line}" for line in _ahead_of_constant(results["summary"], results["runs"])]
     budget = results["settings"]["time_budget"]
     for name in results["summary"]:
         mine = [r for r in results["runs"] if r["schedule"] == name]
@@ -199,3 +209,84 @@ def _equal_time_verdicts(results: dict[str, Any]) -> list[str]:
         lines.append(f"- {name}: whole run {min(walls):.0f}-{max(walls):.0f} s of wall time against the budget's "
                      f"{budget:.0f} s (at most {100 * (max(walls) / budget - 1):+.1f}%); epochs completed/planned: {epochs}.")
     return lines
+
+
+# -- a bench at several budgets ------------------------------------------------------------
+def write_budget_report(results: dict[str, Any], out: Path) -> list[Path]:
+    """A bench at several budgets (:func:`napari_pgps.tasks.bench.summarize_budgets`): report.md (the table of
+    budget x schedule, the check that Dice rises with the budget, PGPS against constant at each budget) and
+    dice_vs_budget.png."""
+    settings, budgets = results["settings"], results["budgets"]
+    on_test = results["dice_on"] == "test"
+    fraction = settings.get("test_fraction") or 0
+    cases = next((r["test_cases"] for r in results["runs"] if "test_cases" in r), None)
+    lines = [
+        "# napari-pgps bench: Dice against the time budget",
+        "",
+        f"Data: `{settings['data']}`; profile `{settings['profile']}`; device: {results['device']}; budgets "
+        f"{', '.join(b['label'] for b in budgets)} (shortest first); seeds from {settings.get('first_seed', 0)}"
+        + (f", the first only above {budget_label(settings['max_seeded_budget'])}"
+           if settings.get("max_seeded_budget") else "")
+        + (f"; every run from the configuration `{settings['config']}`." if settings.get("config") else "."),
+        (f"Dice: each run's final model (the weights it keeps) on the {cases} test cases ({fraction:.0%} of the data, "
+         "set aside before the validation split with a fixed seed: the same for every run, never trained, validated "
+         "or chosen on), scored as `napari-pgps evaluate --split test`. \"best ckpt\": the test Dice of the "
+         "checkpoint the validation cases chose." if on_test else
+         "Dice: the final validation (held-out) Dice; with no test split the validation cases also chose the best "
+         "checkpoint, so this is not an honest estimate (give --test-fraction)."),
+        "Time: training = the steps only; wall = the whole run (preparation, steps, validations, checkpoints).",
+        "",
+        "| budget | schedule | mean Dice ± sd | seeds | best ckpt | vs constant | training s | wall s | epochs | steps |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for budget in budgets:
+        for name, s in budget["summary"].items():
+            best = "-" if s["best_checkpoint_test_dice"] is None else f"{s['best_checkpoint_test_dice']:.4f}"
+            lines.append(f"| {budget['label']} | {name} | {s['mean_dice']:.4f} ± {s['dice_std']:.4f} | {s['seeds']} | "
+                         f"{best} | {s['dice_points_vs_constant']:+.2f} points | {s['training_seconds_median']:.0f} | "
+                         f"{s['wall_seconds_median']:.0f} | {s['epochs_median']:g} | {s['steps_median']:g} |")
+    lines += ["", "## Does Dice rise with the budget?", ""]
+    lines += [f"- {row['schedule']}: {row['shorter']} {row['shorter_dice']:.4f} -> {row['longer']} "
+              f"{row['longer_dice']:.4f} ({100 * (row['longer_dice'] - row['shorter_dice']):+.2f} points)"
+              + ("" if row["rises"] else " **LOWER than the shorter budget**")
+              for row in results["monotonicity"]] or ["- one budget measured so far."]
+    lines += ["", "## PGPS against constant at each budget", ""]
+    for budget in budgets:
+        mine = [r for r in results["runs"] if r["budget"] == budget["budget"]]
+        lines += [f"- {budget['label']}: " + line for line in _ahead_of_constant(budget["summary"], mine)]
+    lines += ["", "Figure: `dice_vs_budget.png`; raw numbers: `results.json`; each run: `runs/BUDGET/`.", ""]
+    path = out / "report.md"
+    write_text_atomically(path, "\n".join(lines))
+    return [path, write_budget_figure(results, out)]
+
+
+def write_budget_figure(results: dict[str, Any], out: Path) -> Path:
+    """dice_vs_budget.png: Dice against wall time (log axis), a line through each schedule's mean at each budget
+    (at its runs' median wall time) and each run as a dot."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    names = list(results["budgets"][0]["summary"])
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    for i, name in enumerate(names):
+        colour = plt.cm.tab10(i)
+        runs = [r for r in results["runs"] if r["schedule"] == name]
+        ax.plot([r["wall_seconds"] / 60 for r in runs], [r["mean_dice"] for r in runs], "o", color=colour, alpha=0.4,
+                markersize=4)
+        means = [b["summary"][name] for b in results["budgets"]]
+        ax.plot([m["wall_seconds_median"] / 60 for m in means], [m["mean_dice"] for m in means], "s-", color=colour,
+                label=name)
+    ax.set_xscale("log")
+    ticks = [b["budget"] / 60 for b in results["budgets"]]
+    ax.set_xticks(ticks, [b["label"] for b in results["budgets"]])
+    ax.minorticks_off()
+    ax.set_xlabel("wall time of the whole run (min, log scale; ticks at the budgets)")
+    ax.set_ylabel(f"{'test' if results['dice_on'] == 'test' else 'validation'} mean Dice")
+    ax.set_title(f"{Path(results['settings']['data']).name}: Dice against the time budget ({results['device']})\n"
+                 "squares: mean over seeds; dots: each seed", fontsize=10)
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    return _save(fig, out / "dice_vs_budget.png")

@@ -48,7 +48,7 @@ def evaluate_model(
     """Segment every labelled case of ``data`` with a model (or an ensemble) and score it.
 
     Args:
-        split: ``"all"`` cases, or the (first) model's ``"validation"`` / ``"training"``
+        split: ``"all"`` cases, or the (first) model's ``"validation"`` / ``"training"`` / ``"test"``
             cases, as saved with it (``splits.json`` and the checkpoint).
         postprocess: apply the post-processing chosen for the model.
         progress: called with each case's name and Dice per label name.
@@ -195,8 +195,8 @@ def evaluate_patch_sizes(
 
 
 def labelled_cases(model: SegmentationModel, data: str | Path, split: str = "all") -> "LabelledCases":
-    """The labelled cases of ``data`` (all, or the model's validation / training split), checked against its labels,
-    read one at a time as they are used."""
+    """The labelled cases of ``data`` (all, or the model's validation / training / test split), checked against its
+    labels, read one at a time as they are used."""
     info = read_dataset_info(data)
     if info.labels != model.config.labels:
         raise InputError(
@@ -208,7 +208,11 @@ def labelled_cases(model: SegmentationModel, data: str | Path, split: str = "all
         if model.split is None:
             raise InputError(f"{model.checkpoint}: this model has no saved split (it was trained before napari-pgps "
                              "saved one); evaluate with --split all, or on a folder of its held-out cases.")
-        names = model.split["validation" if split == "validation" else "training"]
+        if split == "test" and not model.split.get("test"):
+            raise InputError(f"{model.checkpoint}: this model has no test split (no cases were set aside when it was "
+                             "trained); train with --test-fraction F to set some aside, or evaluate it on a folder of "
+                             "cases it never saw.")
+        names = model.split[split]
         missing = sorted(set(names) - {f.name for f in info.files})
         if missing:
             raise InputError(f"{info.root}: the model's {split} cases {', '.join(missing[:5])} are not in this "

@@ -1,0 +1,108 @@
+"""The bench at several time budgets: its runs' order and names, resuming, the seeds limit, the "default" profile,
+the test Dice of a run, and the report's check that Dice rises with the budget."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from helpers import quick_config
+from napari_pgps.cli import main
+from napari_pgps.config import RunConfig
+from napari_pgps.tasks import bench
+from napari_pgps.tasks.bench import BenchSettings, bench_config, run_bench, run_one
+
+DICE = {(20.0, "constant"): 0.80, (40.0, "constant"): 0.70, (20.0, "pgps-efficiency"): 0.75,
+        (40.0, "pgps-efficiency"): 0.85}
+"""The fake runs' test Dice per (budget, schedule): constant falls from 20 s to 40 s, PGPS rises."""
+
+
+def _fake_training(calls):
+    def trained(config, run_dir):
+        budget, schedule, seed = config["training"]["time_budget"], config["curriculum"]["schedule"], config["training"]["seed"]
+        calls.append((budget, seed, schedule, run_dir))
+        dice = DICE[budget, schedule] + 0.01 * seed
+        return {"schedule": schedule, "seed": seed, "device": "CPU (fake)", "planned_epochs": 3, "completed_epochs": 3,
+                "time_budget": budget, "wall_seconds": budget, "training_seconds": budget / 2, "dice_on": "test",
+                "dice_per_label": {"organ": dice}, "mean_dice": dice, "validation_dice": dice - 0.05, "test_cases": 1,
+                "best_checkpoint_test_dice": dice - 0.01, "curve": [{"epoch": 2, "training_seconds": budget / 2,
+                                                                     "mean_dice": dice - 0.05}],
+                "epochs": [{"epoch": e, "steps": 2, "voxels": 1, "patch": [8, 8, 8], "batch": 2} for e in range(3)],
+                "peak_memory_mib": 1.0, "memory_kind": "process peak RSS MiB"}
+    return trained
+
+
+def test_a_bench_at_several_budgets_trains_shortest_first_and_a_second_call_trains_nothing(tmp_path, phantom_dataset,
+                                                                                          monkeypatch):
+    calls = []
+    monkeypatch.setattr(bench, "_train_in_child", _fake_training(calls))
+    settings = dict(data=str(phantom_dataset), schedules=["constant", "pgps-efficiency"], seeds=2, profile="quick",
+                    budgets=[40.0, 20.0], max_seeded_budget=20.0)
+    out = tmp_path / "report"
+    results = run_bench(BenchSettings(**settings), out, progress=lambda line: None)
+    assert [call[:3] for call in calls] == [(20.0, 0, "constant"), (20.0, 0, "pgps-efficiency"), (20.0, 1, "constant"),
+                                            (20.0, 1, "pgps-efficiency"), (40.0, 0, "constant"),
+                                            (40.0, 0, "pgps-efficiency")]  # one seed above --max-seeded-budget
+    assert calls[0][3] == out / "models" / "20s" / "constant-seed0"  # a run folder: there is a test split
+    saved = json.loads((out / "runs" / "40s" / "pgps-efficiency-seed0.json").read_text())
+    assert saved["config"]["data"]["test_fraction"] == 0.2 and saved["config"]["training"]["time_budget"] == 40.0
+    assert saved["config"]["data"]["max_cases"] == 12  # the quick profile
+
+    lines = []
+    again = run_bench(BenchSettings(**settings), out, progress=lines.append)
+    assert len(calls) == 6 and sum("measured before" in line for line in lines) == 6
+    assert again["budgets"] == results["budgets"]
+
+    assert [b["label"] for b in results["budgets"]] == ["20s", "40s"]
+    assert results["budgets"][0]["summary"]["constant"]["seeds"] == 2
+    assert results["budgets"][1]["summary"]["constant"]["seeds"] == 1
+    flags = {row["schedule"]: row["rises"] for row in results["monotonicity"]}
+    assert flags == {"constant": False, "pgps-efficiency": True}
+    report = (out / "report.md").read_text()
+    assert "| 40s | constant | 0.7000 ± 0.0000 | 1 | 0.6900 |" in report
+    assert "- constant: 20s 0.8050 -> 40s 0.7000 (-10.50 points) **LOWER than the shorter budget**" in report
+    assert "- pgps-efficiency: 20s 0.7550 -> 40s 0.8500 (+9.50 points)\n" in report
+    assert (out / "dice_vs_budget.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_the_default_profile_changes_only_the_schedule_seed_budget_and_test_split(tmp_path):
+    mine = RunConfig()
+    mine.training.epochs, mine.training.validate_every, mine.model.base_channels = 7, 3, 16
+    mine.data.path = "elsewhere"
+    mine.save(tmp_path / "mine.yaml")
+    settings = BenchSettings(data="data", schedules=["constant", "pgps-efficiency"], budgets=[900.0],
+                             config=str(tmp_path / "mine.yaml"))
+    assert settings.profile == "default" and settings.test_fraction == 0.2
+    expected = RunConfig.load(tmp_path / "mine.yaml")
+    expected.data.path, expected.data.test_fraction = "data", 0.2
+    expected.curriculum.schedule, expected.training.seed, expected.training.time_budget = "pgps-efficiency", 2, 900.0
+    assert bench_config(settings, "pgps-efficiency", 2, 900.0).to_dict() == expected.to_dict()
+    single = BenchSettings(data="data", schedules=["constant"], time_budget=60.0)  # one budget: as before
+    assert (single.profile, single.test_fraction) == ("full", None)
+    assert bench_config(single, "constant", 0).data.test_fraction == 0.0
+
+
+def test_a_run_with_a_test_split_reports_its_final_models_test_dice_as_evaluate_does(tmp_path, phantom_dataset):
+    config = quick_config(phantom_dataset, epochs=1, iterations=1)
+    config.data.test_fraction = 0.34
+    run = tmp_path / "run"
+    result = run_one(config.to_dict(), str(run))
+    assert result["dice_on"] == "test" and result["test_cases"] == 2 and "validation_dice" in result
+    assert result["best_checkpoint_test_dice"] is not None and result["weight_averaging"] in ("ema", "none")
+    scored = tmp_path / "test.json"
+    assert main(["evaluate", "--model", str(run), "--data", str(phantom_dataset), "--split", "test", "--json",
+                 str(scored), "--device", "cpu"]) == 0
+    assert result["mean_dice"] == pytest.approx(json.loads(scored.read_text())["mean_dice"])
+
+
+@pytest.mark.parametrize("flags, message", [
+    (["--max-seeded-budget", "45m"], "give --budgets too"),
+    (["--budgets", "5m,15m", "--time-budget", "15m"], "not both"),
+    (["--budgets", "5m,5m"], "each budget once"),
+    (["--budgets", "5m", "--test-fraction", "1"], "--test-fraction must be in [0, 1)"),
+])
+def test_bench_flags_that_do_not_fit_are_refused(tmp_path, phantom_dataset, capsys, flags, message):
+    assert main(["bench", "--data", str(phantom_dataset), "--out", str(tmp_path / "r"), *flags]) == 2
+    assert message in capsys.readouterr().err
+    assert not (tmp_path / "r").exists()
