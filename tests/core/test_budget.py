@@ -84,6 +84,7 @@ def test_the_timed_steps_change_no_weight_and_no_draw(phantom_dataset):
 
     def first_loss(budget):
         config = quick_config(phantom_dataset, epochs=2, iterations=2)
+        config.curriculum.schedule = "constant"  # a budget's recipe would choose PGPS Efficiency
         config.training.time_budget = budget
         for event in train(config):
             if isinstance(event, StepDone):
@@ -296,6 +297,28 @@ def _timed(shapes, fixed=0.01, per_voxel=1e-5):
     return StepCost(fixed, per_voxel, tuple(((tuple(p), b), seconds(p, b)) for p, b in shapes))
 
 
+def test_the_step_timing_stops_at_its_time_limit_after_the_final_and_smallest_shapes(monkeypatch):
+    from napari_pgps.curriculum import build_schedule
+    from napari_pgps.engine import budget
+
+    clock = _Clock()
+    monkeypatch.setattr(budget.time, "perf_counter", clock)
+    schedule = build_schedule("pgps-efficiency", (16, 32, 32), (2, 3, 3), 1000, 2)
+    shapes = budget.probe_shapes(schedule, None)
+    by_voxels = sorted(shapes, key=lambda o: o[1] * math.prod(o[0]))
+    assert shapes[:3] == [((16, 32, 32), 2), by_voxels[0], by_voxels[-2]]  # final, smallest, then largest down
+    timed = []
+
+    def step(patch, batch):  # 1 s a step: a warm-up and two timed steps are 3 s a shape
+        timed.append((patch, batch))
+        clock.now += 1.0
+
+    cost = budget.measure_step_cost(step, shapes, time_limit=7.0)
+    assert [shape for shape, _ in cost.measured] == shapes[:3]  # 6 s after two shapes, 9 s after three: stop
+    assert len(timed) == 9 and cost.at(*by_voxels[1]) == pytest.approx(1.0)  # the others priced on the line
+    assert len(budget.measure_step_cost(step, shapes).measured) == len(shapes)  # no limit: every shape
+
+
 def test_a_budget_is_planned_from_a_step_timer_and_a_schedule_factory_without_a_network():
     from napari_pgps.curriculum import build_schedule
     from napari_pgps.engine.budget import BudgetPlanner
@@ -360,3 +383,175 @@ def test_a_budget_is_planned_again_when_the_steps_show_another_pace():
     clock.now = 2 * (10 * 0.5 * step + 0.5)
     faster = planner.replan((stage,), stage, [0.5 * step] * 10, 2, plan.epochs, 10)
     assert faster.epochs == plan.epochs + 3 and faster.slowdown == pytest.approx(0.5)  # more, up to the user's cap
+
+
+# -- a busy machine never starves a run (issue 33) ------------------------------------------------------------------
+def _constant(epochs):
+    from napari_pgps.curriculum import build_schedule
+
+    return build_schedule("constant", (16, 32, 32), (2, 3, 3), epochs, 2)
+
+
+def test_a_short_budget_plans_shorter_epochs_rather_than_fewer():
+    from napari_pgps.engine.budget import MIN_EPOCHS, BudgetPlan
+
+    cost = RunCost(lambda e: [(e, 0.1)], validation_seconds=1.0, validate_every=1)  # 0.1 s a step, 1 s a validation
+    assert plan_epochs(30.0, cost, 10, MIN_EPOCHS) == plan_epochs(30.0, cost, 10) == BudgetPlan(15, 10)  # enough: as before
+    short = plan_epochs(30.0, cost, 100, MIN_EPOCHS)  # one epoch of 100 steps fits, four do not
+    assert plan_epochs(30.0, cost, 100).epochs == 2 and short.epochs == MIN_EPOCHS
+    assert cost(MIN_EPOCHS, short.iterations_per_epoch) <= 30.0 < cost(MIN_EPOCHS, short.iterations_per_epoch + 1)
+    assert plan_epochs(3.3, cost, 100, MIN_EPOCHS) == BudgetPlan(3, 1)  # validations take the budget: most epochs of a step
+    assert plan_epochs(0.5, cost, 100, MIN_EPOCHS) == BudgetPlan(1, 1)  # nothing fits: one step, not none
+
+
+def test_a_plan_under_the_floor_times_its_final_step_again_then_says_why():
+    from napari_pgps.engine.budget import MIN_EPOCHS, MIN_STEPS, BudgetPlanner
+
+    timed_again = []
+
+    def planned(again, cap=None, iterations=50):
+        planner = BudgetPlanner(60.0, _constant, validate_every=5, cap=cap, started_at=0.0, clock=_Clock())
+        busy = _timed(planner.probe_shapes(0), fixed=0.5)  # 0.83 s a step: 60 s hold ~70 steps
+        plan = planner.plan(busy, 1.0, iterations, time_again=lambda shapes: timed_again.append(shapes) or again(shapes))
+        return planner, plan
+
+    planner, plan = planned(lambda shapes: _timed(shapes, fixed=0.01, per_voxel=1e-6))  # the busy moment passed
+    assert timed_again == [[((16, 32, 32), 2)]]  # the final shape only, once
+    assert plan.steps >= MIN_STEPS and planner.notes == () and plan.expected_seconds <= 60.0
+
+    planner, plan = planned(lambda shapes: _timed(shapes, fixed=0.5))  # still busy: the budget holds, and says so
+    assert len(timed_again) == 2 and plan.steps < MIN_STEPS and plan.expected_seconds <= 60.0
+    assert plan.epochs == MIN_EPOCHS and plan.iterations_per_epoch < 50  # shorter epochs, so checked as often
+    (note,) = planner.notes
+    assert f"holds {plan.steps} steps at 0.83 s a step" in note and f"fewer than the {MIN_STEPS}" in note
+    assert "keeps its budget" in note and "--time-budget" in note and "not busy" in note
+
+    planner, plan = planned(lambda shapes: pytest.fail("timed again"), cap=2, iterations=10)
+    assert plan.steps == 20 and plan.epochs == 2 and planner.notes == ()  # the user's 20 steps: no note
+
+
+def _planned_constant(budget=300.0, iterations=20, cap=None, fixed=0.01):
+    """A planner of a constant schedule to ``budget`` seconds (validating every epoch, 1 s each), its plan, its clock
+    and a step's timed seconds."""
+    from napari_pgps.engine.budget import BudgetPlanner
+
+    clock = _Clock()
+    planner = BudgetPlanner(budget, _constant, validate_every=1, cap=cap, started_at=0.0, clock=clock)
+    plan = planner.plan(_timed(planner.probe_shapes(0), fixed=fixed), validation_seconds=1.0, iterations_per_epoch=iterations)
+    stage = _constant(plan.epochs).stages[0]
+    return planner, plan, clock, planner.step_seconds(stage)
+
+
+def test_the_pace_is_checked_within_the_first_epoch_every_few_steps():
+    from napari_pgps.engine.budget import CHECK_STEPS
+
+    for pace, more in ((1.0, None), (3.0, False), (1 / 3, True)):
+        planner, plan, clock, step = _planned_constant()
+        stages = _constant(plan.epochs).stages
+        assert plan.iterations_per_epoch == 20 and plan.epochs > 4
+        replans = []
+        for taken in range(1, 20):
+            clock.now = taken * pace * step
+            replans.append(planner.check_within_epoch(stages, stages[0], [pace * step] * taken, 0, plan.epochs, 20))
+        if more is None:  # the plan's pace: nothing changes
+            assert replans == [None] * 19
+            continue
+        (replan,) = [r for r in replans if r is not None]  # at the first check; the epoch ends there
+        assert replans.index(replan) + 1 == replan.after_steps == CHECK_STEPS
+        assert replan.slowdown == pytest.approx(pace) and replan.iterations_per_epoch == 20
+        assert (replan.epochs > plan.epochs) == more and replan.expected_seconds <= 300.0
+        assert sum(s.epochs for s in replan.stages) == replan.epochs
+
+    planner, plan, clock, step = _planned_constant(cap=None)  # the pace known (an epoch re-checked), 4+ epochs
+    stages = _constant(plan.epochs).stages
+    clock.now = 20 * step + 1.0
+    assert planner.replan(stages, stages[0], [step] * 20, 1, plan.epochs, 20) is None
+    clock.now += 10 * 3 * step
+    assert planner.check_within_epoch(stages, stages[0], [3 * step] * 10, 1, plan.epochs, 20) is None  # at its end
+
+    planner, plan, clock, step = _planned_constant(cap=3)  # faster, but at the user's epochs: cutting only loses steps
+    stages = _constant(plan.epochs).stages
+    clock.now = 10 * step / 3
+    assert plan.epochs == 3 and planner.check_within_epoch(stages, stages[0], [step / 3] * 10, 0, 3, 20) is None
+
+
+def test_a_re_plan_grows_short_epochs_back_to_the_configured_steps():
+    from napari_pgps.engine.budget import MIN_EPOCHS
+
+    planner, plan, clock, step = _planned_constant(budget=60.0, iterations=50, fixed=0.1)  # 0.43 s a step
+    assert plan.epochs == MIN_EPOCHS and plan.iterations_per_epoch < 50
+    stages = _constant(plan.epochs).stages
+    taken = plan.iterations_per_epoch
+    clock.now = taken * step / 10 + 1.0  # the steps went 10x faster than timed
+    replan = planner.replan(stages, stages[0], [step / 10] * taken, 1, plan.epochs, taken)
+    assert replan.iterations_per_epoch == 50 and replan.epochs > MIN_EPOCHS and replan.after_steps is None
+    epoch = 50 * step / 10 + 0.1  # an epoch of the configured steps at this pace, and its validation (also 10x faster)
+    assert 60.0 - epoch < replan.expected_seconds <= 60.0  # the budget is spent
+
+
+def test_a_run_whose_plan_holds_trains_the_same_steps_and_numbers_with_the_check_within_the_epoch(phantom_dataset):
+    """A run at the user's epochs (a budget far longer than it) is checked within its epoch and keeps its plan: the
+    same steps and losses as without a budget."""
+    from napari_pgps import train
+    from napari_pgps.events import Replanned
+
+    def run(budget):
+        config = quick_config(phantom_dataset, epochs=1, iterations=12)  # checked at its 10th step
+        config.curriculum.schedule = "constant"  # not the budget's recipe
+        config.training.time_budget = budget
+        events = list(train(config))
+        assert not any(isinstance(e, Replanned) for e in events)
+        return [(e.step, e.patch, e.loss) for e in events if isinstance(e, StepDone)]
+
+    assert run(600.0) == run(None)
+
+
+def test_a_plan_timed_twenty_times_too_slow_no_longer_starves_the_run(phantom_dataset, monkeypatch):
+    """The issue's demo: its steps timed under another training's load planned one step for two minutes. Timed
+    20x too slow here (twice: the load does not pass), the plan says it is under the floor, and the run's own
+    steps re-plan it (within its epochs, back to the configured steps per epoch) to spend its budget."""
+    from napari_pgps import train
+    from napari_pgps.engine import trainer
+    from napari_pgps.engine.budget import MIN_STEPS
+    from napari_pgps.events import Replanned
+
+    timed = trainer.measure_step_cost
+    monkeypatch.setattr(trainer, "measure_step_cost", lambda step, sizes, **limit: timed(step, sizes, **limit).scaled(20.0))
+    config = quick_config(phantom_dataset, epochs=None, iterations=20)
+    config.curriculum.schedule = "pgps-performance"  # the demo's
+    config.training.time_budget = 20.0
+    config.training.validate_every = 5
+    started_at = time.perf_counter()
+    events = list(train(config))
+    took = time.perf_counter() - started_at
+    started = next(e for e in events if isinstance(e, RunStarted))
+    replanned = [e for e in events if isinstance(e, Replanned)]
+    steps = [e for e in events if isinstance(e, StepDone)]
+    assert started.epochs * started.iterations_per_epoch < MIN_STEPS and started.iterations_per_epoch < 20
+    assert any(f"fewer than the {MIN_STEPS} a model needs" in note for note in started.notes)
+    assert replanned and replanned[0].epoch == 1 and replanned[0].slowdown < 0.2
+    assert replanned[-1].iterations_per_epoch == 20  # the configured epochs again
+    assert len(steps) > started.epochs * started.iterations_per_epoch
+    first_step = took - sum(s.seconds for s in steps)  # planning, validations, checkpoints
+    assert sum(s.seconds for s in steps) > 0.5 * (20.0 - first_step)  # the budget is spent on steps, not left
+    if sum(s.seconds for s in steps) / len(steps) < 20.0 / (3 * MIN_STEPS):  # a machine not too busy to hold them
+        assert len(steps) > MIN_STEPS
+    assert took <= 20.0 * 1.3
+
+
+def test_a_re_plan_within_an_epoch_is_told_and_shown_with_its_steps_per_epoch():
+    from napari_pgps.engine import TrainingProgress, describe_event
+    from napari_pgps.events import Replanned
+
+    started = RunStarted(run_dir=None, device="CPU", training_cases=4, validation_cases=1, parameters=10, start_epoch=0,
+                         epochs=4, iterations_per_epoch=3, final_patch=(8, 8, 8), schedule="constant",
+                         label_names=("background", "a"), volume_class_fractions=(0.9, 0.1), time_budget=120.0)
+    progress = TrainingProgress().update(started)
+    replanned = Replanned(epoch=1, slowdown=0.05, epochs=9, expected_seconds=118.0, iterations_per_epoch=20, after_steps=10)
+    assert describe_event(replanned, progress.update(replanned)) == (
+        "epoch 1 (ended after 10 steps): steps took 0.05x the planned time; re-planned to 9 epochs x 20 steps, "
+        "expected 1m58s")
+    assert (progress.started.epochs, progress.started.iterations_per_epoch) == (9, 20)
+    at_the_end = Replanned(epoch=2, slowdown=1.5, epochs=5, expected_seconds=119.0)  # as before issue 33
+    assert describe_event(at_the_end, progress.update(at_the_end)).startswith("epoch 2: steps took 1.50x")
+    assert progress.started.iterations_per_epoch == 20

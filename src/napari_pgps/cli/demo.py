@@ -14,7 +14,8 @@ def add_demo(commands) -> None:
     p = commands.add_parser("demo", help="open napari with sample data, the widgets and a quick schedule",
                             description="The demo: napari with a generated phantom, the Curriculum, Train and Segment widgets "
                             "docked and a quick PGPS schedule ready (press Start in the Train widget). With --headless: the "
-                            "same training without a window, writing figures, and a segmentation of an unseen phantom.")
+                            "same training without a window, writing figures, and a segmentation of an unseen phantom, "
+                            "saying plainly whether the model segments it (and, when not, why and what to do).")
     p.add_argument("--headless", action="store_true", help="run without a window and write the figures to --out")
     p.add_argument("--out", metavar="DIR", default="demo-output", help="folder for the demo's data, run and results")
     p.add_argument("--device", choices=DEVICES, default="auto")
