@@ -63,22 +63,30 @@ class RunStarted(Event):
     """The planned run's predicted duration (steps and validations), when planned to a budget."""
     notes: tuple[str, ...] = ()
     """What the user should know before the run, one sentence each: the run folder's (a folder reused from a run
-    that ended before its first checkpoint) first, then the training-loop plug-ins'."""
+    that ended before its first checkpoint) first, then the time budget's (too short for a working model), then the
+    training-loop plug-ins'."""
+    recipe: tuple[str, ...] = ()
+    """The run's recipe, one line per part: what it trains with and why (:mod:`napari_pgps.engine.recipe`)."""
 
 
 @dataclass(frozen=True)
 class Replanned(Event):
-    """A run planned to a time budget, at the end of an epoch: its steps so far (those of stages with at least a
-    quarter of the final step's voxels) took ``slowdown`` times the time the plan had measured, at which pace the
-    run would end more than 5% of the budget or 60 s, whichever is less, before or after it (e.g. a machine busy
-    while the plan was timed), so the epochs left were planned again with every cost scaled by it. ``epochs`` and
-    ``expected_seconds`` replace :class:`RunStarted`'s (or the last re-plan's)."""
+    """A run planned to a time budget, at the end of an epoch (or within it: then the epoch ended there): its steps so
+    far (those of stages with at least a quarter of the final step's voxels) took ``slowdown`` times the time the
+    plan had measured, at which pace the run would end more than 5% of the budget or 60 s, whichever is less, before
+    or after it (e.g. a machine busy while the plan was timed), so the epochs left were planned again with every cost
+    scaled by it. ``epochs``, ``iterations_per_epoch`` and ``expected_seconds`` replace :class:`RunStarted`'s (or the
+    last re-plan's)."""
 
     epoch: int
-    """Epochs completed when it was re-planned."""
+    """Epochs completed when it was re-planned (the one ended early among them)."""
     slowdown: float
     epochs: int
     expected_seconds: float
+    iterations_per_epoch: Optional[int] = None
+    """Steps in each epoch left (the configured number again once the time allows); ``None``: unchanged."""
+    after_steps: Optional[int] = None
+    """Re-planned within epoch ``epoch`` after this many of its steps, where that epoch ended; ``None``: at its end."""
 
 
 @dataclass(frozen=True)
@@ -175,6 +183,8 @@ class StepDone(Event):
     """Each crop's size (Z, Y, X) on its case's own grid (the patch, unless the case is resampled or reoriented)."""
     data_seconds: float = 0.0
     """Of ``seconds``, the time the step waited for its batch to be cut and augmented."""
+    augmentation_strength: float = 1.0
+    """The strength (0: none, 1: full) its crops were augmented at (``data.augmentation_ramp``)."""
 
 
 @dataclass(frozen=True)
@@ -187,6 +197,10 @@ class Validated(Event):
     seconds: float
     on_training_cases: bool = False
     """True when there was no case to hold out (e.g. one pair of layers): then Dice is on the training cases."""
+    raw_dice_per_label: Optional[dict[str, float]] = None
+    raw_mean_dice: Optional[float] = None
+    """Once weight averaging has begun (``training.weight_averaging``), ``dice_per_label`` and ``mean_dice`` score the
+    averaged weights, the model the run keeps, and these the weights being trained, for comparison; ``None`` before."""
 
 
 @dataclass(frozen=True)

@@ -144,6 +144,21 @@ def test_the_presenter_says_what_the_command_line_says(qtbot, shown):
     assert presenter.history.started is None and presenter.history.steps == []
 
 
+def test_the_presenter_shows_the_recipe_of_the_run_until_the_next_starts(qtbot, shown):
+    status, recipe = QLabel("idle"), QLabel()
+    qtbot.addWidget(status)
+    qtbot.addWidget(recipe)
+    presenter = RunPresenter(status, recipe)
+    lines = ("schedule: pgps-efficiency (it won at equal time)", "length: as many epochs as fit 15 min (the budget)")
+    presenter.show(_started(recipe=lines))
+    assert recipe.text().splitlines() == list(lines)
+    assert "recipe" not in status.text()  # the status keeps the run's first line
+    presenter.show(_step(1))
+    assert recipe.text().splitlines() == list(lines)
+    presenter.reset()
+    assert recipe.text() == ""
+
+
 def test_a_line_of_several_is_shown_by_its_first():
     report = PruningReport(before_name="trained model", before={}, after={}, table="| a | b |\n|---|---|",
                            path="/runs/pruned/pruning_report.json")

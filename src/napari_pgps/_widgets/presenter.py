@@ -1,11 +1,14 @@
 """What a training or pruning run's events look like in a widget: the engine's words in the status line.
 
 The command line prints :func:`~napari_pgps.engine.progress.describe_event`'s line for each event; the widgets
-show the same line, so a run reads the same in a terminal and in napari. The widgets draw their plots and
+show the same line, so a run reads the same in a terminal and in napari, and the run's recipe (the "recipe:" lines
+``train`` prints) under it. The widgets draw their plots and
 progress bars from the folded :class:`~napari_pgps.engine.progress.TrainingProgress` (``presenter.history``).
 """
 
 from __future__ import annotations
+
+from typing import Optional
 
 from qtpy.QtWidgets import QLabel
 
@@ -30,15 +33,19 @@ def show_notes(notes: tuple[str, ...]) -> None:
 
 
 class RunPresenter:
-    """Folds a run's events into :attr:`history` and says each in ``status``; a run's notes become warnings."""
+    """Folds a run's events into :attr:`history` and says each in ``status``; a run's recipe goes in ``recipe`` (one
+    line per part), its notes become warnings."""
 
-    def __init__(self, status: QLabel) -> None:
+    def __init__(self, status: QLabel, recipe: Optional[QLabel] = None) -> None:
         self.status = status
+        self.recipe = recipe
         self.history = TrainingProgress()
 
     def reset(self) -> None:
         """Forget the last run (a new one starts)."""
         self.history = TrainingProgress()
+        if self.recipe is not None:
+            self.recipe.setText("")
 
     def show(self, event: Event) -> TrainingProgress:
         """Fold ``event`` in and put its line in the status line (the line before stays when it has none)."""
@@ -48,4 +55,6 @@ class RunPresenter:
             self.status.setText(line)
         if history.started is event:
             show_notes(history.started.notes)
+            if self.recipe is not None:
+                self.recipe.setText("\n".join(history.started.recipe))
         return history

@@ -23,15 +23,24 @@ class PluginState:
     signal: nothing follows it live); ``last_model`` is the run folder the Train widget finished last, offered first
     by the Segment and Prune widgets (``model_trained``). ``segmented`` is emitted with each Labels layer the Segment
     widget adds and whether it was segmented alone (not as one of "Segment all open images"): the Review widget
-    chooses it, and reviews one segmented alone against the reference chosen there.
+    chooses it, and reviews one segmented alone against the reference chosen there. ``device`` and ``time_budget``
+    (seconds, ``None``: none) are the Train widget's, which the run's recipe depends on (``run_settings_changed``:
+    the Curriculum widget's automatic schedule follows them).
     """
 
     model_trained = Signal(object)
     segmented = Signal(object, bool)
+    run_settings_changed = Signal()
 
     def __init__(self) -> None:
         self.config = RunConfig()
         self.last_model: Optional[Path] = None
+        self.device = "auto"
+        self.time_budget: Optional[float] = None
+
+    def set_run_settings(self, device: str, time_budget: Optional[float]) -> None:
+        self.device, self.time_budget = device, time_budget
+        self.run_settings_changed.emit()
 
     def set_last_model(self, path: Path) -> None:
         self.last_model = Path(path)

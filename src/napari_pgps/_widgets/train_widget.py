@@ -9,10 +9,12 @@ from typing import Optional
 
 import numpy as np
 from magicgui.widgets import ComboBox, LineEdit, PushButton, RadioButton
+from qtpy.QtCore import Qt
 from qtpy.QtWidgets import QLabel, QListWidget, QProgressBar, QVBoxLayout, QWidget
 
 from ..config import DEVICES, RunConfig
 from ..engine.progress import TrainingProgress, duration_text
+from ..engine.resolve import PROFILES
 from ..engine.run_folder import STOPPED_RUN, RunFolder
 from ..errors import InputError
 from ..events import Event, RunStarted, StepDone, Validated
@@ -33,6 +35,18 @@ def _train(config: RunConfig, run_dir: Path, dataset, control, resume: bool = Fa
     from ..tasks.training import train
 
     yield from train(config, run_dir, dataset=dataset, control=control, resume=resume)
+
+
+def with_run_settings(config: RunConfig, device: str, time_budget: Optional[float]) -> RunConfig:
+    """A copy of ``config`` as the Train widget starts it: on ``device``, planned to ``time_budget`` seconds in place
+    of its epochs (``None``: its epochs, or the device's default budget where it has none)."""
+    config = copy.deepcopy(config)
+    config.training.device = device
+    if time_budget:
+        config.training.time_budget, config.training.epochs = time_budget, None
+    else:
+        config.training.time_budget = None
+    return config
 
 
 def stopped_run(path: Optional[Path]) -> Optional[RunFolder]:
@@ -89,9 +103,11 @@ class TrainWidget(QWidget):
         self.run_root = PathField(caption="Runs folder")
         self.run_root.setText(str(Path.home() / "napari-pgps-runs"))
         device = ComboBox(label="Device", choices=list(DEVICES))
-        self.time_budget = count_box(0, 24 * 60, 0, "the schedule's epochs", " min")
-        self.time_budget.setToolTip("Plan the run to end within this many minutes (its step cost is measured first); "
-                                    "0 trains the epochs set in the Curriculum widget.")
+        self.time_budget = count_box(0, 24 * 60, 0, "the Curriculum's epochs", " min")
+        self.time_budget.setToolTip(
+            "Plan the run to end within this many minutes (its step cost is measured first); 0 trains the epochs set "
+            "in the Curriculum widget, or, where they are automatic, fills the device's default budget "
+            f"({PROFILES['cpu'].time_budget / 60:.0f} min on a CPU).")
         self.init_from = PathField("empty: fresh weights", MODEL_FILES, "Model to start from")
         self.init_from.setToolTip("A trained model (run folder, checkpoint .pt or model package .zip) whose network "
                                   "and weights the new run starts from; its labels and channels must be the data's.")
@@ -121,18 +137,23 @@ class TrainWidget(QWidget):
         self.device_label = QLabel("device: not started")
         self.status = QLabel("idle")
         self.status.setWordWrap(True)
+        self.recipe = QLabel()
+        self.recipe.setWordWrap(True)
+        self.recipe.setTextFormat(Qt.TextFormat.PlainText)
+        self.recipe.setToolTip("The run's recipe, one line per part: what it trains with and why (napari-pgps train "
+                               "prints the same lines).")
         self.curves = PlotCanvas(self._draw_curves, height=3.2)
         self.balance = PlotCanvas(self._draw_balance, height=2.0)
 
         layout = QVBoxLayout(self)
         layout.addWidget(self.form.native)
         layout.addWidget(row(start, resume, pause, stop).native)
-        for widget in (self.progress, self.device_label, self.status, self.curves, self.balance):
+        for widget in (self.progress, self.device_label, self.status, self.recipe, self.curves, self.balance):
             layout.addWidget(widget)
 
         self.job = Job("Training", self.status, self.progress, buttons=[self.start, self.resume],
                        stop_buttons=[self.pause, self.stop])
-        self.presenter = RunPresenter(self.status)
+        self.presenter = RunPresenter(self.status, self.recipe)
         self._reset_history()
         add_pair.clicked.connect(self._add_pair)
         remove_pair.clicked.connect(lambda: self.pairs.takeItem(self.pairs.currentRow()))
@@ -142,9 +163,20 @@ class TrainWidget(QWidget):
         self.resume_from.edited.connect(self._update_resume_button)
         pause.clicked.connect(self.toggle_pause)
         stop.clicked.connect(self.stop_training)
+        device.changed.connect(self._share_run_settings)
+        self.time_budget.valueChanged.connect(self._share_run_settings)
         self.viewer.layers.events.inserted.connect(labels_choice.reset_choices)
         self.viewer.layers.events.removed.connect(labels_choice.reset_choices)
         self._update_resume_button()
+        self._share_run_settings()
+
+    def _budget_seconds(self) -> Optional[float]:
+        """The time budget in seconds; ``None`` for none."""
+        return 60.0 * self.time_budget.value() if self.time_budget.value() else None
+
+    def _share_run_settings(self, *_) -> None:
+        """Tell the other widgets the device and budget, on which the run's recipe depends."""
+        self.state.set_run_settings(self.device.currentText(), self._budget_seconds())
 
     @property
     def worker(self):
@@ -190,13 +222,8 @@ class TrainWidget(QWidget):
         """Start a run in a background thread with the Curriculum widget's settings."""
         from napari.utils.notifications import show_error
 
-        config = copy.deepcopy(self.state.config)
-        config.training.device = self.device.currentText()
+        config = with_run_settings(self.state.config, self.device.currentText(), self._budget_seconds())
         config.training.init_from = str(Path(self.init_from.text()).expanduser()) if self.init_from.text() else None
-        if self.time_budget.value():
-            config.training.time_budget, config.training.epochs = 60.0 * self.time_budget.value(), None
-        else:
-            config.training.time_budget = None
         dataset = None
         try:
             if self.from_folder.isChecked():

@@ -26,21 +26,29 @@ from ..models import ARCHITECTURES
 TRAIN_HELP = f"""Train a segmentation network on a dataset folder.
 
 The run folder (a new one, unless --resume) receives {CONFIG_FILE} (the whole
-resolved configuration), {SPLITS_FILE} (the training and validation case names),
+resolved configuration), {SPLITS_FILE} (the training, validation and test case names),
 {METRICS_FILE} (one JSON object per event) and {LAST} /
 {BEST} / {FINAL}. Ctrl-C stops after the current step
 and keeps the last checkpoint; --resume continues from it.
 
+The recipe: what the run trains with (schedule, length, augmentation, weight
+averaging, network, final patch) is chosen from the device, the time budget and
+the data, and printed before the first step, one "recipe:" line per part with
+its reason. With no flag a CPU run fills its 15m budget with PGPS Efficiency,
+which beat the constant patch at equal time (docs/benchmarks.md, section 10).
+--config and the flags override any part; the line then says so.
+
 Model kinds (recorded in the checkpoint as "kind"):
-  FP    fixed patch: --schedule constant (the default)
+  FP    fixed patch: --schedule constant (the default for a run of set epochs,
+        e.g. --epochs N, or on a GPU)
   AP    patch-size augmentation: --schedule augment (a quarter of the steps at
         the final patch; the others draw each axis from the sizes the network
         takes in 0.25..1.5 x the final patch, with the batch that keeps the
         voxels per step)
   HN    patch-size hypernetwork: --architecture hypernet (an MLP generates the
         DynUNet's weights from the patch size; trains with --schedule augment)
-  PGPS  progressive growing of patch size: --schedule pgps-efficiency or
-        pgps-performance
+  PGPS  progressive growing of patch size: --schedule pgps-efficiency (the
+        default for a run planned to a time budget) or pgps-performance
 AP and HN models segment well at patch sizes other than the training one
 (napari-pgps evaluate --patch-sizes 16:64:8 measures it).
 """
@@ -71,16 +79,20 @@ def add_train(commands) -> None:
     p.add_argument("--data", metavar="DIR", help="dataset folder (Decathlon or nnU-Net v2 raw layout)")
     p.add_argument("--out", metavar="RUN_DIR", required=True,
                    help=f"run folder for {CONFIG_FILE}, {METRICS_FILE} and checkpoints")
-    p.add_argument("--config", metavar="FILE.yaml", help="start from this configuration; flags override it")
+    p.add_argument("--config", metavar="FILE.yaml",
+                   help="start from this configuration (a value it gives overrides the recipe's); flags override it")
     p.add_argument("--schedule", choices=SCHEDULES,
-                   help="patch-size schedule (default: constant, model kind FP, or the network's own: augment for "
-                        "hypernet; augment: AP; pgps-*: PGPS)")
+                   help="patch-size schedule (default: the recipe's: pgps-efficiency for a run planned to a time "
+                        "budget, as on a CPU with no flag, else the network's own: constant, model kind FP, or "
+                        "augment for hypernet; augment: AP; pgps-*: PGPS)")
     p.add_argument("--pdl", action="store_true", help="add the Progressive Deep Learning data curriculum (cases by similarity)")
     p.add_argument("--time-budget", metavar="DURATION",
-                   help="plan the run to end within this time (15m, 1h30m, 90s; a number is minutes): epochs from "
-                        "step times measured at each stage size, validations included; --epochs then caps them "
-                        "(default on a CPU: 25 epochs within 15m)")
-    p.add_argument("--epochs", type=int, metavar="N", help="epochs (default: from the device; CPU 25)")
+                   help="plan the run to fill this time (15m, 1h30m, 90s; a number is minutes): as many epochs as "
+                        "fit, from step times measured at each stage size, validations included; --epochs then caps "
+                        "them (default on a CPU: 15m, all of it; on a GPU none)")
+    p.add_argument("--epochs", type=int, metavar="N",
+                   help="epochs (default: as many as fit the time budget on a CPU, 50 on a GPU); without "
+                        "--time-budget, a run of set epochs")
     p.add_argument("--iterations-per-epoch", type=int, metavar="N", help="steps per epoch (default: from the device; CPU 50)")
     p.add_argument("--batch-size", type=int, metavar="N", help="crops per step at the final patch size (default 2)")
     p.add_argument("--patch-size", type=int, nargs=3, metavar=("Z", "Y", "X"), help="final patch size (default: planned from the data)")
@@ -98,6 +110,10 @@ def add_train(commands) -> None:
     p.add_argument("--fold", type=int, metavar="K",
                    help="train fold K (0-based) of a cross-validation instead of the 80/20 held-out split")
     p.add_argument("--folds", type=int, metavar="N", help="folds of the cross-validation (default 5)")
+    p.add_argument("--test-fraction", type=float, metavar="F",
+                   help="set this share of the cases aside as a test split first (the same cases for every seed and "
+                        "fold), never trained, validated or chosen on; score them with evaluate --split test "
+                        "(default 0: none)")
     p.add_argument("--device", choices=DEVICES, help="compute device (default auto: CUDA, else MPS, else CPU)")
     p.add_argument("--resume", action="store_true", help="continue the run in RUN_DIR from its last checkpoint")
     p.add_argument("--init-from", metavar="MODEL",
@@ -115,7 +131,7 @@ def _train(args: argparse.Namespace) -> int:
 
     overrides = [name for name in ("data", "config", "schedule", "epochs", "iterations_per_epoch", "batch_size",
                                    "patch_size", "architecture", "optimizer", "learning_rate", "max_cases", "seed",
-                                   "fold", "folds", "time_budget", "init_from", "prm_variant", "pruning_rule")
+                                   "fold", "folds", "test_fraction", "time_budget", "init_from", "prm_variant", "pruning_rule")
                  if getattr(args, name) is not None]
     overrides += [name for name in ("pdl", "progressive_pruning") if getattr(args, name)]  # store_true flags
     if args.resume:
@@ -142,7 +158,7 @@ def apply_train_flags(config: RunConfig, args: argparse.Namespace) -> None:
     """Set in ``config`` what the ``train`` flags given in ``args`` say (a flag not given leaves it as it is)."""
     if args.data is not None:
         config.data.path = str(args.data)
-    for name in ("max_cases", "fold", "folds"):
+    for name in ("max_cases", "fold", "folds", "test_fraction"):
         if getattr(args, name) is not None:
             setattr(config.data, name, getattr(args, name))
     if args.schedule is not None:

@@ -3,8 +3,8 @@
 Like nnU-Net's plan-and-preprocess stage, :func:`prepare_run` turns a
 configuration and its data into what the training loop starts from
 (:class:`PreparedRun`), in this order: the checkpoint of a resumed run (whose
-configuration then rules), the data source, the training / validation split
-(a resumed run's own), the model a new run starts from (``--init-from``), the
+configuration then rules), the data source, the test / training / validation
+split (a resumed run's own), the model a new run starts from (``--init-from``), the
 data's fingerprint, the resolved configuration (automatic values filled in from
 the data and the device), and the preprocessed cases. It reports its progress
 as :class:`napari_pgps.events.Preparing` events::
@@ -32,7 +32,8 @@ from ..events import Preparing
 from ..plugins import TrainingPlugin
 from .checkpoint import LAST, load_checkpoint, start_from_model, trained_config
 from .device import pick_device
-from .resolve import resolve_config
+from .recipe import Choice, explain_recipe
+from .resolve import PROFILES, resolve_config
 
 
 @dataclasses.dataclass
@@ -48,11 +49,15 @@ class PreparedRun:
     store: PreprocessedDataset
     """The preprocessed cases: (C, Z, Y, X) images and (Z, Y, X) labels, in the plan's orientation and spacing."""
     split: dict[str, list[str]]
-    """``{"training": [...], "validation": [...]}`` case names."""
+    """``{"training": [...], "validation": [...]}`` case names, and ``"test": [...]`` where the configuration sets
+    some aside (``data.test_fraction``; never seen by the run)."""
     checkpoint: Optional[dict[str, Any]] = None
     """The last checkpoint of the run being resumed (:func:`.checkpoint.load_checkpoint`), else ``None``."""
     initial_weights: Optional[dict[str, torch.Tensor]] = None
     """The state dict a new run starts from (given, or the ``training.init_from`` model's), else ``None``."""
+    recipe: tuple[Choice, ...] = ()
+    """Each part of the run's recipe and why (:func:`.recipe.explain_recipe`; a resumed run's as its
+    configuration stands)."""
 
     def label_fractions(self) -> tuple[float, ...]:
         """The share of each label's voxels (background first, in label index order) over the training cases."""
@@ -104,12 +109,13 @@ def prepare_run(
     try:
         if state is not None and state.get("split"):
             split = state["split"]
-            unknown = sorted(set(split["training"] + split["validation"]) - set(source.names))
+            unknown = sorted(set(split["training"] + split["validation"] + split.get("test", [])) - set(source.names))
             if unknown:
                 raise InputError(f"the run was trained on cases that are not in its data now: {', '.join(unknown[:5])}.")
         else:
             data = config.data
-            split = source.split(data.fold, data.folds, data.validation_fraction, config.training.seed)
+            split = source.split(data.fold, data.folds, data.validation_fraction, config.training.seed,
+                                 data.test_fraction)
         if state is None and config.training.init_from:
             if initial_weights is None:  # train --init-from: the model's network, weights and preprocessing
                 config, initial_weights = start_from_model(config, config.training.init_from, source.labels,
@@ -118,14 +124,19 @@ def prepare_run(
                 config = copy.deepcopy(config)
                 config.training.init_from = None
         prep = config.preprocessing
-        fingerprint = yield from _reporting("fingerprint", source.fingerprint(prep.orientation, prep.crop_to_nonzero))
+        test = split.get("test", [])  # neither planned from, preprocessed, trained nor validated on
+        fingerprint = yield from _reporting("fingerprint", source.fingerprint(prep.orientation, prep.crop_to_nonzero,
+                                                                              test))
+        asked = config
         config = resolve_config(config, labels=source.labels, channels=source.channels, fingerprint=fingerprint,
                                 device=device, ignore_label=source.ignore_label)
-        store = yield from _reporting("preprocessing", source.preprocessed(PreprocessingPlan.of(config)))
+        profile = PROFILES.get(device.type, PROFILES["cpu"])
+        recipe = explain_recipe(asked, config, device.type, profile.time_budget)
+        store = yield from _reporting("preprocessing", source.preprocessed(PreprocessingPlan.of(config), test))
     except BaseException:  # a failure, or the run's events closed while preparing
         source.close()
         raise
-    return PreparedRun(config, device, source, store, split, state, initial_weights)
+    return PreparedRun(config, device, source, store, split, state, initial_weights, recipe)
 
 
 def _reporting(task: str, work):

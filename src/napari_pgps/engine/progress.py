@@ -113,7 +113,9 @@ class TrainingProgress:
             if not self.parameters:
                 self.parameters.append((event.start_epoch, event.parameters))
         elif isinstance(event, Replanned) and self.started is not None:
-            self.started = dataclasses.replace(self.started, epochs=event.epochs, expected_seconds=event.expected_seconds)
+            steps = event.iterations_per_epoch or self.started.iterations_per_epoch
+            self.started = dataclasses.replace(self.started, epochs=event.epochs, expected_seconds=event.expected_seconds,
+                                               iterations_per_epoch=steps)
         elif isinstance(event, StepDone):
             self.steps.append(event)
             self.training_seconds += event.seconds
@@ -220,14 +222,18 @@ def describe_event(event: Event, progress: TrainingProgress, *, quiet: bool = Fa
                 f"{event.training_cases} training / {event.validation_cases} validation cases, "
                 f"{event.parameters:,} parameters, final patch {size_text(event.final_patch)}, "
                 f"{event.epochs} epochs x {event.iterations_per_epoch} steps{resuming}{planned}"
+                + "".join(f"\nrecipe: {line}" for line in event.recipe)
                 + "".join(f"\nnote: {note}" for note in event.notes))
     if isinstance(event, Replanned):
-        return (f"epoch {event.epoch}: steps took {event.slowdown:.2f}x the planned time; re-planned to {event.epochs} "
-                f"epochs, expected {duration_text(event.expected_seconds)}")
+        within = f" (ended after {event.after_steps} steps)" if event.after_steps is not None else ""
+        steps = f" x {event.iterations_per_epoch} steps" if event.iterations_per_epoch is not None else ""
+        return (f"epoch {event.epoch}{within}: steps took {event.slowdown:.2f}x the planned time; re-planned to "
+                f"{event.epochs} epochs{steps}, expected {duration_text(event.expected_seconds)}")
     if isinstance(event, Validated):
         dice = ", ".join(f"{name} {value:.4f}" for name, value in event.dice_per_label.items())
         where = " (on the training cases: none left to hold out)" if event.on_training_cases else ""
-        return f"epoch {event.epoch}: validation Dice {dice} (mean {event.mean_dice:.4f}){where}"
+        raw = f" of the weight average; raw weights {event.raw_mean_dice:.4f}" if event.raw_mean_dice is not None else ""
+        return f"epoch {event.epoch}: validation Dice {dice} (mean {event.mean_dice:.4f}{raw}){where}"
     if isinstance(event, PruningStep):
         return f"epoch {event.epoch}: pruning {event.action} {', '.join(event.branches)}; {event.parameters:,} parameters"
     if isinstance(event, ChannelPruningStep):

@@ -29,7 +29,8 @@ from ..data.normalization import fit_normalization
 from ..data.sampler import OVERSAMPLING_RULES
 from ..errors import InputError
 from ..models import architecture, check_patch_size, level_channels, patch_divisor, plan_patch_size, plan_unet
-from ..models.architectures import check_minimum_patch, default_architecture, schedule_of
+from ..models.architectures import check_minimum_patch, default_architecture
+from .recipe import is_budgeted, recipe_schedule
 
 
 @dataclass(frozen=True)
@@ -37,27 +38,29 @@ class DeviceProfile:
     """Defaults for one kind of device."""
 
     base_channels: int
-    epochs: int
+    epochs: Optional[int]
+    """The epochs of a run that gives none, where the profile has no ``time_budget`` (``None`` where it has one:
+    the budget sets them)."""
     iterations_per_epoch: int
     max_patch_voxels: int
     optimizer: str
     validate_every: int
     time_budget: Optional[float]
-    """Seconds a run with no epochs given is planned to fit (epochs capped at ``epochs``); ``None``: no budget."""
+    """Seconds a run with no epochs given is planned to fill (all of it: :mod:`.recipe`); ``None``: no budget."""
     augmentation: str
     """Chosen by measured Dice (docs/benchmarks.md)."""
     loader_workers: int
     """Chosen by measured step time (docs/benchmarks.md)."""
 
 
-# CPU: at most 1250 steps of a 16-channel DynUNet, planned to fit 15 minutes. At
+# CPU: a 16-channel DynUNet planned to fill 15 minutes (engine/recipe.py; until issue 33 at most 1250 steps). At
 # that budget AdamW (1e-3) reached a mean Dice of 0.865 on the hippocampus
 # validation cases where nnU-Net's SGD reached 0.851, and no augmentation beat
 # mirroring and nnU-Net's augmentation (0.876 / 0.858 / 0.826; docs/benchmarks.md):
 # a short run learns more from plain crops. The GPU profiles' augmentation is not
 # measured yet (no GPU lent) and keeps mirroring.
 PROFILES = {
-    "cpu": DeviceProfile(16, epochs=25, iterations_per_epoch=50, max_patch_voxels=96**3, optimizer="adamw",
+    "cpu": DeviceProfile(16, epochs=None, iterations_per_epoch=50, max_patch_voxels=96**3, optimizer="adamw",
                          validate_every=5, time_budget=15 * 60, augmentation="none", loader_workers=0),
     "mps": DeviceProfile(32, epochs=50, iterations_per_epoch=100, max_patch_voxels=128**3, optimizer="adamw",
                          validate_every=5, time_budget=None, augmentation="mirror", loader_workers=2),
@@ -111,8 +114,8 @@ def resolve_config(
     if model.architecture is None:
         model.architecture = default_architecture(resolved)
     spec = architecture(model)
-    curriculum.schedule = schedule_of(resolved)
     profile = PROFILES[device.type if device.type in PROFILES else "cpu"]
+    curriculum.schedule = recipe_schedule(resolved, is_budgeted(resolved, profile.time_budget))
     if training.optimizer is None:
         training.optimizer = profile.optimizer
     if training.validate_every is None:
@@ -170,8 +173,9 @@ def resolve_config(
     check_minimum_patch(model, model.patch_size)
 
     if training.time_budget is None and training.epochs is None:
-        # the device's defaults: its epochs, within its budget
-        training.time_budget, training.epochs = profile.time_budget, profile.epochs
+        # the device's defaults: its budget, all of it (engine/recipe.py), or its epochs where it has no budget
+        training.time_budget = profile.time_budget
+        training.epochs = profile.epochs if profile.time_budget is None else None
     if training.iterations_per_epoch is None:
         training.iterations_per_epoch = profile.iterations_per_epoch
     if training.learning_rate is None:

@@ -34,7 +34,7 @@ import torch
 
 from ..config import RunConfig
 from ..curriculum import RANDOM_PATCH_SCHEDULES, crops_per_case, schedule_for, stage_at
-from ..data.augmentation import Augmentation
+from ..data.augmentation import Augmentation, augmentation_strength
 from ..data.dataset import TrainingSet
 from ..data.loader import BatchLoader
 from ..data.preprocessing import PreprocessingPlan
@@ -57,7 +57,8 @@ from ..files import write_text_atomically
 from ..models import build_network, count_parameters, deep_supervision_heads, model_kind, split_outputs
 from ..plugins import TrainingPlugin
 from . import distributed, run_lock
-from .budget import BudgetPlanner, Replan, measure_step_cost, measure_window_seconds
+from .budget import PROBE_SHARE, BudgetPlanner, Replan, measure_step_cost, measure_window_seconds
+from .averaging import WeightAverage
 from .checkpoint import BEST, FINAL, LAST, checkpoint_payload, restore, save_checkpoint
 from .control import TrainingControl
 from .device import autocast_dtype, describe, training_memory_format
@@ -135,6 +136,7 @@ class _Run:
         config, store, split, state = prepared.config, prepared.store, prepared.split, prepared.checkpoint
         self.config: RunConfig = config
         self.run_dir: Optional[Path] = run_dir
+        self.recipe = tuple(choice.line() for choice in prepared.recipe)
         self.folder_notes: tuple[str, ...] = tuple(notes)
         """What the user should know of the run folder (its files that this run replaces), for RunStarted."""
         self.context: distributed.DistributedContext = context
@@ -186,6 +188,7 @@ class _Run:
         self.optimizer = _optimizer(self.network, t)
         self.scheduler = torch.optim.lr_scheduler.PolynomialLR(self.optimizer, total_iters=t.epochs, power=t.poly_exponent)
         self.scaler = torch.amp.GradScaler("cuda", enabled=self.amp)
+        self.weight_average = WeightAverage(self.network, t)
         self.schedule = schedule_for(config)
         self.final_batch = self.schedule.final_batch
         self.distributed = context.enabled
@@ -220,7 +223,9 @@ class _Run:
             schedule=self.schedule.name, kind=model_kind(self.config), architecture=self.config.model.architecture,
             label_names=tuple(self.config.labels[v] for v in sorted(self.config.labels)),
             volume_class_fractions=self.volume_fractions, time_budget=t.time_budget, expected_seconds=self.expected_seconds,
-            notes=self.folder_notes + tuple(note for plugin in self.plugins for note in plugin.notes(self)),
+            notes=self.folder_notes + (self.budget_planner.notes if self.budget_planner else ())
+            + tuple(note for plugin in self.plugins for note in plugin.notes(self)),
+            recipe=self.recipe,
         ))
         stopped = False
         current_stage = -1
@@ -236,6 +241,7 @@ class _Run:
                 yield self._log(event)
             plans = [self._plan(stage) for _ in range(t.iterations_per_epoch)]
             epoch_step_seconds: list[float] = []
+            replan: Optional[Replan] = None
             batches = self.loader.batches(plan for plan, _ in plans)
             for _, batch_size in plans:
                 if self.control.paused and not self.control.stop_requested:
@@ -251,12 +257,15 @@ class _Run:
                 stage_fractions.append(step.class_fractions)
                 epoch_step_seconds.append(step.seconds)
                 yield self._log(step)
+                if self.budget_planner is not None and (replan := self.budget_planner.check_within_epoch(
+                        self.stages, stage, epoch_step_seconds, self.epoch, t.epochs, t.iterations_per_epoch)):
+                    break  # off the plan's pace (e.g. planned on a busy machine): the epoch ends here, re-planned
             batches.close()
             if stopped:
                 break
             if self.budget_planner is not None:
-                replan = self.budget_planner.replan(self.stages, stage, epoch_step_seconds, self.epoch + 1,
-                                                    t.epochs, t.iterations_per_epoch)
+                replan = replan or self.budget_planner.replan(self.stages, stage, epoch_step_seconds, self.epoch + 1,
+                                                              t.epochs, t.iterations_per_epoch)
                 if replan is not None:
                     yield self._log(self._replanned(replan))
             if self.epoch + 1 == t.epochs or stage_at(self.stages, self.epoch + 1) != current_stage:
@@ -298,10 +307,13 @@ class _Run:
         return events
 
     def _plan(self, stage) -> tuple[Any, int]:
-        """One step's batch plan (this rank's share of the global batch) and the global batch size."""
+        """One step's batch plan (this rank's share of the global batch, at this epoch's augmentation strength) and
+        the global batch size."""
         patch, batch_size = self.schedule.draw(stage, self.draw_rng)
         share = distributed.batch_share(batch_size, self.context)
-        return self.sampler.plan(patch, batch_size, crops_per_case(batch_size, self.schedule.final_batch), share), batch_size
+        strength = augmentation_strength(self.config.data.augmentation_ramp, self.epoch, self.config.training.epochs)
+        plan = self.sampler.plan(patch, batch_size, crops_per_case(batch_size, self.schedule.final_batch), share, strength)
+        return plan, batch_size
 
     def _train_step(self, batches: Iterator[Any], batch_size: int) -> StepDone:
         start = time.perf_counter()
@@ -323,6 +335,7 @@ class _Run:
             self.steps_redone_in_fp32 += 1
         self.scaler.step(self.optimizer)
         self.scaler.update()
+        self.weight_average.update(self.epoch)
         value = distributed.mean_over_ranks(loss.detach(), self.context)
         if not np.isfinite(value):
             raise TrainingDiverged(f"training diverged at step {self.step + 1} (loss {value}); the last good checkpoint "
@@ -337,12 +350,13 @@ class _Run:
             learning_rate=float(self.optimizer.param_groups[0]["lr"]),
             crop_cases=tuple(self.training_names[i] for i in batch.case_indices),
             crop_origins=tuple(box[0] for box in boxes), crop_sizes=tuple(box[1] for box in boxes), data_seconds=waited,
+            augmentation_strength=batch.augmentation_strength,
         )
 
     def _plan_to_budget(self) -> float:
-        """Plan ``training.epochs`` (and, when even one epoch would not fit, the steps per epoch) so the run fits its
-        time budget (:class:`.budget.BudgetPlanner`), from steps and a validation window batch timed on this
-        machine; returns the predicted seconds.
+        """Plan ``training.epochs`` (and, when fewer than ``MIN_EPOCHS`` would fit, fewer steps per epoch) so the run
+        fits its time budget (:class:`.budget.BudgetPlanner`), from steps and a validation window batch timed on this
+        machine (the final step timed again when the plan is under ``MIN_STEPS``); returns the predicted seconds.
 
         The timed steps (a warm-up and two per probed size, on real crops) change no weight: their optimiser is a
         throw-away one with a learning rate and weight decay of zero.
@@ -354,22 +368,24 @@ class _Run:
             agree=lambda value: distributed.mean_over_ranks(torch.tensor(value), self.context))
         sizes = self.budget_planner.probe_shapes(t.seed)
         self._probe_optimizer = _optimizer(self.network, dataclasses.replace(t, learning_rate=0.0, weight_decay=0.0))
-        cost = measure_step_cost(self._timed_step, sizes)
+        cost = measure_step_cost(self._timed_step, sizes, time_limit=PROBE_SHARE * t.time_budget)
+        plan = self.budget_planner.plan(cost, self._timed_validation(), t.iterations_per_epoch,
+                                        time_again=lambda shapes: measure_step_cost(self._timed_step, shapes))
         self._probe_optimizer = None  # its moments are a whole copy of the weights' size
-        plan = self.budget_planner.plan(cost, self._timed_validation(), t.iterations_per_epoch)
         t.epochs, t.iterations_per_epoch = plan.epochs, plan.iterations_per_epoch
         return plan.expected_seconds
 
     def _replanned(self, replan: Replan) -> Replanned:
-        """Follow a budget's new plan: its stages and epochs; the learning-rate decay ends with them (plug-ins that
-        fixed their plan at the start, such as PSP-Seg's pruning window, keep it)."""
+        """Follow a budget's new plan: its stages, epochs and steps per epoch; the learning-rate decay (per epoch) ends
+        with them (plug-ins that fixed their plan at the start, such as PSP-Seg's pruning window, keep it)."""
         self.stages = replan.stages
-        self.config.training.epochs = replan.epochs
+        self.config.training.epochs, self.config.training.iterations_per_epoch = replan.epochs, replan.iterations_per_epoch
         self.scheduler.total_iters = replan.epochs
         self.expected_seconds = replan.expected_seconds
         self._save_config()
         return Replanned(epoch=self.epoch + 1, slowdown=replan.slowdown, epochs=replan.epochs,
-                         expected_seconds=replan.expected_seconds)
+                         expected_seconds=replan.expected_seconds, iterations_per_epoch=replan.iterations_per_epoch,
+                         after_steps=replan.after_steps)
 
     def _timed_validation(self) -> float:
         """Seconds of a validation: its sliding-window batches at the final patch times one batch's timed seconds."""
@@ -435,20 +451,24 @@ class _Run:
         return loss
 
     def _validate(self) -> Validated:
+        """Dice of the model the run keeps and, once weight averaging has begun, of the raw weights beside it."""
         start = time.perf_counter()
-        per_case = []
+        networks = [self.weight_average.kept] + ([self.network] if self.weight_average.begun else [])
+        per_case: list[list[dict]] = [[] for _ in networks]
         for name in distributed.shard(self.validation_names, self.context):
-            truth = np.asarray(self.store.labels(name))
-            probabilities = predict_probabilities(self.network, np.array(self.store.image(name)), self.config.model.patch_size,
-                                                  self.device, batch_size=self.config.training.batch_size,
-                                                  mixed_precision=self.config.training.mixed_precision)
+            truth, image = np.asarray(self.store.labels(name)), np.array(self.store.image(name))
             ignored = truth == self.ignore_index if self.ignore_index is not None else None  # scored as nothing
-            per_case.append(dice_per_label(np.argmax(probabilities, axis=0), truth, self.num_labels, ignore=ignored))
+            for network, scores in zip(networks, per_case):
+                probabilities = predict_probabilities(network, image, self.config.model.patch_size, self.device,
+                                                      batch_size=self.config.training.batch_size,
+                                                      mixed_precision=self.config.training.mixed_precision)
+                scores.append(dice_per_label(np.argmax(probabilities, axis=0), truth, self.num_labels, ignore=ignored))
         self.network.train()
-        dice = summarize_dice(distributed.unshard(per_case, self.context), self.label_names)
+        dice, *raw = [summarize_dice(distributed.unshard(scores, self.context), self.label_names) for scores in per_case]
         self.last_mean_dice = mean_of(dice)
         return Validated(epoch=self.epoch, dice_per_label=dice, mean_dice=self.last_mean_dice,
-                         seconds=time.perf_counter() - start, on_training_cases=self.validating_on_training)
+                         seconds=time.perf_counter() - start, on_training_cases=self.validating_on_training,
+                         raw_dice_per_label=raw[0] if raw else None, raw_mean_dice=mean_of(raw[0]) if raw else None)
 
 
     # -- checkpoints --------------------------------------------------------

@@ -1,0 +1,167 @@
+"""The training recipe: what a run trains with, chosen from its time budget, its data and its network, and why.
+
+A run's recipe is the set of choices that decide how good a model its time buys: the patch schedule, how long it
+trains, the augmentation, the weight averaging, the network's width and patch, and the step's arithmetic. Every
+choice the configuration leaves automatic (``None``) is made here or by the device profile
+(:mod:`.resolve`), by a rule that cites the measurement behind it (docs/benchmarks.md); a value the
+configuration gives (``--config``, a flag, a widget) is kept and said to be the user's.
+
+:func:`recipe_schedule` and :func:`recipe_weight_averaging` are the rules :func:`.resolve.resolve_config` applies;
+:func:`explain_recipe` gives one :class:`Choice` per part of a resolved configuration, which ``train`` prints one
+line each before the first step (the :class:`napari_pgps.events.RunStarted` event's ``recipe``) and the Train
+widget shows.
+
+The rules, and the measurement behind each (2-core CPU, hippocampus, held-out Dice):
+
+=====================  ===============================================  ============================================
+part                   rule                                             measured
+=====================  ===============================================  ============================================
+schedule               a run planned to a time budget trains PGPS       equal wall time, 3 seeds: +0.35 points over
+                       Efficiency when its network takes other patch    constant at 15 min, +0.34 at 45 min (3 of 3
+                       sizes and it is not pruned; else the network's   seeds each; section 10); left atrium 15 min
+                       own (constant, or augment for the                +1.4 points (issue 33's withheld cases).
+                       hypernetwork)                                    Performance: +0.44 / +0.33, behind at 5 min
+                                                                        and 20% more memory.
+length                 as many epochs as the budget holds: no cap       the capped default (25 epochs) used 5 of its
+                       unless ``--epochs`` is given                     15 minutes (issue 33).
+augmentation           the device profile's (CPU: none)                 1,250 steps: none 0.876, mirroring 0.858,
+                                                                        nnU-Net's 0.826 (section 2).
+=====================  ===============================================  ============================================
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Optional
+
+from ..config import RunConfig
+from ..models.architectures import architecture, default_architecture
+
+BUDGET_SCHEDULE = "pgps-efficiency"
+"""The schedule of a run planned to a time budget (see the module's table)."""
+
+
+@dataclass(frozen=True)
+class Choice:
+    """One part of a run's recipe: its value and why."""
+
+    part: str
+    """What is chosen, in the user's words: "schedule", "length", "augmentation", ..."""
+    value: str
+    reason: str
+    by_user: bool = False
+    """The configuration gave it (``--config``, a flag, a widget); the recipe kept it."""
+
+    def line(self) -> str:
+        """``"schedule: pgps-efficiency (why)"``."""
+        return f"{self.part}: {self.value} ({'your configuration' if self.by_user else self.reason})"
+
+
+def is_budgeted(config: RunConfig, default_budget: Optional[float]) -> bool:
+    """Whether a run of this configuration is planned to a time budget: it gives one, or gives no epochs on a
+    device whose profile has a default budget (``default_budget``, seconds or ``None``)."""
+    return config.training.time_budget is not None or (config.training.epochs is None and default_budget is not None)
+
+
+def recipe_schedule(config: RunConfig, budgeted: bool) -> str:
+    """The patch schedule a run trains with: the configuration's; else, for a run planned to a time budget whose
+    network takes other patch sizes than its final one and is not pruned progressively, :data:`BUDGET_SCHEDULE`;
+    else its network's own (:attr:`napari_pgps.models.architectures.Architecture.default_schedule`)."""
+    if config.curriculum.schedule:
+        return config.curriculum.schedule
+    spec = architecture(config.model.architecture or default_architecture(config))
+    varies = spec.default_schedule == "constant" and not spec.only_training_patch
+    if budgeted and varies and not config.pruning.enabled:
+        return BUDGET_SCHEDULE
+    return spec.default_schedule
+
+
+def schedule_choice(asked: RunConfig, resolved: RunConfig, budgeted: bool) -> Choice:
+    """The schedule part of the recipe: ``resolved.curriculum.schedule`` (with ``resolved.model.architecture``)
+    and why, for a run asked as ``asked`` (:func:`is_budgeted` says whether it is ``budgeted``)."""
+    name = resolved.curriculum.schedule
+    if asked.curriculum.schedule:
+        return Choice("schedule", name, "", by_user=True)
+    if name == BUDGET_SCHEDULE and budgeted:
+        why = ("PGPS Efficiency beat the constant patch at equal time in every seed measured: +0.35 Dice points at "
+               "15 min, +0.34 at 45 min (docs/benchmarks.md section 10)")
+    elif not budgeted:
+        why = "a run of set epochs keeps the network's own schedule; the recipe's PGPS choice is for time budgets"
+    elif asked.pruning.enabled:
+        why = "PSP-Seg's pruning judges its losses epoch to epoch at one patch size"
+    else:
+        why = f"the {resolved.model.architecture} network's own"
+    return Choice("schedule", name, why)
+
+
+def _length_choice(asked: RunConfig, resolved: RunConfig, budgeted: bool) -> Choice:
+    t = resolved.training
+    if not budgeted:
+        return Choice("length", f"{t.epochs} epochs x {t.iterations_per_epoch} steps",
+                      "the device's default" if asked.training.epochs is None else "", by_user=asked.training.epochs is not None)
+    budget = _minutes(t.time_budget)
+    if asked.training.epochs is not None:
+        return Choice("length", f"at most {asked.training.epochs} epochs within {budget}", "", by_user=True)
+    whose = "your budget" if asked.training.time_budget is not None else "the device's default budget"
+    return Choice("length", f"as many epochs as fit {budget}",
+                  f"{whose}, planned from steps timed on this machine and checked as the run goes; the default "
+                  "run capped at 25 epochs left 10 of its 15 minutes unused")
+
+
+def _augmentation_choice(asked: RunConfig, resolved: RunConfig, device_type: str) -> Choice:
+    data = resolved.data
+    value = data.augmentation
+    if data.augmentation_ramp is not None:
+        start, end = data.augmentation_ramp
+        value += f", from none at {start:.0%} of the run to full strength at {end:.0%}"
+    if asked.data.augmentation is not None or asked.data.augmentation_ramp is not None:
+        return Choice("augmentation", value, "", by_user=True)
+    if device_type == "cpu":
+        why = ("a short run learns more from plain crops: at 1,250 steps none 0.876, mirroring 0.858, nnU-Net's "
+               "0.826 (docs/benchmarks.md section 2)")
+    else:
+        why = "the GPU profile's (not measured on a GPU yet)"
+    return Choice("augmentation", value, why)
+
+
+def _averaging_choice(asked: RunConfig, resolved: RunConfig) -> Choice:
+    t = resolved.training
+    value = t.weight_averaging or "none"
+    if value == "ema":
+        value = f"ema of the weights from {t.averaging_start:.0%} of the run"
+    if asked.training.weight_averaging is not None:
+        return Choice("weight averaging", value, "", by_user=True)
+    return Choice("weight averaging", value, "the weights of the last step are kept")
+
+
+def _width_choice(asked: RunConfig, resolved: RunConfig, device_type: str) -> Choice:
+    model = resolved.model
+    value = f"{model.base_channels} feature maps at the first level, {sum(1 for _ in model.strides)} levels"
+    if asked.model.base_channels is not None:
+        return Choice("network", value, "", by_user=True)
+    why = ("the CPU profile's: twice the width costs about three times a step, so fewer steps in the same time"
+           if device_type == "cpu" else "the device profile's (nnU-Net's width)")
+    return Choice("network", value, why)
+
+
+def _patch_choice(asked: RunConfig, resolved: RunConfig) -> Choice:
+    value = "x".join(str(p) for p in resolved.model.patch_size)
+    if asked.model.patch_size is not None:
+        return Choice("final patch", value, "", by_user=True)
+    return Choice("final patch", value, "planned from the median case shape at the target spacing, within the "
+                                        "device's voxel cap (nnU-Net's rule)")
+
+
+def explain_recipe(asked: RunConfig, resolved: RunConfig, device_type: str, default_budget: Optional[float]) -> tuple[Choice, ...]:
+    """One :class:`Choice` per part of the recipe of ``resolved`` (:func:`.resolve.resolve_config` of ``asked``)
+    on a device of type ``device_type`` ("cpu", "cuda", "mps") whose profile's default budget is
+    ``default_budget`` seconds (or ``None``)."""
+    budgeted = is_budgeted(asked, default_budget)
+    return (schedule_choice(asked, resolved, budgeted), _length_choice(asked, resolved, budgeted),
+            _augmentation_choice(asked, resolved, device_type), _averaging_choice(asked, resolved),
+            _width_choice(asked, resolved, device_type), _patch_choice(asked, resolved))
+
+
+def _minutes(seconds: float) -> str:
+    minutes = seconds / 60
+    return f"{minutes:.0f} min" if abs(minutes - round(minutes)) < 1e-9 else f"{seconds:.0f} s"

@@ -1,0 +1,72 @@
+"""The recipe a run trains with: chosen from its budget and network, said one line per part, the user's kept."""
+
+import numpy as np
+import pytest
+import torch
+
+from napari_pgps.config import RunConfig
+from napari_pgps.data.fingerprint import CaseFingerprint, Fingerprint
+from napari_pgps.engine.recipe import BUDGET_SCHEDULE, explain_recipe, is_budgeted, recipe_schedule
+from napari_pgps.engine.resolve import PROFILES, resolve_config
+
+CPU_BUDGET = PROFILES["cpu"].time_budget
+
+
+def _resolved(config: RunConfig, device: str = "cpu") -> RunConfig:
+    fingerprint = Fingerprint(["MRI"], {"case": CaseFingerprint((1.0, 1.0, 1.0), (40, 56, 40), 1.0)},
+                              [np.linspace(0, 1, 100, dtype=np.float32)])
+    return resolve_config(config, labels={0: "background", 1: "a", 2: "b"}, channels=["MRI"],
+                          fingerprint=fingerprint, device=torch.device(device))
+
+
+def _lines(config: RunConfig) -> dict[str, str]:
+    resolved = _resolved(config)
+    return {c.part: c.line() for c in explain_recipe(config, resolved, "cpu", CPU_BUDGET)}
+
+
+def test_the_default_cpu_run_fills_its_budget_with_pgps_efficiency():
+    resolved = _resolved(RunConfig())
+    assert resolved.curriculum.schedule == BUDGET_SCHEDULE == "pgps-efficiency"
+    assert resolved.training.time_budget == CPU_BUDGET and resolved.training.epochs is None  # no cap: the budget
+    lines = _lines(RunConfig())
+    assert lines["schedule"].startswith("schedule: pgps-efficiency (PGPS Efficiency beat the constant patch")
+    assert lines["length"].startswith("length: as many epochs as fit 15 min (the device's default budget")
+
+
+@pytest.mark.parametrize("edit, schedule", [
+    (lambda c: setattr(c.training, "epochs", 10), "constant"),  # set epochs: no budget on the CPU
+    (lambda c: setattr(c.model, "architecture", "unetr"), "constant"),  # takes its training patch only
+    (lambda c: setattr(c.model, "architecture", "hypernet"), "augment"),  # the network's own
+    (lambda c: setattr(c.curriculum, "schedule", "pgps-performance"), "pgps-performance"),  # the user's
+])
+def test_the_schedule_rule(edit, schedule):
+    config = RunConfig()
+    edit(config)
+    assert recipe_schedule(config, is_budgeted(config, CPU_BUDGET)) == schedule
+
+
+def test_a_pruned_run_keeps_the_constant_patch_and_says_why():
+    config = RunConfig()
+    config.model.architecture, config.pruning.enabled = "prm", True
+    assert recipe_schedule(config, budgeted=True) == "constant"
+    assert "PSP-Seg's pruning" in _lines(config)["schedule"]
+
+
+def test_a_budget_with_epochs_is_a_cap_and_the_gpu_profile_has_no_budget():
+    config = RunConfig()
+    config.training.time_budget, config.training.epochs = 300.0, 7
+    assert _lines(config)["length"] == "length: at most 7 epochs within 5 min (your configuration)"
+    assert not is_budgeted(RunConfig(), PROFILES["cuda"].time_budget)
+    assert _resolved(RunConfig(), "cpu").training.epochs is None
+
+
+def test_what_the_configuration_gives_is_kept_and_said_to_be_the_users():
+    config = RunConfig()
+    config.data.augmentation, config.training.weight_averaging, config.model.base_channels = "mirror", "ema", 24
+    config.data.augmentation_ramp = (0.25, 0.75)
+    lines = _lines(config)
+    assert lines["augmentation"] == ("augmentation: mirror, from none at 25% of the run to full strength at 75% "
+                                     "(your configuration)")
+    assert lines["weight averaging"] == "weight averaging: ema of the weights from 50% of the run (your configuration)"
+    assert lines["network"].startswith("network: 24 feature maps") and lines["network"].endswith("(your configuration)")
+    assert set(lines) == {"schedule", "length", "augmentation", "weight averaging", "network", "final patch"}
