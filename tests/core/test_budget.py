@@ -529,7 +529,7 @@ def test_a_plan_timed_twenty_times_too_slow_no_longer_starves_the_run(phantom_da
     steps = [e for e in events if isinstance(e, StepDone)]
     assert started.epochs * started.iterations_per_epoch < MIN_STEPS and started.iterations_per_epoch < 20
     assert any(f"fewer than the {MIN_STEPS} a model needs" in note for note in started.notes)
-    assert replanned and replanned[0].epoch == 1 and replanned[0].slowdown < 0.2
+    assert replanned and replanned[0].epoch == 1 and replanned[0].slowdown < 0.5  # 0.05 on an idle machine
     assert replanned[-1].iterations_per_epoch == 20  # the configured epochs again
     assert len(steps) > started.epochs * started.iterations_per_epoch
     first_step = took - sum(s.seconds for s in steps)  # planning, validations, checkpoints
