@@ -20,7 +20,7 @@ import json
 import tempfile
 from pathlib import Path
 
-from napari_pgps.engine.checkpoint import BEST, FINAL, load_checkpoint, save_checkpoint
+from napari_pgps.engine.checkpoint import BEST, FINAL, LAST, load_checkpoint, save_checkpoint
 from napari_pgps.engine.inference import load_model
 from napari_pgps.tasks.evaluation import evaluate_model
 
@@ -30,15 +30,18 @@ def main() -> None:
     parser.add_argument("--run", required=True, type=Path, help="a run folder trained with weight averaging and a test split")
     parser.add_argument("--data", required=True, help="its dataset folder")
     parser.add_argument("--device", default="cpu")
+    parser.add_argument("--stopped", action="store_true",
+                        help="a run stopped before its end: its last checkpoint instead of its final one")
     args = parser.parse_args()
-    final = load_checkpoint(args.run / FINAL)
+    kept_path = args.run / (LAST if args.stopped else FINAL)
+    final = load_checkpoint(kept_path)
     if "raw_model" not in final:
         raise SystemExit(f"{args.run}: its final checkpoint holds no raw weights (was it trained with weight_averaging: ema?)")
     with tempfile.TemporaryDirectory() as scratch:
         raw = Path(scratch) / "raw.pt"
         save_checkpoint({**{k: v for k, v in final.items() if k not in ("raw_model", "weight_average")},
                          "model": final["raw_model"]}, raw)
-        for name, model in (("weight average (kept, final checkpoint)", args.run / FINAL),
+        for name, model in (("weight average (kept, final checkpoint)", kept_path),
                             ("raw weights of the last step", raw),
                             ("best validation checkpoint", args.run / BEST)):
             report = evaluate_model(load_model(model, args.device), args.data, split="test")
