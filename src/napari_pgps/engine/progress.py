@@ -222,8 +222,8 @@ def describe_event(event: Event, progress: TrainingProgress, *, quiet: bool = Fa
                 f"{event.training_cases} training / {event.validation_cases} validation cases, "
                 f"{event.parameters:,} parameters, final patch {size_text(event.final_patch)}, "
                 f"{event.epochs} epochs x {event.iterations_per_epoch} steps{resuming}{planned}"
-                + "".join(f"\nrecipe: {line}" for line in event.recipe)
-                + "".join(f"\nnote: {note}" for note in event.notes))
+                + "".join(f"\nnote: {note}" for note in event.notes)
+                + "".join(f"\nrecipe: {line}" for line in event.recipe))
     if isinstance(event, Replanned):
         within = f" (ended after {event.after_steps} steps)" if event.after_steps is not None else ""
         steps = f" x {event.iterations_per_epoch} steps" if event.iterations_per_epoch is not None else ""
