@@ -16,12 +16,12 @@ weights from the run's log::
 from __future__ import annotations
 
 import argparse
-import json
 import tempfile
 from pathlib import Path
 
 from napari_pgps.engine.checkpoint import BEST, FINAL, LAST, load_checkpoint, save_checkpoint
 from napari_pgps.engine.inference import load_model
+from napari_pgps.engine.run_folder import RunFolder
 from napari_pgps.tasks.evaluation import evaluate_model
 
 
@@ -47,8 +47,7 @@ def main() -> None:
             report = evaluate_model(load_model(model, args.device), args.data, split="test")
             dice = ", ".join(f"{label} {value:.4f}" for label, value in report["dice_per_label"].items())
             print(f"{name}: test mean Dice {report['mean_dice']:.4f} ({dice}; {len(report['cases'])} cases)", flush=True)
-    curve = [json.loads(line) for line in (args.run / "metrics.jsonl").read_text().splitlines()]
-    validated = [e for e in curve if e.get("event") == "Validated"]
+    validated = [e for e in RunFolder(args.run).events() if e.get("event") == "Validated"]
     print("\nepoch  validation Dice (kept)  raw weights")
     for event in validated:
         raw_dice = event.get("raw_mean_dice")
