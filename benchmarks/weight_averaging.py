@@ -22,6 +22,7 @@ from pathlib import Path
 from napari_pgps.engine.checkpoint import BEST, FINAL, LAST, load_checkpoint, save_checkpoint
 from napari_pgps.engine.inference import load_model
 from napari_pgps.engine.run_folder import RunFolder
+from napari_pgps.events import Validated
 from napari_pgps.tasks.evaluation import evaluate_model
 
 
@@ -47,11 +48,11 @@ def main() -> None:
             report = evaluate_model(load_model(model, args.device), args.data, split="test")
             dice = ", ".join(f"{label} {value:.4f}" for label, value in report["dice_per_label"].items())
             print(f"{name}: test mean Dice {report['mean_dice']:.4f} ({dice}; {len(report['cases'])} cases)", flush=True)
-    validated = [e for e in RunFolder(args.run).events() if e.get("event") == "Validated"]
+    validated = [e for e in RunFolder(args.run).events() if isinstance(e, Validated)]
     print("\nepoch  validation Dice (kept)  raw weights")
     for event in validated:
-        raw_dice = event.get("raw_mean_dice")
-        print(f"{event['epoch']:5d}  {event['mean_dice']:.4f}                  {'' if raw_dice is None else f'{raw_dice:.4f}'}")
+        raw_dice = event.raw_mean_dice
+        print(f"{event.epoch:5d}  {event.mean_dice:.4f}                  {'' if raw_dice is None else f'{raw_dice:.4f}'}")
 
 
 if __name__ == "__main__":
