@@ -26,6 +26,7 @@ def hippocampus_run(tmp_path_factory, hippocampus):
     config = RunConfig()
     config.data.path = str(hippocampus)
     config.data.max_cases = 16
+    config.model.base_channels = 8
     config.training.device = "cpu"
     config.training.epochs = 6
     config.training.iterations_per_epoch = 25
