@@ -66,6 +66,33 @@ def test_a_bench_at_several_budgets_trains_shortest_first_and_a_second_call_trai
     assert (out / "dice_vs_budget.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
+def test_a_bench_stopped_between_a_budgets_runs_reports_every_run_it_measured(tmp_path, phantom_dataset, monkeypatch):
+    calls = []
+    trained = _fake_training(calls)
+
+    def stopped_at_the_longer_constant(config, run_dir):
+        if (config["training"]["time_budget"], config["curriculum"]["schedule"]) == (40.0, "constant"):
+            raise KeyboardInterrupt  # Ctrl-C while the last run trains
+        return trained(config, run_dir)
+
+    monkeypatch.setattr(bench, "_train_in_child", stopped_at_the_longer_constant)
+    settings = BenchSettings(data=str(phantom_dataset), schedules=["pgps-efficiency", "constant"], seeds=1,
+                             profile="quick", budgets=[20.0, 40.0])
+    out = tmp_path / "report"
+    with pytest.raises(KeyboardInterrupt):
+        run_bench(settings, out, progress=lambda line: None)
+    results = json.loads((out / "results.json").read_text())
+    assert [b["label"] for b in results["budgets"]] == ["20s", "40s"]
+    assert list(results["budgets"][1]["summary"]) == ["pgps-efficiency"]  # its constant run never ended
+    assert [(r["schedule"], r["shorter"], r["longer"]) for r in results["monotonicity"]] == [
+        ("pgps-efficiency", "20s", "40s")]
+    report = (out / "report.md").read_text()
+    assert "| 40s | pgps-efficiency | 0.8500 ± 0.0000 | 1 | 0.8400 | - |" in report
+    assert "| 20s | pgps-efficiency | 0.7500 ± 0.0000 | 1 | 0.7400 | -5.00 points |" in report
+    assert "- 40s: **pgps-efficiency**: constant has no run at this budget yet." in report
+    assert (out / "dice_vs_budget.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
 def test_the_default_profile_changes_only_the_schedule_seed_budget_and_test_split(tmp_path):
     mine = RunConfig()
     mine.training.epochs, mine.training.validate_every, mine.model.base_channels = 7, 3, 16

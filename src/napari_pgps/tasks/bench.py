@@ -241,8 +241,8 @@ def run_bench(settings: BenchSettings, out: Path, progress=print) -> dict[str, A
         on_test = " on the test cases" if result.get("dice_on") == "test" else ""
         progress(f"{name}: mean Dice {result['mean_dice']:.4f}{on_test}, "
                  f"{result['training_seconds']:.0f} s training, peak {result['peak_memory_mib']:.0f} MiB")
-        if settings.budgets and i + 1 < len(planned) and planned[i + 1][0] != budget:
-            _write_results(runs, settings, out)  # a budget done: its report before the next budget's runs
+        if settings.budgets and i + 1 < len(planned):
+            _write_results(runs, settings, out)  # after every run: a bench stopped part-way reports what it measured
     return _write_results(runs, settings, out)
 
 
@@ -398,6 +398,8 @@ def monotonicity(budgets: list[dict[str, Any]], schedules: Sequence[str]) -> lis
     rows = []
     for name in schedules:
         for shorter, longer in zip(budgets, budgets[1:]):
+            if name not in shorter["summary"] or name not in longer["summary"]:
+                continue  # not measured at both yet
             before, after = shorter["summary"][name]["mean_dice"], longer["summary"][name]["mean_dice"]
             rows.append({"schedule": name, "shorter": shorter["label"], "longer": longer["label"],
                          "shorter_dice": before, "longer_dice": after, "rises": after >= before})
@@ -406,32 +408,38 @@ def monotonicity(budgets: list[dict[str, Any]], schedules: Sequence[str]) -> lis
 
 def schedule_summary(runs: list[dict], schedules: Sequence[str]) -> dict[str, dict[str, Any]]:
     """Per schedule over its seeds: the reported Dice's mean and spread, points and relative change against
-    constant, median time ratio to constant, time to constant's (validation) Dice, training time and memory."""
+    constant, median time ratio to constant, time to constant's (validation) Dice, training time and memory.
+
+    Only the schedules with runs; the comparisons with constant are ``None`` where constant has no run (of that
+    seed) yet, as in a bench stopped part-way."""
     constant = {r["seed"]: r for r in runs if r["schedule"] == "constant"}
     for r in runs:
-        base = constant[r["seed"]]
-        r["time_ratio"] = r["training_seconds"] / base["training_seconds"]
-        reached = _time_to_reach(r["curve"], base.get("validation_dice", base["mean_dice"]))
+        base = constant.get(r["seed"])  # none yet: a bench stopped between a seed's runs
+        r["time_ratio"] = r["training_seconds"] / base["training_seconds"] if base is not None else None
+        reached = _time_to_reach(r["curve"], base.get("validation_dice", base["mean_dice"])) if base is not None else None
         r["time_to_constant_dice"] = reached
         r["time_to_constant_dice_ratio"] = reached / base["training_seconds"] if reached is not None else None
     summary = {}
     for name in schedules:
         mine = [r for r in runs if r["schedule"] == name]
+        if not mine:
+            continue
         dice = [r["mean_dice"] for r in mine]
+        ratios = [r["time_ratio"] for r in mine if r["time_ratio"] is not None]
         reached = [r["time_to_constant_dice_ratio"] for r in mine if r["time_to_constant_dice_ratio"] is not None]
         summary[name] = {
             "mean_dice": float(np.mean(dice)),
             "dice_std": float(np.std(dice)),
             "dice_per_label": {k: float(np.mean([r["dice_per_label"][k] for r in mine])) for k in mine[0]["dice_per_label"]},
-            "time_ratio_median": float(statistics.median(r["time_ratio"] for r in mine)),
+            "time_ratio_median": float(statistics.median(ratios)) if ratios else None,
             "training_seconds_median": float(statistics.median(r["training_seconds"] for r in mine)),
             "time_to_constant_dice_ratio_median": float(statistics.median(reached)) if reached else None,
             "reached_constant_dice": f"{len(reached)}/{len(mine)}",
             "peak_memory_mib_median": float(statistics.median(r["peak_memory_mib"] for r in mine)),
             "relative_dice_change": None,
         }
-    base_dice = summary["constant"]["mean_dice"]
+    base_dice = summary["constant"]["mean_dice"] if "constant" in summary else None
     for name, entry in summary.items():
-        entry["relative_dice_change"] = (entry["mean_dice"] - base_dice) / base_dice
-        entry["dice_points_vs_constant"] = 100 * (entry["mean_dice"] - base_dice)
+        entry["relative_dice_change"] = (entry["mean_dice"] - base_dice) / base_dice if base_dice is not None else None
+        entry["dice_points_vs_constant"] = 100 * (entry["mean_dice"] - base_dice) if base_dice is not None else None
     return summary

@@ -140,7 +140,11 @@ def _ahead_of_constant(summary: dict[str, Any], runs: list[dict[str, Any]]) -> l
     for name, entry in summary.items():
         if name == "constant":
             continue
-        differences = [100 * (r["mean_dice"] - by_seed[r["seed"]]) for r in runs if r["schedule"] == name]
+        if entry["dice_points_vs_constant"] is None:
+            lines.append(f"**{name}**: constant has no run at this budget yet.")
+            continue
+        differences = [100 * (r["mean_dice"] - by_seed[r["seed"]]) for r in runs
+                       if r["schedule"] == name and r["seed"] in by_seed]
         ahead = sum(d > 0 for d in differences)
         verdict = "ahead of" if entry["dice_points_vs_constant"] > 0 else "behind"
         lines.append(f"**{name}** at equal wall time: {verdict} constant by {abs(entry['dice_points_vs_constant']):.2f} "
@@ -242,8 +246,9 @@ def write_budget_report(results: dict[str, Any], out: Path) -> list[Path]:
     for budget in budgets:
         for name, s in budget["summary"].items():
             best = "-" if s["best_checkpoint_test_dice"] is None else f"{s['best_checkpoint_test_dice']:.4f}"
+            versus = "-" if s["dice_points_vs_constant"] is None else f"{s['dice_points_vs_constant']:+.2f} points"
             lines.append(f"| {budget['label']} | {name} | {s['mean_dice']:.4f} ± {s['dice_std']:.4f} | {s['seeds']} | "
-                         f"{best} | {s['dice_points_vs_constant']:+.2f} points | {s['training_seconds_median']:.0f} | "
+                         f"{best} | {versus} | {s['training_seconds_median']:.0f} | "
                          f"{s['wall_seconds_median']:.0f} | {s['epochs_median']:g} | {s['steps_median']:g} |")
     lines += ["", "## Does Dice rise with the budget?", ""]
     lines += [f"- {row['schedule']}: {row['shorter']} {row['shorter_dice']:.4f} -> {row['longer']} "
@@ -268,14 +273,14 @@ def write_budget_figure(results: dict[str, Any], out: Path) -> Path:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    names = list(results["budgets"][0]["summary"])
+    names = [name for name in results["settings"]["schedules"] if any(name in b["summary"] for b in results["budgets"])]
     fig, ax = plt.subplots(figsize=(7, 4.5))
     for i, name in enumerate(names):
         colour = plt.cm.tab10(i)
         runs = [r for r in results["runs"] if r["schedule"] == name]
         ax.plot([r["wall_seconds"] / 60 for r in runs], [r["mean_dice"] for r in runs], "o", color=colour, alpha=0.4,
                 markersize=4)
-        means = [b["summary"][name] for b in results["budgets"]]
+        means = [b["summary"][name] for b in results["budgets"] if name in b["summary"]]
         ax.plot([m["wall_seconds_median"] / 60 for m in means], [m["mean_dice"] for m in means], "s-", color=colour,
                 label=name)
     ax.set_xscale("log")
