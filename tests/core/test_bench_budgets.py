@@ -93,6 +93,29 @@ def test_a_bench_stopped_between_a_budgets_runs_reports_every_run_it_measured(tm
     assert (out / "dice_vs_budget.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
+def test_report_only_writes_the_report_from_the_kept_runs_and_trains_nothing(tmp_path, phantom_dataset, monkeypatch,
+                                                                            capsys):
+    calls = []
+    monkeypatch.setattr(bench, "_train_in_child", _fake_training(calls))
+    flags = ["--data", str(phantom_dataset), "--schedules", "pgps-efficiency,constant", "--seeds", "1",
+             "--profile", "quick"]
+    out = tmp_path / "report"
+    assert main(["bench", *flags, "--budgets", "20s", "--out", str(out), "--report-only"]) == 2
+    assert "nothing to report" in capsys.readouterr().err and not out.exists()
+
+    assert main(["bench", *flags, "--budgets", "20s", "--out", str(out)]) == 0
+    assert len(calls) == 2
+    (out / "report.md").unlink()
+    capsys.readouterr()
+    # a longer budget asked for, not measured yet: reported as such, nothing trained
+    assert main(["bench", *flags, "--budgets", "20s,40s", "--out", str(out), "--report-only"]) == 0
+    printed = capsys.readouterr().out
+    assert len(calls) == 2
+    assert "40s, seed 0, constant: not measured yet, left out of the report" in printed
+    assert "| 20s | pgps-efficiency | 0.7500 ± 0.0000 | 1 | 0.7400 | -5.00 points |" in (out / "report.md").read_text()
+    assert [b["label"] for b in json.loads((out / "results.json").read_text())["budgets"]] == ["20s"]
+
+
 def test_the_default_profile_changes_only_the_schedule_seed_budget_and_test_split(tmp_path):
     mine = RunConfig()
     mine.training.epochs, mine.training.validate_every, mine.model.base_channels = 7, 3, 16

@@ -118,6 +118,9 @@ def add_bench(commands) -> None:
     p.add_argument("--config", metavar="FILE.yaml",
                    help="every run starts from this configuration (e.g. data: {augmentation: mirror}); the profile, "
                    "the schedule, the seed and the flags above override it")
+    p.add_argument("--report-only", action="store_true",
+                   help="train nothing: write results.json, report.md and the figures from the runs kept in REPORT_DIR "
+                        "with this configuration (the runs not measured yet are left out and listed)")
     p.add_argument("--overwrite", action="store_true",
                    help="measure again, and replace, the runs kept in REPORT_DIR with another configuration (without "
                         "it such a folder is refused; runs of the same configuration are always kept)")
@@ -139,9 +142,9 @@ def _bench(args: argparse.Namespace) -> int:
     if out.is_dir() and Path(args.data).is_dir() and os.path.samefile(out, args.data):
         raise InputError(f"{out}: is the dataset folder; write the report to another folder.")
     replaced = replaced_runs(settings, out)
-    if replaced and not args.overwrite:
+    if replaced and not args.overwrite and not args.report_only:
         raise InputError(f"{out}: keeps {len(replaced)} run(s) measured with another configuration (e.g. "
                          f"{replaced[0].name}); choose another folder, or add --overwrite to measure them again.")
-    run_bench(settings, out, progress=lambda line: print(line, flush=True))
+    run_bench(settings, out, progress=lambda line: print(line, flush=True), train=not args.report_only)
     print((Path(args.out) / "report.md").read_text())
     return 0

@@ -214,19 +214,33 @@ def test_scores(run_dir: Path, data: str, device: str) -> dict[str, Any]:
     }
 
 
-def run_bench(settings: BenchSettings, out: Path, progress=print) -> dict[str, Any]:
+def run_bench(settings: BenchSettings, out: Path, progress=print, train: bool = True) -> dict[str, Any]:
     """Train every schedule for every seed (at every budget), then write results.json, report.md and the figures
-    (with several budgets, again after each budget's runs, so a bench stopped part-way reports what it measured)."""
+    (with several budgets, again after every run, so a bench stopped part-way reports what it measured).
+
+    With ``train=False`` nothing is trained: the report is written from the runs kept in ``out`` with the same
+    configuration (``bench --report-only``: e.g. the figures of a bench that runs in parts, between its parts).
+
+    Raises:
+        InputError: ``train=False`` and no run of these settings is kept in ``out``.
+    """
     check_settings(settings)
-    out.mkdir(parents=True, exist_ok=True)
     runs: list[dict[str, Any]] = []
     planned = list(_planned_runs(settings, out))
+    if not train and not any(_measured_before(saved, config) for *_, config, saved in planned):
+        raise InputError(f"{out}: keeps no run of this bench's configuration yet, so there is nothing to report; run "
+                         "the same command without --report-only to train them.")
+    out.mkdir(parents=True, exist_ok=True)
     for i, (budget, seed, schedule, config, saved) in enumerate(planned):
         name = f"{budget_label(budget)}, " if settings.budgets else ""
         name += f"seed {seed}, {schedule}"
         result = _measured_before(saved, config)
         if result is not None:
             progress(f"{name}: measured before with the same configuration ({saved}), kept")
+        elif not train:
+            why = "kept with another configuration" if saved.exists() else "not measured yet"
+            progress(f"{name}: {why}, left out of the report")
+            continue
         else:
             progress(f"{name}: training...")
             run_dir = _run_folder(out, saved) if config["data"]["test_fraction"] > 0 else None
@@ -241,7 +255,7 @@ def run_bench(settings: BenchSettings, out: Path, progress=print) -> dict[str, A
         on_test = " on the test cases" if result.get("dice_on") == "test" else ""
         progress(f"{name}: mean Dice {result['mean_dice']:.4f}{on_test}, "
                  f"{result['training_seconds']:.0f} s training, peak {result['peak_memory_mib']:.0f} MiB")
-        if settings.budgets and i + 1 < len(planned):
+        if train and settings.budgets and i + 1 < len(planned):
             _write_results(runs, settings, out)  # after every run: a bench stopped part-way reports what it measured
     return _write_results(runs, settings, out)
 
