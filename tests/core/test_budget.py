@@ -191,7 +191,7 @@ def test_the_stages_left_are_laid_out_again_by_their_proportions():
         return [(s.patch[0], s.epochs) for s in laid]
 
     assert epochs(stages_laid_out_again(stages, 7, 60)) == [(8, 7), (16, 14), (24, 14), (32, 25)]  # equal stages stay equal
-    assert epochs(stages_laid_out_again(stages, 10, 60)) == [(8, 7), (16, 11), (24, 15), (32, 27)]  # the one begun keeps its 3
+    assert epochs(stages_laid_out_again(stages, 10, 60)) == [(8, 7), (16, 12), (24, 15), (32, 26)]  # the one begun keeps its 3
     assert epochs(stages_laid_out_again(stages, 21, 22)) == [(8, 7), (16, 7), (24, 7), (32, 1)]
     assert epochs(stages_laid_out_again(stages, 14, 15)) == [(8, 7), (16, 7), (32, 1)]  # too few: the final patch stays
     assert epochs(stages_laid_out_again(stages, 3, 5)) == [(8, 3), (16, 1), (32, 1)]
@@ -203,6 +203,22 @@ def test_the_stages_left_are_laid_out_again_by_their_proportions():
             assert [s.patch for s in laid] == sorted(s.patch for s in laid)  # the patch never shrinks
             if total > done:
                 assert laid[-1].patch == (32, 8, 8)
+
+
+def test_a_run_re_planned_up_and_down_keeps_the_stages_left_in_the_schedules_proportions():
+    """The 45-minute PGPS run's re-plans (docs/benchmarks.md section 14): 13 growing stages of 6 epochs and the final
+    patch's 12, planned again nine times from epoch 43 (stage 7 of 14). Before, each re-plan rounded the shares down
+    and gave the final stage the rest: it ended with 1-3 epochs at the middle stages and 20 at the final patch."""
+    from napari_pgps.curriculum import Stage, stages_laid_out_again
+
+    stages = tuple(Stage((i + 1, 8, 8), 2, 6) for i in range(13)) + (Stage((14, 8, 8), 2, 12),)
+    for done, total in [(43, 69), (44, 73), (46, 76), (47, 78), (48, 79), (49, 76), (50, 74), (55, 72), (63, 73)]:
+        stages = stages_laid_out_again(stages, done, total)
+        assert sum(s.epochs for s in stages) == total
+        growing_left = [s.epochs for s in stages[7:-1]]
+        assert max(growing_left) - min(growing_left) <= 4 and min(growing_left) >= 3
+        assert stages[-1].epochs <= 2.5 * max(growing_left)  # about the schedule's 2 to 1, not 20 to 1
+    assert [s.epochs for s in stages] == [6] * 7 + [4, 3, 3, 4, 4, 4, 9]
 
 
 def test_a_bench_started_again_keeps_the_runs_it_measured_and_trains_the_new_ones(phantom_dataset, tmp_path, monkeypatch):

@@ -383,9 +383,12 @@ def stages_laid_out_again(stages: Sequence[Stage], done: int, epochs: int) -> tu
 
     The stages already finished keep their epochs, and so does the part of the current stage already trained.
     The epochs left (``epochs - done``) are shared among the rest of the current stage and the stages not yet
-    begun in proportion to their planned epochs (each stage not yet begun at least one; the last takes what the
-    others leave), so a schedule's rule (PGPS's equal stages) holds for what is left. With fewer epochs left than
-    stages, evenly spaced ones train one epoch each, the last (final patch) always among them.
+    begun in proportion to their planned epochs, rounded by the largest remainders (each stage not yet begun at
+    least one), so a schedule's rule (PGPS's equal stages) holds for what is left, however often a run is re-planned
+    up and down. (Rounding each share down and giving the last stage the rest fed every re-plan's rounding to the
+    final patch: a 45-minute PGPS run re-planned nine times ended with 1-3 epochs at each middle stage and 20 at the
+    final one, where the schedule had 6 and 12.) With fewer epochs left than stages, evenly spaced ones train one
+    epoch each, the last (final patch) always among them.
     """
     stages = tuple(stages)
     current = stage_at(stages, done)
@@ -399,19 +402,32 @@ def stages_laid_out_again(stages: Sequence[Stage], done: int, epochs: int) -> tu
         picks = {int(p) for p in np.linspace(len(pieces) - 1, optional, left).round()}  # the last one first
         shares = [int(i in picks) for i in range(len(pieces))]
     else:
-        total = sum(max(w, 0) for _, w in pieces) or 1
         minimum = [0 if i < optional else 1 for i in range(len(pieces))]
-        shares = [max(m, left * max(w, 0) // total) for m, (_, w) in zip(minimum, pieces[:-1])]
-        while shares and sum(shares) > left - 1:  # the minimums took more than the proportions gave
-            largest = max(range(len(shares)), key=lambda i: shares[i] - minimum[i])
-            shares[largest] -= 1
-        shares.append(left - sum(shares))
+        shares = _apportioned(left, [max(w, 0) for _, w in pieces], minimum)
     laid = list(stages[:current])
     if begun:
         laid.append(Stage(stages[current].patch, stages[current].batch, begun + shares[0]))
         pieces, shares = pieces[1:], shares[1:]
     laid += [Stage(stage.patch, stage.batch, share) for (stage, _), share in zip(pieces, shares) if share > 0]
     return tuple(laid)
+
+
+def _apportioned(total: int, weights: Sequence[int], minimum: Sequence[int]) -> list[int]:
+    """``total`` split in proportion to ``weights`` by the largest remainders (ties to the later pieces: the final
+    patch first), then each piece raised to its ``minimum`` with epochs from the pieces furthest above theirs.
+    ``total`` must be at least ``sum(minimum)``; weights all zero share it evenly."""
+    weight = sum(weights)
+    ideal = [total * w / weight for w in weights] if weight else [total / len(weights)] * len(weights)
+    shares = [math.floor(x) for x in ideal]
+    by_remainder = sorted(range(len(shares)), key=lambda i: (ideal[i] - shares[i], i), reverse=True)
+    for i in by_remainder[:total - sum(shares)]:
+        shares[i] += 1
+    for i, least in enumerate(minimum):
+        while shares[i] < least:
+            donor = max(range(len(shares)), key=lambda j: (shares[j] - minimum[j], j))
+            shares[donor] -= 1
+            shares[i] += 1
+    return shares
 
 
 def crops_per_case(batch: int, final_batch: int) -> int:
