@@ -29,7 +29,7 @@ def _fake_training(calls):
                 "best_checkpoint_test_dice": dice - 0.01, "curve": [{"epoch": 2, "training_seconds": budget / 2,
                                                                      "mean_dice": dice - 0.05}],
                 "epochs": [{"epoch": e, "steps": 2, "voxels": 1, "patch": [8, 8, 8], "batch": 2} for e in range(3)],
-                "peak_memory_mib": 1.0, "memory_kind": "process peak RSS MiB"}
+                "final_patch_step_seconds": 0.25 + seed, "peak_memory_mib": 1.0, "memory_kind": "process peak RSS MiB"}
     return trained
 
 
@@ -90,6 +90,7 @@ def test_a_bench_stopped_between_a_budgets_runs_reports_every_run_it_measured(tm
     assert "| 40s | pgps-efficiency | 0.8500 ± 0.0000 | 1 | 0.8400 | - |" in report
     assert "| 20s | pgps-efficiency | 0.7500 ± 0.0000 | 1 | 0.7400 | -5.00 points |" in report
     assert "- 40s: **pgps-efficiency**: constant has no run at this budget yet." in report
+    assert "| 40s | 0 | pgps-efficiency | 0.8500 | 0.8400 | 0.8000 | 20 | 40 | 3 | 6 (6) | 0.25 |" in report
     assert (out / "dice_vs_budget.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
@@ -116,6 +117,13 @@ def test_report_only_writes_the_report_from_the_kept_runs_and_trains_nothing(tmp
     assert [b["label"] for b in json.loads((out / "results.json").read_text())["budgets"]] == ["20s"]
 
 
+def test_a_runs_step_seconds_at_the_final_patch_are_the_median_of_its_last_shapes_steps():
+    steps = [{"patch": [8, 8, 8], "batch": 2, "seconds": 0.1}] * 5 + [
+        {"patch": [16, 8, 8], "batch": 2, "seconds": s} for s in (0.5, 0.9, 0.7)]
+    assert bench.final_patch_step_seconds(steps) == pytest.approx(0.7)
+    assert bench.final_patch_step_seconds([]) is None
+
+
 def test_the_default_profile_changes_only_the_schedule_seed_budget_and_test_split(tmp_path):
     mine = RunConfig()
     mine.training.epochs, mine.training.validate_every, mine.model.base_channels = 7, 3, 16
@@ -140,6 +148,9 @@ def test_a_run_with_a_test_split_reports_its_final_models_test_dice_as_evaluate_
     result = run_one(config.to_dict(), str(run))
     assert result["dice_on"] == "test" and result["test_cases"] == 2 and "validation_dice" in result
     assert result["best_checkpoint_test_dice"] is not None and result["weight_averaging"] in ("ema", "none")
+    steps = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    steps = [s for s in steps if s["event"] == "StepDone"]
+    assert result["final_patch_step_seconds"] == pytest.approx(steps[-1]["seconds"])  # one step: its own seconds
     scored = tmp_path / "test.json"
     assert main(["evaluate", "--model", str(run), "--data", str(phantom_dataset), "--split", "test", "--json",
                  str(scored), "--device", "cpu"]) == 0

@@ -184,12 +184,28 @@ def run_one(config_dict: dict[str, Any], run_dir: Optional[str] = None) -> dict[
         "volume_class_fractions": list(run.volume_class_fractions),
         "label_names": list(run.label_names),
         "epochs": [{"epoch": e, **v} for e, v in sorted(per_epoch.items())],
+        "final_patch_step_seconds": final_patch_step_seconds(progress.steps),
         "peak_memory_mib": peak,
         "memory_kind": memory_kind,
     }
     if run_dir is not None:
         measured.update(test_scores(Path(run_dir), config.data.path, config.training.device))
     return measured
+
+
+def final_patch_step_seconds(steps: Sequence[Any]) -> Optional[float]:
+    """The median seconds of the steps at the run's final patch and batch (its last step's): how fast the machine
+    trained this run. On a shared 2-core machine it differed by up to 1.7x between runs of one bench (1.22-2.04 s at
+    the hippocampus final patch, docs/benchmarks.md section 14), so runs at equal wall time trained unequal steps.
+    ``steps``: the run's :class:`napari_pgps.events.StepDone` events, or their dicts (a run's metrics.jsonl);
+    ``None`` without steps."""
+    def get(step, key):
+        return step[key] if isinstance(step, dict) else getattr(step, key)
+
+    if not steps:
+        return None
+    final = (tuple(get(steps[-1], "patch")), get(steps[-1], "batch"))
+    return float(statistics.median(get(s, "seconds") for s in steps if (tuple(get(s, "patch")), get(s, "batch")) == final))
 
 
 def test_scores(run_dir: Path, data: str, device: str) -> dict[str, Any]:

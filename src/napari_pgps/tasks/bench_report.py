@@ -250,6 +250,11 @@ def write_budget_report(results: dict[str, Any], out: Path) -> list[Path]:
             lines.append(f"| {budget['label']} | {name} | {s['mean_dice']:.4f} ± {s['dice_std']:.4f} | {s['seeds']} | "
                          f"{best} | {versus} | {s['training_seconds_median']:.0f} | "
                          f"{s['wall_seconds_median']:.0f} | {s['epochs_median']:g} | {s['steps_median']:g} |")
+    lines += ["", "## Each run", "",
+              "| budget | seed | schedule | Dice | best ckpt | last validation Dice | training s | wall s | epochs | "
+              "steps (at the final patch) | s a step at the final patch |",
+              "|---|---|---|---|---|---|---|---|---|---|---|"]
+    lines += [_run_row(run) for run in sorted(results["runs"], key=lambda r: (r["budget"], r["seed"]))]
     lines += ["", "## Does Dice rise with the budget?", ""]
     lines += [f"- {row['schedule']}: {row['shorter']} {row['shorter_dice']:.4f} -> {row['longer']} "
               f"{row['longer_dice']:.4f} ({100 * (row['longer_dice'] - row['shorter_dice']):+.2f} points)"
@@ -263,6 +268,18 @@ def write_budget_report(results: dict[str, Any], out: Path) -> list[Path]:
     path = out / "report.md"
     write_text_atomically(path, "\n".join(lines))
     return [path, write_budget_figure(results, out)]
+
+
+def _run_row(run: dict[str, Any]) -> str:
+    """One run's row of the budget report's table of runs."""
+    best = "-" if run.get("best_checkpoint_test_dice") is None else f"{run['best_checkpoint_test_dice']:.4f}"
+    final = run["epochs"][-1]["patch"] if run["epochs"] else None
+    at_final = sum(e["steps"] for e in run["epochs"] if e["patch"] == final)
+    seconds = run.get("final_patch_step_seconds")
+    return (f"| {budget_label(run['budget'])} | {run['seed']} | {run['schedule']} | {run['mean_dice']:.4f} | {best} | "
+            f"{run.get('validation_dice', run['mean_dice']):.4f} | {run['training_seconds']:.0f} | "
+            f"{run['wall_seconds']:.0f} | {run['completed_epochs']} | {sum(e['steps'] for e in run['epochs'])} "
+            f"({at_final}) | {'-' if seconds is None else f'{seconds:.2f}'} |")
 
 
 def write_budget_figure(results: dict[str, Any], out: Path) -> Path:
