@@ -21,11 +21,14 @@ schedule               a run planned to a time budget trains PGPS       equal wa
                        sizes and it is not pruned; else the network's   seeds each; section 10); left atrium 15 min
                        own (constant, or augment for the                +1.4 points (issue 33's withheld cases).
                        hypernetwork)                                    Performance: +0.44 / +0.33, behind at 5 min
-                                                                        and 20% more memory.
+                                                                        and 20% more memory. Test split, 3 seeds:
+                                                                        +2.41 at 5 min, +0.41 at 15 (section 14).
 length                 as many epochs as the budget holds: no cap       the capped default (25 epochs) used 5 of its
                        unless ``--epochs`` is given                     15 minutes (issue 33).
 augmentation           the device profile's (CPU: none)                 1,250 steps: none 0.876, mirroring 0.858,
-                                                                        nnU-Net's 0.826 (section 2).
+                                                                        nnU-Net's 0.826 (section 2); ramped in from
+                                                                        none: -2.05 points at 15 min, -0.89 at 45
+                                                                        (one seed each, section 14).
 =====================  ===============================================  ============================================
 """
 
@@ -84,7 +87,8 @@ def schedule_choice(asked: RunConfig, resolved: RunConfig, budgeted: bool) -> Ch
         return Choice("schedule", name, "", by_user=True)
     if name == BUDGET_SCHEDULE and budgeted:
         why = ("PGPS Efficiency beat the constant patch at equal time in every seed measured: +0.35 Dice points at "
-               "15 min, +0.34 at 45 min (docs/benchmarks.md section 10)")
+               "15 min, +0.34 at 45 min (docs/benchmarks.md section 10); on test cases +2.4 at 5 min and +0.4 at "
+               "15 min (section 14)")
     elif not budgeted:
         why = "a run of set epochs keeps the network's own schedule; the recipe's PGPS choice is for time budgets"
     elif asked.pruning.enabled:
@@ -117,8 +121,9 @@ def _augmentation_choice(asked: RunConfig, resolved: RunConfig, device_type: str
     if asked.data.augmentation is not None or asked.data.augmentation_ramp is not None:
         return Choice("augmentation", value, "", by_user=True)
     if device_type == "cpu":
-        why = ("a short run learns more from plain crops: at 1,250 steps none 0.876, mirroring 0.858, nnU-Net's "
-               "0.826 (docs/benchmarks.md section 2)")
+        why = ("a run of this length learns more from plain crops: at 1,250 steps none 0.876, mirroring 0.858, "
+               "nnU-Net's 0.826 (docs/benchmarks.md section 2); nnU-Net's ramped in from none cost 2.0 points at 15 "
+               "min and 0.9 at 45 min on a 2-core CPU (section 14)")
     else:
         why = "the GPU profile's (not measured on a GPU yet)"
     return Choice("augmentation", value, why)
