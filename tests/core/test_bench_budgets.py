@@ -118,8 +118,13 @@ def test_report_only_writes_the_report_from_the_kept_runs_and_trains_nothing(tmp
 
 
 def test_a_runs_step_seconds_at_the_final_patch_are_the_median_of_its_last_shapes_steps():
-    steps = [{"patch": [8, 8, 8], "batch": 2, "seconds": 0.1}] * 5 + [
-        {"patch": [16, 8, 8], "batch": 2, "seconds": s} for s in (0.5, 0.9, 0.7)]
+    from napari_pgps.events import StepDone
+
+    def step(patch, seconds):
+        return StepDone(epoch=0, step=0, loss=1.0, patch=patch, batch=2, class_fractions=(1.0,), seconds=seconds,
+                        learning_rate=0.01)
+
+    steps = [step((8, 8, 8), 0.1)] * 5 + [step((16, 8, 8), s) for s in (0.5, 0.9, 0.7)]
     assert bench.final_patch_step_seconds(steps) == pytest.approx(0.7)
     assert bench.final_patch_step_seconds([]) is None
 

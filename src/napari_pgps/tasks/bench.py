@@ -28,13 +28,16 @@ import statistics
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator, Optional, Sequence
+from typing import TYPE_CHECKING, Any, Iterator, Optional, Sequence
 
 import numpy as np
 
 from ..config import RunConfig
 from ..errors import InputError
 from ..files import write_text_atomically
+
+if TYPE_CHECKING:
+    from ..events import StepDone
 
 PROFILES = {
     # CI: a few minutes on 2 CPU cores.
@@ -193,19 +196,16 @@ def run_one(config_dict: dict[str, Any], run_dir: Optional[str] = None) -> dict[
     return measured
 
 
-def final_patch_step_seconds(steps: Sequence[Any]) -> Optional[float]:
+def final_patch_step_seconds(steps: Sequence[StepDone]) -> Optional[float]:
     """The median seconds of the steps at the run's final patch and batch (its last step's): how fast the machine
     trained this run. On a shared 2-core machine it differed by up to 1.7x between runs of one bench (1.22-2.04 s at
     the hippocampus final patch, docs/benchmarks.md section 14), so runs at equal wall time trained unequal steps.
-    ``steps``: the run's :class:`napari_pgps.events.StepDone` events, or their dicts (a run's metrics.jsonl);
-    ``None`` without steps."""
-    def get(step, key):
-        return step[key] if isinstance(step, dict) else getattr(step, key)
-
+    ``steps``: the run's :class:`napari_pgps.events.StepDone` events (a run folder's: ``read_events`` of its
+    metrics.jsonl); ``None`` without steps."""
     if not steps:
         return None
-    final = (tuple(get(steps[-1], "patch")), get(steps[-1], "batch"))
-    return float(statistics.median(get(s, "seconds") for s in steps if (tuple(get(s, "patch")), get(s, "batch")) == final))
+    final = (steps[-1].patch, steps[-1].batch)
+    return float(statistics.median(s.seconds for s in steps if (s.patch, s.batch) == final))
 
 
 def test_scores(run_dir: Path, data: str, device: str) -> dict[str, Any]:
