@@ -18,10 +18,16 @@ def _train_args(data, out, *extra):
 
 
 @pytest.mark.parametrize("command", ["train", "segment", "evaluate", "schedule", "bench", "prune", "demo"])
-def test_every_command_has_help(command):
-    out = subprocess.run([sys.executable, "-m", "napari_pgps", command, "--help"], capture_output=True, text=True)
-    assert out.returncode == 0
-    assert "usage: napari-pgps " + command in out.stdout
+def test_every_command_has_help(command, capsys):
+    with pytest.raises(SystemExit) as ended:
+        main([command, "--help"])
+    assert ended.value.code == 0
+    assert "usage: napari-pgps " + command in capsys.readouterr().out
+
+
+def test_the_package_runs_as_a_module():
+    out = subprocess.run([sys.executable, "-m", "napari_pgps", "train", "--help"], capture_output=True, text=True)
+    assert out.returncode == 0 and "usage: napari-pgps train" in out.stdout
 
 
 def test_the_cli_package_runs_as_a_module():

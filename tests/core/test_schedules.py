@@ -2,8 +2,6 @@
 
 import json
 import math
-import subprocess
-import sys
 
 import numpy as np
 import pytest
@@ -187,23 +185,21 @@ def test_crops_per_case():
     assert crops_per_case(2, 2) == 1 and crops_per_case(175, 2) == 88 and crops_per_case(3, 2) == 2
 
 
-def test_schedule_command_json():
-    out = subprocess.run([sys.executable, "-m", "napari_pgps", "schedule", "--final-patch", "128", "128", "128", "--poolings", "5", "5", "5",
-                          "--epochs", "1000", "--batch-size", "2", "--mode", "pgps-performance", "--single-voxel-bottleneck", "--json"],
-                         capture_output=True, text=True)
-    assert out.returncode == 0, out.stderr
-    result = json.loads(out.stdout)
+def test_schedule_command_json(capsys):
+    from napari_pgps.cli import main
+
+    common = ["schedule", "--final-patch", "128", "128", "128", "--poolings", "5", "5", "5", "--epochs", "1000",
+              "--batch-size", "2", "--mode", "pgps-performance", "--json"]
+    assert main([*common, "--single-voxel-bottleneck"]) == 0
+    result = json.loads(capsys.readouterr().out)
     assert set(result) == {"stages", "relative_voxels"}
     assert result["stages"][0] == {"patch": [32, 32, 32], "batch": 128, "epochs": 100}
     assert result["relative_voxels"] == pytest.approx(0.936, abs=1e-3)
-    plus = subprocess.run([sys.executable, "-m", "napari_pgps", "schedule", "--final-patch", "128", "128", "128", "--poolings", "5", "5", "5",
-                           "--epochs", "1000", "--batch-size", "2", "--mode", "pgps-performance", "--growth", "miccai",
-                           "--performance-batch", "miccai", "--json"], capture_output=True, text=True)
-    assert plus.returncode == 0, plus.stderr
-    assert [s["batch"] for s in json.loads(plus.stdout)["stages"]] == [24, 12, 6, 4, 3, 2, 2, 2, 2]
-    bad = subprocess.run([sys.executable, "-m", "napari_pgps", "schedule", "--final-patch", "30", "32", "32", "--poolings", "3", "3", "3",
-                          "--epochs", "10", "--batch-size", "2", "--mode", "constant"], capture_output=True, text=True)
-    assert bad.returncode == 2 and "Try 32 32 32" in bad.stderr
+    assert main([*common, "--growth", "miccai", "--performance-batch", "miccai"]) == 0
+    assert [s["batch"] for s in json.loads(capsys.readouterr().out)["stages"]] == [24, 12, 6, 4, 3, 2, 2, 2, 2]
+    assert main(["schedule", "--final-patch", "30", "32", "32", "--poolings", "3", "3", "3", "--epochs", "10",
+                 "--batch-size", "2", "--mode", "constant"]) == 2
+    assert "Try 32 32 32" in capsys.readouterr().err
 
 
 def _run_config(architecture, patch, schedule, epochs=100, batch=2, strides=None, **options):

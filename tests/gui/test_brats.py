@@ -39,6 +39,7 @@ def test_brats_trains_from_channel_layers_and_its_segmentation_lines_up(make_nap
     config = state_for(viewer).config
     config.model.patch_size = (64, 64, 64)
     config.model.base_channels = 8
+    config.model.spacing = (2.0, 2.0, 2.0)  # the files are 1 mm: the segmentation is resampled and brought back
     config.training.epochs, config.training.iterations_per_epoch = 1, 2
     trainer.run_root.setText(str(tmp_path))
     trainer.device.setCurrentText("cpu")
@@ -61,4 +62,5 @@ def test_brats_trains_from_channel_layers_and_its_segmentation_lines_up(make_nap
     # the labelled voxel of the reference is the same voxel of the segmentation, in world space
     np.testing.assert_allclose(result.world_to_data(truth.data_to_world(index)), index, atol=1e-6)
     assert "reoriented from LPS to RAS" in segmenter.status.text()
+    assert "resampled from 1 x 1 x 1 mm to the model's 2 x 2 x 2 mm and back" in segmenter.status.text()
     np.testing.assert_array_equal(flair.data, before)

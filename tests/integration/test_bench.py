@@ -40,12 +40,12 @@ def test_bench_refuses_a_run_without_the_baseline(tmp_path, hippocampus, capsys)
 def test_a_bench_at_two_budgets_reports_test_dice_and_resumes(tmp_path, hippocampus, capsys):
     out = tmp_path / "budgets"
     command = ["bench", "--data", str(hippocampus), "--out", str(out), "--profile", "quick", "--seeds", "1",
-               "--schedules", "constant,pgps-efficiency", "--budgets", "8s,16s", "--device", "cpu"]
+               "--schedules", "constant,pgps-efficiency", "--budgets", "4s,8s", "--device", "cpu"]
     assert main(command) == 0
     results = json.loads((out / "results.json").read_text())
-    assert [b["label"] for b in results["budgets"]] == ["8s", "16s"] and results["dice_on"] == "test"
+    assert [b["label"] for b in results["budgets"]] == ["4s", "8s"] and results["dice_on"] == "test"
     assert all(r["test_cases"] == 2 and 0 <= r["mean_dice"] <= 1 for r in results["runs"])  # 20% of 12 cases
-    assert sorted(p.name for p in (out / "runs" / "16s").iterdir()) == ["constant-seed0.json", "pgps-efficiency-seed0.json"]
+    assert sorted(p.name for p in (out / "runs" / "8s").iterdir()) == ["constant-seed0.json", "pgps-efficiency-seed0.json"]
     assert not (out / "models").exists() or not any((out / "models").rglob("*.pt"))  # run folders deleted
     assert (out / "dice_vs_budget.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     capsys.readouterr()

@@ -23,22 +23,9 @@ pytestmark = pytest.mark.integration
 
 
 @pytest.fixture(scope="module")
-def hippocampus_model(tmp_path_factory, hippocampus):
-    """A quick model on 40 hippocampus cases (about a minute on 2 CPU cores)."""
-    from napari_pgps import train
-
-    config = RunConfig()
-    config.data.path = str(hippocampus)
-    config.data.max_cases = 40
-    config.model.base_channels = 8
-    config.training.epochs = 8
-    config.training.iterations_per_epoch = 20
-    config.training.validate_every = 8
-    config.training.device = "cpu"
-    run_dir = tmp_path_factory.mktemp("geometry") / "run"
-    for _ in train(config, run_dir):
-        pass
-    return load_model(run_dir, "cpu")
+def hippocampus_model(hippocampus_run):
+    """The quick model on 40 hippocampus cases (tests/conftest.py)."""
+    return load_model(hippocampus_run[0], "cpu")
 
 
 def _permute(volume):
