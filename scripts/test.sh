@@ -24,4 +24,7 @@ fi
 bash scripts/setup.sh --test
 .venv/bin/lint-imports --no-cache
 export XDG_RUNTIME_DIR=${XDG_RUNTIME_DIR:-$(mktemp -d)}
-exec .venv/bin/python -m pytest -p no:cacheprovider -ra "$@"
+# A worker per core, at most 4 (pytest-xdist; a module at a time, tests/conftest.py). Pass -n 0 for one process.
+workers=$(nproc 2>/dev/null || echo 1)
+[ "$workers" -gt 4 ] && workers=4
+exec .venv/bin/python -m pytest -p no:cacheprovider -ra -n "$workers" "$@"

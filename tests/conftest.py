@@ -6,7 +6,37 @@ import os
 from pathlib import Path
 
 import pytest
-from helpers import quick_config, write_dataset
+
+# Under pytest-xdist (scripts/test.sh runs a worker per core) each worker, and every process it starts (bench runs,
+# torchrun's ranks), gets its share of the cores for torch's threads, so that the workers do not fight over them.
+if os.environ.get("PYTEST_XDIST_WORKER") and "OMP_NUM_THREADS" not in os.environ:
+    workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+    os.environ["OMP_NUM_THREADS"] = str(max(1, (os.cpu_count() or 1) // workers))
+
+from helpers import quick_config, write_dataset  # noqa: E402
+
+SHARED_MODEL_MODULES = ("tests/integration/test_hippocampus.py", "tests/integration/test_real_geometry.py")
+"""Modules that use one trained model (``hippocampus_run``): pytest-xdist runs them on one worker."""
+
+
+def pytest_collection_modifyitems(items):
+    """The long integration tests first, so that no worker is left running one alone at the end."""
+    items.sort(key=lambda item: "/integration/" not in item.nodeid)
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_xdist_make_scheduler(config, log):
+    """pytest-xdist hands out a module at a time (its module fixtures are made once), and the modules that share the
+    hippocampus model as one."""
+    from xdist.scheduler import LoadScopeScheduling
+
+    class SharedModelScheduling(LoadScopeScheduling):
+        def _split_scope(self, nodeid: str) -> str:
+            if nodeid.startswith(SHARED_MODEL_MODULES):
+                return "hippocampus model"
+            return super()._split_scope(nodeid)
+
+    return SharedModelScheduling(config, log)
 
 SHARED_DATA = Path(os.environ.get("NAPARI_PGPS_DATA", Path(__file__).resolve().parents[1] / ".." / "shared" / "data")).resolve()
 HIPPOCAMPUS = SHARED_DATA / "Task04_Hippocampus"
