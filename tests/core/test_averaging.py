@@ -194,3 +194,28 @@ def test_a_checkpoint_from_before_weight_averaging_resumes(runs, phantom_dataset
     split, straight = (load_checkpoint(f / "checkpoint_final.pt") for f in (tmp_path / "run", folder / "none"))
     for name in straight["model"]:
         assert torch.equal(split["model"][name], straight["model"][name])
+
+
+def test_the_plan_counts_the_raw_weights_validated_beside_the_average(phantom_dataset, monkeypatch):
+    """From ``averaging_start`` on, a validation scores the average and the raw weights: over the run a validation
+    costs ``2 - averaging_start`` of one, and a time budget's plan counts it so."""
+    from napari_pgps.engine import trainer
+    from napari_pgps.engine.budget import BudgetPlanner
+
+    monkeypatch.setattr(trainer, "measure_window_seconds", lambda *args, **kwargs: 0.01)
+    counted = {}
+    plan = BudgetPlanner.plan
+
+    def recorded(self, cost, validation_seconds, *args, **kwargs):
+        counted[averaging] = validation_seconds
+        return plan(self, cost, validation_seconds, *args, **kwargs)
+
+    monkeypatch.setattr(BudgetPlanner, "plan", recorded)
+    for averaging in ("none", "ema"):
+        config = quick_config(phantom_dataset, epochs=None, iterations=2)
+        config.training.time_budget = 3.0
+        config.training.weight_averaging = averaging
+        config.training.averaging_start = 0.75
+        for _ in train(config):
+            pass
+    assert counted["none"] > 0 and counted["ema"] == pytest.approx(1.25 * counted["none"])

@@ -92,6 +92,8 @@ def test_progressive_pruning_plots_parameters_over_the_epochs(pruner, qtbot):
     assert (config.pruning.judge, config.pruning.selection, config.model.prm_downsampling) == (
         "next-epoch", "global", "strided-conv")
     assert state_for(pruner.viewer).config.pruning.judge == "convergence"  # the designed configuration is kept
+    recipe = pruner.recipe.text().splitlines()  # the run's recipe, as the Train widget shows it
+    assert recipe == list(pruner.history.started.recipe) and recipe[0].startswith("schedule: ")
 
     epochs = [epoch for epoch, _ in pruner.history.parameters]
     assert epochs[0] == 0 and 1 in epochs and epochs == sorted(epochs)

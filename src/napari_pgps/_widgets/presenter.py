@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from typing import Optional
 
+from qtpy.QtCore import Qt
 from qtpy.QtWidgets import QLabel
 
 from ..engine.progress import TrainingProgress, describe_event
@@ -30,6 +31,16 @@ def show_notes(notes: tuple[str, ...]) -> None:
 
     for note in notes:
         show_warning(note)
+
+
+def recipe_label() -> QLabel:
+    """An empty label for a run's recipe: one line per part, as ``napari-pgps train`` prints them."""
+    label = QLabel()
+    label.setWordWrap(True)
+    label.setTextFormat(Qt.TextFormat.PlainText)
+    label.setToolTip("The run's recipe, one line per part: what it trains with and why (napari-pgps train prints the "
+                     "same lines).")
+    return label
 
 
 class RunPresenter:

@@ -28,7 +28,7 @@ from ..tasks.pruning_report import REPORT_ROWS
 from .forms import ModelChoice, PathField, count_box, form, qt_field, row
 from .jobs import Job
 from .plots import PlotCanvas
-from .presenter import RunPresenter
+from .presenter import RunPresenter, recipe_label
 from .state import state_for
 
 CHANNEL, PROGRESSIVE = "channel", "progressive"
@@ -97,6 +97,7 @@ class PruneWidget(QWidget):
         self.progress = QProgressBar()
         self.status = QLabel("idle")
         self.status.setWordWrap(True)
+        self.recipe = recipe_label()
         self.plot = PlotCanvas(self._draw_parameters, height=2.2)
         self.plot.setMinimumHeight(160)
         self.table = QTableWidget(len(REPORT_ROWS), 3)
@@ -113,11 +114,11 @@ class PruneWidget(QWidget):
         layout.addWidget(form(qt_field(self.dataset, "Dataset folder"), qt_field(self.run_root, "Runs folder"),
                               device).native)
         layout.addWidget(row(start, stop).native)
-        for widget in (self.progress, self.status, self.plot, self.table):
+        for widget in (self.progress, self.status, self.recipe, self.plot, self.table):
             layout.addWidget(widget)
 
         self.job = Job("Pruning", self.status, self.progress, buttons=[self.start], stop_buttons=[self.stop])
-        self.presenter = RunPresenter(self.status)
+        self.presenter = RunPresenter(self.status, self.recipe)
         """The run's events folded (``history``): ``history.parameters`` is the plot, ``history.report`` the table."""
         mode.changed.connect(self._show_mode)
         self.model.chosen.connect(self.offer_model)

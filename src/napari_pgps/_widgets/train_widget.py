@@ -9,7 +9,6 @@ from typing import Optional
 
 import numpy as np
 from magicgui.widgets import ComboBox, LineEdit, PushButton, RadioButton
-from qtpy.QtCore import Qt
 from qtpy.QtWidgets import QLabel, QListWidget, QProgressBar, QVBoxLayout, QWidget
 
 from ..config import DEVICES, RunConfig
@@ -22,7 +21,7 @@ from .forms import CHANNEL_SEPARATOR, MODEL_FILES, ChannelPicker, PathField, cou
 from .jobs import Job
 from .layers import box_outlines, find_layer, placement, training_set_from_layers
 from .plots import PlotCanvas
-from .presenter import RunPresenter
+from .presenter import RunPresenter, recipe_label
 from .state import state_for
 
 OVERLAY_NAME = "training patches"
@@ -137,11 +136,7 @@ class TrainWidget(QWidget):
         self.device_label = QLabel("device: not started")
         self.status = QLabel("idle")
         self.status.setWordWrap(True)
-        self.recipe = QLabel()
-        self.recipe.setWordWrap(True)
-        self.recipe.setTextFormat(Qt.TextFormat.PlainText)
-        self.recipe.setToolTip("The run's recipe, one line per part: what it trains with and why (napari-pgps train "
-                               "prints the same lines).")
+        self.recipe = recipe_label()
         self.curves = PlotCanvas(self._draw_curves, height=3.2)
         self.balance = PlotCanvas(self._draw_balance, height=2.0)
 

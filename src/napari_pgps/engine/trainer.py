@@ -184,11 +184,11 @@ class _Run:
             # include it): worth it for the handful of PGPS stage shapes, as nnU-Net does for its one, not for
             # a patch drawn anew every step
             torch.backends.cudnn.benchmark = config.curriculum.schedule not in RANDOM_PATCH_SCHEDULES
+        self.weight_average = WeightAverage(self.network, t)  # (before the plan: its validations cost more)
         self.expected_seconds = self._plan_to_budget() if t.time_budget and state is None else None
         self.optimizer = _optimizer(self.network, t)
         self.scheduler = torch.optim.lr_scheduler.PolynomialLR(self.optimizer, total_iters=t.epochs, power=t.poly_exponent)
         self.scaler = torch.amp.GradScaler("cuda", enabled=self.amp)
-        self.weight_average = WeightAverage(self.network, t)
         self.schedule = schedule_for(config)
         self.final_batch = self.schedule.final_batch
         self.distributed = context.enabled
@@ -388,12 +388,17 @@ class _Run:
                          after_steps=replan.after_steps)
 
     def _timed_validation(self) -> float:
-        """Seconds of a validation: its sliding-window batches at the final patch times one batch's timed seconds."""
+        """Seconds of a validation: its sliding-window batches at the final patch times one batch's timed seconds.
+
+        With weight averaging, the validations from ``averaging_start`` of the run on score the raw weights beside
+        the average: over the run a validation then costs ``2 - averaging_start`` of one, and that is what the plan
+        counts."""
         model, t = self.config.model, self.config.training
         windows = sum(math.ceil(window_count(self.store.image(name).shape[1:], model.patch_size) / t.batch_size)
                       for name in self.validation_names)
-        return windows * measure_window_seconds(self.network, (t.batch_size, model.in_channels, *model.patch_size),
-                                                self.device, self.amp)
+        seconds = windows * measure_window_seconds(self.network, (t.batch_size, model.in_channels, *model.patch_size),
+                                                   self.device, self.amp)
+        return seconds * (2 - t.averaging_start) if self.weight_average.enabled else seconds
 
     def _timed_step(self, patch: tuple[int, int, int], batch_size: int) -> None:
         """What a training step costs, without changing a weight: forward and backward on real crops, gradient
