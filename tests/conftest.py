@@ -13,7 +13,7 @@ if os.environ.get("PYTEST_XDIST_WORKER") and "OMP_NUM_THREADS" not in os.environ
     workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
     os.environ["OMP_NUM_THREADS"] = str(max(1, (os.cpu_count() or 1) // workers))
 
-from helpers import quick_config, write_dataset  # noqa: E402
+from helpers import quick_config, real_data_config, write_dataset  # noqa: E402
 
 SHARED_MODEL_MODULES = ("tests/integration/test_hippocampus.py", "tests/integration/test_real_geometry.py")
 """Modules that use one trained model (``hippocampus_run``): pytest-xdist runs them on one worker."""
@@ -87,15 +87,8 @@ def hippocampus_run(tmp_path_factory, hippocampus):
     """A quick model on 40 hippocampus cases (8 base channels, 8 epochs of 20 steps: about 1.5 minutes on 2 CPU
     cores) and its events; shared by the end-to-end and geometry tests. Returns ``(run_dir, events)``."""
     from napari_pgps import train
-    from napari_pgps.config import RunConfig
 
-    config = RunConfig()
-    config.data.path = str(hippocampus)
-    config.data.max_cases = 40
-    config.model.base_channels = 8
-    config.training.device = "cpu"
-    config.training.epochs = 8
-    config.training.iterations_per_epoch = 20
+    config = real_data_config(hippocampus, cases=40, epochs=8, iterations=20)
     config.training.validate_every = 8
     run_dir = tmp_path_factory.mktemp("hippocampus") / "run"
     events = list(train(config, run_dir))

@@ -42,6 +42,21 @@ def quick_config(data: Path, epochs: int = 2, iterations: int = 3):
     return config
 
 
+def real_data_config(data: Path, cases: int, epochs: int, iterations: int):
+    """A short CPU run on the first ``cases`` cases of a real dataset: 8 feature maps, the planned patch,
+    ``epochs`` x ``iterations`` steps."""
+    from napari_pgps.config import RunConfig
+
+    config = RunConfig()
+    config.data.path = str(data)
+    config.data.max_cases = cases
+    config.model.base_channels = 8
+    config.training.device = "cpu"
+    config.training.epochs = epochs
+    config.training.iterations_per_epoch = iterations
+    return config
+
+
 def run_events(events):
     """The events a run logs in its metrics.jsonl: all but the data preparation's progress."""
     from napari_pgps.events import Preparing

@@ -8,10 +8,28 @@ tasks (``tasks``), which drive the engine (``engine``), which uses the domain
 Qt, napari or matplotlib.
 """
 
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
 __version__ = "0.1.0"
 
-from .config import RunConfig
-from .engine import TrainingControl, load_model, segment_volume
-from .tasks.training import train
+if TYPE_CHECKING:
+    from .config import RunConfig
+    from .engine import TrainingControl, load_model, segment_volume
+    from .tasks.training import train
+
+_PUBLIC = {"RunConfig": ".config", "TrainingControl": ".engine", "load_model": ".engine", "segment_volume": ".engine",
+           "train": ".tasks.training"}
+"""The Python API, imported when first used: the reader, the writer and ``--help`` do not wait for torch."""
 
 __all__ = ["RunConfig", "TrainingControl", "__version__", "load_model", "segment_volume", "train"]
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _PUBLIC:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(_PUBLIC[name], __name__), name)
+    globals()[name] = value
+    return value

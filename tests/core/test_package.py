@@ -20,6 +20,17 @@ def test_engine_imports_no_qt_and_no_napari():
     assert out.returncode == 0, out.stdout + out.stderr
 
 
+def test_opening_and_saving_a_file_waits_for_no_torch():
+    """napari imports the reader and the writer to open or save a file: they need neither torch nor MONAI (seconds
+    to import), and the package's API (``napari_pgps.train`` ...) is imported when first used."""
+    code = ("import sys\nimport napari_pgps._reader, napari_pgps._writer, napari_pgps._sample_data\n"
+            "print(sorted(m for m in ('torch', 'monai') if m in sys.modules))\n"
+            "from napari_pgps import train\nprint(train.__module__, 'torch' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.splitlines() == ["[]", "napari_pgps.tasks.training True"]
+
+
 def test_manifest_is_valid_and_sample_data_resolves():
     from npe2 import PluginManifest
     from npe2.manifest.utils import import_python_name

@@ -10,10 +10,10 @@ import json
 import nibabel as nib
 import numpy as np
 import pytest
+from helpers import real_data_config
 
 from napari_pgps import train
 from napari_pgps.cli import main
-from napari_pgps.config import RunConfig
 from napari_pgps.engine import TrainingControl
 from napari_pgps.engine.metrics import dice_per_label
 from napari_pgps.events import Finished, StepDone
@@ -54,13 +54,7 @@ def test_segmentation_keeps_the_nifti_geometry(hippocampus_run, hippocampus, tmp
 
 
 def test_stop_and_resume_on_real_data(tmp_path, hippocampus):
-    config = RunConfig()
-    config.data.path = str(hippocampus)
-    config.data.max_cases = 6
-    config.model.base_channels = 8
-    config.training.device = "cpu"
-    config.training.epochs = 2
-    config.training.iterations_per_epoch = 2
+    config = real_data_config(hippocampus, cases=6, epochs=2, iterations=2)
     control = TrainingControl()
     for event in train(config, tmp_path / "run", control=control):
         if isinstance(event, StepDone) and event.step == 3:
