@@ -22,7 +22,8 @@ if TYPE_CHECKING:
 
 _PUBLIC = {"RunConfig": ".config", "TrainingControl": ".engine", "load_model": ".engine", "segment_volume": ".engine",
            "train": ".tasks.training"}
-"""The Python API, imported when first used: the reader, the writer and ``--help`` do not wait for torch."""
+"""The Python API, imported when first used: napari's reader and writer do not wait for torch (the command line
+still does: its modules import the engine's)."""
 
 __all__ = ["RunConfig", "TrainingControl", "__version__", "load_model", "segment_volume", "train"]
 
