@@ -10,8 +10,9 @@ Qt, napari or matplotlib.
 
 from __future__ import annotations
 
-import importlib
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
+
+from ._lazy import lazy_exports
 
 __version__ = "0.1.0"
 
@@ -22,15 +23,8 @@ if TYPE_CHECKING:
 
 _PUBLIC = {"RunConfig": ".config", "TrainingControl": ".engine", "load_model": ".engine", "segment_volume": ".engine",
            "train": ".tasks.training"}
-"""The Python API, imported when first used: napari's reader and writer do not wait for torch (the command line
-still does: its modules import the engine's)."""
+"""The Python API, imported when first used: napari's reader and writer and the command line's help do not wait
+for torch."""
 
 __all__ = ["RunConfig", "TrainingControl", "__version__", "load_model", "segment_volume", "train"]
-
-
-def __getattr__(name: str) -> Any:
-    if name not in _PUBLIC:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    value = getattr(importlib.import_module(_PUBLIC[name], __name__), name)
-    globals()[name] = value
-    return value
+__getattr__, __dir__ = lazy_exports(globals(), _PUBLIC)

@@ -27,6 +27,9 @@ from .files import write_text_atomically
 
 OPTIMIZERS = ("sgd", "adamw")
 DEVICES = ("auto", "cpu", "cuda", "mps")
+RUNTIMES = ("torch", "onnx")
+"""What runs the network in the sliding window: torch, or ONNX Runtime on the CPU (the ONNX network inside a package
+exported with --onnx)."""
 
 
 @dataclass

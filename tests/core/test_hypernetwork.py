@@ -9,7 +9,8 @@ from helpers import first_run_event, quick_config
 
 from napari_pgps.cli import main
 from napari_pgps.config import ModelConfig, RunConfig
-from napari_pgps.engine.checkpoint import FINAL, load_checkpoint
+from napari_pgps.engine.checkpoint import load_checkpoint
+from napari_pgps.engine.file_names import FINAL
 from napari_pgps.errors import InputError
 from napari_pgps.models import build_network, count_parameters, model_kind, plan_unet, segmenting_config
 from napari_pgps.models.hypernetwork import PatchSizeHypernetwork

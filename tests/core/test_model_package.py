@@ -19,7 +19,7 @@ from napari_pgps.cli import main
 from napari_pgps.config import RunConfig
 from napari_pgps.data.volume import Volume, affine_from_spacing, write_volume
 from napari_pgps.engine import TrainingControl, load_checkpoint, load_model, predict_probabilities
-from napari_pgps.engine.package import MANIFEST
+from napari_pgps.engine.file_names import MANIFEST
 from napari_pgps.engine.postprocessing import Postprocessing
 from napari_pgps.errors import CheckpointError, InputError
 from napari_pgps.events import Finished, RunStarted

@@ -21,7 +21,7 @@ from napari_pgps.data.volume import Volume, affine_from_spacing, read_volume, wr
 from napari_pgps.engine import load_model, onnx_runtime, segment_volume  # noqa: E402
 from napari_pgps.engine.device import cpu_convolutions  # noqa: E402
 from napari_pgps.engine.onnx_runtime import OnnxExportError, OnnxNetwork  # noqa: E402
-from napari_pgps.engine.package import MANIFEST, ONNX  # noqa: E402
+from napari_pgps.engine.file_names import MANIFEST, ONNX  # noqa: E402
 from napari_pgps.errors import CheckpointError, InputError  # noqa: E402
 from napari_pgps.tasks.export import export_model  # noqa: E402
 

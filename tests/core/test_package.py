@@ -31,6 +31,22 @@ def test_opening_and_saving_a_file_waits_for_no_torch():
     assert out.stdout.splitlines() == ["[]", "napari_pgps.tasks.training True"]
 
 
+def test_the_command_lines_help_waits_for_no_torch():
+    """``napari-pgps --help``, a command's help and a refused flag are answered before torch is imported: the
+    command line's modules take their constants from the engine's light modules, and a package's names are imported
+    when first used."""
+    code = ("import sys\nfrom napari_pgps.cli import main\n"
+            "for argv in (['--help'], ['train', '--help'], ['segment', '--runtime', 'nope']):\n"
+            "    try:\n        main(argv)\n    except SystemExit as exc:\n        print('exit', exc.code, file=sys.stderr)\n"
+            "print(sorted(m for m in ('torch', 'monai') if m in sys.modules))\n"
+            "import napari_pgps.engine as engine\nprint(engine.load_model.__module__, 'load_model' in dir(engine))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+    assert out.stderr.count("exit 0") == 2 and "exit 2" in out.stderr and "invalid choice: 'nope'" in out.stderr
+    assert out.stdout.splitlines()[-2:] == ["[]", "napari_pgps.engine.inference True"]
+    assert "--time-budget DURATION" in out.stdout and "checkpoint_final.pt" in out.stdout
+
+
 def test_manifest_is_valid_and_sample_data_resolves():
     from npe2 import PluginManifest
     from npe2.manifest.utils import import_python_name

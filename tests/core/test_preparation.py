@@ -73,7 +73,8 @@ def test_the_data_source_is_closed_when_the_preparation_fails_or_is_given_up(pha
 
 
 def test_a_resumed_run_is_prepared_from_its_checkpoint_on_its_own_split(phantom_dataset, tmp_path):
-    from napari_pgps.engine.checkpoint import LAST, save_checkpoint
+    from napari_pgps.engine.checkpoint import save_checkpoint
+    from napari_pgps.engine.file_names import LAST
 
     _, first = _prepare(quick_config(phantom_dataset))
     first.close()

@@ -9,8 +9,7 @@ import math
 from pathlib import Path
 from typing import Sequence
 
-from ..config import DEVICES
-from ..engine.inference import RUNTIMES
+from ..config import DEVICES, RUNTIMES
 from ..engine.metrics import SURFACE_TOLERANCE_MM
 from ..engine.postprocessing import POSTPROCESSING_FILE
 from ..engine.progress import size_text

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from ..engine.package import CONFIG, MANIFEST, MODEL_CARD, ONNX, SPLITS, read_model_package
+from ..engine.file_names import CONFIG, MANIFEST, MODEL_CARD, ONNX, SPLITS
 from ..files import check_outputs, check_writable
 
 EXPORT_HELP = f"""Write a trained model as one .zip file (a model package) to share or archive.
@@ -48,6 +48,7 @@ def add_export(commands) -> None:
 
 
 def _export(args: argparse.Namespace) -> int:
+    from ..engine.package import read_model_package
     from ..tasks.export import export_model
 
     check_writable(args.out)

@@ -10,7 +10,6 @@ from pathlib import Path
 
 from ..config import DEVICES, RunConfig, ScheduleOptions
 from ..curriculum import SCHEDULES, schedule_for
-from ..engine.budget import parse_duration
 from ..engine.progress import size_text
 from ..errors import InputError
 from ..files import check_writable
@@ -128,6 +127,7 @@ def add_bench(commands) -> None:
 
 
 def _bench(args: argparse.Namespace) -> int:
+    from ..engine.budget import parse_duration
     from ..tasks.bench import BenchSettings, check_settings, replaced_runs, run_bench
 
     settings = BenchSettings(data=str(args.data), schedules=[s.strip() for s in args.schedules.split(",") if s.strip()],

@@ -18,12 +18,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
 
-from ..config import DEVICES
+from ..config import DEVICES, RUNTIMES
 from ..data.dataset import nnunet_image_name
 from ..data.dicom import is_dicom_file, is_dicom_folder
 from ..data.probabilities import probabilities_paths, segmentation_name
 from ..data.volume import WRITE_SUFFIXES, case_name, is_volume_file
-from ..engine.inference import RUNTIMES
 from ..errors import InputError
 from ..files import check_outputs, check_writable
 

@@ -15,13 +15,11 @@ from typing import Iterator
 
 from ..config import DEVICES, OPTIMIZERS, PRUNING_RULES, RunConfig, use_pruning_rule
 from ..curriculum import SCHEDULES
-from ..engine.budget import parse_duration
-from ..engine.checkpoint import BEST, FINAL, LAST
 from ..engine.progress import METRICS_FILE
-from ..engine.run_folder import CONFIG_FILE, SPLITS_FILE
+from ..engine.file_names import BEST, CONFIG_FILE, FINAL, LAST, SPLITS_FILE
 from ..errors import InputError
 from ..files import check_writable
-from ..models import ARCHITECTURES
+from ..models.architectures import ARCHITECTURES
 
 TRAIN_HELP = f"""Train a segmentation network on a dataset folder.
 
@@ -179,6 +177,8 @@ def apply_train_flags(config: RunConfig, args: argparse.Namespace) -> None:
         if getattr(args, name) is not None:
             setattr(config.training, name, getattr(args, name))
     if args.time_budget is not None:
+        from ..engine.budget import parse_duration
+
         config.training.time_budget = parse_duration(args.time_budget)
     if args.init_from is not None:
         config.training.init_from = str(args.init_from)

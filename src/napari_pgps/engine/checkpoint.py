@@ -43,15 +43,12 @@ from ..models import build_network, check_patch_size, model_kind, patch_divisor
 from ..plugins import TrainingPlugin
 from . import distributed
 from .averaging import WeightAverage
+from .file_names import FINAL, LAST
 from .package import is_model_package, read_model_package
 
 FORMAT = "napari-pgps-checkpoint"
 VERSION = 2
 """2: models train on preprocessed cases (canonical orientation, target spacing, per-channel normalisation)."""
-LAST = "checkpoint_last.pt"
-BEST = "checkpoint_best.pt"
-FINAL = "checkpoint_final.pt"
-"""The names of a run's checkpoints in its run folder (:mod:`.run_folder`)."""
 
 
 class CheckpointedRun(Protocol):

@@ -26,7 +26,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..config import RunConfig
+from ..config import RUNTIMES, RunConfig
 from ..data.augmentation import MIRRORED_AXES
 from ..data.dataset import check_image
 from ..data.geometry import label_dtype
@@ -44,9 +44,6 @@ GAUSSIAN_SIGMA = 0.125
 GPU_ARRAYS_SHARE = 0.5
 """The whole-volume arrays stay on the GPU when they need at most this share of its free memory (the rest is for
 the windows going through the network)."""
-RUNTIMES = ("torch", "onnx")
-"""What runs the network in the sliding window: torch, or ONNX Runtime on the CPU (the ONNX network inside a package
-exported with --onnx)."""
 
 Progress = Callable[[int, int], None]
 

@@ -3,7 +3,7 @@
 ``napari-pgps export --onnx`` writes the network that segments (for a
 hypernetwork, the plain network baked at the chosen patch) into the model
 package as its optional member ``network.onnx``
-(:data:`~napari_pgps.engine.package.ONNX`): the manifest lists its size and
+(:data:`~napari_pgps.engine.file_names.ONNX`): the manifest lists its size and
 SHA-256 as it lists every member, and records under ``onnx`` the opset, the
 window it takes and how far its logits were from torch's when it was written.
 ``segment`` / ``evaluate --runtime onnx`` (``load_model(..., runtime="onnx")``)

@@ -79,17 +79,11 @@ from ..config import ModelConfig, RunConfig
 from ..errors import CheckpointError, InputError
 from ..files import atomic_path
 from ..models import build_network, segmenting_config
+from .file_names import CONFIG, MANIFEST, MODEL_CARD, ONNX, POSTPROCESSING, SPLITS, WEIGHTS
 
 PACKAGE_FORMAT = "napari-pgps-model"
 PACKAGE_VERSION = 1
 """1: the models of checkpoint format 2 (trained on preprocessed cases: canonical orientation, target spacing)."""
-MANIFEST = "napari-pgps-model.json"
-WEIGHTS = "weights.pt"
-CONFIG = "config.yaml"
-SPLITS = "splits.json"
-POSTPROCESSING = "postprocessing.json"
-MODEL_CARD = "model_card.md"
-ONNX = "network.onnx"
 REQUIRED = (WEIGHTS, CONFIG, SPLITS, MODEL_CARD)
 OPTIONAL = (POSTPROCESSING, ONNX)
 BINARY = (WEIGHTS, ONNX)

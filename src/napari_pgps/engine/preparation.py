@@ -30,8 +30,9 @@ from ..data.store import PreprocessedDataset
 from ..errors import InputError
 from ..events import Preparing
 from ..plugins import TrainingPlugin
-from .checkpoint import LAST, load_checkpoint, start_from_model, trained_config
+from .checkpoint import load_checkpoint, start_from_model, trained_config
 from .device import pick_device
+from .file_names import LAST
 from .recipe import Choice, explain_recipe
 from .resolve import PROFILES, resolve_config
 

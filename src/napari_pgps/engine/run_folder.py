@@ -34,14 +34,11 @@ from typing import Any, Optional
 from ..config import RunConfig
 from ..errors import InputError
 from ..events import Event
-from .checkpoint import BEST, FINAL, LAST, find_checkpoint, load_checkpoint, trained_config
+from .checkpoint import find_checkpoint, load_checkpoint, trained_config
+from .file_names import BEST, CONFIG_FILE, FINAL, LAST, SPLITS_FILE
 from .package import is_model_package, read_package_config
 from .progress import METRICS_FILE, read_events
 
-CONFIG_FILE = "config.yaml"
-"""The run's resolved configuration."""
-SPLITS_FILE = "splits.json"
-"""The run's training and validation case names, ``{"training": [...], "validation": [...]}``."""
 CHECKPOINTS = {"last": LAST, "best": BEST, "final": FINAL}
 """The checkpoints of a run by what they are: of its latest epoch, of its best validation, of its end."""
 EARLY_FILES = (CONFIG_FILE, SPLITS_FILE, METRICS_FILE)

@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import Iterator, Optional
 
 from ..errors import InputError
-from .checkpoint import LAST
+from .file_names import LAST
 from .run_folder import CHECKPOINTS, EARLY_FILES
 
 try:

@@ -59,15 +59,15 @@ from ..plugins import TrainingPlugin
 from . import distributed, run_lock
 from .budget import PROBE_SHARE, BudgetPlanner, Replan, measure_step_cost, measure_window_seconds
 from .averaging import WeightAverage
-from .checkpoint import BEST, FINAL, LAST, checkpoint_payload, restore, save_checkpoint
+from .checkpoint import checkpoint_payload, restore, save_checkpoint
 from .control import TrainingControl
 from .device import autocast_dtype, describe, training_memory_format
+from .file_names import BEST, CONFIG_FILE, FINAL, LAST, SPLITS_FILE
 from .inference import predict_probabilities, window_count
 from .losses import training_loss
 from .metrics import dice_per_label, mean_of, summarize_dice
 from .preparation import PreparedRun, prepare_run
 from .progress import METRICS_FILE, restart_log
-from .run_folder import CONFIG_FILE, SPLITS_FILE
 
 
 class TrainingDiverged(RuntimeError):

@@ -11,15 +11,16 @@ from __future__ import annotations
 import dataclasses
 import math
 from dataclasses import dataclass
-from typing import Callable, Optional, Sequence
-
-from torch import nn
+from typing import TYPE_CHECKING, Callable, Optional, Sequence
 
 from ..config import ModelConfig, RunConfig
 from ..errors import InputError
 from .dynunet import build_dynunet
 from .dynunet import deep_supervision_heads as unet_heads
 from .planning import UNetPlan, check_patch_size
+
+if TYPE_CHECKING:
+    from torch import nn
 
 
 @dataclass(frozen=True)

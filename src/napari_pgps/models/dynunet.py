@@ -6,9 +6,12 @@ network's weights) build it here.
 
 from __future__ import annotations
 
-from torch import nn
+from typing import TYPE_CHECKING
 
 from ..config import ModelConfig
+
+if TYPE_CHECKING:
+    from torch import nn
 
 MAX_DEEP_SUPERVISION_HEADS = 2
 

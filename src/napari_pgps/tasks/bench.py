@@ -213,8 +213,7 @@ def test_scores(run_dir: Path, data: str, device: str) -> dict[str, Any]:
     ``training.weight_averaging`` is "ema"), as ``napari-pgps evaluate --model RUN --split test`` gives them, and its
     best-validation checkpoint's mean Dice (``None`` where the run kept none)."""
     from ..engine import load_model
-    from ..engine.checkpoint import BEST, FINAL
-    from ..engine.run_folder import CONFIG_FILE
+    from ..engine.file_names import BEST, CONFIG_FILE, FINAL
     from .evaluation import evaluate_model
 
     final = evaluate_model(load_model(run_dir / FINAL, device), data, split="test")
