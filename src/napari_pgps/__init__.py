@@ -26,5 +26,5 @@ _PUBLIC = {"RunConfig": ".config", "TrainingControl": ".engine", "load_model": "
 """The Python API, imported when first used: napari's reader and writer and the command line's help do not wait
 for torch."""
 
-__all__ = ["RunConfig", "TrainingControl", "__version__", "load_model", "segment_volume", "train"]
+__all__ = ["__version__", *sorted(_PUBLIC)]
 __getattr__, __dir__ = lazy_exports(globals(), _PUBLIC)
