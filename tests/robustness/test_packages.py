@@ -17,19 +17,8 @@ import yaml
 
 from napari_pgps.cli import main
 from napari_pgps.config import RunConfig
-from napari_pgps.engine.package import (
-    CONFIG,
-    MANIFEST,
-    MAX_TEXT_BYTES,
-    MODEL_CARD,
-    ONNX,
-    SPLITS,
-    WEIGHTS,
-    planned_bytes,
-    read_model_package,
-    weights_bytes,
-    write_model_package,
-)
+from napari_pgps.engine.file_names import CONFIG_FILE, MANIFEST, MODEL_CARD, ONNX, SPLITS_FILE, WEIGHTS
+from napari_pgps.engine.package import MAX_TEXT_BYTES, planned_bytes, read_model_package, weights_bytes, write_model_package
 from napari_pgps.errors import CheckpointError
 from napari_pgps.models import build_network, level_channels, plan_unet
 
@@ -54,7 +43,7 @@ def _tiny_config() -> RunConfig:
 def package(tmp_path_factory):
     config = _tiny_config()
     members = {WEIGHTS: weights_bytes(build_network(config.model).state_dict()),
-               CONFIG: yaml.safe_dump(config.to_dict()).encode(), SPLITS: b'{"training": [], "validation": []}\n',
+               CONFIG_FILE: yaml.safe_dump(config.to_dict()).encode(), SPLITS_FILE: b'{"training": [], "validation": []}\n',
                MODEL_CARD: b"# a tiny model\n"}
     return write_model_package(tmp_path_factory.mktemp("package") / "tiny.zip", members, {"kind": "FP"})
 
@@ -132,7 +121,7 @@ def _refusal(path) -> str:
 def test_every_member_is_written_stored_and_the_package_reads_back(package):
     with zipfile.ZipFile(package) as archive:
         assert {info.filename: info.compress_type for info in archive.infolist()} == dict.fromkeys(
-            [MANIFEST, WEIGHTS, CONFIG, SPLITS, MODEL_CARD], zipfile.ZIP_STORED)
+            [MANIFEST, WEIGHTS, CONFIG_FILE, SPLITS_FILE, MODEL_CARD], zipfile.ZIP_STORED)
     payload = read_model_package(package)
     model = build_network(_tiny_config().model).state_dict()
     assert payload["model"].keys() == model.keys() and payload["config"]["labels"] == {0: "background", 1: "lesion"}

@@ -11,7 +11,7 @@ from typing import Sequence
 
 from ..config import DEVICES, RUNTIMES
 from ..engine.metrics import SURFACE_TOLERANCE_MM
-from ..engine.postprocessing import POSTPROCESSING_FILE
+from ..engine.file_names import POSTPROCESSING_FILE
 from ..engine.progress import size_text
 from ..errors import InputError
 from ..files import check_outputs, check_writable, write_text_atomically

@@ -4,15 +4,15 @@ from __future__ import annotations
 
 import argparse
 
-from ..engine.file_names import CONFIG, MANIFEST, MODEL_CARD, ONNX, SPLITS
+from ..engine.file_names import CONFIG_FILE, MANIFEST, MODEL_CARD, ONNX, SPLITS_FILE
 from ..files import check_outputs, check_writable
 
 EXPORT_HELP = f"""Write a trained model as one .zip file (a model package) to share or archive.
 
 It holds the weights (a plain file of tensors, read with torch.load(weights_only=True),
 which refuses any pickled object but tensors: nothing in the file is run), the run's resolved configuration
-({CONFIG}: network plan, patch, spacing, orientation, channels, labels,
-normalisation), the split ({SPLITS}), the post-processing choice when the run
+({CONFIG_FILE}: network plan, patch, spacing, orientation, channels, labels,
+normalisation), the split ({SPLITS_FILE}), the post-processing choice when the run
 has one, a model card ({MODEL_CARD}) and a manifest ({MANIFEST}).
 segment, evaluate, the Segment widget and train --init-from take the .zip
 wherever they take a run folder.

@@ -51,7 +51,7 @@ from torch import nn
 
 from ..errors import CheckpointError, InputError
 from .device import cpu_convolutions
-from .package import ONNX
+from .file_names import ONNX
 
 OPSET = 17
 """ONNX opset of the exported graph: every operator the networks use is in it, and ONNX Runtime has run it since 1.13."""

@@ -79,13 +79,13 @@ from ..config import ModelConfig, RunConfig
 from ..errors import CheckpointError, InputError
 from ..files import atomic_path
 from ..models import build_network, segmenting_config
-from .file_names import CONFIG, MANIFEST, MODEL_CARD, ONNX, POSTPROCESSING, SPLITS, WEIGHTS
+from .file_names import CONFIG_FILE, MANIFEST, MODEL_CARD, ONNX, POSTPROCESSING_FILE, SPLITS_FILE, WEIGHTS
 
 PACKAGE_FORMAT = "napari-pgps-model"
 PACKAGE_VERSION = 1
 """1: the models of checkpoint format 2 (trained on preprocessed cases: canonical orientation, target spacing)."""
-REQUIRED = (WEIGHTS, CONFIG, SPLITS, MODEL_CARD)
-OPTIONAL = (POSTPROCESSING, ONNX)
+REQUIRED = (WEIGHTS, CONFIG_FILE, SPLITS_FILE, MODEL_CARD)
+OPTIONAL = (POSTPROCESSING_FILE, ONNX)
 BINARY = (WEIGHTS, ONNX)
 """The members bounded by the size of the network the configuration plans; the others are text."""
 MAX_TEXT_BYTES = 8 * 2**20
@@ -169,7 +169,7 @@ def read_model_package(path: str | os.PathLike) -> dict[str, Any]:
         manifest, present = _checked_manifest(archive, path)
         listed = manifest["members"]
         data = {name: _read(archive, path, name, MAX_TEXT_BYTES, listed[name]) for name in present if name not in BINARY}
-        config = _config(path, data[CONFIG])
+        config = _config(path, data[CONFIG_FILE])
         _read(archive, path, WEIGHTS, _bound(path, config.model), listed[WEIGHTS], keep=False)
         if ONNX in present:
             data[ONNX] = _read(archive, path, ONNX, _bound(path, segmenting_config(config.model)), listed[ONNX])
@@ -179,8 +179,8 @@ def read_model_package(path: str | os.PathLike) -> dict[str, Any]:
     payload: dict[str, Any] = {
         "config": config.to_dict(),
         "model": weights,
-        "split": _split(path, data[SPLITS]),
-        "postprocessing": _postprocessing(path, data[POSTPROCESSING]) if POSTPROCESSING in data else None,
+        "split": _split(path, data[SPLITS_FILE]),
+        "postprocessing": _postprocessing(path, data[POSTPROCESSING_FILE]) if POSTPROCESSING_FILE in data else None,
         "model_card": data[MODEL_CARD].decode("utf-8", errors="replace"),
         "onnx_network": data.get(ONNX),
         "package": manifest,
@@ -204,7 +204,7 @@ def read_package_config(path: str | os.PathLike) -> RunConfig:
     path = Path(path)
     with _open(path) as archive:
         manifest, _ = _checked_manifest(archive, path)
-        return _config(path, _read(archive, path, CONFIG, MAX_TEXT_BYTES, manifest["members"][CONFIG]))
+        return _config(path, _read(archive, path, CONFIG_FILE, MAX_TEXT_BYTES, manifest["members"][CONFIG_FILE]))
 
 
 def _open(path: Path) -> zipfile.ZipFile:
@@ -303,7 +303,7 @@ def _bound(path: Path, model: ModelConfig) -> int:
         return int(planned_bytes(model) * SIZE_MARGIN) + CONTAINER_BYTES
     except (InputError, ValueError, RuntimeError, KeyError, TypeError, AttributeError) as exc:
         first = str(exc).splitlines()[0][:200] if str(exc) else type(exc).__name__
-        raise CheckpointError(f"{path} ({CONFIG}): its network cannot be built ({first}); {_EXPORT_HINT}.") from None
+        raise CheckpointError(f"{path} ({CONFIG_FILE}): its network cannot be built ({first}); {_EXPORT_HINT}.") from None
 
 
 def _safe_name(name: str) -> bool:
@@ -366,7 +366,7 @@ def _json(path: Path, name: str, data: bytes) -> Any:
 
 
 def _config(path: Path, data: bytes) -> RunConfig:
-    where = f"{path} ({CONFIG})"
+    where = f"{path} ({CONFIG_FILE})"
     try:
         values = yaml.safe_load(data.decode("utf-8"))
     except (UnicodeDecodeError, yaml.YAMLError) as exc:
@@ -402,20 +402,20 @@ def _weights(path: Path, handle: IO[bytes]) -> dict[str, torch.Tensor]:
 
 
 def _split(path: Path, data: bytes) -> dict[str, Any]:
-    split = _json(path, SPLITS, data)
+    split = _json(path, SPLITS_FILE, data)
     if not isinstance(split, dict) or not all(
             isinstance(split.get(key), list) and all(isinstance(n, str) for n in split[key])
             for key in ("training", "validation")):
-        raise CheckpointError(f"{path}: {SPLITS} does not hold the training and validation case names; {_EXPORT_HINT}.")
+        raise CheckpointError(f"{path}: {SPLITS_FILE} does not hold the training and validation case names; {_EXPORT_HINT}.")
     return split
 
 
 def _postprocessing(path: Path, data: bytes) -> dict[str, Any]:
-    values = _json(path, POSTPROCESSING, data)
+    values = _json(path, POSTPROCESSING_FILE, data)
     labels = values.get("labels", []) if isinstance(values, dict) else None
     if (not isinstance(values, dict) or not isinstance(values.get("foreground", False), bool)
             or not isinstance(labels, list) or not all(isinstance(v, int) and not isinstance(v, bool) for v in labels)):
-        raise CheckpointError(f"{path}: {POSTPROCESSING} is not a post-processing choice (foreground: true/false, "
+        raise CheckpointError(f"{path}: {POSTPROCESSING_FILE} is not a post-processing choice (foreground: true/false, "
                               f"labels: [values]); {_EXPORT_HINT}.")
     return {"foreground": bool(values.get("foreground", False)), "labels": [int(v) for v in labels]}
 

@@ -20,9 +20,8 @@ from typing import Optional, Sequence
 import numpy as np
 
 from ..files import write_text_atomically
+from .file_names import POSTPROCESSING_FILE
 from .metrics import class_indices, dice_per_label
-
-POSTPROCESSING_FILE = "postprocessing.json"
 
 
 def largest_component(mask: np.ndarray) -> np.ndarray:

@@ -32,19 +32,9 @@ from ..data.dataset import case_files, read_case, read_dataset_info
 from ..data.preprocessing import PreprocessingPlan, preprocess_image
 from ..engine.checkpoint import find_checkpoint, load_checkpoint, trained_config
 from ..engine.inference import SegmentationModel
+from ..engine.file_names import CONFIG_FILE, MODEL_CARD, ONNX, POSTPROCESSING_FILE, SPLITS_FILE, WEIGHTS
 from ..engine.onnx_runtime import MANIFEST_KEY
-from ..engine.package import (
-    CONFIG,
-    MODEL_CARD,
-    ONNX,
-    POSTPROCESSING,
-    SPLITS,
-    WEIGHTS,
-    manifest_training,
-    weights_bytes,
-    write_model_package,
-)
-from ..engine.postprocessing import POSTPROCESSING_FILE
+from ..engine.package import manifest_training, weights_bytes, write_model_package
 from ..engine.progress import duration_text
 from ..engine.run_folder import RunFolder
 from ..errors import CheckpointError, InputError
@@ -94,13 +84,13 @@ def export_model(model: str | os.PathLike, out: str | os.PathLike, *, overwrite:
     onnx_member = _onnx_network(network, config, split, patch_size) if onnx else None
     members = {
         WEIGHTS: weights_bytes(payload["model"]),
-        CONFIG: yaml.safe_dump(config.to_dict(), sort_keys=False).encode(),
-        SPLITS: (json.dumps(split, indent=1) + "\n").encode(),
+        CONFIG_FILE: yaml.safe_dump(config.to_dict(), sort_keys=False).encode(),
+        SPLITS_FILE: (json.dumps(split, indent=1) + "\n").encode(),
         MODEL_CARD: model_card(config, payload, split, validation, parameters, kind, postprocessing, created,
                                onnx_member[1] if onnx_member else None).encode(),
     }
     if postprocessing is not None:
-        members[POSTPROCESSING] = (json.dumps(postprocessing, indent=1) + "\n").encode()
+        members[POSTPROCESSING_FILE] = (json.dumps(postprocessing, indent=1) + "\n").encode()
     manifest = {
         "napari_pgps": __version__,
         "created": created.isoformat(),
@@ -265,7 +255,7 @@ def model_card(config: RunConfig, payload: dict[str, Any], split: dict[str, Any]
                      "(`napari-pgps segment --runtime onnx`)")
     lines += [
         f"- **Split**: {len(split.get('training', []))} training, {len(split.get('validation', []))} validation cases"
-        + ("" if split.get("recorded", True) else " (not recorded with this model)") + f" ({SPLITS})",
+        + ("" if split.get("recorded", True) else " (not recorded with this model)") + f" ({SPLITS_FILE})",
         f"- **Written by**: napari-pgps {__version__}, {created.strftime('%Y-%m-%d %H:%M')} UTC",
         "",
         "Segment with `napari-pgps segment --model THIS.zip --input IMAGE --output SEG`; the weights load with "
