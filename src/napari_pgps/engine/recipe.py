@@ -22,8 +22,8 @@ schedule               a run planned to a time budget trains PGPS       equal wa
                        own (constant, or augment for the                +1.4 points (issue 33's withheld cases).
                        hypernetwork)                                    Performance: +0.44 / +0.33, behind at 5 min
                                                                         and 20% more memory. Test split, 3 seeds:
-                                                                        +2.41 at 5 min, +0.41 at 15, -0.20 at 45
-                                                                        (2 seeds; section 14).
+                                                                        +2.41 at 5 min, +0.41 at 15, -0.03 at 45
+                                                                        (level; section 14).
 length                 as many epochs as the budget holds: no cap       the capped default (25 epochs) used 5 of its
                        unless ``--epochs`` is given                     15 minutes (issue 33).
 augmentation           the device profile's (CPU: none)                 1,250 steps: none 0.876, mirroring 0.858,
@@ -89,7 +89,7 @@ def schedule_choice(asked: RunConfig, resolved: RunConfig, budgeted: bool) -> Ch
     if name == BUDGET_SCHEDULE and budgeted:
         why = ("PGPS Efficiency beat the constant patch at equal time up to 15 min in every seed measured: +0.35 "
                "Dice points at 15 min and +0.34 at 45 min on a bf16 CPU (docs/benchmarks.md section 10); on test "
-               "cases on a slower CPU +2.4 at 5 min, +0.4 at 15 min, level at 45 min (-0.2, section 14)")
+               "cases on a slower CPU +2.4 at 5 min, +0.4 at 15 min, level at 45 min (-0.03, section 14)")
     elif not budgeted:
         why = "a run of set epochs keeps the network's own schedule; the recipe's PGPS choice is for time budgets"
     elif asked.pruning.enabled:
