@@ -172,3 +172,12 @@ def test_bench_flags_that_do_not_fit_are_refused(tmp_path, phantom_dataset, caps
     assert main(["bench", "--data", str(phantom_dataset), "--out", str(tmp_path / "r"), *flags]) == 2
     assert message in capsys.readouterr().err
     assert not (tmp_path / "r").exists()
+
+
+def test_a_schedule_has_its_own_colour_in_every_bench_figure_whatever_the_order_asked():
+    from napari_pgps.curriculum import SCHEDULES
+    from napari_pgps.tasks.bench_report import schedule_colour
+
+    names = [*SCHEDULES, *(f"{name}+pdl" for name in SCHEDULES)]
+    assert len({schedule_colour(name) for name in names}) == len(names)  # the hippocampus and LA figures differed
+    assert schedule_colour("another") not in {schedule_colour(name) for name in names}

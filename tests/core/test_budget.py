@@ -10,6 +10,7 @@ import pytest
 import torch
 
 from helpers import quick_config
+from napari_pgps.config import ScheduleOptions
 from napari_pgps.engine import fold
 from napari_pgps.engine.budget import RunCost, parse_duration, plan_epochs
 from napari_pgps.errors import InputError
@@ -418,6 +419,35 @@ def test_a_short_budget_plans_shorter_epochs_rather_than_fewer():
     assert cost(MIN_EPOCHS, short.iterations_per_epoch) <= 30.0 < cost(MIN_EPOCHS, short.iterations_per_epoch + 1)
     assert plan_epochs(3.3, cost, 100, MIN_EPOCHS) == BudgetPlan(3, 1)  # validations take the budget: most epochs of a step
     assert plan_epochs(0.5, cost, 100, MIN_EPOCHS) == BudgetPlan(1, 1)  # nothing fits: one step, not none
+
+
+def test_a_short_budget_keeps_every_pgps_stage_in_shorter_epochs():
+    """The left atrium's 15-minute PGPS plan (4 epochs) trained 4 of its 15 sizes, the patch jumping from 48^3 to
+    80x64x64 to 96^3: a plan of a schedule of fixed stages has the epochs that keep them all (of fewer steps)."""
+    from napari_pgps.curriculum import build_schedule
+    from napari_pgps.engine.budget import MIN_EPOCHS, BudgetPlanner
+
+    def pgps(epochs):
+        return build_schedule("pgps-efficiency", (96, 96, 96), (4, 4, 4), epochs, 2)
+
+    def planned(budget, cap=None, schedule_for=pgps):
+        planner = BudgetPlanner(budget, schedule_for, validate_every=5, cap=cap, started_at=0.0, clock=_Clock())
+        return planner, planner.plan(_timed(planner.probe_shapes(0), fixed=0.05, per_voxel=2e-6), 1.0, 50)
+
+    sizes = len(pgps(1000).stages)
+    assert sizes == 15 and len(pgps(MIN_EPOCHS).stages) == MIN_EPOCHS  # thinned to the epochs, as before
+    planner, plan = planned(300.0)  # 4 epochs of 50 steps at the final patch's 1.8 s do not fit
+    assert planner.least_epochs == sizes and plan.epochs == sizes and plan.iterations_per_epoch < 50
+    assert [s.patch for s in pgps(plan.epochs).stages] == [s.patch for s in planner.probed.stages]
+    assert plan.expected_seconds <= 300.0
+    planner, plan = planned(30_000.0)  # a long budget: epochs of the configured steps, as before
+    assert plan.iterations_per_epoch == 50 and plan.epochs > sizes
+    assert planned(300.0, cap=6)[1].epochs == 6  # the user's epochs are the most
+    assert planned(300.0, schedule_for=_constant)[0].least_epochs == MIN_EPOCHS  # one stage: the floor as before
+    growth = lambda epochs: build_schedule("pgps-efficiency", (96, 96, 96), (4, 4, 4), epochs, 2,  # noqa: E731
+                                           ScheduleOptions(growth_fraction=0.5))
+    least = planned(300.0, schedule_for=growth)[0].least_epochs
+    assert len(growth(least).stages) == sizes > len(growth(least - 1).stages)  # the fewest that keep them all
 
 
 def test_a_plan_under_the_floor_times_its_final_step_again_then_says_why():

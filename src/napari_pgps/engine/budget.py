@@ -21,8 +21,8 @@ epochs (a schedule factory), and plans the epochs left again when the run's own 
 (:meth:`~BudgetPlanner.replan`); it never changes the run's configuration and needs no network.
 
 A busy machine must not starve a run (a demo timed its steps beside another training, planned "1 epoch x 1 step"
-for its 2 minutes and showed a model that had trained one step): a plan has at least ``MIN_EPOCHS`` epochs (shorter
-ones when needed), a plan under ``MIN_STEPS`` steps times its final step once more and, if still under, says so in
+for its 2 minutes and showed a model that had trained one step): a plan has at least ``MIN_EPOCHS`` epochs, and a
+PGPS plan all its stages (shorter epochs when needed), a plan under ``MIN_STEPS`` steps times its final step once more and, if still under, says so in
 :attr:`BudgetPlanner.notes`; and the pace is checked every ``CHECK_STEPS`` steps until it is known
 (:meth:`~BudgetPlanner.check_within_epoch`), so a plan timed under load is made again within the first epoch.
 """
@@ -79,7 +79,8 @@ the shared machine, busy with other work, took 20 s a step)."""
 
 MIN_EPOCHS = 4
 """A plan has at least this many epochs when that many epochs of one step each fit (its epochs are shortened
-instead): a run's pace is checked at every epoch's end, so at least this often."""
+instead): a run's pace is checked at every epoch's end, so at least this often. A schedule of fixed stages has at
+least as many as keep all its stages (:meth:`BudgetPlanner.least_epochs`)."""
 
 CHECK_STEPS = 10
 """Until a run's pace is known (no step of a stage that is evidence has been paced yet: the first epoch, or PGPS
@@ -320,6 +321,8 @@ class BudgetPlanner:
         self.started_at, self.clock, self.agree = started_at, clock, agree
         self.probed = schedule_for(max(cap or 0, PROBE_EPOCHS))
         """The schedule laid out over enough epochs to hold every stage size it can have."""
+        self.least_epochs = self._least_epochs()
+        """The fewest epochs a plan has when they fit (of fewer steps each when needed; see :meth:`_least_epochs`)."""
         self.step_seconds: Callable[[Stage], float] = lambda stage: math.nan
         """A step's timed seconds at a stage's patch and batch (from :meth:`plan`)."""
         self.validation_seconds = math.nan
@@ -330,6 +333,21 @@ class BudgetPlanner:
         self._paced = (0.0, 0.0)
         """(seconds taken, seconds the plan gave) of the steps that show the run's pace (see :meth:`replan`)."""
 
+    def _least_epochs(self) -> int:
+        """``MIN_EPOCHS``, or for a schedule of fixed stages the fewest epochs that keep all its stages, whichever is
+        more; at most the user's ``cap``.
+
+        Laid out over fewer epochs than it has sizes, PGPS keeps evenly spaced ones (:func:`~napari_pgps.curriculum.
+        schedules.pgps_stages`) and its patch jumps: the left atrium's 15-minute plan on the 2-core CPU, 4 epochs,
+        trained 32x16x16, 48x48x48, 80x64x64 and 96x96x96, one epoch each, of its 15 sizes (test Dice 0.533 against
+        constant's 0.643, docs/benchmarks.md section 14). Shorter epochs keep the growth the method defines."""
+        least = MIN_EPOCHS
+        if self.probed.draws == "stages":
+            wanted = len(self.probed.stages)
+            while least < PROBE_EPOCHS and len(self.schedule_for(least).stages) < wanted:
+                least += 1
+        return min(least, self.cap) if self.cap else least
+
     def probe_shapes(self, seed: int) -> list[Shape]:
         """The (patch, batch) shapes to time (:func:`probe_shapes`; a drawing schedule draws from ``seed``)."""
         return probe_shapes(self.probed, np.random.default_rng(seed))
@@ -337,7 +355,7 @@ class BudgetPlanner:
     def plan(self, cost: StepCost, validation_seconds: float, iterations_per_epoch: int,
              time_again: Optional[Callable[[Sequence[Shape]], StepCost]] = None) -> BudgetPlan:
         """The most epochs (at most ``cap``) whose steps, at their timed ``cost``, and validations of
-        ``validation_seconds`` each fit the budget left now, at least ``MIN_EPOCHS`` of them (of fewer steps when
+        ``validation_seconds`` each fit the budget left now, at least :attr:`least_epochs` of them (of fewer steps when
         needed; :func:`plan_epochs`), and the run's predicted seconds.
 
         A schedule that draws a patch every step is planned at a step of its expected voxels on the fitted line.
@@ -382,8 +400,7 @@ class BudgetPlanner:
         self.iterations_per_epoch = iterations_per_epoch
         run_cost = RunCost(stages_for, validation_seconds, self.validate_every)
         spent = self.clock() - self.started_at
-        least = min(MIN_EPOCHS, self.cap) if self.cap else MIN_EPOCHS
-        plan = plan_epochs(self.budget - spent, run_cost, iterations_per_epoch, least)
+        plan = plan_epochs(self.budget - spent, run_cost, iterations_per_epoch, self.least_epochs)
         epochs, steps = (min(plan.epochs, self.cap) if self.cap else plan.epochs), plan.iterations_per_epoch
         mean_step = (run_cost(epochs, steps) - run_cost(epochs, 0)) / (epochs * steps)
         return BudgetPlan(epochs, steps, spent + run_cost(epochs, steps), mean_step)
@@ -483,13 +500,13 @@ class BudgetPlanner:
         it has (``epochs`` of ``iterations_per_epoch`` steps).
 
         The epochs left are of the configured steps (:attr:`iterations_per_epoch`) when enough of them fit; a run
-        that has not had ``MIN_EPOCHS`` epochs yet gets that many in all, of fewer steps when needed
+        that has not had :attr:`least_epochs` epochs yet gets that many in all, of fewer steps when needed
         (:func:`plan_epochs`); after that, when not even one epoch of the configured steps fits, the run ends now.
         """
         left = self._rest(stages, done, pace)
         budget_left = self.budget - elapsed
         configured = self.iterations_per_epoch or iterations_per_epoch
-        least = min(MIN_EPOCHS, self.cap) - done if self.cap else MIN_EPOCHS - done
+        least = self.least_epochs - done
         if left(1, 1) > budget_left:  # not even one step fits: the run ends now
             more, steps = 0, iterations_per_epoch
         elif least >= 1:

@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from ..curriculum import SCHEDULES
 from ..engine.progress import duration_text
 from ..files import write_text_atomically
 from .bench import budget_label
@@ -22,6 +23,15 @@ ZOOM_SHARE = 0.4
 """The share of the time axis, at its end, that dice_vs_time.png's right panel shows enlarged."""
 
 
+def schedule_colour(name: str) -> tuple[float, float, float, float]:
+    """The colour of a schedule (``NAME`` or ``NAME+pdl``) in every figure, whatever order the bench's
+    ``--schedules`` gave (RGBA; grey for another name)."""
+    import matplotlib
+
+    order = list(SCHEDULES) + [f"{schedule}+pdl" for schedule in SCHEDULES]
+    return matplotlib.colormaps["tab10"](order.index(name)) if name in order else (0.5, 0.5, 0.5, 1.0)
+
+
 def write_figures(results: dict[str, Any], out: Path) -> list[Path]:
     """dice_vs_time.png, patch_and_batch.png, class_balance.png."""
     import matplotlib
@@ -31,7 +41,7 @@ def write_figures(results: dict[str, Any], out: Path) -> list[Path]:
 
     runs = results["runs"]
     names = list(results["summary"])
-    colours = {name: plt.cm.tab10(i) for i, name in enumerate(names)}
+    colours = {name: schedule_colour(name) for name in names}
     written = []
 
     # Left: the whole run. Right: its last ZOOM_SHARE of the time, the y axis fitted to the Dice there, where the
@@ -292,8 +302,8 @@ def write_budget_figure(results: dict[str, Any], out: Path) -> Path:
 
     names = [name for name in results["settings"]["schedules"] if any(name in b["summary"] for b in results["budgets"])]
     fig, ax = plt.subplots(figsize=(7, 4.5))
-    for i, name in enumerate(names):
-        colour = plt.cm.tab10(i)
+    for name in names:
+        colour = schedule_colour(name)
         runs = [r for r in results["runs"] if r["schedule"] == name]
         ax.plot([r["wall_seconds"] / 60 for r in runs], [r["mean_dice"] for r in runs], "o", color=colour, alpha=0.4,
                 markersize=4)
