@@ -421,6 +421,17 @@ def test_a_short_budget_plans_shorter_epochs_rather_than_fewer():
     assert plan_epochs(0.5, cost, 100, MIN_EPOCHS) == BudgetPlan(1, 1)  # nothing fits: one step, not none
 
 
+def test_a_plan_fills_the_budget_with_one_shorter_epoch_more():
+    """The left atrium's 45-minute constant plan: epochs of 50 steps of 11 s, 4 of them left 466 s of 2,700 unused."""
+    from napari_pgps.engine.budget import BudgetPlan
+
+    cost = RunCost(lambda e: [(e, 11.0)], validation_seconds=60.0, validate_every=5)
+    assert plan_epochs(2600.0, cost, 50, 4) == BudgetPlan(4, 50)  # 2,260 s: no slack given, whole epochs as before
+    assert plan_epochs(2600.0, cost, 50, 4, slack=60.0) == BudgetPlan(5, 46)  # 230 steps, not 200, in 2,590 s
+    assert plan_epochs(2600.0, cost, 50, 4, slack=400.0) == BudgetPlan(4, 50)  # within the slack: kept
+    assert plan_epochs(2270.0, cost, 50, 4, slack=5.0) == BudgetPlan(4, 50)  # 5 epochs of 40 steps train no more
+
+
 def test_a_short_budget_keeps_every_pgps_stage_in_shorter_epochs():
     """The left atrium's 15-minute PGPS plan (4 epochs) trained 4 of its 15 sizes, the patch jumping from 48^3 to
     80x64x64 to 96^3: a plan of a schedule of fixed stages has the epochs that keep them all (of fewer steps)."""
@@ -583,6 +594,36 @@ def test_a_plan_timed_twenty_times_too_slow_no_longer_starves_the_run(phantom_da
     if sum(s.seconds for s in steps) / len(steps) < 20.0 / (3 * MIN_STEPS):  # a machine not too busy to hold them
         assert len(steps) > MIN_STEPS
     assert took <= 20.0 * 1.3
+
+
+@pytest.mark.parametrize("asked", [None, "pgps-efficiency"])
+def test_the_recipes_pgps_gives_way_to_the_constant_patch_when_the_budget_holds_too_few_final_steps(
+        phantom_dataset, monkeypatch, asked):
+    """Timed 100x too slow (the final step timed again, as slow), a 10-second budget holds a handful of steps at the
+    final patch: the recipe's PGPS Efficiency becomes the constant patch and says why; the user's PGPS is kept."""
+    from napari_pgps import train
+    from napari_pgps.engine import trainer
+    from napari_pgps.events import StageStarted
+
+    timed, shapes_timed = trainer.measure_step_cost, []
+
+    def slow(step, sizes, **limit):
+        shapes_timed.append(list(sizes))
+        return timed(step, sizes, **limit).scaled(100.0)
+
+    monkeypatch.setattr(trainer, "measure_step_cost", slow)
+    config = quick_config(phantom_dataset, epochs=None, iterations=5)
+    config.curriculum.schedule = asked
+    config.training.time_budget = 10.0
+    events = list(train(config))
+    started = next(e for e in events if isinstance(e, RunStarted))
+    (line,) = [line for line in started.recipe if line.startswith("schedule: ")]
+    if asked is None:
+        assert started.schedule == "constant" and line.startswith("schedule: constant (the budget holds ")
+        assert len(shapes_timed) == 2 and shapes_timed[1] == [((8, 32, 32), 2)]  # the final step timed once more
+        assert {e.patch for e in events if isinstance(e, StageStarted)} == {(8, 32, 32)}
+    else:
+        assert started.schedule == "pgps-efficiency" and line == "schedule: pgps-efficiency (your configuration)"
 
 
 def test_a_re_plan_within_an_epoch_is_told_and_shown_with_its_steps_per_epoch():

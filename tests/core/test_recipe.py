@@ -70,3 +70,24 @@ def test_what_the_configuration_gives_is_kept_and_said_to_be_the_users():
     assert lines["weight averaging"] == "weight averaging: ema of the weights from 50% of the run (your configuration)"
     assert lines["network"].startswith("network: 24 feature maps") and lines["network"].endswith("(your configuration)")
     assert set(lines) == {"schedule", "length", "augmentation", "weight averaging", "network", "final patch"}
+
+
+def test_a_budget_that_holds_too_few_steps_at_the_final_patch_trains_the_constant_patch():
+    from napari_pgps.engine.budget import MIN_STEPS
+    from napari_pgps.engine.recipe import schedule_at_pace
+
+    resolved = _resolved(RunConfig())
+    chosen = next(c for c in explain_recipe(RunConfig(), resolved, "cpu", CPU_BUDGET) if c.part == "schedule")
+    assert schedule_at_pace(chosen, MIN_STEPS) is chosen  # enough steps: PGPS kept
+    fallen = schedule_at_pace(chosen, 72.4)  # the left atrium's 15 minutes on the 2-core CPU
+    assert fallen.value == "constant" and not fallen.by_user
+    assert fallen.line().startswith("schedule: constant (the budget holds 72 steps at the final patch on this machine, "
+                                    f"fewer than the {MIN_STEPS} below which PGPS Efficiency lost")
+    asked = RunConfig()
+    asked.curriculum.schedule = BUDGET_SCHEDULE
+    users = next(c for c in explain_recipe(asked, _resolved(asked), "cpu", CPU_BUDGET) if c.part == "schedule")
+    assert schedule_at_pace(users, 10) is users  # the user's PGPS is trained as asked
+    pruned = RunConfig()
+    pruned.model.architecture, pruned.pruning.enabled = "prm", True
+    own = next(c for c in explain_recipe(pruned, _resolved(pruned), "cpu", CPU_BUDGET) if c.part == "schedule")
+    assert schedule_at_pace(own, 10) is own  # another rule's schedule

@@ -27,7 +27,7 @@ import json
 import math
 import time
 from pathlib import Path
-from typing import Any, Iterator, Optional, Sequence
+from typing import Any, Callable, Iterator, Optional, Sequence
 
 import numpy as np
 import torch
@@ -57,7 +57,8 @@ from ..files import write_text_atomically
 from ..models import build_network, count_parameters, deep_supervision_heads, model_kind, split_outputs
 from ..plugins import TrainingPlugin
 from . import distributed, run_lock
-from .budget import PROBE_SHARE, BudgetPlanner, Replan, measure_step_cost, measure_window_seconds
+from .budget import (PROBE_SHARE, BudgetPlanner, Replan, Shape, StepCost, measure_step_cost,
+                     measure_window_seconds)
 from .averaging import WeightAverage
 from .checkpoint import checkpoint_payload, restore, save_checkpoint
 from .control import TrainingControl
@@ -68,6 +69,7 @@ from .losses import training_loss
 from .metrics import dice_per_label, mean_of, summarize_dice
 from .preparation import PreparedRun, prepare_run
 from .progress import METRICS_FILE, restart_log
+from .recipe import schedule_at_pace
 
 
 class TrainingDiverged(RuntimeError):
@@ -136,7 +138,10 @@ class _Run:
         config, store, split, state = prepared.config, prepared.store, prepared.split, prepared.checkpoint
         self.config: RunConfig = config
         self.run_dir: Optional[Path] = run_dir
-        self.recipe = tuple(choice.line() for choice in prepared.recipe)
+        self.recipe_choices = list(prepared.recipe)
+        """Each part of the run's recipe (the schedule's chosen again once the steps are timed, see
+        :meth:`_schedule_at_pace`)."""
+        self.recipe = tuple(choice.line() for choice in self.recipe_choices)
         self.folder_notes: tuple[str, ...] = tuple(notes)
         """What the user should know of the run folder (its files that this run replaces), for RunStarted."""
         self.context: distributed.DistributedContext = context
@@ -356,24 +361,54 @@ class _Run:
     def _plan_to_budget(self) -> float:
         """Plan ``training.epochs`` (and, when fewer than ``MIN_EPOCHS`` would fit, fewer steps per epoch) so the run
         fits its time budget (:class:`.budget.BudgetPlanner`), from steps and a validation window batch timed on this
-        machine (the final step timed again when the plan is under ``MIN_STEPS``); returns the predicted seconds.
+        machine (the final step timed again when the plan is under ``MIN_STEPS``), after the recipe's schedule is
+        chosen again from them (:meth:`_schedule_at_pace`); returns the predicted seconds.
 
         The timed steps (a warm-up and two per probed size, on real crops) change no weight: their optimiser is a
         throw-away one with a learning rate and weight decay of zero.
         """
         t = self.config.training
-        self.budget_planner = BudgetPlanner(
-            t.time_budget, lambda epochs: schedule_for(self.config, epochs), validate_every=t.validate_every,
-            cap=t.epochs, started_at=self.started_at,
-            agree=lambda value: distributed.mean_over_ranks(torch.tensor(value), self.context))
+        self.budget_planner = self._budget_planner()
         sizes = self.budget_planner.probe_shapes(t.seed)
         self._probe_optimizer = _optimizer(self.network, dataclasses.replace(t, learning_rate=0.0, weight_decay=0.0))
         cost = measure_step_cost(self._timed_step, sizes, time_limit=PROBE_SHARE * t.time_budget)
-        plan = self.budget_planner.plan(cost, self._timed_validation(), t.iterations_per_epoch,
-                                        time_again=lambda shapes: measure_step_cost(self._timed_step, shapes))
+        time_again = lambda shapes: measure_step_cost(self._timed_step, shapes)  # noqa: E731
+        cost, validation_seconds, timed_again = self._schedule_at_pace(cost, self._timed_validation(), time_again)
+        plan = self.budget_planner.plan(cost, validation_seconds, t.iterations_per_epoch,
+                                        time_again=None if timed_again else time_again)
         self._probe_optimizer = None  # its moments are a whole copy of the weights' size
         t.epochs, t.iterations_per_epoch = plan.epochs, plan.iterations_per_epoch
         return plan.expected_seconds
+
+    def _budget_planner(self) -> BudgetPlanner:
+        """The planner of this run's budget and schedule (:attr:`config`'s, as it is now)."""
+        t = self.config.training
+        return BudgetPlanner(
+            t.time_budget, lambda epochs: schedule_for(self.config, epochs), validate_every=t.validate_every,
+            cap=t.epochs, started_at=self.started_at,
+            agree=lambda value: distributed.mean_over_ranks(torch.tensor(value), self.context))
+
+    def _schedule_at_pace(self, cost: StepCost, validation_seconds: float,
+                          time_again: Callable[[Sequence[Shape]], StepCost]) -> tuple[StepCost, float, bool]:
+        """The recipe's schedule chosen again from the timed steps (:func:`.recipe.schedule_at_pace`): when the
+        budget holds fewer than ``MIN_STEPS`` steps at the final patch, the final step is timed once more (a busy
+        moment often passes), and if still under, the recipe's PGPS Efficiency becomes the constant patch (the
+        configuration, the planner and the recipe's line with it). Returns the cost and validation seconds to plan
+        with and whether the final step was timed again."""
+        index = next((i for i, choice in enumerate(self.recipe_choices) if choice.part == "schedule"), None)
+        if index is None:
+            return cost, validation_seconds, False
+        asked, planner = self.recipe_choices[index], self.budget_planner
+        if schedule_at_pace(asked, planner.final_patch_steps(cost, validation_seconds)) is asked:
+            return cost, validation_seconds, False
+        cost, validation_seconds = planner.timed_again(cost, validation_seconds, time_again)
+        choice = schedule_at_pace(asked, planner.final_patch_steps(cost, validation_seconds))
+        if choice is not asked:
+            self.config.curriculum.schedule = choice.value
+            self.recipe_choices[index] = choice
+            self.recipe = tuple(c.line() for c in self.recipe_choices)
+            self.budget_planner = self._budget_planner()
+        return cost, validation_seconds, True
 
     def _replanned(self, replan: Replan) -> Replanned:
         """Follow a budget's new plan: its stages, epochs and steps per epoch; the learning-rate decay (per epoch) ends
