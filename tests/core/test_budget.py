@@ -587,7 +587,8 @@ def test_a_plan_timed_twenty_times_too_slow_no_longer_starves_the_run(phantom_da
     assert started.epochs * started.iterations_per_epoch < MIN_STEPS and started.iterations_per_epoch < 20
     assert any(f"fewer than the {MIN_STEPS} a model needs" in note for note in started.notes)
     assert replanned and replanned[0].epoch == 1 and replanned[0].slowdown < 0.5  # 0.05 on an idle machine
-    assert replanned[-1].iterations_per_epoch == 20  # the configured epochs again
+    # the configured epochs again, or one epoch more of fewer steps that trains more of the budget (more than half)
+    assert 10 < replanned[-1].iterations_per_epoch <= 20 and replanned[-1].iterations_per_epoch > started.iterations_per_epoch
     assert len(steps) > started.epochs * started.iterations_per_epoch
     first_step = took - sum(s.seconds for s in steps)  # planning, validations, checkpoints
     assert sum(s.seconds for s in steps) > 0.5 * (20.0 - first_step)  # the budget is spent on steps, not left
