@@ -22,9 +22,10 @@ epochs (a schedule factory), and plans the epochs left again when the run's own 
 
 A busy machine must not starve a run (a demo timed its steps beside another training, planned "1 epoch x 1 step"
 for its 2 minutes and showed a model that had trained one step): a plan has at least ``MIN_EPOCHS`` epochs, and a
-PGPS plan all its stages (shorter epochs when needed), a plan under ``MIN_STEPS`` steps times its final step once more and, if still under, says so in
-:attr:`BudgetPlanner.notes`; and the pace is checked every ``CHECK_STEPS`` steps until it is known
-(:meth:`~BudgetPlanner.check_within_epoch`), so a plan timed under load is made again within the first epoch.
+PGPS plan all its stages (shorter epochs when needed), a plan under ``MIN_STEPS`` steps times its final step once
+more and, if still under, says so in :attr:`BudgetPlanner.notes`; and the pace is checked every ``CHECK_STEPS``
+steps until it is known (:meth:`~BudgetPlanner.check_within_epoch`), so a plan timed under load is made again
+within the first epoch.
 """
 
 from __future__ import annotations
@@ -357,6 +358,11 @@ class BudgetPlanner:
                 least += 1
         return min(least, self.cap) if self.cap else least
 
+    @property
+    def final_shape(self) -> Shape:
+        """The schedule's final (patch, batch)."""
+        return tuple(self.probed.final_patch), self.probed.final_batch
+
     def probe_shapes(self, seed: int) -> list[Shape]:
         """The (patch, batch) shapes to time (:func:`probe_shapes`; a drawing schedule draws from ``seed``)."""
         return probe_shapes(self.probed, np.random.default_rng(seed))
@@ -393,7 +399,7 @@ class BudgetPlanner:
                     time_again: Callable[[Sequence[Shape]], StepCost]) -> tuple[StepCost, float]:
         """(``cost``, ``validation_seconds``) after the final shape's step is timed once more with ``time_again``: when
         it is faster now (a busy moment passed), every timed cost scaled by it, else as they were."""
-        final = (tuple(self.probed.final_patch), self.probed.final_batch)
+        final = self.final_shape
         faster = time_again([final]).at(*final) / cost.at(*final)
         if faster < 1.0:
             return cost.scaled(faster), validation_seconds * faster
@@ -402,9 +408,8 @@ class BudgetPlanner:
     def final_patch_steps(self, cost: StepCost, validation_seconds: float) -> float:
         """The steps at the final patch and batch, at their timed ``cost``, that the budget left now holds after one
         validation of ``validation_seconds`` (what a constant patch would train; every process's mean)."""
-        final = (tuple(self.probed.final_patch), self.probed.final_batch)
         left = self.budget - (self.clock() - self.started_at) - validation_seconds
-        return self.agree(max(left, 0.0) / cost.at(*final))
+        return self.agree(max(left, 0.0) / cost.at(*self.final_shape))
 
     def _plan(self, cost: StepCost, validation_seconds: float, iterations_per_epoch: int) -> BudgetPlan:
         """:meth:`plan` at ``cost``, without timing again."""

@@ -359,10 +359,10 @@ class _Run:
         )
 
     def _plan_to_budget(self) -> float:
-        """Plan ``training.epochs`` (and, when fewer than ``MIN_EPOCHS`` would fit, fewer steps per epoch) so the run
-        fits its time budget (:class:`.budget.BudgetPlanner`), from steps and a validation window batch timed on this
-        machine (the final step timed again when the plan is under ``MIN_STEPS``), after the recipe's schedule is
-        chosen again from them (:meth:`_schedule_at_pace`); returns the predicted seconds.
+        """Plan ``training.epochs`` (and, when fewer than the planner's least epochs would fit, fewer steps per
+        epoch) so the run fits its time budget (:class:`.budget.BudgetPlanner`), from steps and a validation window
+        batch timed on this machine (the final step timed again when the plan is under ``MIN_STEPS``), after the
+        recipe's schedule is chosen again from them (:meth:`_schedule_at_pace`); returns the predicted seconds.
 
         The timed steps (a warm-up and two per probed size, on real crops) change no weight: their optimiser is a
         throw-away one with a learning rate and weight decay of zero.
