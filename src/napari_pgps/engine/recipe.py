@@ -24,10 +24,11 @@ schedule               a run planned to a time budget trains PGPS       equal wa
                                                                         and 20% more memory. Test split, 3 seeds:
                                                                         +1.61 at 5 min, +0.41 at 15, -0.03 at 45
                                                                         (level; section 14).
-                       ... unless the budget holds fewer than           left atrium, 15 min, 2-core AVX2 CPU, 72
-                       ``MIN_STEPS`` steps at the final patch, timed    steps at 96^3: PGPS -11.0 and -11.8 points
-                       when the run starts (:func:`schedule_at_pace`):  (stages thinned to 4 epochs, or all 15
-                       then constant                                    kept; section 14)
+                       ... unless the budget holds fewer than           left atrium, 2-core AVX2 CPU, one seed: 15
+                       ``MIN_STEPS`` steps at the final patch, timed    min, 72 steps at 96^3, PGPS -11.0 and -11.8
+                       when the run starts (:func:`schedule_at_pace`):  points (stages thinned to 4 epochs, or all
+                       then constant                                    15 kept); 45 min, 210 steps, PGPS +6.6
+                                                                        (section 14)
 length                 as many epochs as the budget holds: no cap       the capped default (25 epochs) used 5 of its
                        unless ``--epochs`` is given                     15 minutes (issue 33).
 augmentation           the device profile's (CPU: none)                 1,250 steps: none 0.876, mirroring 0.858,
@@ -94,7 +95,8 @@ def schedule_choice(asked: RunConfig, resolved: RunConfig, budgeted: bool) -> Ch
     if name == BUDGET_SCHEDULE and budgeted:
         why = ("PGPS Efficiency beat the constant patch at equal time up to 15 min in every seed measured: +0.35 "
                "Dice points at 15 min and +0.34 at 45 min on a bf16 CPU (docs/benchmarks.md section 10); on test "
-               "cases on a slower CPU +1.6 at 5 min, +0.4 at 15 min, level at 45 min (-0.03, section 14)")
+               "cases on a slower CPU +1.6 at 5 min, +0.4 at 15 min, level at 45 min (-0.03), and on the left "
+               "atrium +6.6 at 45 min (section 14)")
     elif not budgeted:
         why = "a run of set epochs keeps the network's own schedule; the recipe's PGPS choice is for time budgets"
     elif asked.pruning.enabled:
@@ -112,7 +114,8 @@ def schedule_at_pace(choice: Choice, final_patch_steps: float) -> Choice:
     Measured (the 2-core AVX2 CPU, left atrium, 15 minutes, 72 steps of 11 s at 96^3): PGPS Efficiency 11.0 and 11.8
     test Dice points behind constant, its stages thinned to 4 epochs or all 15 kept; where the budget held 158-360
     steps at the final patch it was ahead (hippocampus 5 minutes, +2.4 and +1.6 points over 3 seeds at 158-200 and
-    310-360 steps; the issue's left atrium on the bf16 machine, about 200, +1.4)."""
+    310-360 steps; the issue's left atrium on the bf16 machine, about 200, +1.4; the left atrium at 45 minutes on the
+    AVX2 CPU, 210, +6.6)."""
     if choice.by_user or choice.value != BUDGET_SCHEDULE or final_patch_steps >= MIN_STEPS:
         return choice
     return Choice("schedule", "constant",
