@@ -391,7 +391,8 @@ class RunConfig:
         check(None, "data.loader_workers", data.loader_workers, "0 or more", lambda v: v >= 0)
         check("--patch-size", "model.patch_size", model.patch_size, "three sizes of at least 1 voxel",
               lambda v: len(v) == 3 and min(v) >= 1)
-        check(None, "model.spacing", model.spacing, "three spacings greater than 0 mm", lambda v: min(v) > 0)
+        check("--spacing", "model.spacing", model.spacing, "three spacings greater than 0 mm",
+              lambda v: len(v) == 3 and min(v) > 0)
         check(None, "model.base_channels", model.base_channels, "at least 1", lambda v: v >= 1)
         check(None, "model.max_channels", model.max_channels, "at least 1", lambda v: v >= 1)
         check(None, "model.hypernet_hidden", model.hypernet_hidden, "at least 1", lambda v: v >= 1)

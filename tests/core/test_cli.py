@@ -64,6 +64,22 @@ def test_train_segment_evaluate(tmp_path, phantom_dataset, capsys):
     assert len(json.loads(report_path.read_text())["cases"]) == 1
 
 
+def test_a_spacing_given_trains_at_it_and_segments_onto_the_inputs_grid(tmp_path, phantom_dataset):
+    """``--spacing``: the run trains at it (the phantoms are 2.5 x 0.8 x 0.8 mm), and a segmentation lands back on
+    the input's own grid and affine."""
+    import yaml
+
+    run = tmp_path / "run"
+    assert main(_train_args(phantom_dataset, run, "--spacing", "2.5", "1.6", "1.6")) == 0
+    config = yaml.safe_load((run / "config.yaml").read_text())
+    assert config["model"]["spacing"] == [2.5, 1.6, 1.6]
+    source = phantom_dataset / "imagesTr" / "case_000.nii.gz"
+    assert main(["segment", "--model", str(run), "--input", str(source), "--output", str(tmp_path / "seg.nii.gz")]) == 0
+    written, original = nib.load(str(tmp_path / "seg.nii.gz")), nib.load(str(source))
+    assert written.shape == original.shape
+    np.testing.assert_allclose(written.affine, original.affine)
+
+
 def test_segment_a_folder_with_nnunet_names(tmp_path, trained_phantom_run, phantom_dataset):
     (tmp_path / "in").mkdir()
     for i in range(2):

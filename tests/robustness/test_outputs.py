@@ -278,6 +278,8 @@ def test_system_errors_are_told_as_file_faults_or_left_as_program_faults():
     (["--fold", "5"], "--fold (data.fold) is 5; it must be a fold of the 5-fold cross-validation, 0 to 4"),
     (["--fold", "-1"], "--fold"),
     (["--patch-size", "0", "32", "32"], "--patch-size (model.patch_size) is 0 32 32"),
+    (["--spacing", "0", "1", "1"], "--spacing (model.spacing) is 0.0 1.0 1.0"),
+    (["--spacing", "nan", "1", "1"], "--spacing (model.spacing) is nan 1.0 1.0"),
 ])
 def test_bad_training_numbers_are_refused_in_one_line(phantom_dataset, tmp_path, capsys, flags, named):
     argv = ["train", "--data", str(phantom_dataset), "--out", str(tmp_path / "run"), "--device", "cpu", *flags]
