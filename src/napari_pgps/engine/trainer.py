@@ -141,7 +141,6 @@ class _Run:
         self.recipe_choices = list(prepared.recipe)
         """Each part of the run's recipe (the schedule's chosen again once the steps are timed, see
         :meth:`_schedule_at_pace`)."""
-        self.recipe = tuple(choice.line() for choice in self.recipe_choices)
         self.folder_notes: tuple[str, ...] = tuple(notes)
         """What the user should know of the run folder (its files that this run replaces), for RunStarted."""
         self.context: distributed.DistributedContext = context
@@ -358,6 +357,11 @@ class _Run:
             augmentation_strength=batch.augmentation_strength,
         )
 
+    @property
+    def recipe(self) -> tuple[str, ...]:
+        """The recipe's lines, one per part with its reason (what ``train`` prints before the first step)."""
+        return tuple(choice.line() for choice in self.recipe_choices)
+
     def _plan_to_budget(self) -> float:
         """Plan ``training.epochs`` (and, when fewer than the planner's least epochs would fit, fewer steps per
         epoch) so the run fits its time budget (:class:`.budget.BudgetPlanner`), from steps and a validation window
@@ -406,7 +410,6 @@ class _Run:
         if choice is not asked:
             self.config.curriculum.schedule = choice.value
             self.recipe_choices[index] = choice
-            self.recipe = tuple(c.line() for c in self.recipe_choices)
             self.budget_planner = self._budget_planner()
         return cost, validation_seconds, True
 
