@@ -11,6 +11,7 @@ from napari_pgps.events import (
     CasesAdded,
     CheckpointSaved,
     PruningStep,
+    Replanned,
     RunStarted,
     StageStarted,
     StepDone,
@@ -84,3 +85,17 @@ def test_pruning_and_resumed_runs_fold_too():
     progress.update(PruningStep(epoch=2, action="removed", branches=("bottleneck 1x1x1",), parameters=800, prune_step=2))
     progress.update(CasesAdded(epoch=2, cases=3, total=4, names=("a", "b", "c")))
     assert progress.parameters == [(2, 1000), (2, 800)] and progress.cases.cases == 3
+
+
+def test_a_budgeted_runs_time_left_is_its_plans_not_its_cheap_first_steps_pace():
+    """PGPS's first stages are cheap: at their pace, a 2-hour run said 16 minutes were left after 40."""
+    progress = TrainingProgress()
+    progress.update(RunStarted(run_dir=None, device="CPU", training_cases=4, validation_cases=1, parameters=1000,
+                               start_epoch=0, epochs=10, iterations_per_epoch=10, final_patch=(8, 8, 8),
+                               schedule="pgps-efficiency", label_names=("background", "a"),
+                               volume_class_fractions=(0.9, 0.1), time_budget=7200.0, expected_seconds=7000.0))
+    progress.update(StepDone(epoch=0, step=1, loss=1.0, patch=(2, 2, 2), batch=64, class_fractions=(0.9, 0.1),
+                             seconds=0.01, learning_rate=1e-3))
+    assert 6990 < progress.eta_seconds <= 7000  # the plan's, where the pace of one cheap step says about 1 s
+    progress.update(Replanned(epoch=1, slowdown=1.0, epochs=10, expected_seconds=3000.0))
+    assert 2990 < progress.eta_seconds <= 3000
