@@ -27,7 +27,7 @@ class Event:
 @dataclass(frozen=True)
 class Preparing(Event):
     """Before training: ``done`` of ``total`` cases fingerprinted (``task`` "fingerprint") or preprocessed
-    ("preprocessing"). Cases already done by an earlier run are not counted again. Not written to ``metrics.jsonl``:
+    ("preprocessing"), or a training step timed to choose the recipe's spacing ("timing", 0 then 1 of 1). Cases already done by an earlier run are not counted again. Not written to ``metrics.jsonl``:
     it tells of the dataset's cache, not of the run."""
 
     task: str

@@ -643,3 +643,19 @@ def test_a_re_plan_within_an_epoch_is_told_and_shown_with_its_steps_per_epoch():
     at_the_end = Replanned(epoch=2, slowdown=1.5, epochs=5, expected_seconds=119.0)  # as before issue 33
     assert describe_event(at_the_end, progress.update(at_the_end)).startswith("epoch 2: steps took 1.50x")
     assert progress.started.iterations_per_epoch == 20
+
+
+def test_a_network_step_is_timed_on_random_crops_without_changing_a_weight():
+    from napari_pgps.config import ModelConfig
+    from napari_pgps.engine.budget import measure_network_step_seconds
+    from napari_pgps.models import build_network
+
+    model = ModelConfig(patch_size=(8, 16, 16), spacing=(1.0, 1.0, 1.0), kernel_sizes=[(3, 3, 3)] * 3,
+                        strides=[(1, 1, 1), (2, 2, 2), (2, 2, 2)], channels=[4, 8, 16], in_channels=1, out_channels=2)
+    network = build_network(model)
+    before = {k: v.clone() for k, v in network.state_dict().items()}
+    seconds = measure_network_step_seconds(network, (2, 1, 8, 16, 16), torch.device("cpu"), None,
+                                           torch.channels_last_3d)
+    assert 0 < seconds < 30
+    assert all(torch.equal(before[k], v) for k, v in network.state_dict().items())
+    assert all(p.grad is None for p in network.parameters())

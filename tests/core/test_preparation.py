@@ -91,3 +91,40 @@ def test_a_resumed_run_is_prepared_from_its_checkpoint_on_its_own_split(phantom_
     save_checkpoint({"config": first.config.to_dict(), "model": {}, "split": split}, tmp_path / LAST)
     with pytest.raises(InputError, match="not in its data now: case_999"):
         _prepare(asked, tmp_path, resume=True)
+
+
+def test_a_budget_of_few_steps_at_the_final_patch_trains_one_level_coarser(tmp_path, monkeypatch):
+    """The recipe's spacing rule before preprocessing: a final patch that leaves part of the median case out (a
+    small voxel cap here) and a budget that holds fewer than ``COARSE_SPACING_STEPS`` timed steps at it: the run
+    is planned and preprocessed at twice the fine axes' spacing, and its recipe says why; a fast step keeps the
+    data's spacing."""
+    import dataclasses
+
+    from napari_pgps.engine import preparation
+    from napari_pgps.engine.recipe import COARSE_SPACING_STEPS
+    from napari_pgps.engine.resolve import PROFILES
+
+    monkeypatch.setitem(PROFILES, "cpu", dataclasses.replace(PROFILES["cpu"], max_patch_voxels=8 * 16 * 16))
+    timed = []
+    monkeypatch.setattr(preparation, "measure_network_step_seconds",
+                        lambda network, shape, *args: timed.append(tuple(shape)) or 1.0)
+    config = quick_config(write_dataset(tmp_path / "dataset", cases=4, seed=41))  # 16 x 40 x 40 of 2.5 x 0.8 x 0.8 mm
+    config.model.patch_size, config.training.epochs, config.training.time_budget = None, None, 60.0
+    events, prepared = _prepare(config)
+    try:
+        assert timed == [(2, 1, 6, 16, 20)]  # the batch of the final patch at the data's spacing, timed once
+        assert [e.done for e in events if e.task == "timing"] == [0, 1]
+        assert prepared.config.model.spacing == pytest.approx((2.5, 1.6, 1.6)) and config.model.spacing is None
+        assert prepared.store.image(prepared.split["training"][0]).shape[1:] == (16, 20, 20)
+        spacing = next(c.line() for c in prepared.recipe if c.part == "spacing")
+        assert spacing.startswith("spacing: 2.5 x 1.6 x 1.6 mm (the budget holds at most 60 steps at the data's "
+                                  "2.5 x 0.8 x 0.8 mm final patch 6x16x20 (1.0 s a step timed on this machine)")
+    finally:
+        prepared.close()
+    monkeypatch.setattr(preparation, "measure_network_step_seconds", lambda *args: 60.0 / COARSE_SPACING_STEPS)
+    _, prepared = _prepare(config)
+    try:
+        assert prepared.config.model.spacing == pytest.approx((2.5, 0.8, 0.8))
+        assert "train at full resolution" in next(c.line() for c in prepared.recipe if c.part == "spacing")
+    finally:
+        prepared.close()

@@ -91,3 +91,58 @@ def test_a_budget_that_holds_too_few_steps_at_the_final_patch_trains_the_constan
     pruned.model.architecture, pruned.pruning.enabled = "prm", True
     own = next(c for c in explain_recipe(pruned, _resolved(pruned), "cpu", CPU_BUDGET) if c.part == "schedule")
     assert schedule_at_pace(own, 10) is own  # another rule's schedule
+
+
+@pytest.mark.parametrize("spacing, coarser", [
+    ((0.625, 0.625, 0.625), (1.25, 1.25, 1.25)),  # isotropic: all three
+    ((2.5, 0.8, 0.8), (2.5, 1.6, 1.6)),  # anisotropic: the fine axes first, as nnU-Net's low resolution
+    ((1.0, 1.0, 1.5), (2.0, 2.0, 3.0)),  # within 2x of each other: all three
+])
+def test_one_level_coarser(spacing, coarser):
+    from napari_pgps.engine.recipe import coarser_spacing
+
+    assert coarser_spacing(spacing) == pytest.approx(coarser)
+
+
+def _left_atrium(config: RunConfig) -> RunConfig:
+    """``config`` resolved for cases like the left atrium's: 88 x 142 x 192 voxels of 0.625 mm (its median)."""
+    cases = {f"la_{i:03d}": CaseFingerprint((0.625, 0.625, 0.625), (88, 142, 192), 1.0) for i in range(5)}
+    fingerprint = Fingerprint(["MRI"], cases, [np.linspace(0, 1, 100, dtype=np.float32)])
+    return resolve_config(config, labels={0: "background", 1: "left atrium"}, channels=["MRI"],
+                          fingerprint=fingerprint, device=torch.device("cpu"))
+
+
+def test_a_budget_of_few_steps_at_a_patch_that_leaves_the_case_out_trains_one_level_coarser():
+    from napari_pgps.engine.recipe import COARSE_SPACING_STEPS, spacing_at_pace, spacing_without_timing
+
+    asked = RunConfig()
+    resolved = _left_atrium(asked)
+    assert resolved.model.patch_size == (96, 96, 96)
+    median = (88, 142, 192)
+    assert spacing_without_timing(asked, resolved, median, budgeted=True) is None  # the step is to be timed
+    slow = spacing_at_pace(resolved, median, step_seconds=11.0)  # a 96^3 step on the 2-core AVX2 CPU
+    assert slow.value == "1.25 x 1.25 x 1.25 mm" and not slow.by_user
+    assert slow.line().startswith("spacing: 1.25 x 1.25 x 1.25 mm (the budget holds at most 82 steps at the data's "
+                                  "0.625 x 0.625 x 0.625 mm final patch 96x96x96 (11.0 s a step timed on this machine), "
+                                  f"which covers 34% of the median case, fewer than {COARSE_SPACING_STEPS}:")
+    fast = spacing_at_pace(resolved, median, step_seconds=900 / COARSE_SPACING_STEPS)
+    assert fast.value == "0.625 x 0.625 x 0.625 mm" and "train at full resolution" in fast.line()
+
+
+@pytest.mark.parametrize("edit, reason", [
+    (lambda c: setattr(c.model, "spacing", (1.0, 1.0, 1.0)), "your configuration"),
+    (lambda c: setattr(c.training, "epochs", 10), "a run of set epochs is not coarsened"),
+    (lambda c: setattr(c.model, "patch_size", (64, 64, 64)), "a run given its patch is not coarsened"),
+    (lambda c: setattr(c.preprocessing, "resample", False), "the cases' own: resampling is off"),
+])
+def test_the_spacing_is_kept_without_timing_a_step(edit, reason):
+    from napari_pgps.engine.recipe import spacing_without_timing
+
+    asked = RunConfig()
+    edit(asked)
+    resolved = _left_atrium(asked)
+    choice = spacing_without_timing(asked, resolved, (88, 142, 192), is_budgeted(asked, CPU_BUDGET))
+    assert choice is not None and reason in choice.line()
+    covered = spacing_without_timing(RunConfig(), _resolved(RunConfig()), (40, 56, 40), budgeted=True)
+    assert covered.line() == ("spacing: 1 x 1 x 1 mm (the data's (nnU-Net's rule): the final patch covers the median "
+                              "case)")

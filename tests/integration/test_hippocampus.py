@@ -63,3 +63,27 @@ def test_stop_and_resume_on_real_data(tmp_path, hippocampus):
     resumed = list(train(config, tmp_path / "run", resume=True))
     assert [e.step for e in resumed if isinstance(e, StepDone)] == [3, 4]
     assert isinstance(resumed[-1], Finished) and not resumed[-1].stopped
+
+
+def test_the_recipe_keeps_the_hippocampus_at_its_own_spacing_without_timing_a_step(hippocampus):
+    """The recipe's spacing rule leaves a dataset whose final patch covers the median case alone: the default run
+    (its budget) on the hippocampus trains at its 1 mm, times no step for it and says why."""
+    from napari_pgps.engine.preparation import prepare_run
+    from napari_pgps.events import Preparing
+
+    config = real_data_config(hippocampus, cases=40, epochs=None, iterations=20)
+    stage, events = prepare_run(config, None), []
+    while True:
+        try:
+            events.append(next(stage))
+        except StopIteration as done:
+            prepared = done.value
+            break
+    try:
+        assert prepared.config.training.time_budget is not None  # the default budget: the rule applies
+        assert prepared.config.model.spacing == pytest.approx((1.0, 1.0, 1.0))
+        assert not [e for e in events if isinstance(e, Preparing) and e.task == "timing"]
+        assert next(c.line() for c in prepared.recipe if c.part == "spacing") == (
+            "spacing: 1 x 1 x 1 mm (the data's (nnU-Net's rule): the final patch covers the median case)")
+    finally:
+        prepared.close()

@@ -341,7 +341,8 @@ class TrainWidget(QWidget):
         left."""
         started, preparing = history.started, history.preparing
         if started is None and preparing is not None:
-            what = "reading the cases" if preparing.task == "fingerprint" else "preprocessing the cases"
+            what = {"fingerprint": "reading the cases", "timing": "timing a step to choose the spacing"}.get(
+                preparing.task, "preprocessing the cases")
             self.job.show_progress(f"{what}: %v / %m", preparing.done, preparing.total)
         elif started is not None:
             eta = history.eta_seconds

@@ -289,6 +289,31 @@ def measure_window_seconds(network: torch.nn.Module, windows: Sequence[int], dev
     return float(np.median(times[1:]))
 
 
+def measure_network_step_seconds(network: torch.nn.Module, batch_shape: Sequence[int], device: torch.device,
+                                 low_precision: Optional[torch.dtype], memory_format: torch.memory_format) -> float:
+    """Seconds of a training step's arithmetic at ``batch_shape`` (B, C, Z, Y, X): forward and backward of
+    ``network`` on random crops in the step's precision and memory format, timed once after a warm-up (the recipe's
+    spacing rule, before any case is preprocessed: :func:`.recipe.spacing_at_pace`).
+
+    The loss and the optimiser's step are left out: at the final patch of a large volume (the left atrium's 96^3)
+    they are about a percent of the step (AdamW's step 11-74 ms of 8-11 s on the 2-core CPU, docs/benchmarks.md
+    section 14). ``network`` is changed by nothing but its gradients, which are cleared."""
+    images = torch.randn(tuple(batch_shape), device=device).contiguous(memory_format=memory_format)
+    network.to(device, memory_format=memory_format).train()
+    seconds = 0.0
+    for _ in range(PROBE_WARMUP + 1):
+        start = time.perf_counter()
+        with torch.autocast(device_type=device.type, dtype=low_precision or torch.float32,
+                            enabled=low_precision is not None):
+            output = network(images)
+        output.float().mean().backward()
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        seconds = time.perf_counter() - start
+        network.zero_grad(set_to_none=True)
+    return seconds
+
+
 @dataclass(frozen=True)
 class Replan:
     """A budget's plan made again at the end of an epoch (or within it, after ``after_steps`` of its steps, when the

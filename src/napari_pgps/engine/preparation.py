@@ -31,10 +31,14 @@ from ..errors import InputError
 from ..events import Preparing
 from ..plugins import TrainingPlugin
 from .checkpoint import load_checkpoint, start_from_model, trained_config
-from .device import pick_device
+from ..models import build_network
+from . import distributed
+from .budget import measure_network_step_seconds
+from .device import autocast_dtype, pick_device, training_memory_format
 from .file_names import LAST
-from .recipe import Choice, explain_recipe
-from .resolve import PROFILES, resolve_config
+from .recipe import (Choice, spacing_text, coarser_spacing, explain_recipe, is_budgeted, spacing_at_pace,
+                     spacing_without_timing)
+from .resolve import PROFILES, planned_spacing_and_shape, resolve_config
 
 
 @dataclasses.dataclass
@@ -129,15 +133,43 @@ def prepare_run(
         fingerprint = yield from _reporting("fingerprint", source.fingerprint(prep.orientation, prep.crop_to_nonzero,
                                                                               test))
         asked = config
-        config = resolve_config(config, labels=source.labels, channels=source.channels, fingerprint=fingerprint,
-                                device=device, ignore_label=source.ignore_label)
+        resolve = lambda c: resolve_config(c, labels=source.labels, channels=source.channels,  # noqa: E731
+                                           fingerprint=fingerprint, device=device, ignore_label=source.ignore_label)
+        config = resolve(config)
         profile = PROFILES.get(device.type, PROFILES["cpu"])
-        recipe = explain_recipe(asked, config, device.type, profile.time_budget)
+        spacing = yield from _spacing(asked, config, fingerprint, device, is_budgeted(asked, profile.time_budget))
+        if spacing.value != spacing_text(config.model.spacing):  # the recipe's coarser spacing: planned again at it
+            config = resolve(_with_spacing(asked, coarser_spacing(config.model.spacing)))
+        recipe = explain_recipe(asked, config, device.type, profile.time_budget, spacing)
         store = yield from _reporting("preprocessing", source.preprocessed(PreprocessingPlan.of(config), test))
     except BaseException:  # a failure, or the run's events closed while preparing
         source.close()
         raise
     return PreparedRun(config, device, source, store, split, state, initial_weights, recipe)
+
+
+def _spacing(asked: RunConfig, resolved: RunConfig, fingerprint, device: torch.device, budgeted: bool):
+    """The recipe's spacing part for ``resolved`` (:func:`.recipe.spacing_without_timing`, else a step at the final
+    patch timed on random crops, :func:`.recipe.spacing_at_pace`), yielding a Preparing event ("timing") around
+    the timed step."""
+    _, median_shape = planned_spacing_and_shape(resolved, fingerprint)
+    choice = spacing_without_timing(asked, resolved, median_shape, budgeted, distributed.context_from_env().enabled)
+    if choice is not None:
+        return choice
+    yield Preparing(task="timing", done=0, total=1)
+    model, t = resolved.model, resolved.training
+    low_precision = autocast_dtype(device, t.mixed_precision)
+    seconds = measure_network_step_seconds(build_network(model), (t.batch_size, model.in_channels, *model.patch_size),
+                                           device, low_precision, training_memory_format(device, low_precision))
+    yield Preparing(task="timing", done=1, total=1)
+    return spacing_at_pace(resolved, median_shape, seconds)
+
+
+def _with_spacing(config: RunConfig, spacing: tuple[float, float, float]) -> RunConfig:
+    """A copy of ``config`` trained at ``spacing`` (mm, Z, Y, X)."""
+    copied = copy.deepcopy(config)
+    copied.model.spacing = spacing
+    return copied
 
 
 def _reporting(task: str, work):

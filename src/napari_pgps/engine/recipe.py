@@ -31,6 +31,13 @@ schedule               a run planned to a time budget trains PGPS       equal wa
                                                                         (section 14)
 length                 as many epochs as the budget holds: no cap       the capped default (25 epochs) used 5 of its
                        unless ``--epochs`` is given                     15 minutes (issue 33).
+spacing                one level coarser than the data's (twice the     left atrium, 2-core AVX2 CPU, one seed:
+                       spacing, :func:`coarser_spacing`) when the       1.25 mm instead of 0.625, 15 min +19.6
+                       final patch leaves part of the median case out   points (constant), 45 min +6.8 (PGPS
+                       and the budget holds fewer than                  Efficiency) (section 14)
+                       ``COARSE_SPACING_STEPS`` steps at that patch,
+                       timed before preprocessing
+                       (:func:`spacing_at_pace`); else the data's
 augmentation           the device profile's (CPU: none)                 1,250 steps: none 0.876, mirroring 0.858,
                                                                         nnU-Net's 0.826 (section 2); ramped in from
                                                                         none: -2.05 points at 15 min, -0.89 at 45
@@ -43,12 +50,24 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Optional
 
+import math
+from typing import Sequence
+
 from ..config import RunConfig
 from ..models.architectures import architecture, default_architecture
 from .budget import MIN_STEPS
 
 BUDGET_SCHEDULE = "pgps-efficiency"
 """The schedule of a run planned to a time budget (see the module's table)."""
+
+COARSE_SPACING_STEPS = 1000
+"""A run planned to a time budget whose final patch leaves part of the median case out trains at twice the data's
+spacing (:func:`spacing_at_pace`) when its budget holds fewer than this many steps at that patch.
+
+Measured on the left atrium (0.625 mm, final patch 96^3, 60 mm of a median case of 55 x 89 x 120 mm; 2-core AVX2 CPU,
+one seed, 8 test cases), at twice the spacing (1.25 mm, patch 48 x 80 x 112 covering the median case, half the
+voxels): 15 minutes (about 80 steps at 96^3) constant 0.838 against 0.643, +19.6 Dice points; 45 minutes (about
+245) PGPS Efficiency 0.904 against 0.836, +6.8. Where the full resolution wins back is not measured."""
 
 
 @dataclass(frozen=True)
@@ -124,6 +143,61 @@ def schedule_at_pace(choice: Choice, final_patch_steps: float) -> Choice:
                   "a 2-core CPU, 72 steps, 11 test Dice points behind (docs/benchmarks.md section 14)")
 
 
+def coarser_spacing(spacing: Sequence[float]) -> tuple[float, float, float]:
+    """One level coarser than ``spacing`` (Z, Y, X, mm): the axes finer than half the coarsest doubled, or, where
+    none is, all three (nnU-Net's low-resolution rule, which coarsens an anisotropic case's fine axes first)."""
+    coarsest = max(spacing)
+    fine = [s < coarsest / 2 for s in spacing]
+    return tuple(float(2 * s if fine[a] or not any(fine) else s) for a, s in enumerate(spacing))
+
+
+def spacing_text(spacing: Sequence[float]) -> str:
+    """``"1.25 x 1.25 x 1.25 mm"`` (Z, Y, X): the spacing part's value."""
+    return " x ".join(f"{s:g}" for s in spacing) + " mm"
+
+
+def spacing_without_timing(asked: RunConfig, resolved: RunConfig, median_shape: Sequence[int], budgeted: bool,
+                           distributed: bool = False) -> Optional[Choice]:
+    """The spacing part of the recipe where no step need be timed to choose it: the configuration's; the data's
+    for a run of set epochs, a distributed run, one not resampled or given its patch, or one whose final patch
+    covers the median case (``median_shape``, Z, Y, X at ``resolved.model.spacing``). ``None``: the step at the
+    final patch is to be timed and the spacing chosen from it (:func:`spacing_at_pace`)."""
+    model = resolved.model
+    value = spacing_text(model.spacing)
+    if asked.model.spacing is not None:
+        return Choice("spacing", value, "", by_user=True)
+    if not resolved.preprocessing.resample:
+        return Choice("spacing", value, "the cases' own: resampling is off")
+    if not budgeted or distributed or asked.model.patch_size is not None:
+        why = ("a run of set epochs" if not budgeted else "a distributed run" if distributed
+               else "a run given its patch")
+        return Choice("spacing", value, f"the data's (nnU-Net's rule); {why} is not coarsened")
+    if all(p >= m for p, m in zip(model.patch_size, median_shape)):
+        return Choice("spacing", value, "the data's (nnU-Net's rule): the final patch covers the median case")
+    return None
+
+
+def spacing_at_pace(resolved: RunConfig, median_shape: Sequence[int], step_seconds: float) -> Choice:
+    """The spacing part of a budgeted run whose final patch leaves part of the median case out (``median_shape``,
+    Z, Y, X), from the seconds of a training step at that patch on this machine (``step_seconds``): twice the
+    spacing (:func:`coarser_spacing`) when the budget holds fewer than ``COARSE_SPACING_STEPS`` of them, else the
+    data's."""
+    model = resolved.model
+    steps = resolved.training.time_budget / max(step_seconds, 1e-9)
+    covered = math.prod(min(p / m, 1.0) for p, m in zip(model.patch_size, median_shape))
+    patch = "x".join(str(p) for p in model.patch_size)
+    holds = (f"the budget holds at most {steps:.0f} steps at the data's {spacing_text(model.spacing)} final patch "
+             f"{patch} ({step_seconds:.1f} s a step timed on this machine), which covers {covered:.0%} of the median "
+             "case")
+    if steps >= COARSE_SPACING_STEPS:
+        return Choice("spacing", spacing_text(model.spacing),
+                      f"the data's (nnU-Net's rule): {holds}; {COARSE_SPACING_STEPS} or more train at full resolution")
+    return Choice("spacing", spacing_text(coarser_spacing(model.spacing)),
+                  f"{holds}, fewer than {COARSE_SPACING_STEPS}: one level coarser trains a patch that sees more of "
+                  "the case in cheaper steps; left atrium on a 2-core CPU +19.6 Dice points at 15 min, +6.8 at 45 "
+                  "min (docs/benchmarks.md section 14); segmentations are made on each input's own grid")
+
+
 def _length_choice(asked: RunConfig, resolved: RunConfig, budgeted: bool) -> Choice:
     t = resolved.training
     if not budgeted:
@@ -183,14 +257,17 @@ def _patch_choice(asked: RunConfig, resolved: RunConfig) -> Choice:
                                         "device's voxel cap (nnU-Net's rule)")
 
 
-def explain_recipe(asked: RunConfig, resolved: RunConfig, device_type: str, default_budget: Optional[float]) -> tuple[Choice, ...]:
+def explain_recipe(asked: RunConfig, resolved: RunConfig, device_type: str, default_budget: Optional[float],
+                   spacing: Optional[Choice] = None) -> tuple[Choice, ...]:
     """One :class:`Choice` per part of the recipe of ``resolved`` (:func:`.resolve.resolve_config` of ``asked``)
     on a device of type ``device_type`` ("cpu", "cuda", "mps") whose profile's default budget is
-    ``default_budget`` seconds (or ``None``)."""
+    ``default_budget`` seconds (or ``None``); ``spacing``: the spacing part as chosen
+    (:func:`spacing_without_timing`, :func:`spacing_at_pace`), where it was."""
     budgeted = is_budgeted(asked, default_budget)
     return (schedule_choice(asked, resolved, budgeted), _length_choice(asked, resolved, budgeted),
             _augmentation_choice(asked, resolved, device_type), _averaging_choice(asked, resolved),
-            _width_choice(asked, resolved, device_type), _patch_choice(asked, resolved))
+            _width_choice(asked, resolved, device_type),
+            *((spacing,) if spacing is not None else ()), _patch_choice(asked, resolved))
 
 
 def _minutes(seconds: float) -> str:
