@@ -120,13 +120,13 @@ def test_a_budget_of_few_steps_at_a_patch_that_leaves_the_case_out_trains_one_le
     assert resolved.model.patch_size == (96, 96, 96)
     median = (88, 142, 192)
     assert spacing_without_timing(asked, resolved, median, budgeted=True) is None  # the step is to be timed
-    slow = spacing_at_pace(resolved, median, step_seconds=11.0)  # a 96^3 step on the 2-core AVX2 CPU
-    assert slow.value == "1.25 x 1.25 x 1.25 mm" and not slow.by_user
+    slow, coarser = spacing_at_pace(resolved, median, step_seconds=11.0)  # a 96^3 step on the 2-core AVX2 CPU
+    assert slow.value == "1.25 x 1.25 x 1.25 mm" and coarser == (1.25, 1.25, 1.25) and not slow.by_user
     assert slow.line().startswith("spacing: 1.25 x 1.25 x 1.25 mm (the budget holds at most 82 steps at the data's "
                                   "0.625 x 0.625 x 0.625 mm final patch 96x96x96 (11.0 s a step timed on this machine), "
                                   f"which covers 34% of the median case, fewer than {COARSE_SPACING_STEPS}:")
-    fast = spacing_at_pace(resolved, median, step_seconds=900 / COARSE_SPACING_STEPS)
-    assert fast.value == "0.625 x 0.625 x 0.625 mm" and "train at full resolution" in fast.line()
+    fast, kept = spacing_at_pace(resolved, median, step_seconds=900 / COARSE_SPACING_STEPS)
+    assert fast.value == "0.625 x 0.625 x 0.625 mm" and kept is None and "train at full resolution" in fast.line()
 
 
 @pytest.mark.parametrize("edit, reason", [

@@ -30,14 +30,13 @@ from ..data.store import PreprocessedDataset
 from ..errors import InputError
 from ..events import Preparing
 from ..plugins import TrainingPlugin
-from .checkpoint import load_checkpoint, start_from_model, trained_config
 from ..models import build_network
 from . import distributed
+from .checkpoint import load_checkpoint, start_from_model, trained_config
 from .budget import measure_network_step_seconds
 from .device import autocast_dtype, pick_device, training_memory_format
 from .file_names import LAST
-from .recipe import (Choice, spacing_text, coarser_spacing, explain_recipe, is_budgeted, spacing_at_pace,
-                     spacing_without_timing)
+from .recipe import Choice, explain_recipe, is_budgeted, spacing_at_pace, spacing_without_timing
 from .resolve import PROFILES, planned_spacing_and_shape, resolve_config
 
 
@@ -137,9 +136,10 @@ def prepare_run(
                                            fingerprint=fingerprint, device=device, ignore_label=source.ignore_label)
         config = resolve(config)
         profile = PROFILES.get(device.type, PROFILES["cpu"])
-        spacing = yield from _spacing(asked, config, fingerprint, device, is_budgeted(asked, profile.time_budget))
-        if spacing.value != spacing_text(config.model.spacing):  # the recipe's coarser spacing: planned again at it
-            config = resolve(_with_spacing(asked, coarser_spacing(config.model.spacing)))
+        spacing, coarser = yield from _spacing(asked, config, fingerprint, device,
+                                               is_budgeted(asked, profile.time_budget))
+        if coarser is not None:  # the recipe's coarser spacing: the run planned again at it
+            config = resolve(_with_spacing(asked, coarser))
         recipe = explain_recipe(asked, config, device.type, profile.time_budget, spacing)
         store = yield from _reporting("preprocessing", source.preprocessed(PreprocessingPlan.of(config), test))
     except BaseException:  # a failure, or the run's events closed while preparing
@@ -149,13 +149,13 @@ def prepare_run(
 
 
 def _spacing(asked: RunConfig, resolved: RunConfig, fingerprint, device: torch.device, budgeted: bool):
-    """The recipe's spacing part for ``resolved`` (:func:`.recipe.spacing_without_timing`, else a step at the final
-    patch timed on random crops, :func:`.recipe.spacing_at_pace`), yielding a Preparing event ("timing") around
-    the timed step."""
+    """The recipe's spacing part for ``resolved`` and the coarser spacing to plan it at again, or ``None``
+    (:func:`.recipe.spacing_without_timing`, else a step at the final patch timed on random crops,
+    :func:`.recipe.spacing_at_pace`), yielding a Preparing event ("timing") around the timed step."""
     _, median_shape = planned_spacing_and_shape(resolved, fingerprint)
     choice = spacing_without_timing(asked, resolved, median_shape, budgeted, distributed.context_from_env().enabled)
     if choice is not None:
-        return choice
+        return choice, None
     yield Preparing(task="timing", done=0, total=1)
     model, t = resolved.model, resolved.training
     low_precision = autocast_dtype(device, t.mixed_precision)

@@ -47,11 +47,9 @@ augmentation           the device profile's (CPU: none)                 1,250 st
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Optional
-
 import math
-from typing import Sequence
+from dataclasses import dataclass
+from typing import Optional, Sequence
 
 from ..config import RunConfig
 from ..models.architectures import architecture, default_architecture
@@ -153,7 +151,7 @@ def coarser_spacing(spacing: Sequence[float]) -> tuple[float, float, float]:
     return tuple(float(2 * s if fine[a] or not any(fine) else s) for a, s in enumerate(spacing))
 
 
-def spacing_text(spacing: Sequence[float]) -> str:
+def _spacing_text(spacing: Sequence[float]) -> str:
     """``"1.25 x 1.25 x 1.25 mm"`` (Z, Y, X): the spacing part's value."""
     return " x ".join(f"{s:g}" for s in spacing) + " mm"
 
@@ -165,7 +163,7 @@ def spacing_without_timing(asked: RunConfig, resolved: RunConfig, median_shape: 
     covers the median case (``median_shape``, Z, Y, X at ``resolved.model.spacing``). ``None``: the step at the
     final patch is to be timed and the spacing chosen from it (:func:`spacing_at_pace`)."""
     model = resolved.model
-    value = spacing_text(model.spacing)
+    value = _spacing_text(model.spacing)
     if asked.model.spacing is not None:
         return Choice("spacing", value, "", by_user=True)
     if not resolved.preprocessing.resample:
@@ -179,25 +177,27 @@ def spacing_without_timing(asked: RunConfig, resolved: RunConfig, median_shape: 
     return None
 
 
-def spacing_at_pace(resolved: RunConfig, median_shape: Sequence[int], step_seconds: float) -> Choice:
+def spacing_at_pace(resolved: RunConfig, median_shape: Sequence[int],
+                    step_seconds: float) -> tuple[Choice, Optional[tuple[float, float, float]]]:
     """The spacing part of a budgeted run whose final patch leaves part of the median case out (``median_shape``,
     Z, Y, X), from the seconds of a training step at that patch on this machine (``step_seconds``): twice the
     spacing (:func:`coarser_spacing`) when the budget holds fewer than ``COARSE_SPACING_STEPS`` of them, else the
-    data's."""
+    data's. Returns the choice and the coarser spacing to plan the run at again (mm, Z, Y, X), or ``None``."""
     model = resolved.model
     steps = resolved.training.time_budget / max(step_seconds, 1e-9)
     covered = math.prod(min(p / m, 1.0) for p, m in zip(model.patch_size, median_shape))
     patch = "x".join(str(p) for p in model.patch_size)
-    holds = (f"the budget holds at most {steps:.0f} steps at the data's {spacing_text(model.spacing)} final patch "
+    holds = (f"the budget holds at most {steps:.0f} steps at the data's {_spacing_text(model.spacing)} final patch "
              f"{patch} ({step_seconds:.1f} s a step timed on this machine), which covers {covered:.0%} of the median "
              "case")
     if steps >= COARSE_SPACING_STEPS:
-        return Choice("spacing", spacing_text(model.spacing),
-                      f"the data's (nnU-Net's rule): {holds}; {COARSE_SPACING_STEPS} or more train at full resolution")
-    return Choice("spacing", spacing_text(coarser_spacing(model.spacing)),
+        return Choice("spacing", _spacing_text(model.spacing), f"the data's (nnU-Net's rule): {holds}; "
+                      f"{COARSE_SPACING_STEPS} or more train at full resolution"), None
+    coarser = coarser_spacing(model.spacing)
+    return Choice("spacing", _spacing_text(coarser),
                   f"{holds}, fewer than {COARSE_SPACING_STEPS}: one level coarser trains a patch that sees more of "
                   "the case in cheaper steps; left atrium on a 2-core CPU +19.6 Dice points at 15 min, +6.8 at 45 "
-                  "min (docs/benchmarks.md section 14); segmentations are made on each input's own grid")
+                  "min (docs/benchmarks.md section 14); segmentations are made on each input's own grid"), coarser
 
 
 def _length_choice(asked: RunConfig, resolved: RunConfig, budgeted: bool) -> Choice:
