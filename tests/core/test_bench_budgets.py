@@ -117,6 +117,34 @@ def test_report_only_writes_the_report_from_the_kept_runs_and_trains_nothing(tmp
     assert [b["label"] for b in json.loads((out / "results.json").read_text())["budgets"]] == ["20s"]
 
 
+def test_a_run_kept_from_an_earlier_recipe_is_measured_again_only_when_asked(tmp_path, phantom_dataset, monkeypatch,
+                                                                             capsys):
+    from napari_pgps.engine.recipe import RECIPE_VERSION
+
+    calls = []
+    monkeypatch.setattr(bench, "_train_in_child", _fake_training(calls))
+    flags = ["--data", str(phantom_dataset), "--schedules", "constant", "--seeds", "1", "--profile", "quick",
+             "--budgets", "20s", "--out", str(tmp_path / "report")]
+    assert main(["bench", *flags]) == 0 and len(calls) == 1
+    saved = tmp_path / "report" / "runs" / "20s" / "constant-seed0.json"
+    kept = json.loads(saved.read_text())
+    assert kept["recipe_version"] == RECIPE_VERSION
+    del kept["recipe_version"]  # as a bench before the recipe's version kept it: the recipe of version 1
+    saved.write_text(json.dumps(kept))
+    capsys.readouterr()
+
+    assert main(["bench", *flags, "--report-only"]) == 2  # the same configuration, but an earlier recipe
+    assert (f"no run of this bench's configuration and recipe yet (runs/20s/constant-seed0.json: kept from an earlier "
+            f"recipe (version 1; this one is {RECIPE_VERSION}))") in capsys.readouterr().err
+    assert main(["bench", *flags]) == 2
+    err = capsys.readouterr().err
+    assert "earlier recipe (e.g. runs/20s/constant-seed0.json: kept from an earlier recipe" in err and "--overwrite" in err
+    assert len(calls) == 1 and "recipe_version" not in json.loads(saved.read_text())  # nothing trained or replaced
+
+    assert main(["bench", *flags, "--overwrite"]) == 0
+    assert len(calls) == 2 and json.loads(saved.read_text())["recipe_version"] == RECIPE_VERSION
+
+
 def test_a_runs_step_seconds_at_the_final_patch_are_the_median_of_its_last_shapes_steps():
     from napari_pgps.events import StepDone
 

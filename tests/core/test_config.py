@@ -147,6 +147,7 @@ def test_schedule_options_written_flat_mean_the_same_as_nested(tmp_path):
 def test_a_bench_run_saved_with_flat_schedule_options_counts_as_measured(tmp_path):
     import json
 
+    from napari_pgps.engine.recipe import RECIPE_VERSION
     from napari_pgps.tasks.bench import _measured_before
 
     config = RunConfig()
@@ -155,8 +156,9 @@ def test_a_bench_run_saved_with_flat_schedule_options_counts_as_measured(tmp_pat
     flat = json.loads(json.dumps(nested))
     flat["curriculum"].update(flat["curriculum"].pop("options"))  # as a bench before curriculum.options saved it
     saved = tmp_path / "constant-seed0.json"
-    saved.write_text(json.dumps({"config": flat, "result": {"mean_dice": 0.5}}))
+    version = {"recipe_version": RECIPE_VERSION}
+    saved.write_text(json.dumps({"config": flat, **version, "result": {"mean_dice": 0.5}}))
     assert _measured_before(saved, nested) == {"mean_dice": 0.5}
     flat["curriculum"]["growth"] = "journal"
-    saved.write_text(json.dumps({"config": flat, "result": {"mean_dice": 0.5}}))
+    saved.write_text(json.dumps({"config": flat, **version, "result": {"mean_dice": 0.5}}))
     assert _measured_before(saved, nested) is None

@@ -128,7 +128,7 @@ def add_bench(commands) -> None:
 
 def _bench(args: argparse.Namespace) -> int:
     from ..engine.budget import parse_duration
-    from ..tasks.bench import BenchSettings, check_settings, replaced_runs, run_bench
+    from ..tasks.bench import BenchSettings, check_settings, replaced_runs, run_bench, why_not_kept
 
     settings = BenchSettings(data=str(args.data), schedules=[s.strip() for s in args.schedules.split(",") if s.strip()],
                              seeds=args.seeds, first_seed=args.first_seed, profile=args.profile, epochs=args.epochs,
@@ -143,8 +143,9 @@ def _bench(args: argparse.Namespace) -> int:
         raise InputError(f"{out}: is the dataset folder; write the report to another folder.")
     replaced = replaced_runs(settings, out)
     if replaced and not args.overwrite and not args.report_only:
-        raise InputError(f"{out}: keeps {len(replaced)} run(s) measured with another configuration (e.g. "
-                         f"{replaced[0].name}); choose another folder, or add --overwrite to measure them again.")
+        raise InputError(f"{out}: keeps {len(replaced)} run(s) measured with another configuration or an earlier "
+                         f"recipe (e.g. {replaced[0].relative_to(out)}: {why_not_kept(replaced[0])}); choose another "
+                         "folder, or add --overwrite to measure them again.")
     run_bench(settings, out, progress=lambda line: print(line, flush=True), train=not args.report_only)
     print((Path(args.out) / "report.md").read_text())
     return 0

@@ -54,8 +54,10 @@ BUDGETS_TEST_FRACTION = 0.2
 RUNS_FOLDER = "runs"
 """Each measured (schedule, seed) is saved in the report folder's ``runs/SCHEDULE-seedN.json`` (with several budgets
 ``runs/BUDGET/SCHEDULE-seedN.json``, e.g. ``runs/15m/pgps-efficiency-seed0.json``) with the configuration it
-trained: a bench started again in the same folder (after a stop, or with more seeds, schedules or budgets) keeps the
-runs whose configuration is unchanged and trains the others. Delete the file (or the folder) to measure a run again."""
+trained and the version of the recipe that planned it (:data:`napari_pgps.engine.recipe.RECIPE_VERSION`; a file
+without one is version 1): a bench started again in the same folder (after a stop, or with more seeds, schedules or
+budgets) keeps the runs whose configuration and recipe are unchanged and trains the others (replacing a kept result
+only with ``--overwrite``). Delete the file (or the folder) to measure a run again."""
 RUN_FOLDERS = "models"
 """Where the runs with a test split train (``models/[BUDGET/]SCHEDULE-seedN``): deleted once measured unless kept."""
 
@@ -243,8 +245,10 @@ def run_bench(settings: BenchSettings, out: Path, progress=print, train: bool = 
     runs: list[dict[str, Any]] = []
     planned = list(_planned_runs(settings, out))
     if not train and not any(_measured_before(saved, config) for *_, config, saved in planned):
-        raise InputError(f"{out}: keeps no run of this bench's configuration yet, so there is nothing to report; run "
-                         "the same command without --report-only to train them.")
+        other = next((saved for *_, saved in planned if saved.exists()), None)
+        found = f" ({other.relative_to(out)}: {why_not_kept(other)})" if other is not None else ""
+        raise InputError(f"{out}: keeps no run of this bench's configuration and recipe yet{found}, so there is "
+                         "nothing to report; run the same command without --report-only to train them.")
     out.mkdir(parents=True, exist_ok=True)
     for i, (budget, seed, schedule, config, saved) in enumerate(planned):
         name = f"{budget_label(budget)}, " if settings.budgets else ""
@@ -253,8 +257,7 @@ def run_bench(settings: BenchSettings, out: Path, progress=print, train: bool = 
         if result is not None:
             progress(f"{name}: measured before with the same configuration ({saved}), kept")
         elif not train:
-            why = "kept with another configuration" if saved.exists() else "not measured yet"
-            progress(f"{name}: {why}, left out of the report")
+            progress(f"{name}: {why_not_kept(saved)}, left out of the report")
             continue
         else:
             progress(f"{name}: training...")
@@ -263,7 +266,8 @@ def run_bench(settings: BenchSettings, out: Path, progress=print, train: bool = 
             result["schedule"] = schedule  # the bench's name: constant+pdl trains the constant schedule
             result["budget"] = budget
             saved.parent.mkdir(parents=True, exist_ok=True)
-            write_text_atomically(saved, json.dumps({"config": config, "result": result}, indent=1) + "\n")
+            kept = {"config": config, "recipe_version": _recipe_version(), "result": result}
+            write_text_atomically(saved, json.dumps(kept, indent=1) + "\n")
             if run_dir is not None and not settings.keep_runs:
                 shutil.rmtree(run_dir, ignore_errors=True)
         runs.append(result)
@@ -352,24 +356,50 @@ def _run_folder(out: Path, saved: Path) -> Path:
 
 def replaced_runs(settings: BenchSettings, out: Path) -> list[Path]:
     """The results kept in ``out`` that the bench would measure again and replace: saved with another configuration
-    (the command line asks for ``--overwrite`` before it does)."""
+    or by an earlier recipe (the command line asks for ``--overwrite`` before it does)."""
     return [saved for *_, config, saved in _planned_runs(settings, out)
             if saved.exists() and _measured_before(saved, config) is None]
 
 
-def _measured_before(path: Path, config: dict[str, Any]) -> Optional[dict[str, Any]]:
-    """The result saved at ``path`` by an earlier bench in the same report folder, if it trained ``config``."""
+def _recipe_version() -> int:
+    """:data:`napari_pgps.engine.recipe.RECIPE_VERSION` (imported here: the engine brings torch, which the command
+    line's help need not wait for)."""
+    from ..engine.recipe import RECIPE_VERSION
+
+    return RECIPE_VERSION
+
+
+def _kept(path: Path) -> Optional[dict[str, Any]]:
+    """The run kept at ``path`` (``{"config", "recipe_version", "result"}``), or ``None`` where none can be read."""
     try:
         saved = json.loads(path.read_text())
     except (OSError, ValueError):
         return None
-    if not isinstance(saved, dict):
+    return saved if isinstance(saved, dict) else None
+
+
+def _measured_before(path: Path, config: dict[str, Any]) -> Optional[dict[str, Any]]:
+    """The result saved at ``path`` by an earlier bench in the same report folder, if it trained ``config`` with
+    this recipe (:data:`napari_pgps.engine.recipe.RECIPE_VERSION`)."""
+    saved = _kept(path)
+    if saved is None or saved.get("recipe_version", 1) != _recipe_version():
         return None
     try:  # read as a configuration: one saved in an earlier form (flat schedule options) is the same
         same = RunConfig.from_dict(saved.get("config")).to_dict() == json.loads(json.dumps(config))
     except InputError:
         return None
     return saved.get("result") if same else None
+
+
+def why_not_kept(path: Path) -> str:
+    """Why the result at ``path`` is not this bench's (:func:`_measured_before` gave none), in a few words."""
+    saved = _kept(path)
+    if saved is None:
+        return "not measured yet" if not path.exists() else "kept in a file that cannot be read"
+    version = saved.get("recipe_version", 1)
+    if version != _recipe_version():
+        return f"kept from an earlier recipe (version {version}; this one is {_recipe_version()})"
+    return "kept with another configuration"
 
 
 def _time_to_reach(curve: Sequence[dict], target: float) -> Optional[float]:
