@@ -204,6 +204,10 @@ def test_init_from_starts_from_the_models_weights(tmp_path, phantom_dataset, pac
     assert seen.weights.keys() == model.keys() and all(torch.equal(seen.weights[k], model[k]) for k in model)
     started = next(e for e in events if isinstance(e, RunStarted))
     assert started.start_epoch == 0 and isinstance(events[-1], Finished) and not events[-1].stopped
+    said = {line.partition(":")[0]: line for line in started.recipe}
+    for part in ("network", "spacing", "final patch"):  # the model's, not the configuration's
+        assert said[part].endswith(f"(the model this run starts from ({package.name}))"), said[part]
+    assert said["length"].startswith("length: 1 epochs x 1 steps (your configuration)")
     saved = RunConfig.load(tmp_path / "run" / "config.yaml")
     assert saved.training.init_from == str(package.resolve())
     assert saved.model.patch_size == load_model(package, "cpu").config.model.patch_size

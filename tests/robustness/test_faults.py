@@ -138,6 +138,20 @@ def test_a_resumed_run_logs_every_step_once(tmp_path, phantom_dataset, stopped_r
     assert [e.stopped for e in logged if isinstance(e, Finished)] == [False]
 
 
+def test_a_resumed_run_says_the_recipe_it_was_started_with(tmp_path, phantom_dataset, stopped_run):
+    run_dir = shutil.copytree(stopped_run, tmp_path / "run")
+    started = next(e for e in read_events(run_dir) if isinstance(e, RunStarted))
+    assert "schedule: constant (a run of set epochs keeps the network's own schedule" in started.recipe[0]
+    resumed = next(e for e in train(quick_config(phantom_dataset), run_dir, resume=True) if isinstance(e, RunStarted))
+    assert resumed.recipe == started.recipe  # not "your configuration" for every part its saved configuration gives
+
+    older = load_checkpoint(run_dir / "checkpoint_last.pt")
+    del older["recipe"]  # a checkpoint from before the recipe was kept: every part is its configuration's
+    torch.save(older, run_dir / "checkpoint_last.pt")
+    resumed = next(e for e in train(quick_config(phantom_dataset), run_dir, resume=True) if isinstance(e, RunStarted))
+    assert resumed.recipe[0] == "schedule: constant (your configuration)"
+
+
 # -- a checkpoint write cut off ------------------------------------------------------------------------------------
 def _train_args(tmp_path, phantom_dataset, run_dir):
     config = tmp_path / "quick.yaml"

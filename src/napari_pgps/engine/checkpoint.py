@@ -12,7 +12,9 @@ validation case names), ``epoch`` (epochs completed), ``step``, ``rng``
 (torch / numpy / CUDA states; under torchrun also ``numpy_ranks``, every
 rank's sampler state in rank order, and ``schedule``, the shared patch-draw
 state), ``best_mean_dice``, ``last_mean_dice``, ``training_seconds``, ``stages`` (the patch stages as
-``[z, y, x, batch, epochs]``, as laid out when the run was last re-planned to its budget).
+``[z, y, x, batch, epochs]``, as laid out when the run was last re-planned to its budget), ``recipe`` (each part of
+the run's recipe as chosen when it started, :class:`.recipe.Choice` fields as a dict; not in checkpoints written
+before it was kept).
 
 Once weight averaging has begun (:mod:`.averaging`), ``model`` holds the averaged weights, the model the run keeps
 (what ``segment --model RUN`` uses), ``raw_model`` the weights being trained, and ``weight_average`` the average's
@@ -26,6 +28,7 @@ from ``model``.
 from __future__ import annotations
 
 import copy
+import dataclasses
 import os
 import pickle
 import zipfile
@@ -76,6 +79,8 @@ class CheckpointedRun(Protocol):
     context: distributed.DistributedContext
     weight_average: WeightAverage
     """The average of the network's weights over the last part of the run (never begun without averaging)."""
+    recipe_choices: Sequence[Any]
+    """Each part of the run's recipe (:class:`.recipe.Choice`), so that a resumed run says what it was chosen with."""
 
 
 def checkpoint_payload(run: CheckpointedRun) -> dict[str, Any]:
@@ -97,6 +102,7 @@ def checkpoint_payload(run: CheckpointedRun) -> dict[str, Any]:
         "best_mean_dice": run.best_mean_dice,
         "last_mean_dice": run.last_mean_dice,
         "rng": rng_states(run.rng, run.draw_rng, run.context),
+        "recipe": [dataclasses.asdict(choice) for choice in run.recipe_choices],
     }
     if run.weight_average.begun:
         payload.update(model=run.weight_average.network.state_dict(), raw_model=payload["model"],

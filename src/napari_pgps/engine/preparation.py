@@ -36,7 +36,7 @@ from .checkpoint import load_checkpoint, start_from_model, trained_config
 from .budget import measure_network_step_seconds
 from .device import autocast_dtype, pick_device, training_memory_format
 from .file_names import LAST
-from .recipe import Choice, explain_recipe, is_budgeted, spacing_at_pace, spacing_without_timing
+from .recipe import Choice, explain_recipe, from_the_model, is_budgeted, spacing_at_pace, spacing_without_timing
 from .resolve import PROFILES, planned_spacing_and_shape, resolve_config
 
 
@@ -60,8 +60,8 @@ class PreparedRun:
     initial_weights: Optional[dict[str, torch.Tensor]] = None
     """The state dict a new run starts from (given, or the ``training.init_from`` model's), else ``None``."""
     recipe: tuple[Choice, ...] = ()
-    """Each part of the run's recipe and why (:func:`.recipe.explain_recipe`; a resumed run's as its
-    configuration stands)."""
+    """Each part of the run's recipe and why (:func:`.recipe.explain_recipe`; a resumed run's as its checkpoint kept
+    it, or, in a checkpoint from before the recipe was kept, as its configuration stands: every part its own)."""
 
     def label_fractions(self) -> tuple[float, ...]:
         """The share of each label's voxels (background first, in label index order) over the training cases."""
@@ -120,6 +120,7 @@ def prepare_run(
             data = config.data
             split = source.split(data.fold, data.folds, data.validation_fraction, config.training.seed,
                                  data.test_fraction)
+        given = config
         if state is None and config.training.init_from:
             if initial_weights is None:  # train --init-from: the model's network, weights and preprocessing
                 config, initial_weights = start_from_model(config, config.training.init_from, source.labels,
@@ -140,7 +141,10 @@ def prepare_run(
                                                is_budgeted(asked, profile.time_budget))
         if coarser is not None:  # the recipe's coarser spacing: the run planned again at it
             config = resolve(_with_spacing(asked, coarser))
-        recipe = explain_recipe(asked, config, device.type, profile.time_budget, spacing)
+        recipe = (_recipe_of(state) if state is not None else ()) or explain_recipe(
+            asked, config, device.type, profile.time_budget, spacing)
+        if state is None and config.training.init_from:
+            recipe = from_the_model(recipe, given, config.training.init_from)
         store = yield from _reporting("preprocessing", source.preprocessed(PreprocessingPlan.of(config), test))
     except BaseException:  # a failure, or the run's events closed while preparing
         source.close()
@@ -163,6 +167,13 @@ def _spacing(asked: RunConfig, resolved: RunConfig, fingerprint, device: torch.d
                                            device, low_precision, training_memory_format(device, low_precision))
     yield Preparing(task="timing", done=1, total=1)
     return spacing_at_pace(resolved, median_shape, seconds)
+
+
+def _recipe_of(state: dict[str, Any]) -> tuple[Choice, ...]:
+    """The recipe a checkpoint kept (:func:`.checkpoint.checkpoint_payload`), as chosen when its run started; ``()``
+    where it kept none."""
+    fields = {field.name for field in dataclasses.fields(Choice)}
+    return tuple(Choice(**{k: v for k, v in saved.items() if k in fields}) for saved in state.get("recipe") or ())
 
 
 def _with_spacing(config: RunConfig, spacing: tuple[float, float, float]) -> RunConfig:

@@ -49,6 +49,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Optional, Sequence
 
 from ..config import RunConfig
@@ -275,6 +276,20 @@ def explain_recipe(asked: RunConfig, resolved: RunConfig, device_type: str, defa
             _augmentation_choice(asked, resolved, device_type), _averaging_choice(asked, resolved),
             _width_choice(asked, resolved, device_type),
             *((spacing,) if spacing is not None else ()), _patch_choice(asked, resolved))
+
+
+_FROM_THE_MODEL = {"network": "base_channels", "spacing": "spacing", "final patch": "patch_size"}
+"""The recipe's parts a run started from a trained model takes from it, and the model setting each is."""
+
+
+def from_the_model(recipe: Sequence[Choice], asked: RunConfig, model: str) -> tuple[Choice, ...]:
+    """``recipe`` of a run that starts from a trained model (``training.init_from``, ``model`` its path): the
+    network, spacing and final patch that ``asked`` (the configuration before the model's was taken) leaves
+    automatic are the model's, and said so."""
+    name = Path(model).name
+    return tuple(Choice(c.part, c.value, f"the model this run starts from ({name})")
+                 if c.part in _FROM_THE_MODEL and getattr(asked.model, _FROM_THE_MODEL[c.part]) is None else c
+                 for c in recipe)
 
 
 def _minutes(seconds: float) -> str:
