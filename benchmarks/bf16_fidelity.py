@@ -32,7 +32,7 @@ import torch.nn.functional as F
 
 from napari_pgps.config import RunConfig
 from napari_pgps.engine.device import native_bf16
-from napari_pgps.engine.trainer import _loss
+from napari_pgps.engine.losses import training_loss
 from napari_pgps.models import split_outputs
 from napari_pgps.models.shallow_convolutions import ShallowSafeConv3d, guard_shallow_convolutions
 from napari_pgps.plugins import TrainingPlugin
@@ -84,7 +84,7 @@ class GradientFidelity(TrainingPlugin):
     def __init__(self, every: int, plain_autocast: bool):
         self.every, self.plain_autocast, self.calls = every, plain_autocast, 0
         self.rows: dict[tuple[int, ...], list[tuple[float, float, float]]] = collections.defaultdict(list)
-        self.loss = _loss(deep_supervision=True)
+        self.loss = training_loss(deep_supervision=True)
 
     def _gradient(self, run, images, labels, bf16: bool):
         run.network.zero_grad(set_to_none=True)

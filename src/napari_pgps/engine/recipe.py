@@ -35,8 +35,8 @@ spacing                one level coarser than the data's (twice the     left atr
                        spacing, :func:`coarser_spacing`) when the       1.25 mm instead of 0.625, 15 min +19.6
                        final patch leaves part of the median case out   points (constant), 45 min +6.8 (PGPS
                        and the budget holds fewer than                  Efficiency); 0.625 mm given 120 min 0.902,
-                       ``COARSE_SPACING_STEPS`` steps at that patch,    level with 1.25 mm's 45 min (section 14)
-                       timed before preprocessing
+                       ``COARSE_SPACING_STEPS`` steps at that patch,    level with 1.25 mm's 45 min; 1.25 mm given
+                       timed before preprocessing                       120 min 0.912 (section 14)
                        (:func:`spacing_at_pace`); else the data's
 augmentation           the device profile's (CPU: none)                 1,250 steps: none 0.876, mirroring 0.858,
                                                                         nnU-Net's 0.826 (section 2); ramped in from
@@ -71,9 +71,9 @@ spacing (:func:`spacing_at_pace`) when its budget holds fewer than this many ste
 Measured on the left atrium (0.625 mm, final patch 96^3, 60 mm of a median case of 55 x 89 x 120 mm; 2-core AVX2 CPU,
 one seed, 8 test cases), at twice the spacing (1.25 mm, patch 48 x 80 x 112 covering the median case, half the
 voxels): 15 minutes (about 80 steps at 96^3) constant 0.838 against 0.643, +19.6 Dice points; 45 minutes (about
-245) PGPS Efficiency 0.904 against 0.836, +6.8; and the full resolution given 120 minutes (about 650) scored 0.902,
-level with the coarser spacing's 45 minutes (HD95 9.6 mm against 4.2). 1,000 keeps that CPU's 120 minutes (600-720
-steps as the timing varies) on the measured side; where the full resolution wins back is not measured."""
+245) PGPS Efficiency 0.904 against 0.836, +6.8; 120 minutes (about 650) 0.912 against 0.902 (HD95 3.5 mm against
+9.6). 1,000 keeps that CPU's 120 minutes (600-720 steps as the timing varies) on the measured side; where the full
+resolution wins back is not measured."""
 
 
 @dataclass(frozen=True)
