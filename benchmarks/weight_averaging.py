@@ -19,7 +19,8 @@ import argparse
 import tempfile
 from pathlib import Path
 
-from napari_pgps.engine.checkpoint import BEST, FINAL, LAST, load_checkpoint, save_checkpoint
+from napari_pgps.engine.checkpoint import load_checkpoint, save_checkpoint
+from napari_pgps.engine.file_names import BEST, FINAL, LAST
 from napari_pgps.engine.inference import load_model
 from napari_pgps.engine.run_folder import RunFolder
 from napari_pgps.events import Validated
