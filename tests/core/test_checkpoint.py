@@ -80,6 +80,7 @@ def _run(seed):
     from napari_pgps.curriculum import Stage
     from napari_pgps.engine import distributed
     from napari_pgps.engine.averaging import WeightAverage
+    from napari_pgps.engine.recipe import Choice
     from napari_pgps.plugins import TrainingPlugin
 
     class Counter(TrainingPlugin):
@@ -105,6 +106,7 @@ def _run(seed):
         scaler=torch.amp.GradScaler("cuda", enabled=False), plugins=[Counter()], split={"training": ["a"], "validation": ["b"]},
         epoch=0, step=0, stages=(Stage((8, 8, 8), 2, 10),), training_seconds=0.0, best_mean_dice=-1.0, last_mean_dice=None,
         rng=rng, draw_rng=rng, context=distributed.SINGLE,
+        recipe_choices=[Choice("schedule", "pgps-efficiency", "why"), Choice("length", "3 epochs", "", by_user=True)],
     )
 
 
@@ -130,6 +132,8 @@ def test_a_runs_checkpoint_round_trip_puts_back_its_states_progress_and_random_s
     restore(back, payload)
     assert (back.epoch, back.step, back.training_seconds, back.best_mean_dice, back.last_mean_dice) == (3, 12, 4.5, 0.6, 0.5)
     assert back.stages == run.stages and back.plugins[0].count == 7 and payload["split"] == run.split
+    assert payload["recipe"] == [{"part": "schedule", "value": "pgps-efficiency", "reason": "why", "by_user": False},
+                                 {"part": "length", "value": "3 epochs", "reason": "", "by_user": True}]
     assert back.scheduler.state_dict() == run.scheduler.state_dict()
     momentum, saved = back.optimizer.state_dict()["state"], run.optimizer.state_dict()["state"]
     assert all(torch.equal(momentum[k]["momentum_buffer"], saved[k]["momentum_buffer"]) for k in saved)
