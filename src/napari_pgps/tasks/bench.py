@@ -378,11 +378,16 @@ def _kept(path: Path) -> Optional[dict[str, Any]]:
     return saved if isinstance(saved, dict) else None
 
 
+def _version_of(saved: dict[str, Any]) -> int:
+    """The recipe version of a kept run (:func:`_kept`): 1 where it was kept before versions were."""
+    return saved.get("recipe_version", 1)
+
+
 def _measured_before(path: Path, config: dict[str, Any]) -> Optional[dict[str, Any]]:
     """The result saved at ``path`` by an earlier bench in the same report folder, if it trained ``config`` with
     this recipe (:data:`napari_pgps.engine.recipe.RECIPE_VERSION`)."""
     saved = _kept(path)
-    if saved is None or saved.get("recipe_version", 1) != _recipe_version():
+    if saved is None or _version_of(saved) != _recipe_version():
         return None
     try:  # read as a configuration: one saved in an earlier form (flat schedule options) is the same
         same = RunConfig.from_dict(saved.get("config")).to_dict() == json.loads(json.dumps(config))
@@ -396,7 +401,7 @@ def why_not_kept(path: Path) -> str:
     saved = _kept(path)
     if saved is None:
         return "not measured yet" if not path.exists() else "kept in a file that cannot be read"
-    version = saved.get("recipe_version", 1)
+    version = _version_of(saved)
     if version != _recipe_version():
         return f"kept from an earlier recipe (version {version}; this one is {_recipe_version()})"
     return "kept with another configuration"
