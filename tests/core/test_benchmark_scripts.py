@@ -1,8 +1,12 @@
-"""The benchmark scripts (benchmarks/*.py) are run by hand, not by the tests: every name they import from
-napari_pgps, at the top or inside a function, must still exist (a renamed helper had broken two of them unnoticed)."""
+"""The benchmark scripts (benchmarks/*.py) are run by hand for their measurements: every name they import from
+napari_pgps, at the top or inside a function, must still exist (a renamed helper had broken two of them unnoticed),
+and those that generate their own inputs run end to end at a tiny size."""
 
 import ast
 import importlib
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -33,3 +37,25 @@ def test_every_name_a_benchmark_imports_from_napari_pgps_exists(script):
             except ImportError:
                 missing.append(f"{module_name}.{name}")
     assert not missing, f"{script.name} imports names napari_pgps no longer has: {', '.join(missing)}"
+
+
+SELF_CONTAINED = {
+    # script: arguments for a run of a few seconds on generated data, and a line its report must print
+    "cpu_speed.py": (["--patch", "16", "16", "16", "--batch", "1", "--rounds", "1", "--steps", "1",
+                      "--variants", "fp32,channels-last", "--next-crop", "16", "16", "8"], "| channels-last |"),
+    "evaluation_memory.py": (["--shape", "12", "24", "20", "--labels", "3", "--spacing", "2", "1", "1"],
+                             "peak resident memory:"),
+}
+
+
+@pytest.mark.parametrize("script", sorted(SELF_CONTAINED))
+def test_a_benchmark_that_needs_no_data_runs_to_its_report(script):
+    """The scripts that generate their own inputs run end to end at a tiny size, so that a changed signature inside
+    napari_pgps breaks a test rather than the next measurement."""
+    arguments, expected = SELF_CONTAINED[script]
+    root = Path(__file__).resolve().parents[2]
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(root / "src"), os.environ.get("PYTHONPATH")]))}
+    result = subprocess.run([sys.executable, str(root / "benchmarks" / script), *arguments], capture_output=True,
+                            text=True, timeout=1200, env=env)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert expected in result.stdout, result.stdout[-3000:]
