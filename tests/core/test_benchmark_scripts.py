@@ -11,7 +11,8 @@ from pathlib import Path
 
 import pytest
 
-BENCHMARKS = sorted((Path(__file__).resolve().parents[2] / "benchmarks").glob("*.py"))
+ROOT = Path(__file__).resolve().parents[2]
+BENCHMARKS = sorted((ROOT / "benchmarks").glob("*.py"))
 
 
 def _imports(script: Path):
@@ -53,9 +54,8 @@ def test_a_benchmark_that_needs_no_data_runs_to_its_report(script):
     """The scripts that generate their own inputs run end to end at a tiny size, so that a changed signature inside
     napari_pgps breaks a test rather than the next measurement."""
     arguments, expected = SELF_CONTAINED[script]
-    root = Path(__file__).resolve().parents[2]
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(root / "src"), os.environ.get("PYTHONPATH")]))}
-    result = subprocess.run([sys.executable, str(root / "benchmarks" / script), *arguments], capture_output=True,
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT / "src"), os.environ.get("PYTHONPATH")]))}
+    result = subprocess.run([sys.executable, str(ROOT / "benchmarks" / script), *arguments], capture_output=True,
                             text=True, timeout=1200, env=env)
     assert result.returncode == 0, result.stderr[-3000:]
     assert expected in result.stdout, result.stdout[-3000:]
