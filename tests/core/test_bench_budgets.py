@@ -145,6 +145,30 @@ def test_a_run_kept_from_an_earlier_recipe_is_measured_again_only_when_asked(tmp
     assert len(calls) == 2 and json.loads(saved.read_text())["recipe_version"] == RECIPE_VERSION
 
 
+def test_a_run_kept_from_version_2_is_this_recipes_where_its_budget_held_too_few_steps_for_the_new_rule(
+        tmp_path, phantom_dataset, monkeypatch):
+    """Version 3 added one rule (nnU-Net's augmentation ramped in where a budget holds LONG_RUN_STEPS steps at the
+    final patch): a kept version-2 run whose budget held far fewer is kept; one that held enough, or that did not
+    keep its step seconds, trains again."""
+    from napari_pgps.engine.recipe import KEPT_STEPS_MARGIN, LONG_RUN_STEPS, RECIPE_VERSION
+
+    assert RECIPE_VERSION == 3
+    calls = []
+    monkeypatch.setattr(bench, "_train_in_child", _fake_training(calls))
+    flags = ["--data", str(phantom_dataset), "--schedules", "constant", "--seeds", "1", "--profile", "quick",
+             "--budgets", "20s", "--out", str(tmp_path / "report")]
+    assert main(["bench", *flags]) == 0 and len(calls) == 1
+    saved = tmp_path / "report" / "runs" / "20s" / "constant-seed0.json"
+    kept = json.loads(saved.read_text())
+    few, many = 20.0 / (LONG_RUN_STEPS / KEPT_STEPS_MARGIN) * 1.01, 20.0 / (LONG_RUN_STEPS / KEPT_STEPS_MARGIN) * 0.99
+    for step_seconds, trains in ((few, False), (many, True), (None, True)):
+        kept["recipe_version"], kept["result"]["final_patch_step_seconds"] = 2, step_seconds
+        saved.write_text(json.dumps(kept))
+        before = len(calls)
+        assert main(["bench", *flags, "--overwrite"]) == 0
+        assert len(calls) == before + trains, step_seconds
+
+
 def test_a_runs_step_seconds_at_the_final_patch_are_the_median_of_its_last_shapes_steps():
     from napari_pgps.events import StepDone
 

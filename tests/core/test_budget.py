@@ -627,6 +627,29 @@ def test_the_recipes_pgps_gives_way_to_the_constant_patch_when_the_budget_holds_
         assert started.schedule == "pgps-efficiency" and line == "schedule: pgps-efficiency (your configuration)"
 
 
+def test_a_budget_that_holds_many_final_steps_trains_the_long_runs_augmentation_curriculum(
+        phantom_dataset, monkeypatch, tmp_path):
+    """With the long-run rule's step count lowered to 0, every budgeted run holds enough: its recipe ramps nnU-Net's
+    augmentation in from none, its steps follow the ramp over its 8 epochs (capped, so the ramp's epochs are known)
+    and its saved configuration has it, so a resumed run trains the same."""
+    from napari_pgps import train
+    from napari_pgps.config import RunConfig
+    from napari_pgps.engine import recipe
+    from napari_pgps.engine.file_names import CONFIG_FILE
+
+    monkeypatch.setattr(recipe, "LONG_RUN_STEPS", 0)
+    config = quick_config(phantom_dataset, epochs=8, iterations=2)
+    config.training.time_budget = 120.0
+    events = list(train(config, tmp_path / "run"))
+    started = next(e for e in events if isinstance(e, RunStarted))
+    (line,) = [line for line in started.recipe if line.startswith("augmentation: ")]
+    assert line.startswith("augmentation: nnunet, from none at 25% of the run to full strength at 75% (the budget holds ")
+    strengths = [e.augmentation_strength for e in events if isinstance(e, StepDone)]
+    assert strengths == pytest.approx([0, 0, 0, 0, 0, 0, 0.25, 0.25, 0.5, 0.5, 0.75, 0.75, 1, 1, 1, 1])
+    saved = RunConfig.load(tmp_path / "run" / CONFIG_FILE).data
+    assert (saved.augmentation, saved.augmentation_ramp) == ("nnunet", (0.25, 0.75))
+
+
 def test_a_re_plan_within_an_epoch_is_told_and_shown_with_its_steps_per_epoch():
     from napari_pgps.engine import TrainingProgress, describe_event
     from napari_pgps.events import Replanned

@@ -146,3 +146,25 @@ def test_the_spacing_is_kept_without_timing_a_step(edit, reason):
     covered = spacing_without_timing(RunConfig(), _resolved(RunConfig()), (40, 56, 40), budgeted=True)
     assert covered.line() == ("spacing: 1 x 1 x 1 mm (the data's (nnU-Net's rule): the final patch covers the median "
                               "case)")
+
+
+def test_a_budget_that_holds_many_steps_at_the_final_patch_ramps_nnunets_augmentation_in():
+    from napari_pgps.engine.recipe import LONG_RUN_RAMP, LONG_RUN_STEPS, augmentation_at_pace
+
+    def augmentation(asked: RunConfig, device: str = "cpu"):
+        resolved = _resolved(asked, device)
+        choices = explain_recipe(asked, resolved, device, PROFILES[device].time_budget)
+        return next(c for c in choices if c.part == "augmentation")
+
+    none = augmentation(RunConfig())
+    assert none.value == "none" and not none.by_user
+    assert augmentation_at_pace(none, LONG_RUN_STEPS - 1) == (none, None)  # a shorter run keeps plain crops
+    ramped, ramp = augmentation_at_pace(none, 9300)  # the hippocampus's 120 minutes on the 2-core CPU
+    assert ramp == LONG_RUN_RAMP == (0.25, 0.75) and not ramped.by_user
+    assert ramped.line().startswith("augmentation: nnunet, from none at 25% of the run to full strength at 75% (the "
+                                    f"budget holds 9300 steps at the final patch on this machine, at least "
+                                    f"{LONG_RUN_STEPS}:")
+    users = RunConfig()
+    users.data.augmentation = "none"
+    assert augmentation_at_pace(augmentation(users), 10 ** 6)[1] is None  # the user's none is trained as asked
+    assert augmentation_at_pace(augmentation(RunConfig(), "cuda"), 10 ** 6)[1] is None  # the GPU profile's own

@@ -6,10 +6,11 @@ choice the configuration leaves automatic (``None``) is made here or by the devi
 (:mod:`.resolve`), by a rule that cites the measurement behind it (docs/benchmarks.md); a value the
 configuration gives (``--config``, a flag, a widget) is kept and said to be the user's.
 
-:func:`recipe_schedule` and :func:`recipe_weight_averaging` are the rules :func:`.resolve.resolve_config` applies;
-:func:`explain_recipe` gives one :class:`Choice` per part of a resolved configuration, which ``train`` prints one
-line each before the first step (the :class:`napari_pgps.events.RunStarted` event's ``recipe``) and the Train
-widget shows.
+:func:`recipe_schedule` is the rule :func:`.resolve.resolve_config` applies; :func:`spacing_at_pace`,
+:func:`schedule_at_pace` and :func:`augmentation_at_pace` are applied once a step has been timed (the spacing before
+preprocessing, the others by the trainer before it plans its epochs); :func:`explain_recipe` gives one
+:class:`Choice` per part of a resolved configuration, which ``train`` prints one line each before the first step
+(the :class:`napari_pgps.events.RunStarted` event's ``recipe``) and the Train widget shows.
 
 The rules, and the measurement behind each (2-core CPU, hippocampus, held-out Dice):
 
@@ -38,10 +39,12 @@ spacing                one level coarser than the data's (twice the     left atr
                        ``COARSE_SPACING_STEPS`` steps at that patch,    level with 1.25 mm's 45 min; 1.25 mm given
                        timed before preprocessing                       120 min 0.912 (section 14)
                        (:func:`spacing_at_pace`); else the data's
-augmentation           the device profile's (CPU: none)                 1,250 steps: none 0.876, mirroring 0.858,
-                                                                        nnU-Net's 0.826 (section 2); ramped in from
-                                                                        none: -2.05 points at 15 min, -0.89 at 45
-                                                                        (one seed each, section 14).
+augmentation           the device profile's (CPU: none), unless the     1,250 steps: none 0.876, mirroring 0.858,
+                       budget holds at least ``LONG_RUN_STEPS`` steps   nnU-Net's 0.826 (section 2); ramped in from
+                       at the final patch, timed when the run starts    none: -2.05 points at 15 min, -0.89 at 45,
+                       (:func:`augmentation_at_pace`): then nnU-Net's,  +0.24 at 120 (one seed each, section 14).
+                       ramped in from none over the middle half of
+                       the epochs
 =====================  ===============================================  ============================================
 """
 
@@ -56,10 +59,33 @@ from ..config import RunConfig
 from ..models.architectures import architecture, default_architecture
 from .budget import MIN_STEPS
 
-RECIPE_VERSION = 2
+RECIPE_VERSION = 3
 """The recipe's revision, raised whenever a rule changes what a run of the same configuration trains with, so that a
-result kept from an earlier recipe (the bench's kept runs) is not taken for this one's. 1: issue 33's recipe before
-the spacing rule; 2: the spacing rule (:func:`spacing_at_pace`)."""
+result kept from an earlier recipe (the bench's kept runs) is not taken for this one's unless the new rule leaves it
+as it was (:func:`trained_as_this_recipe`). 1: issue 33's recipe before the spacing rule; 2: the spacing rule
+(:func:`spacing_at_pace`); 3: the augmentation rule for long runs (:func:`augmentation_at_pace`)."""
+
+KEPT_STEPS_MARGIN = 1.5
+"""How much faster than its run's median step at the final patch the step timed at its start may have been (a busy
+machine slows a run's later steps): a kept run of version 2 counts as this recipe's only when its budget held fewer
+than ``LONG_RUN_STEPS / KEPT_STEPS_MARGIN`` steps at that median (:func:`trained_as_this_recipe`)."""
+
+LONG_RUN_STEPS = 6000
+"""A run planned to a time budget whose augmentation is the CPU profile's none trains nnU-Net's augmentation, ramped
+in from none (:data:`LONG_RUN_RAMP`), when its budget holds at least this many steps at the final patch
+(:func:`augmentation_at_pace`).
+
+Measured on the hippocampus (2-core AVX2 CPU, fp32, seed 0, 40 test cases, PGPS Efficiency): 120 minutes, about
+9,000 steps' worth at the final patch (0.8 s each), 0.8836 with the ramp against 0.8812 without (validation 0.8937
+against 0.8824: the plain run's stopped rising after 25 minutes, the ramped one's rose to its end); 45 minutes, about 1,800 (1.5 s each), 0.8767 against 0.8856; 15 minutes 2.05
+points below. 6,000 keeps below it every budget measured to lose with the ramp and the issue's bf16 machine's
+15 minutes (about 3,400 steps of 0.26 s, where plain crops scored 0.887 withheld), and puts that machine's 45
+minutes (about 10,000), whose plain runs drifted down, above it."""
+
+LONG_RUN_AUGMENTATION = "nnunet"
+LONG_RUN_RAMP = (0.25, 0.75)
+"""The shares of a long run's epochs over which :data:`LONG_RUN_AUGMENTATION` rises from none to full strength
+(:func:`napari_pgps.data.augmentation.augmentation_strength`)."""
 
 BUDGET_SCHEDULE = "pgps-efficiency"
 """The schedule of a run planned to a time budget (see the module's table)."""
@@ -74,6 +100,18 @@ voxels): 15 minutes (about 80 steps at 96^3) constant 0.838 against 0.643, +19.6
 245) PGPS Efficiency 0.904 against 0.836, +6.8; 120 minutes (about 650) 0.912 against 0.902 (HD95 3.5 mm against
 9.6). 1,000 keeps that CPU's 120 minutes (600-720 steps as the timing varies) on the measured side; where the full
 resolution wins back is not measured."""
+
+
+def trained_as_this_recipe(version: int, budget: Optional[float], final_patch_step_seconds: Optional[float]) -> bool:
+    """Whether a run planned by the recipe of ``version`` trained what this one plans for its configuration: the same
+    version, or version 2 where its budget (seconds) held fewer than ``LONG_RUN_STEPS / KEPT_STEPS_MARGIN`` steps of
+    its median seconds at the final patch (``final_patch_step_seconds``), which version 3's one new rule
+    (:func:`augmentation_at_pace`) leaves as they were."""
+    if version == RECIPE_VERSION:
+        return True
+    if version != 2 or not budget or not final_patch_step_seconds:
+        return False
+    return budget / final_patch_step_seconds < LONG_RUN_STEPS / KEPT_STEPS_MARGIN
 
 
 @dataclass(frozen=True)
@@ -147,6 +185,22 @@ def schedule_at_pace(choice: Choice, final_patch_steps: float) -> Choice:
                   f"the budget holds {final_patch_steps:.0f} steps at the final patch on this machine, fewer than "
                   f"the {MIN_STEPS} below which PGPS Efficiency lost to the constant patch: left atrium at 15 min on "
                   "a 2-core CPU, 72 steps, 11 test Dice points behind (docs/benchmarks.md section 14)")
+
+
+def augmentation_at_pace(choice: Choice, final_patch_steps: float) -> tuple[Choice, Optional[tuple[float, float]]]:
+    """The augmentation part again once the run's steps are timed: where it is the CPU profile's none (not the
+    configuration's, nor another profile's), a budget that holds at least ``LONG_RUN_STEPS`` steps at the final patch
+    (``final_patch_steps``, :meth:`.budget.BudgetPlanner.final_patch_steps`) trains :data:`LONG_RUN_AUGMENTATION`
+    ramped in over :data:`LONG_RUN_RAMP` of its epochs. Returns the choice and, where it changed, the ramp to train
+    (:attr:`napari_pgps.config.DataConfig.augmentation_ramp`), else ``None``."""
+    if choice.by_user or choice.value != "none" or final_patch_steps < LONG_RUN_STEPS:
+        return choice, None
+    start, end = LONG_RUN_RAMP
+    value = f"{LONG_RUN_AUGMENTATION}, from none at {start:.0%} of the run to full strength at {end:.0%}"
+    why = (f"the budget holds {final_patch_steps:.0f} steps at the final patch on this machine, at least "
+           f"{LONG_RUN_STEPS}: that long, plain crops stop teaching and augmentation pays; hippocampus, 120 min on a "
+           "2-core CPU: 0.884 with it against 0.881 without (docs/benchmarks.md section 14)")
+    return Choice("augmentation", value, why), LONG_RUN_RAMP
 
 
 def coarser_spacing(spacing: Sequence[float]) -> tuple[float, float, float]:
@@ -229,9 +283,10 @@ def _augmentation_choice(asked: RunConfig, resolved: RunConfig, device_type: str
     if asked.data.augmentation is not None or asked.data.augmentation_ramp is not None:
         return Choice("augmentation", value, "", by_user=True)
     if device_type == "cpu":
-        why = ("a run of this length learns more from plain crops: at 1,250 steps none 0.876, mirroring 0.858, "
-               "nnU-Net's 0.826 (docs/benchmarks.md section 2); nnU-Net's ramped in from none cost 2.0 points at 15 "
-               "min and 0.9 at 45 min on a 2-core CPU (section 14)")
+        why = ("a short run learns more from plain crops: at 1,250 steps none 0.876, mirroring 0.858, nnU-Net's 0.826 "
+               "(docs/benchmarks.md section 2); nnU-Net's ramped in from none cost 2.0 points at 15 min and 0.9 at 45 "
+               f"min on a 2-core CPU (section 14); a budget that holds {LONG_RUN_STEPS} steps at the final patch, "
+               "timed when the run starts, ramps it in")
     else:
         why = "the GPU profile's (not measured on a GPU yet)"
     return Choice("augmentation", value, why)

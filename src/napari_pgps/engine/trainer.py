@@ -69,7 +69,7 @@ from .losses import training_loss
 from .metrics import dice_per_label, mean_of, summarize_dice
 from .preparation import PreparedRun, prepare_run
 from .progress import METRICS_FILE, restart_log
-from .recipe import schedule_at_pace
+from .recipe import LONG_RUN_AUGMENTATION, augmentation_at_pace, schedule_at_pace
 
 
 class TrainingDiverged(RuntimeError):
@@ -139,8 +139,8 @@ class _Run:
         self.config: RunConfig = config
         self.run_dir: Optional[Path] = run_dir
         self.recipe_choices = list(prepared.recipe)
-        """Each part of the run's recipe (the schedule's chosen again once the steps are timed, see
-        :meth:`_schedule_at_pace`)."""
+        """Each part of the run's recipe (the schedule and augmentation chosen again once the steps are timed, see
+        :meth:`_schedule_at_pace` and :meth:`_augmentation_at_pace`)."""
         self.folder_notes: tuple[str, ...] = tuple(notes)
         """What the user should know of the run folder (its files that this run replaces), for RunStarted."""
         self.context: distributed.DistributedContext = context
@@ -366,7 +366,8 @@ class _Run:
         """Plan ``training.epochs`` (and, when fewer than the planner's least epochs would fit, fewer steps per
         epoch) so the run fits its time budget (:class:`.budget.BudgetPlanner`), from steps and a validation window
         batch timed on this machine (the final step timed again when the plan is under ``MIN_STEPS``), after the
-        recipe's schedule is chosen again from them (:meth:`_schedule_at_pace`); returns the predicted seconds.
+        recipe's schedule and augmentation are chosen again from them (:meth:`_schedule_at_pace`,
+        :meth:`_augmentation_at_pace`); returns the predicted seconds.
 
         The timed steps (a warm-up and two per probed size, on real crops) change no weight: their optimiser is a
         throw-away one with a learning rate and weight decay of zero.
@@ -378,6 +379,7 @@ class _Run:
         cost = measure_step_cost(self._timed_step, sizes, time_limit=PROBE_SHARE * t.time_budget)
         time_again = lambda shapes: measure_step_cost(self._timed_step, shapes)  # noqa: E731
         cost, validation_seconds, timed_again = self._schedule_at_pace(cost, self._timed_validation(), time_again)
+        self._augmentation_at_pace(self.budget_planner.final_patch_steps(cost, validation_seconds))
         plan = self.budget_planner.plan(cost, validation_seconds, t.iterations_per_epoch,
                                         time_again=None if timed_again else time_again)
         self._probe_optimizer = None  # its moments are a whole copy of the weights' size
@@ -412,6 +414,21 @@ class _Run:
             self.recipe_choices[index] = choice
             self.budget_planner = self._budget_planner()
         return cost, validation_seconds, True
+
+    def _augmentation_at_pace(self, final_patch_steps: float) -> None:
+        """The recipe's augmentation chosen again from the steps the budget holds at the final patch
+        (:func:`.recipe.augmentation_at_pace`): a long run's augmentation curriculum, in the configuration, the
+        sampler and the recipe's line."""
+        index = next((i for i, choice in enumerate(self.recipe_choices) if choice.part == "augmentation"), None)
+        if index is None:
+            return
+        choice, ramp = augmentation_at_pace(self.recipe_choices[index], final_patch_steps)
+        if ramp is None:
+            return
+        data = self.config.data
+        data.augmentation, data.augmentation_ramp = LONG_RUN_AUGMENTATION, ramp
+        self.sampler.augmentation = Augmentation(data.augmentation)
+        self.recipe_choices[index] = choice
 
     def _replanned(self, replan: Replan) -> Replanned:
         """Follow a budget's new plan: its stages, epochs and steps per epoch; the learning-rate decay (per epoch) ends

@@ -56,7 +56,8 @@ RUNS_FOLDER = "runs"
 ``runs/BUDGET/SCHEDULE-seedN.json``, e.g. ``runs/15m/pgps-efficiency-seed0.json``) with the configuration it
 trained and the version of the recipe that planned it (:data:`napari_pgps.engine.recipe.RECIPE_VERSION`; a file
 without one is version 1): a bench started again in the same folder (after a stop, or with more seeds, schedules or
-budgets) keeps the runs whose configuration and recipe are unchanged and trains the others (replacing a kept result
+budgets) keeps the runs whose configuration and recipe are unchanged (or whose recipe's changes leave them as they were:
+:func:`napari_pgps.engine.recipe.trained_as_this_recipe`) and trains the others (replacing a kept result
 only with ``--overwrite``). Delete the file (or the folder) to measure a run again."""
 RUN_FOLDERS = "models"
 """Where the runs with a test split train (``models/[BUDGET/]SCHEDULE-seedN``): deleted once measured unless kept."""
@@ -369,6 +370,16 @@ def _recipe_version() -> int:
     return RECIPE_VERSION
 
 
+def _of_this_recipe(saved: dict[str, Any]) -> bool:
+    """Whether the run kept as ``saved`` (:func:`_kept`) trained what this recipe plans
+    (:func:`napari_pgps.engine.recipe.trained_as_this_recipe`)."""
+    from ..engine.recipe import trained_as_this_recipe
+
+    result = saved.get("result")
+    result = result if isinstance(result, dict) else {}
+    return trained_as_this_recipe(_version_of(saved), result.get("time_budget"), result.get("final_patch_step_seconds"))
+
+
 def _kept(path: Path) -> Optional[dict[str, Any]]:
     """The run kept at ``path`` (``{"config", "recipe_version", "result"}``), or ``None`` where none can be read."""
     try:
@@ -387,7 +398,7 @@ def _measured_before(path: Path, config: dict[str, Any]) -> Optional[dict[str, A
     """The result saved at ``path`` by an earlier bench in the same report folder, if it trained ``config`` with
     this recipe (:data:`napari_pgps.engine.recipe.RECIPE_VERSION`)."""
     saved = _kept(path)
-    if saved is None or _version_of(saved) != _recipe_version():
+    if saved is None or not _of_this_recipe(saved):
         return None
     try:  # read as a configuration: one saved in an earlier form (flat schedule options) is the same
         same = RunConfig.from_dict(saved.get("config")).to_dict() == json.loads(json.dumps(config))
@@ -402,7 +413,7 @@ def why_not_kept(path: Path) -> str:
     if saved is None:
         return "not measured yet" if not path.exists() else "kept in a file that cannot be read"
     version = _version_of(saved)
-    if version != _recipe_version():
+    if not _of_this_recipe(saved):
         return f"kept from an earlier recipe (version {version}; this one is {_recipe_version()})"
     return "kept with another configuration"
 
