@@ -117,17 +117,23 @@ def test_report_only_writes_the_report_from_the_kept_runs_and_trains_nothing(tmp
     assert [b["label"] for b in json.loads((out / "results.json").read_text())["budgets"]] == ["20s"]
 
 
-def test_a_run_kept_from_an_earlier_recipe_is_measured_again_only_when_asked(tmp_path, phantom_dataset, monkeypatch,
-                                                                             capsys):
-    from napari_pgps.engine.recipe import RECIPE_VERSION
-
+def _one_run_kept(tmp_path, phantom_dataset, monkeypatch):
+    """A bench of one 20-second constant run (trained by a fake): the calls to train, the bench's flags, the kept
+    run's file and what it holds."""
     calls = []
     monkeypatch.setattr(bench, "_train_in_child", _fake_training(calls))
     flags = ["--data", str(phantom_dataset), "--schedules", "constant", "--seeds", "1", "--profile", "quick",
              "--budgets", "20s", "--out", str(tmp_path / "report")]
     assert main(["bench", *flags]) == 0 and len(calls) == 1
     saved = tmp_path / "report" / "runs" / "20s" / "constant-seed0.json"
-    kept = json.loads(saved.read_text())
+    return calls, flags, saved, json.loads(saved.read_text())
+
+
+def test_a_run_kept_from_an_earlier_recipe_is_measured_again_only_when_asked(tmp_path, phantom_dataset, monkeypatch,
+                                                                             capsys):
+    from napari_pgps.engine.recipe import RECIPE_VERSION
+
+    calls, flags, saved, kept = _one_run_kept(tmp_path, phantom_dataset, monkeypatch)
     assert kept["recipe_version"] == RECIPE_VERSION
     del kept["recipe_version"]  # as a bench before the recipe's version kept it: the recipe of version 1
     saved.write_text(json.dumps(kept))
@@ -153,13 +159,7 @@ def test_a_run_kept_from_version_2_is_this_recipes_where_its_budget_held_too_few
     from napari_pgps.engine.recipe import KEPT_STEPS_MARGIN, LONG_RUN_STEPS, RECIPE_VERSION
 
     assert RECIPE_VERSION == 3
-    calls = []
-    monkeypatch.setattr(bench, "_train_in_child", _fake_training(calls))
-    flags = ["--data", str(phantom_dataset), "--schedules", "constant", "--seeds", "1", "--profile", "quick",
-             "--budgets", "20s", "--out", str(tmp_path / "report")]
-    assert main(["bench", *flags]) == 0 and len(calls) == 1
-    saved = tmp_path / "report" / "runs" / "20s" / "constant-seed0.json"
-    kept = json.loads(saved.read_text())
+    calls, flags, saved, kept = _one_run_kept(tmp_path, phantom_dataset, monkeypatch)
     few, many = 20.0 / (LONG_RUN_STEPS / KEPT_STEPS_MARGIN) * 1.01, 20.0 / (LONG_RUN_STEPS / KEPT_STEPS_MARGIN) * 0.99
     for step_seconds, trains in ((few, False), (many, True), (None, True)):
         kept["recipe_version"], kept["result"]["final_patch_step_seconds"] = 2, step_seconds
