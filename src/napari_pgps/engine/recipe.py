@@ -77,10 +77,11 @@ in from none (:data:`LONG_RUN_RAMP`), when its budget holds at least this many s
 
 Measured on the hippocampus (2-core AVX2 CPU, fp32, seed 0, 40 test cases, PGPS Efficiency): 120 minutes, about
 9,000 steps' worth at the final patch (0.8 s each), 0.8836 with the ramp against 0.8812 without (validation 0.8937
-against 0.8824: the plain run's stopped rising after 25 minutes, the ramped one's rose to its end); 45 minutes, about 1,800 (1.5 s each), 0.8767 against 0.8856; 15 minutes 2.05
-points below. 6,000 keeps below it every budget measured to lose with the ramp and the issue's bf16 machine's
-15 minutes (about 3,400 steps of 0.26 s, where plain crops scored 0.887 withheld), and puts that machine's 45
-minutes (about 10,000), whose plain runs drifted down, above it."""
+against 0.8824: the plain run's stopped rising after 25 minutes, the ramped one's rose to its end); 45 minutes,
+about 1,800 (1.5 s each), 0.8767 against 0.8856; 15 minutes 2.05 points below. 6,000 keeps below it every budget
+measured to lose with the ramp and the issue's bf16 machine's 15 minutes (about 3,400 steps of 0.26 s, where plain
+crops scored 0.887 withheld), and puts that machine's 45 minutes (about 10,000), whose plain runs drifted down,
+above it."""
 
 LONG_RUN_AUGMENTATION = "nnunet"
 LONG_RUN_RAMP = (0.25, 0.75)

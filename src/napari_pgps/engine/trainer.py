@@ -401,7 +401,7 @@ class _Run:
         moment often passes), and if still under, the recipe's PGPS Efficiency becomes the constant patch (the
         configuration, the planner and the recipe's line with it). Returns the cost and validation seconds to plan
         with and whether the final step was timed again."""
-        index = next((i for i, choice in enumerate(self.recipe_choices) if choice.part == "schedule"), None)
+        index = self._recipe_part("schedule")
         if index is None:
             return cost, validation_seconds, False
         asked, planner = self.recipe_choices[index], self.budget_planner
@@ -415,11 +415,16 @@ class _Run:
             self.budget_planner = self._budget_planner()
         return cost, validation_seconds, True
 
+    def _recipe_part(self, part: str) -> Optional[int]:
+        """The index in :attr:`recipe_choices` of the recipe's ``part`` ("schedule", "augmentation", ...), or
+        ``None`` where the recipe has none."""
+        return next((i for i, choice in enumerate(self.recipe_choices) if choice.part == part), None)
+
     def _augmentation_at_pace(self, final_patch_steps: float) -> None:
         """The recipe's augmentation chosen again from the steps the budget holds at the final patch
         (:func:`.recipe.augmentation_at_pace`): a long run's augmentation curriculum, in the configuration, the
         sampler and the recipe's line."""
-        index = next((i for i, choice in enumerate(self.recipe_choices) if choice.part == "augmentation"), None)
+        index = self._recipe_part("augmentation")
         if index is None:
             return
         choice, ramp = augmentation_at_pace(self.recipe_choices[index], final_patch_steps)

@@ -56,9 +56,9 @@ RUNS_FOLDER = "runs"
 ``runs/BUDGET/SCHEDULE-seedN.json``, e.g. ``runs/15m/pgps-efficiency-seed0.json``) with the configuration it
 trained and the version of the recipe that planned it (:data:`napari_pgps.engine.recipe.RECIPE_VERSION`; a file
 without one is version 1): a bench started again in the same folder (after a stop, or with more seeds, schedules or
-budgets) keeps the runs whose configuration and recipe are unchanged (or whose recipe's changes leave them as they were:
-:func:`napari_pgps.engine.recipe.trained_as_this_recipe`) and trains the others (replacing a kept result
-only with ``--overwrite``). Delete the file (or the folder) to measure a run again."""
+budgets) keeps the runs whose configuration and recipe are unchanged (or whose recipe's changes leave them as they
+were: :func:`napari_pgps.engine.recipe.trained_as_this_recipe`) and trains the others (replacing a kept result only
+with ``--overwrite``). Delete the file (or the folder) to measure a run again."""
 RUN_FOLDERS = "models"
 """Where the runs with a test split train (``models/[BUDGET/]SCHEDULE-seedN``): deleted once measured unless kept."""
 
@@ -396,7 +396,7 @@ def _version_of(saved: dict[str, Any]) -> int:
 
 def _measured_before(path: Path, config: dict[str, Any]) -> Optional[dict[str, Any]]:
     """The result saved at ``path`` by an earlier bench in the same report folder, if it trained ``config`` with
-    this recipe (:data:`napari_pgps.engine.recipe.RECIPE_VERSION`)."""
+    this recipe (:func:`_of_this_recipe`)."""
     saved = _kept(path)
     if saved is None or not _of_this_recipe(saved):
         return None
